@@ -1,0 +1,21 @@
+//! tilt-core: the pieces every other tilt crate stands on.
+//!
+//! - [`schedule`]: the variance-preserving forward process `X_t = alpha(t) X_0 + sigma(t) Z` and OU time;
+//! - [`score`]: the score-model abstraction the samplers call, and the score / noise / clean conversions;
+//! - [`mixture`]: Gaussian mixtures with exact noised scores, class posteriors and exponential tilts;
+//! - [`reward`]: positive weights `r(x)` written as differentiable `log r(x)`;
+//! - [`metrics`]: host-side statistics (mean and standard error, quantiles, MMD, sliced Wasserstein).
+//!
+//! No backend is named here: every tensor lives on the `Device` the caller passes.
+
+pub mod metrics;
+pub mod mixture;
+pub mod reward;
+pub mod schedule;
+pub mod score;
+pub mod tensor_ext;
+
+pub use mixture::{GaussianMixture, MixtureScore, MixtureSpec};
+pub use reward::{BumpReward, ExpLinearReward, Reward, RewardSpec};
+pub use schedule::Schedule;
+pub use score::{Classifier, Condition, ScoreModel};

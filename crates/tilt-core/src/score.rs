@@ -1,0 +1,89 @@
+//! The score-model abstraction every sampler and guidance term calls.
+//!
+//! Data are rows of a `[batch, dim]` tensor (images are flattened by the model that needs them). Time is one
+//! `t` per call: the samplers move the whole batch on one grid. Conditioning is a per-row class label or none.
+
+use crate::schedule::Schedule;
+use crate::tensor_ext;
+use burn::prelude::*;
+
+/// What a score is conditioned on.
+#[derive(Clone, Debug)]
+pub enum Condition {
+    /// The unconditional score `grad log p_t(x)`.
+    Unconditional,
+    /// A class label per row: `grad log p_t(x | c_i)`.
+    Labels(Tensor<1, Int>),
+}
+
+impl Condition {
+    /// The same class for every one of `n` rows.
+    pub fn class(class: usize, n: usize, device: &Device) -> Self {
+        Condition::Labels(tensor_ext::labels(&vec![class; n], device))
+    }
+
+    pub fn is_conditional(&self) -> bool {
+        matches!(self, Condition::Labels(_))
+    }
+
+    /// The same condition for a batch stacked twice, `[x; x]` (used to batch two evaluations).
+    pub fn doubled(&self) -> Self {
+        match self {
+            Condition::Unconditional => Condition::Unconditional,
+            Condition::Labels(l) => Condition::Labels(Tensor::cat(vec![l.clone(), l.clone()], 0)),
+        }
+    }
+}
+
+/// A (possibly learned) score `s_t(x) = grad_x log p_t(x | condition)`.
+///
+/// Implementations must be written with tensor ops only, so that a caller can put `x` on an autodiff
+/// device and differentiate through the score (reward-gradient guidance does that).
+pub trait ScoreModel {
+    /// `grad_x log p_t(x | condition)` for a batch `x: [n, d]`.
+    fn score(&self, x: Tensor<2>, t: f64, condition: &Condition) -> Tensor<2>;
+
+    /// The conditional and the unconditional score of the same batch.
+    ///
+    /// The default makes two calls; a network overrides it with ONE forward pass over `[x; x]` with
+    /// labels `[c; null]`, which is what makes classifier-free guidance cost one call per step.
+    fn score_and_unconditional(&self, x: Tensor<2>, t: f64, condition: &Condition) -> (Tensor<2>, Tensor<2>) {
+        let cond = self.score(x.clone(), t, condition);
+        let uncond = self.score(x, t, &Condition::Unconditional);
+        (cond, uncond)
+    }
+
+    /// The schedule the score was defined (or trained) under.
+    fn schedule(&self) -> Schedule;
+
+    /// Data dimension `d`.
+    fn dim(&self) -> usize;
+}
+
+/// A noise-aware classifier `p_t(c | x)` (for classifier guidance and metrics).
+pub trait Classifier {
+    /// `log p_t(c_i | x_i)` for each row; differentiable in `x`.
+    fn log_prob(&self, x: Tensor<2>, t: f64, labels: &Tensor<1, Int>) -> Tensor<1>;
+}
+
+/// Conversions between the three parametrisations of one network output (Tweedie).
+pub mod param {
+    use super::*;
+
+    /// `eps = -sigma s`.
+    pub fn noise_from_score(score: Tensor<2>, sigma: f64) -> Tensor<2> {
+        score.mul_scalar(-sigma)
+    }
+    /// `s = -eps / sigma`.
+    pub fn score_from_noise(eps: Tensor<2>, sigma: f64) -> Tensor<2> {
+        eps.mul_scalar(-1.0 / sigma)
+    }
+    /// Tweedie: `x0_hat = (x + sigma^2 s) / alpha = E[X_0 | X_t = x]`.
+    pub fn clean_from_score(x: Tensor<2>, score: Tensor<2>, alpha: f64, sigma: f64) -> Tensor<2> {
+        (x + score.mul_scalar(sigma * sigma)).div_scalar(alpha)
+    }
+    /// Inverse of [`clean_from_score`]: `s = (alpha x0 - x) / sigma^2`.
+    pub fn score_from_clean(x: Tensor<2>, x0: Tensor<2>, alpha: f64, sigma: f64) -> Tensor<2> {
+        (x0.mul_scalar(alpha) - x).div_scalar(sigma * sigma)
+    }
+}

@@ -1,0 +1,79 @@
+//! Trained networks behind the sampler's interfaces.
+
+use crate::classifier::NoisyClassifier;
+use crate::score_net::ScoreNet;
+use burn::prelude::*;
+use burn::tensor::activation::log_softmax;
+use tilt_core::score::param;
+use tilt_core::{Classifier, Condition, Schedule, ScoreModel, tensor_ext};
+
+/// A noise-prediction network as a score model: `s = -eps / sigma(t)`.
+#[derive(Clone, Debug)]
+pub struct NetScore {
+    pub net: ScoreNet,
+    pub schedule: Schedule,
+    pub dim: usize,
+}
+
+impl NetScore {
+    pub fn new(net: ScoreNet, schedule: Schedule, dim: usize) -> Self {
+        Self { net, schedule, dim }
+    }
+
+    fn labels_for(&self, condition: &Condition, n: usize, device: &Device) -> Option<Tensor<1, Int>> {
+        match (condition, self.net.null_label()) {
+            (_, None) => None,
+            (Condition::Labels(l), Some(_)) => Some(l.clone()),
+            (Condition::Unconditional, Some(null)) => Some(tensor_ext::labels(&vec![null; n], device)),
+        }
+    }
+
+    fn noise(&self, x: Tensor<2>, t: f64, labels: Option<Tensor<1, Int>>) -> Tensor<2> {
+        let n = x.dims()[0];
+        let tt = Tensor::<1>::full([n], t, &x.device());
+        self.net.forward(x, tt, labels)
+    }
+}
+
+impl ScoreModel for NetScore {
+    fn score(&self, x: Tensor<2>, t: f64, condition: &Condition) -> Tensor<2> {
+        let labels = self.labels_for(condition, x.dims()[0], &x.device());
+        param::score_from_noise(self.noise(x, t, labels), self.schedule.sigma(t))
+    }
+
+    /// ONE forward pass over `[x; x]` with labels `[c; null]`.
+    fn score_and_unconditional(&self, x: Tensor<2>, t: f64, condition: &Condition) -> (Tensor<2>, Tensor<2>) {
+        let (Some(null), Condition::Labels(l)) = (self.net.null_label(), condition) else {
+            let s = self.score(x, t, condition);
+            return (s.clone(), s);
+        };
+        let n = x.dims()[0];
+        let device = x.device();
+        let labels = Tensor::cat(vec![l.clone(), tensor_ext::labels(&vec![null; n], &device)], 0);
+        let both = self.noise(Tensor::cat(vec![x.clone(), x], 0), t, Some(labels));
+        let s = param::score_from_noise(both, self.schedule.sigma(t));
+        (s.clone().narrow(0, 0, n), s.narrow(0, n, n))
+    }
+
+    fn schedule(&self) -> Schedule {
+        self.schedule
+    }
+
+    fn dim(&self) -> usize {
+        self.dim
+    }
+}
+
+/// A trained noise-aware classifier behind [`Classifier`].
+#[derive(Clone, Debug)]
+pub struct NetClassifier {
+    pub net: NoisyClassifier,
+}
+
+impl Classifier for NetClassifier {
+    fn log_prob(&self, x: Tensor<2>, t: f64, labels: &Tensor<1, Int>) -> Tensor<1> {
+        let n = x.dims()[0];
+        let tt = Tensor::<1>::full([n], t, &x.device());
+        log_softmax(self.net.forward(x, tt), 1).gather(1, labels.clone().reshape([n, 1])).reshape([n])
+    }
+}

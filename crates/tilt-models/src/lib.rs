@@ -1,0 +1,18 @@
+//! tilt-models: the networks tilt trains, each a `#[derive(Module)]` struct with a `#[derive(Config)]` config
+//! and `XxxConfig::init(&device)`, plus adapters that plug them into the sampler's [`tilt_core::ScoreModel`]
+//! and [`tilt_core::Classifier`] interfaces.
+//!
+//! - [`score_net`]: residual MLP score network in the noise parametrisation, with a sinusoidal time embedding and
+//!   an optional class embedding that has an extra null label for classifier-free guidance; the small residual
+//!   term `delta_theta` of reward-weighted training is the same network with a zero-initialised output;
+//! - [`classifier`]: a noise-aware classifier `p_t(c | x)`;
+//! - [`adapters`]: [`adapters::NetScore`] and [`adapters::NetClassifier`].
+
+pub mod adapters;
+pub mod classifier;
+pub mod embedding;
+pub mod score_net;
+
+pub use adapters::{NetClassifier, NetScore};
+pub use classifier::{NoisyClassifier, NoisyClassifierConfig};
+pub use score_net::{Activation, ScoreNet, ScoreNetConfig};

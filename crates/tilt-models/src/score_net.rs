@@ -1,0 +1,120 @@
+//! The score network for low-dimensional data: a residual MLP conditioned on time (and optionally class),
+//! predicting the noise `eps` (the sampler gets `s = -eps / sigma`).
+
+use crate::embedding::time_embedding;
+use burn::nn::{Embedding, EmbeddingConfig, Initializer, Linear, LinearConfig};
+use burn::prelude::*;
+use burn::tensor::activation;
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Activation {
+    /// SiLU (swish), the usual diffusion choice.
+    #[default]
+    Silu,
+    /// ReLU: about twice as fast on the Flex CPU backend, whose `exp` is scalar (burn-0.22.md §8.1).
+    Relu,
+}
+
+impl Activation {
+    pub fn apply<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        match self {
+            Activation::Silu => activation::silu(x),
+            Activation::Relu => activation::relu(x),
+        }
+    }
+}
+
+#[derive(Config, Debug)]
+pub struct ScoreNetConfig {
+    /// Data dimension.
+    pub dim: usize,
+    #[config(default = 128)]
+    pub hidden: usize,
+    /// Residual blocks (each two linear layers).
+    #[config(default = 3)]
+    pub blocks: usize,
+    #[config(default = 32)]
+    pub time_dim: usize,
+    /// Number of classes; 0 makes an unconditional network. A conditional network also learns the
+    /// unconditional score under the extra null label `num_classes` (label dropout).
+    #[config(default = 0)]
+    pub num_classes: usize,
+    #[config(default = "Activation::Silu")]
+    pub activation: Activation,
+    /// Start with a zero output (the residual term `delta_theta` then starts as "no guidance").
+    #[config(default = false)]
+    pub zero_init_output: bool,
+}
+
+#[derive(Module, Debug)]
+pub struct ResBlock {
+    lin1: Linear,
+    lin2: Linear,
+    cond: Linear,
+}
+
+#[derive(Module, Debug)]
+pub struct ScoreNet {
+    input: Linear,
+    time_mlp: Linear,
+    class_emb: Option<Embedding>,
+    blocks: Vec<ResBlock>,
+    output: Linear,
+    time_dim: usize,
+    num_classes: usize,
+    #[module(skip)]
+    activation: Activation,
+}
+
+impl ScoreNetConfig {
+    pub fn init(&self, device: &Device) -> ScoreNet {
+        let h = self.hidden;
+        let lin = |i, o| LinearConfig::new(i, o).init(device);
+        let mut output = LinearConfig::new(h, self.dim);
+        if self.zero_init_output {
+            output = output.with_initializer(Initializer::Zeros);
+        }
+        ScoreNet {
+            input: lin(self.dim, h),
+            time_mlp: lin(self.time_dim, h),
+            class_emb: (self.num_classes > 0).then(|| EmbeddingConfig::new(self.num_classes + 1, h).init(device)),
+            blocks: (0..self.blocks).map(|_| ResBlock { lin1: lin(h, h), lin2: lin(h, h), cond: lin(h, h) }).collect(),
+            output: output.init(device),
+            time_dim: self.time_dim,
+            num_classes: self.num_classes,
+            activation: self.activation,
+        }
+    }
+}
+
+impl ScoreNet {
+    /// Predicted noise for `x: [n, d]` at times `t: [n]`; `labels: [n]` in `0..=num_classes`
+    /// (`num_classes` is the null label), ignored by an unconditional network.
+    pub fn forward(&self, x: Tensor<2>, t: Tensor<1>, labels: Option<Tensor<1, Int>>) -> Tensor<2> {
+        let act = self.activation;
+        let mut emb = self.time_mlp.forward(time_embedding(t, self.time_dim));
+        if let (Some(e), Some(l)) = (&self.class_emb, labels) {
+            let n = l.dims()[0];
+            let h = emb.dims()[1];
+            emb = emb + e.forward(l.unsqueeze_dim::<2>(1)).reshape([n, h]);
+        }
+        let emb = act.apply(emb);
+        let mut h = self.input.forward(x);
+        for b in &self.blocks {
+            let inner = b.lin1.forward(act.apply(h.clone())) + b.cond.forward(emb.clone());
+            h = h + b.lin2.forward(act.apply(inner));
+        }
+        self.output.forward(act.apply(h))
+    }
+
+    /// The label that means "no class" (classifier-free guidance).
+    pub fn null_label(&self) -> Option<usize> {
+        (self.num_classes > 0).then_some(self.num_classes)
+    }
+
+    pub fn num_classes(&self) -> usize {
+        self.num_classes
+    }
+}

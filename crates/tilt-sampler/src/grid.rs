@@ -1,0 +1,56 @@
+//! Time grids for the backward chain, from `t_max` (near 1) down to `t_min` (near 0).
+
+use serde::{Deserialize, Serialize};
+use tilt_core::Schedule;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum TimeGrid {
+    /// Equal steps in `t`.
+    UniformT,
+    /// Equal steps in OU time `u = -ln alpha^2` (equal "amounts of noise removed" per step).
+    #[default]
+    UniformU,
+    /// Geometric in `t`: small steps near 0, where the score is sharpest.
+    Geometric,
+}
+
+impl TimeGrid {
+    /// `steps + 1` decreasing times, `t[0] = t_max`, `t[steps] = t_min`.
+    pub fn times(&self, steps: usize, t_max: f64, t_min: f64, schedule: Schedule) -> Vec<f64> {
+        assert!(steps >= 1 && 0.0 < t_min && t_min < t_max && t_max <= 1.0, "invalid grid");
+        let frac = |k: usize| k as f64 / steps as f64;
+        (0..=steps)
+            .map(|k| match self {
+                TimeGrid::UniformT => t_max + (t_min - t_max) * frac(k),
+                TimeGrid::UniformU => {
+                    let (u0, u1) = (schedule.ou_time(t_max), schedule.ou_time(t_min));
+                    schedule.t_from_ou(u0 + (u1 - u0) * frac(k))
+                }
+                TimeGrid::Geometric => t_max * (t_min / t_max).powf(frac(k)),
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grids_run_from_t_max_to_t_min_monotonically() {
+        for g in [TimeGrid::UniformT, TimeGrid::UniformU, TimeGrid::Geometric] {
+            for s in [Schedule::Linear, Schedule::cosine()] {
+                let ts = g.times(10, 0.99, 1e-3, s);
+                assert_eq!(ts.len(), 11);
+                assert!((ts[0] - 0.99).abs() < 1e-9 && (ts[10] - 1e-3).abs() < 1e-9, "{g:?} {ts:?}");
+                assert!(ts.windows(2).all(|w| w[1] < w[0]));
+            }
+        }
+        // Uniform in u: equal OU steps.
+        let s = Schedule::Linear;
+        let ts = TimeGrid::UniformU.times(4, 0.9, 0.01, s);
+        let hs: Vec<f64> = ts.windows(2).map(|w| s.ou_time(w[0]) - s.ou_time(w[1])).collect();
+        assert!(hs.iter().all(|h| (h - hs[0]).abs() < 1e-9));
+    }
+}

@@ -1,0 +1,151 @@
+//! One guidance rule: `s_guided(x, t) = s_base(x, t) + sum_i w_i(t) g_i(x, t)` (method.md §3).
+//!
+//! A guidance term is a small object ([`GuidanceTerm`]) with a weight schedule ([`WeightSchedule`]), like the
+//! guiders of diffusers. [`GuidedScore`] evaluates the base model once per call, asks it for the unconditional
+//! score in the SAME call when some active term needs it (CFG, APG), and adds the terms.
+//!
+//! Sign conventions (the papers'): `w = 0` is the base model; for reward guidance `w = 1` samples exactly
+//! `p_r ∝ r p`; for CFG `s_cfg = s(x|c) + w (s(x|c) - s(x))`, which other libraries write as
+//! `guidance_scale = 1 + w`.
+
+mod cfg;
+mod classifier;
+mod negative;
+mod reward;
+mod reward_gradient;
+
+pub use cfg::{Apg, CfgGuidance};
+pub use classifier::ClassifierGuidance;
+pub use negative::NegativeClassGuidance;
+pub use reward::RewardGuidance;
+pub use reward_gradient::RewardGradientGuidance;
+
+use burn::prelude::*;
+use serde::{Deserialize, Serialize};
+use tilt_core::{Condition, ScoreModel};
+
+/// What the base model gave at `(x, t)`, handed to every term.
+pub struct BaseEval<'a> {
+    pub model: &'a dyn ScoreModel,
+    pub condition: &'a Condition,
+    /// `s_base(x, t | condition)`.
+    pub score: Tensor<2>,
+    /// `s_base(x, t)` unconditional, present when an active term asked for it.
+    pub unconditional: Option<Tensor<2>>,
+}
+
+/// A guidance term `g(x, t)`.
+pub trait GuidanceTerm {
+    /// Short name for logs and summaries.
+    fn name(&self) -> &'static str;
+    /// Whether `g` needs the base model's unconditional score; it is then computed together with the
+    /// conditional one in a single model call.
+    fn needs_unconditional(&self) -> bool {
+        false
+    }
+    /// `g(x, t)`, shape `[n, d]`.
+    fn term(&mut self, x: &Tensor<2>, t: f64, base: &BaseEval) -> Tensor<2>;
+}
+
+/// When, and how strongly, a term acts.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum WeightSchedule {
+    /// `w(t) = w` everywhere.
+    Constant(f64),
+    /// `w` for `t` in `[min(t_start, t_end), max(t_start, t_end)]`, 0 outside (guidance intervals).
+    Interval { w: f64, t_start: f64, t_end: f64 },
+    /// One weight per sampler step (the last one repeats when the sampler takes more steps).
+    PerStep(Vec<f64>),
+}
+
+impl WeightSchedule {
+    pub fn at(&self, t: f64, step: usize) -> f64 {
+        match self {
+            WeightSchedule::Constant(w) => *w,
+            WeightSchedule::Interval { w, t_start, t_end } => {
+                let (lo, hi) = (t_start.min(*t_end), t_start.max(*t_end));
+                if (lo..=hi).contains(&t) { *w } else { 0.0 }
+            }
+            WeightSchedule::PerStep(ws) => ws.get(step).or(ws.last()).copied().unwrap_or(0.0),
+        }
+    }
+}
+
+/// A base score model, a condition, and weighted guidance terms.
+pub struct GuidedScore<'a> {
+    base: &'a dyn ScoreModel,
+    condition: Condition,
+    terms: Vec<(Box<dyn GuidanceTerm + 'a>, WeightSchedule)>,
+    /// Guidance rescale `phi` (Lin et al. 2024): rescale the guided score of each row to the standard
+    /// deviation of the base score, mixed with weight `phi`; 0 turns it off.
+    rescale: f64,
+    /// Model calls made so far (one per [`GuidedScore::score`] for the base, plus the terms' own).
+    pub base_calls: usize,
+}
+
+impl<'a> GuidedScore<'a> {
+    pub fn new(base: &'a dyn ScoreModel, condition: Condition) -> Self {
+        Self { base, condition, terms: Vec::new(), rescale: 0.0, base_calls: 0 }
+    }
+
+    /// Add a term with its weight schedule.
+    pub fn with(mut self, term: impl GuidanceTerm + 'a, weight: WeightSchedule) -> Self {
+        self.terms.push((Box::new(term), weight));
+        self
+    }
+
+    pub fn with_rescale(mut self, phi: f64) -> Self {
+        self.rescale = phi;
+        self
+    }
+
+    pub fn condition(&self) -> &Condition {
+        &self.condition
+    }
+
+    /// The guided score at `(x, t)` on sampler step `step`.
+    pub fn score(&mut self, x: Tensor<2>, t: f64, step: usize) -> Tensor<2> {
+        let weights: Vec<f64> = self.terms.iter().map(|(_, w)| w.at(t, step)).collect();
+        let active = |i: usize| weights[i] != 0.0;
+        let need_uncond = self.terms.iter().enumerate().any(|(i, (g, _))| active(i) && g.needs_unconditional());
+        self.base_calls += 1;
+        let (score, unconditional) = if need_uncond {
+            let (c, u) = self.base.score_and_unconditional(x.clone(), t, &self.condition);
+            (c, Some(u))
+        } else {
+            (self.base.score(x.clone(), t, &self.condition), None)
+        };
+        let eval = BaseEval { model: self.base, condition: &self.condition, score, unconditional };
+        let mut guided = eval.score.clone();
+        for (i, (term, _)) in self.terms.iter_mut().enumerate() {
+            if active(i) {
+                guided = guided + term.term(&x, t, &eval).mul_scalar(weights[i]);
+            }
+        }
+        if self.rescale > 0.0 && weights.iter().any(|w| *w != 0.0) {
+            guided = rescale_to(guided, &eval.score, self.rescale);
+        }
+        guided
+    }
+}
+
+/// `phi * g * std(base)/std(g) + (1 - phi) * g`, row by row.
+fn rescale_to(guided: Tensor<2>, base: &Tensor<2>, phi: f64) -> Tensor<2> {
+    let row_std = |t: &Tensor<2>| {
+        let centered = t.clone() - t.clone().mean_dim(1);
+        centered.square().mean_dim(1).sqrt().clamp_min(1e-12)
+    };
+    let ratio = row_std(base) / row_std(&guided);
+    guided.clone().mul(ratio).mul_scalar(phi) + guided.mul_scalar(1.0 - phi)
+}
+
+/// `grad_x f(x)` for a row-wise scalar function `f`, by autodiff on the input only.
+///
+/// The models stay on the plain device: their tensors act as constants and only `x` is tracked
+/// (burn-0.22.md §4). The returned gradient is a plain tensor; no graph outlives the call.
+pub fn input_gradient(x: &Tensor<2>, f: impl FnOnce(Tensor<2>) -> Tensor<1>) -> Tensor<2> {
+    let xa = x.clone().inner().autodiff().require_grad();
+    let grads = f(xa.clone()).sum().backward();
+    xa.grad(&grads).expect("the input was marked require_grad")
+}

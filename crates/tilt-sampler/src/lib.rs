@@ -1,0 +1,18 @@
+//! tilt-sampler: backward samplers and guidance terms.
+//!
+//! - [`samplers`]: Euler-Maruyama, exponential integrator, DDPM ancestral, probability-flow Heun and DDIM, each a
+//!   small step function over one `score(x, t, step)` closure, driven by one loop;
+//! - [`grid`]: time grids (uniform in `t`, uniform in OU time, geometric near 0);
+//! - [`noise`]: seeded Gaussian noise, from a host RNG (same numbers on every backend) or the device RNG;
+//! - [`guidance`]: the one rule `s_base + sum_i w_i(t) g_i` and its terms (reward, CFG, classifier,
+//!   reward gradient, negative class).
+
+pub mod grid;
+pub mod guidance;
+pub mod noise;
+pub mod samplers;
+
+pub use grid::TimeGrid;
+pub use guidance::{GuidanceTerm, GuidedScore, WeightSchedule};
+pub use noise::NoiseSource;
+pub use samplers::{Sampler, SamplerKind};

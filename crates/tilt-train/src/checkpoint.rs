@@ -1,0 +1,257 @@
+//! Checkpoints: one directory per saved step, with a manifest (format, kind, SHA-256, size and tensor shapes of
+//! every file) that is checked on load.
+//!
+//! Layout of a run directory:
+//! ```text
+//! <run>/checkpoints/step-000500/{model.bpk, ema.bpk, optim.bpk, state.json, manifest.json}
+//! <run>/checkpoints/latest          (text: the name of the newest complete checkpoint)
+//! ```
+//! A checkpoint is written into a hidden temporary directory and renamed into place only when complete;
+//! `latest` is then replaced atomically. Older checkpoints are pruned only after that, so the previous good
+//! checkpoint always survives a crash or a full disk. Burn's burnpack files carry no checksum (a flipped bit in
+//! a tensor loads silently) and an optimizer loader accepts a model file (burn-0.22.md §6.3): the manifest
+//! closes both holes.
+
+use anyhow::{Context, Result, anyhow, bail};
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::optim::ModuleOptimizer;
+use burn::prelude::*;
+use burn::store::ModuleRecord;
+use burn::tensor::Bytes;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::fs;
+use std::path::{Path, PathBuf};
+
+pub const FORMAT: &str = "tilt-checkpoint/1";
+
+/// What a file in a checkpoint holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FileKind {
+    Model,
+    EmaModel,
+    Optimizer,
+    State,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FileEntry {
+    pub name: String,
+    pub kind: FileKind,
+    pub sha256: String,
+    pub bytes: u64,
+    /// Parameter shapes in visiting order (model files).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shapes: Vec<Vec<usize>>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub format: String,
+    /// The kind of network (e.g. `score-net`, `classifier`, `residual`), checked against what the loader expects.
+    pub model_kind: String,
+    pub step: usize,
+    pub files: Vec<FileEntry>,
+}
+
+impl Manifest {
+    pub fn file(&self, kind: FileKind) -> Option<&FileEntry> {
+        self.files.iter().find(|f| f.kind == kind)
+    }
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+struct Shapes(Vec<Vec<usize>>);
+impl ModuleVisitor for Shapes {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        self.0.push(param.shape().dims::<D>().to_vec());
+    }
+}
+
+/// Parameter shapes of a module, in visiting order.
+pub fn param_shapes<M: Module>(m: &M) -> Vec<Vec<usize>> {
+    let mut s = Shapes(Vec::new());
+    m.visit(&mut s);
+    s.0
+}
+
+/// One file to write: its name, kind, content and (for models) shapes.
+pub struct Artifact {
+    pub name: &'static str,
+    pub kind: FileKind,
+    pub bytes: Vec<u8>,
+    pub shapes: Vec<Vec<usize>>,
+}
+
+impl Artifact {
+    pub fn model<M: Module>(name: &'static str, kind: FileKind, model: &M) -> Result<Self> {
+        let shapes = param_shapes(model);
+        let bytes = model.clone().into_record().into_bytes().map_err(|e| anyhow!("cannot serialise {name}: {e}"))?;
+        Ok(Self { name, kind, bytes: bytes.to_vec(), shapes })
+    }
+    pub fn optimizer(optim: &ModuleOptimizer) -> Result<Self> {
+        let bytes = optim.into_bytes().map_err(|e| anyhow!("cannot serialise optim.bpk: {e}"))?;
+        Ok(Self { name: "optim.bpk", kind: FileKind::Optimizer, bytes: bytes.to_vec(), shapes: vec![] })
+    }
+    pub fn json<T: Serialize>(name: &'static str, value: &T) -> Result<Self> {
+        Ok(Self { name, kind: FileKind::State, bytes: serde_json::to_vec_pretty(value)?, shapes: vec![] })
+    }
+}
+
+pub fn checkpoints_dir(run: &Path) -> PathBuf {
+    run.join("checkpoints")
+}
+
+fn step_name(step: usize) -> String {
+    format!("step-{step:06}")
+}
+
+/// Write a complete checkpoint for `step` and make it the latest; keep the newest `keep` checkpoints.
+pub fn save(run: &Path, model_kind: &str, step: usize, artifacts: &[Artifact], keep: usize) -> Result<PathBuf> {
+    let root = checkpoints_dir(run);
+    fs::create_dir_all(&root).with_context(|| format!("cannot create {}", root.display()))?;
+    let name = step_name(step);
+    let tmp = root.join(format!(".{name}.tmp"));
+    if tmp.exists() {
+        fs::remove_dir_all(&tmp).with_context(|| format!("cannot clear stale {}", tmp.display()))?;
+    }
+    fs::create_dir_all(&tmp)?;
+    let mut files = Vec::new();
+    for a in artifacts {
+        let path = tmp.join(a.name);
+        write_synced(&path, &a.bytes)?;
+        files.push(FileEntry { name: a.name.into(), kind: a.kind, sha256: sha256_hex(&a.bytes), bytes: a.bytes.len() as u64, shapes: a.shapes.clone() });
+    }
+    let manifest = Manifest { format: FORMAT.into(), model_kind: model_kind.into(), step, files };
+    write_synced(&tmp.join("manifest.json"), &serde_json::to_vec_pretty(&manifest)?)?;
+    let dest = root.join(&name);
+    if dest.exists() {
+        // Re-saving the same step (a resumed run): move the old one aside first, then drop it.
+        let old = root.join(format!(".{name}.old"));
+        let _ = fs::remove_dir_all(&old);
+        fs::rename(&dest, &old)?;
+        fs::rename(&tmp, &dest)?;
+        let _ = fs::remove_dir_all(&old);
+    } else {
+        fs::rename(&tmp, &dest).with_context(|| format!("cannot move checkpoint into {}", dest.display()))?;
+    }
+    let latest_tmp = root.join(".latest.tmp");
+    write_synced(&latest_tmp, name.as_bytes())?;
+    fs::rename(&latest_tmp, root.join("latest"))?;
+    prune(&root, keep)?;
+    Ok(dest)
+}
+
+fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let mut f = fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+    f.write_all(bytes).with_context(|| format!("cannot write {}", path.display()))?;
+    f.sync_all().with_context(|| format!("cannot sync {}", path.display()))
+}
+
+fn prune(root: &Path, keep: usize) -> Result<()> {
+    let mut steps: Vec<PathBuf> = fs::read_dir(root)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_dir() && p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("step-")))
+        .collect();
+    steps.sort();
+    let n = steps.len();
+    for old in steps.into_iter().take(n.saturating_sub(keep.max(1))) {
+        fs::remove_dir_all(&old).with_context(|| format!("cannot prune {}", old.display()))?;
+    }
+    Ok(())
+}
+
+/// The newest complete checkpoint of a run, or of a checkpoint directory given directly.
+pub fn resolve(path: &Path) -> Result<PathBuf> {
+    if path.join("manifest.json").exists() {
+        return Ok(path.to_path_buf());
+    }
+    let latest = checkpoints_dir(path).join("latest");
+    let name = fs::read_to_string(&latest)
+        .with_context(|| format!("{}: no checkpoint found (expected {} or a manifest.json)", path.display(), latest.display()))?;
+    Ok(checkpoints_dir(path).join(name.trim()))
+}
+
+/// A checkpoint opened and verified: every file exists, has its recorded size and SHA-256.
+pub struct Checkpoint {
+    pub dir: PathBuf,
+    pub manifest: Manifest,
+}
+
+impl Checkpoint {
+    /// Open `path` (a run or a checkpoint directory), check the format and the model kind, verify every file.
+    pub fn open(path: &Path, expected_kind: &str) -> Result<Self> {
+        let dir = resolve(path)?;
+        let mpath = dir.join("manifest.json");
+        let text = fs::read_to_string(&mpath).with_context(|| format!("cannot read {}", mpath.display()))?;
+        let manifest: Manifest = serde_json::from_str(&text).with_context(|| format!("{}: not a tilt checkpoint manifest", mpath.display()))?;
+        if manifest.format != FORMAT {
+            bail!("{}: format {:?} is not {FORMAT:?}", mpath.display(), manifest.format);
+        }
+        if manifest.model_kind != expected_kind {
+            bail!("{}: this checkpoint holds a {} model, but a {expected_kind} model was expected", dir.display(), manifest.model_kind);
+        }
+        for f in &manifest.files {
+            let p = dir.join(&f.name);
+            let bytes = fs::read(&p).with_context(|| format!("{}: missing or unreadable checkpoint file", p.display()))?;
+            if bytes.len() as u64 != f.bytes {
+                bail!("{}: truncated or resized: {} bytes on disk, {} recorded in the manifest", p.display(), bytes.len(), f.bytes);
+            }
+            if sha256_hex(&bytes) != f.sha256 {
+                bail!("{}: checksum mismatch: the file is corrupted or was modified since it was saved", p.display());
+            }
+        }
+        Ok(Self { dir, manifest })
+    }
+
+    fn entry(&self, kind: FileKind) -> Result<&FileEntry> {
+        self.manifest.file(kind).ok_or_else(|| anyhow!("{}: the manifest lists no {kind:?} file", self.dir.display()))
+    }
+
+    fn bytes(&self, kind: FileKind) -> Result<(PathBuf, Vec<u8>)> {
+        let e = self.entry(kind)?;
+        let p = self.dir.join(&e.name);
+        let bytes = fs::read(&p).with_context(|| format!("cannot read {}", p.display()))?;
+        Ok((p, bytes))
+    }
+
+    /// Load a model file into `init` (a freshly built model of the configured architecture).
+    pub fn load_model<M: Module>(&self, kind: FileKind, init: M) -> Result<M> {
+        let entry = self.entry(kind)?;
+        let path = self.dir.join(&entry.name);
+        let want = param_shapes(&init);
+        if entry.shapes != want {
+            let i = entry.shapes.iter().zip(&want).position(|(a, b)| a != b).unwrap_or(entry.shapes.len().min(want.len()));
+            bail!(
+                "{}: architecture mismatch: parameter {i} has shape {:?} in the checkpoint but the config builds {:?} ({} vs {} tensors)",
+                path.display(),
+                entry.shapes.get(i),
+                want.get(i),
+                entry.shapes.len(),
+                want.len()
+            );
+        }
+        let (path, bytes) = self.bytes(kind)?;
+        let record = ModuleRecord::from_bytes(Bytes::from_bytes_vec(bytes)).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+        init.try_load_record(record).map_err(|e| anyhow!("{}: {e}", path.display()))
+    }
+
+    pub fn load_optimizer(&self, optim: ModuleOptimizer) -> Result<ModuleOptimizer> {
+        let (path, bytes) = self.bytes(FileKind::Optimizer)?;
+        optim.from_bytes(Bytes::from_bytes_vec(bytes)).map_err(|e| anyhow!("{}: {e}", path.display()))
+    }
+
+    pub fn load_json<T: for<'de> Deserialize<'de>>(&self, name: &str) -> Result<T> {
+        let p = self.dir.join(name);
+        if !self.manifest.files.iter().any(|f| f.name == name) {
+            bail!("{}: not listed in the manifest", p.display());
+        }
+        let text = fs::read_to_string(&p).with_context(|| format!("cannot read {}", p.display()))?;
+        serde_json::from_str(&text).with_context(|| format!("{}: malformed", p.display()))
+    }
+}

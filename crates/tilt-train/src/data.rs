@@ -1,0 +1,251 @@
+//! Training data: 2-D toy sets, Gaussian mixtures (any dimension), and CSV files; seeded, split and
+//! optionally standardised (the statistics are saved with the model).
+
+use anyhow::{Context, Result, bail};
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rand_distr::{Distribution, StandardNormal};
+use serde::{Deserialize, Serialize};
+use std::f64::consts::PI;
+use std::path::PathBuf;
+use tilt_core::MixtureSpec;
+
+/// Where the training points come from.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum DataSpec {
+    /// A Gaussian mixture; labels are the classes of the components.
+    Mixture {
+        #[serde(flatten)]
+        mixture: MixtureSpec,
+    },
+    /// The 2-D Swiss roll `(t cos t, t sin t) / 4`, `t ~ U(1.5 pi, 4.5 pi)`, plus noise; unlabelled.
+    SwissRoll {
+        #[serde(default = "d_noise")]
+        noise: f64,
+    },
+    /// Two interleaved half circles, labelled 0 and 1.
+    TwoMoons {
+        #[serde(default = "d_noise")]
+        noise: f64,
+    },
+    /// Uniform on the dark squares of a 4 x 4 board on `[-2, 2]^2`; unlabelled.
+    Checkerboard,
+    /// Concentric rings of radius 1, 2, ..., labelled by ring.
+    Rings {
+        #[serde(default = "d_rings")]
+        rings: usize,
+        #[serde(default = "d_noise")]
+        noise: f64,
+    },
+    /// Rows `x1,...,xd[,label]` of a CSV file (a header line is allowed).
+    Csv {
+        path: PathBuf,
+        /// Whether the last column is an integer class label.
+        #[serde(default)]
+        labelled: bool,
+    },
+}
+
+fn d_noise() -> f64 {
+    0.05
+}
+fn d_rings() -> usize {
+    3
+}
+
+/// Points `[n, d]` row-major, with optional class labels.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Dataset {
+    pub x: Vec<f32>,
+    pub labels: Option<Vec<usize>>,
+    pub dim: usize,
+    pub num_classes: usize,
+}
+
+impl Dataset {
+    pub fn len(&self) -> usize {
+        self.x.len() / self.dim
+    }
+    pub fn is_empty(&self) -> bool {
+        self.x.is_empty()
+    }
+
+    pub fn row(&self, i: usize) -> &[f32] {
+        &self.x[i * self.dim..(i + 1) * self.dim]
+    }
+
+    /// The rows `idx`, in order.
+    pub fn subset(&self, idx: &[usize]) -> Dataset {
+        Dataset {
+            x: idx.iter().flat_map(|&i| self.row(i).iter().copied()).collect(),
+            labels: self.labels.as_ref().map(|l| idx.iter().map(|&i| l[i]).collect()),
+            dim: self.dim,
+            num_classes: self.num_classes,
+        }
+    }
+
+    /// A seeded shuffle split into `(train, test)` with `test_fraction` of the rows in the test part.
+    pub fn split(&self, test_fraction: f64, seed: u64) -> (Dataset, Dataset) {
+        let mut idx: Vec<usize> = (0..self.len()).collect();
+        idx.shuffle(&mut ChaCha8Rng::seed_from_u64(seed));
+        let n_test = ((self.len() as f64) * test_fraction).round() as usize;
+        (self.subset(&idx[n_test..]), self.subset(&idx[..n_test]))
+    }
+}
+
+/// Per-coordinate affine standardisation `z = (x - mean) / std`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Standardizer {
+    pub mean: Vec<f64>,
+    pub std: Vec<f64>,
+}
+
+impl Standardizer {
+    pub fn identity(dim: usize) -> Self {
+        Self { mean: vec![0.0; dim], std: vec![1.0; dim] }
+    }
+    pub fn fit(data: &Dataset) -> Self {
+        let d = data.dim;
+        let n = data.len() as f64;
+        let mean = tilt_core::metrics::column_means(&data.x, d);
+        let mut var = vec![0.0; d];
+        for row in data.x.chunks_exact(d) {
+            for j in 0..d {
+                var[j] += (row[j] as f64 - mean[j]).powi(2) / n;
+            }
+        }
+        Self { mean, std: var.iter().map(|v| v.sqrt().max(1e-8)).collect() }
+    }
+    pub fn apply(&self, x: &mut [f32]) {
+        let d = self.mean.len();
+        for row in x.chunks_exact_mut(d) {
+            for j in 0..d {
+                row[j] = ((row[j] as f64 - self.mean[j]) / self.std[j]) as f32;
+            }
+        }
+    }
+    pub fn invert(&self, x: &mut [f32]) {
+        let d = self.mean.len();
+        for row in x.chunks_exact_mut(d) {
+            for j in 0..d {
+                row[j] = (row[j] as f64 * self.std[j] + self.mean[j]) as f32;
+            }
+        }
+    }
+}
+
+impl DataSpec {
+    /// `n` points (ignored for CSV, which gives its own rows), drawn with `seed`.
+    pub fn generate(&self, n: usize, seed: u64) -> Result<Dataset> {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let normal = |rng: &mut ChaCha8Rng| -> f64 { StandardNormal.sample(rng) };
+        let two_d = |pts: Vec<[f64; 2]>, labels: Option<Vec<usize>>, classes: usize| Dataset {
+            x: pts.iter().flat_map(|p| [p[0] as f32, p[1] as f32]).collect(),
+            labels,
+            dim: 2,
+            num_classes: classes,
+        };
+        Ok(match self {
+            DataSpec::Mixture { mixture } => {
+                let m = mixture.build().map_err(|e| anyhow::anyhow!("data.{e}"))?;
+                let (x, comps) = m.sample(n, &mut rng);
+                let owner = m.component_class();
+                let labels = owner.iter().all(Option::is_some).then(|| comps.iter().map(|&k| owner[k].unwrap()).collect());
+                Dataset { x, labels, dim: m.dim(), num_classes: m.n_classes() }
+            }
+            DataSpec::SwissRoll { noise } => {
+                let pts = (0..n)
+                    .map(|_| {
+                        let t = 1.5 * PI * (1.0 + 2.0 * rng.random::<f64>());
+                        [t * t.cos() / 4.0 + noise * normal(&mut rng), t * t.sin() / 4.0 + noise * normal(&mut rng)]
+                    })
+                    .collect();
+                two_d(pts, None, 0)
+            }
+            DataSpec::TwoMoons { noise } => {
+                let mut labels = Vec::with_capacity(n);
+                let pts = (0..n)
+                    .map(|i| {
+                        let (c, a) = (i % 2, PI * rng.random::<f64>());
+                        labels.push(c);
+                        let (x, y) = if c == 0 { (a.cos(), a.sin()) } else { (1.0 - a.cos(), 0.5 - a.sin()) };
+                        [x + noise * normal(&mut rng), y + noise * normal(&mut rng)]
+                    })
+                    .collect();
+                two_d(pts, Some(labels), 2)
+            }
+            DataSpec::Checkerboard => {
+                let pts = (0..n)
+                    .map(|_| loop {
+                        let (x, y) = (4.0 * rng.random::<f64>() - 2.0, 4.0 * rng.random::<f64>() - 2.0);
+                        if ((x + 2.0).floor() as i64 + (y + 2.0).floor() as i64) % 2 == 0 {
+                            break [x, y];
+                        }
+                    })
+                    .collect();
+                two_d(pts, None, 0)
+            }
+            DataSpec::Rings { rings, noise } => {
+                if *rings == 0 {
+                    bail!("data.rings: expected at least 1 ring");
+                }
+                let mut labels = Vec::with_capacity(n);
+                let pts = (0..n)
+                    .map(|i| {
+                        let r = i % rings;
+                        labels.push(r);
+                        let a = 2.0 * PI * rng.random::<f64>();
+                        let rad = (r + 1) as f64 + noise * normal(&mut rng);
+                        [rad * a.cos(), rad * a.sin()]
+                    })
+                    .collect();
+                two_d(pts, Some(labels), *rings)
+            }
+            DataSpec::Csv { path, labelled } => read_csv(path, *labelled)?,
+        })
+    }
+}
+
+/// Read `x1,...,xd[,label]` rows; errors name the file, the line and the column.
+pub fn read_csv(path: &std::path::Path, labelled: bool) -> Result<Dataset> {
+    let file = std::fs::File::open(path).with_context(|| format!("cannot open data file {}", path.display()))?;
+    let mut reader = csv::ReaderBuilder::new().has_headers(false).flexible(true).trim(csv::Trim::All).from_reader(file);
+    let (mut x, mut labels, mut dim) = (Vec::new(), Vec::new(), None::<usize>);
+    for (i, rec) in reader.records().enumerate() {
+        let line = i + 1;
+        let rec = rec.with_context(|| format!("{}: line {line}: unreadable CSV", path.display()))?;
+        if rec.iter().all(|f| f.is_empty()) {
+            continue;
+        }
+        let is_header = i == 0 && rec.iter().any(|f| f.parse::<f64>().is_err());
+        if is_header {
+            continue;
+        }
+        let n_feat = rec.len() - usize::from(labelled);
+        if n_feat == 0 {
+            bail!("{}: line {line}: expected at least one coordinate{}", path.display(), if labelled { " and a label" } else { "" });
+        }
+        match dim {
+            None => dim = Some(n_feat),
+            Some(d) if d != n_feat => bail!("{}: line {line}: expected {} columns like the first row, got {}", path.display(), d + usize::from(labelled), rec.len()),
+            _ => {}
+        }
+        for (j, f) in rec.iter().take(n_feat).enumerate() {
+            let v: f64 = f.parse().map_err(|_| anyhow::anyhow!("{}: line {line}, column {}: expected a number, got {f:?}", path.display(), j + 1))?;
+            if !v.is_finite() {
+                bail!("{}: line {line}, column {}: expected a finite number, got {f}", path.display(), j + 1);
+            }
+            x.push(v as f32);
+        }
+        if labelled {
+            let f = &rec[n_feat];
+            let c: usize = f.parse().map_err(|_| anyhow::anyhow!("{}: line {line}, column {}: expected a class label (0, 1, ...), got {f:?}", path.display(), n_feat + 1))?;
+            labels.push(c);
+        }
+    }
+    let Some(dim) = dim else { bail!("{}: no data rows", path.display()) };
+    let num_classes = labels.iter().max().map_or(0, |m| m + 1);
+    Ok(Dataset { x, labels: labelled.then_some(labels), dim, num_classes })
+}

@@ -1,0 +1,4 @@
+//! The `tilt` subcommands.
+
+pub mod sample;
+pub mod train;

@@ -1,0 +1,83 @@
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use tilt::config::SampleConfig;
+use tilt::{commands, device};
+
+/// tilt: guided diffusion (classifier-free, classifier and reward guidance as one rule) on Burn.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    /// Backend: flex, ndarray, wgpu, vulkan or metal (those compiled in). Default: $BURN_DEVICE, else the
+    /// first compiled backend.
+    #[arg(long, global = true)]
+    device: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Sweep a guidance strength on an analytic Gaussian mixture (exact scores).
+    Sample {
+        /// TOML config (see configs/).
+        #[arg(long)]
+        config: PathBuf,
+        /// Output directory.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Train a score network, classifier or reward-weighted score (see configs/train_*.toml).
+    Train {
+        #[arg(long)]
+        config: PathBuf,
+        /// Run directory (checkpoints, loss.csv, loss.png).
+        #[arg(long)]
+        out: PathBuf,
+        /// Continue the run in --out from its latest checkpoint.
+        #[arg(long)]
+        resume: bool,
+    },
+    /// Export a checkpoint's EMA weights as SafeTensors.
+    Export {
+        #[arg(long)]
+        checkpoint: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// List the backends compiled into this binary.
+    Devices,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Sample { config, out } => {
+            let cfg = SampleConfig::load(&config)?;
+            let device = device::select(cli.device.as_deref())?;
+            eprintln!("tilt sample: {} on {}", config.display(), device::describe(&device));
+            commands::sample::run(&cfg, &out, &device)?;
+            eprintln!("wrote {}", out.join("summary.json").display());
+        }
+        Command::Train { config, out, resume } => {
+            let device = device::select(cli.device.as_deref())?;
+            eprintln!("tilt train: {} on {}", config.display(), device::describe(&device));
+            let o = commands::train::run(&config, &out, resume, &device)?;
+            eprintln!(
+                "trained {} steps in {:.1} s: final loss {:.4}{}; checkpoint {}",
+                o.steps,
+                o.seconds,
+                o.final_loss,
+                o.test_loss.map_or(String::new(), |t| format!(", test loss {t:.4}")),
+                o.checkpoint.display()
+            );
+        }
+        Command::Export { checkpoint, out } => {
+            let device = device::select(cli.device.as_deref())?;
+            commands::train::export(&checkpoint, &out, &device)?;
+            eprintln!("wrote {}", out.display());
+        }
+        Command::Devices => println!("{}", device::compiled_backends().join("\n")),
+    }
+    Ok(())
+}

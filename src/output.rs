@@ -1,0 +1,80 @@
+//! Writing results: CSV samples, JSON summaries and the strength curve.
+
+use crate::commands::sample::{Record, Summary};
+use crate::plot::{self, Series};
+use anyhow::{Context, Result};
+use serde::Serialize;
+use std::path::Path;
+
+/// Write a file atomically: a sibling temporary file, then a rename, so a reader never sees half a file.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension(format!("{}.tmp", path.extension().and_then(|e| e.to_str()).unwrap_or("")));
+    std::fs::write(&tmp, bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot move {} into place", path.display()))
+}
+
+pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
+    write_atomic(path, serde_json::to_string_pretty(value)?.as_bytes())
+}
+
+/// `x1,...,xd` header and one row per sample.
+pub fn write_samples_csv(path: &Path, x: &[f32], d: usize) -> Result<()> {
+    let mut w = csv::Writer::from_writer(Vec::new());
+    w.write_record((1..=d).map(|j| format!("x{j}")))?;
+    for row in x.chunks_exact(d) {
+        w.write_record(row.iter().map(|v| v.to_string()))?;
+    }
+    write_atomic(path, &w.into_inner()?)
+}
+
+/// A one-line digest of a record for the terminal.
+pub fn one_line(r: &Record) -> String {
+    let mut s = format!("w = {:<6} {:>6.2} s", r.w, r.seconds);
+    if let Some(m) = &r.mean_reward {
+        s += &format!("  E[r] = {:.4} ± {:.4}", m.mean, m.se);
+        if let Some(t) = r.target_mean_reward {
+            s += &format!(" (E_p_r[r] = {t:.4})");
+        }
+    }
+    if let Some(c) = &r.class {
+        s += &format!(
+            "  E[1/p(c|Y)] = {:.4} ± {:.4} (1/p(c) = {:.4}), acc = {:.3}",
+            c.mean_inv_class_prob.mean, c.mean_inv_class_prob.se, c.inv_class_prior, c.accuracy
+        );
+    }
+    if let (Some(t), Some(m)) = (&r.target, r.mmd_to_target) {
+        s += &format!("  MMD to {t} = {m:.4}");
+    }
+    s
+}
+
+/// The headline metric against `w`: mean reward when a reward is set, else `E[1/p(c|Y)]`.
+pub fn curve_plot(path: &Path, summary: &Summary) -> Result<()> {
+    let recs = &summary.records;
+    if recs.len() < 2 {
+        return Ok(());
+    }
+    if recs[0].mean_reward.is_some() {
+        let pts = recs.iter().map(|r| (r.w, r.mean_reward.unwrap().mean)).collect();
+        let mut refs = vec![];
+        if let Some(b) = recs[0].base_mean_reward {
+            refs.push(("E_p[r] (w = 0, exact)".to_string(), b));
+        }
+        if let Some(t) = recs[0].target_mean_reward {
+            refs.push(("E_p_r[r] (w = 1, exact)".to_string(), t));
+        }
+        plot::curves(path, "Mean reward against guidance strength", "w", "E[r(Y)]", &[Series { name: "sampled".into(), points: pts }], &refs)
+    } else if let Some(c0) = &recs[0].class {
+        let pts = recs.iter().filter_map(|r| r.class.as_ref().map(|c| (r.w, c.mean_inv_class_prob.mean))).collect();
+        plot::curves(
+            path,
+            "E[1/p(c|Y)] against guidance strength",
+            "w",
+            "E[1/p(c|Y)]",
+            &[Series { name: "sampled".into(), points: pts }],
+            &[("1/p(c) (w = 0, exact)".to_string(), c0.inv_class_prior)],
+        )
+    } else {
+        Ok(())
+    }
+}

@@ -1,0 +1,141 @@
+//! PNG figures with plotters: samples over filled density contours, and curves against the strength `w`.
+//!
+//! Text uses the DejaVu Sans font shipped in `assets/fonts` (plotters' `ab_glyph` backend), so plotting needs
+//! no system font libraries.
+
+use anyhow::{Result, anyhow};
+use plotters::prelude::*;
+use plotters::style::FontStyle;
+use std::path::Path;
+use std::sync::Once;
+
+static FONT: &[u8] = include_bytes!("../assets/fonts/DejaVuSans.ttf");
+static REGISTER: Once = Once::new();
+
+fn ensure_font() {
+    REGISTER.call_once(|| {
+        // The font is compiled in, so failure here is a build defect, not a user error.
+        plotters::style::register_font("sans-serif", FontStyle::Normal, FONT).map_err(|_| ()).expect("embedded font parses");
+    });
+}
+
+fn err<E: std::fmt::Debug>(path: &Path) -> impl FnOnce(E) -> anyhow::Error + '_ {
+    move |e| anyhow!("cannot draw {}: {e:?}", path.display())
+}
+
+/// The filled-contour levels, as fractions of the density maximum, and their colours (light to dark).
+const LEVELS: [f64; 6] = [0.01, 0.05, 0.15, 0.3, 0.5, 0.75];
+const LEVEL_COLORS: [RGBColor; 6] = [
+    RGBColor(235, 241, 250),
+    RGBColor(211, 225, 243),
+    RGBColor(176, 203, 233),
+    RGBColor(137, 178, 221),
+    RGBColor(98, 151, 206),
+    RGBColor(63, 122, 188),
+];
+
+/// A rectangle of the plane, `(x_min, x_max, y_min, y_max)`.
+pub type Bounds = (f64, f64, f64, f64);
+
+/// Scatter `points` (the first two coordinates of `[n, d]` rows) over filled contours of `log_density`.
+pub fn scatter_over_density(
+    path: &Path,
+    title: &str,
+    points: &[f32],
+    d: usize,
+    bounds: Bounds,
+    log_density: &dyn Fn(f64, f64) -> f64,
+) -> Result<()> {
+    ensure_font();
+    let (x0, x1, y0, y1) = bounds;
+    let root = BitMapBackend::new(path, (640, 560)).into_drawing_area();
+    root.fill(&WHITE).map_err(err(path))?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 18))
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(44)
+        .build_cartesian_2d(x0..x1, y0..y1)
+        .map_err(err(path))?;
+    chart.configure_mesh().disable_mesh().x_desc("x1").y_desc("x2").draw().map_err(err(path))?;
+
+    let (nx, ny) = (160usize, 140usize);
+    let (dx, dy) = ((x1 - x0) / nx as f64, (y1 - y0) / ny as f64);
+    let grid: Vec<f64> = (0..nx * ny).map(|i| log_density(x0 + (i % nx) as f64 * dx + dx / 2.0, y0 + (i / nx) as f64 * dy + dy / 2.0)).collect();
+    let max = grid.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+    let cells = grid.iter().enumerate().filter_map(|(i, &l)| {
+        let rel = (l - max).exp();
+        let level = LEVELS.iter().rposition(|&v| rel >= v)?;
+        let (x, y) = (x0 + (i % nx) as f64 * dx, y0 + (i / nx) as f64 * dy);
+        Some(Rectangle::new([(x, y), (x + dx, y + dy)], LEVEL_COLORS[level].filled()))
+    });
+    chart.draw_series(cells).map_err(err(path))?;
+    let pts = points
+        .chunks_exact(d)
+        .map(|r| (r[0] as f64, if d > 1 { r[1] as f64 } else { 0.0 }))
+        .filter(|(x, y)| (x0..=x1).contains(x) && (y0..=y1).contains(y))
+        .map(|p| Circle::new(p, 2, RGBAColor(214, 69, 20, 0.45).filled()));
+    chart.draw_series(pts).map_err(err(path))?;
+    root.present().map_err(err(path))?;
+    Ok(())
+}
+
+/// One named curve of `(x, y)` points.
+pub struct Series {
+    pub name: String,
+    pub points: Vec<(f64, f64)>,
+}
+
+/// Curves against a common x axis, with optional horizontal reference lines (exact values).
+pub fn curves(path: &Path, title: &str, x_label: &str, y_label: &str, series: &[Series], references: &[(String, f64)]) -> Result<()> {
+    ensure_font();
+    let all_x = series.iter().flat_map(|s| s.points.iter().map(|p| p.0));
+    let all_y = series.iter().flat_map(|s| s.points.iter().map(|p| p.1)).chain(references.iter().map(|r| r.1));
+    let (xmin, xmax) = min_max(all_x);
+    let (ymin, ymax) = min_max(all_y);
+    let pad = |lo: f64, hi: f64| {
+        let p = ((hi - lo) * 0.06).max(1e-9);
+        (lo - p, hi + p)
+    };
+    let ((x0, x1), (y0, y1)) = (pad(xmin, xmax), pad(ymin, ymax));
+    let root = BitMapBackend::new(path, (720, 480)).into_drawing_area();
+    root.fill(&WHITE).map_err(err(path))?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 18))
+        .margin(12)
+        .x_label_area_size(38)
+        .y_label_area_size(60)
+        .build_cartesian_2d(x0..x1, y0..y1)
+        .map_err(err(path))?;
+    chart.configure_mesh().x_desc(x_label).y_desc(y_label).draw().map_err(err(path))?;
+    for (i, s) in series.iter().enumerate() {
+        let color = Palette99::pick(i).to_rgba();
+        chart
+            .draw_series(LineSeries::new(s.points.clone(), color.stroke_width(2)))
+            .map_err(err(path))?
+            .label(s.name.clone())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
+        chart.draw_series(s.points.iter().map(|&p| Circle::new(p, 3, color.filled()))).map_err(err(path))?;
+    }
+    for (i, (name, y)) in references.iter().enumerate() {
+        let color = RGBColor(90, 90, 90).mix(if i == 0 { 1.0 } else { 0.6 });
+        chart
+            .draw_series(LineSeries::new(vec![(x0, *y), (x1, *y)], color.stroke_width(1)))
+            .map_err(err(path))?
+            .label(name.clone())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(1)));
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .position(SeriesLabelPosition::UpperRight)
+        .draw()
+        .map_err(err(path))?;
+    root.present().map_err(err(path))?;
+    Ok(())
+}
+
+fn min_max(it: impl Iterator<Item = f64>) -> (f64, f64) {
+    it.filter(|v| v.is_finite()).fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| (a.min(v), b.max(v)))
+}

@@ -1,0 +1,116 @@
+//! `tilt sample` end to end on the shipped configs, and the documented errors for malformed configs.
+
+use std::path::Path;
+use std::process::Command;
+use tilt::config::SampleConfig;
+
+fn shipped(name: &str) -> String {
+    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("configs").join(name)).unwrap()
+}
+
+/// Parse `text` and return the error message (the whole chain).
+fn error_of(text: &str) -> String {
+    match SampleConfig::parse(text) {
+        Ok(_) => panic!("config was accepted:\n{text}"),
+        Err(e) => format!("{e:#}"),
+    }
+}
+
+const GOOD: &str = r#"
+seed = 1
+samples = 100
+class = 0
+[mixture]
+weights = [0.5, 0.5]
+means = [[-1.0, 0.0], [1.0, 0.0]]
+std = [0.5, 0.5]
+[reward]
+kind = "exp-linear"
+a = [1.0, 0.0]
+[guidance]
+kind = "cfg"
+strengths = [0.0, 1.0]
+"#;
+
+#[test]
+fn malformed_configs_name_the_field() {
+    assert!(SampleConfig::parse(GOOD).is_ok());
+    let cases: &[(&str, &str, &str)] = &[
+        ("samples = 100", "sample = 100", "unknown field `sample`"),
+        ("samples = 100\n", "", "missing field `samples`"),
+        ("weights = [0.5, 0.5]", "weights = [0.5, 0.6]", "mixture.weights: expected weights summing to 1"),
+        ("std = [0.5, 0.5]", "std = [0.5, -0.5]", "mixture.std[1]: expected a positive standard deviation"),
+        ("std = [0.5, 0.5]", "std = [0.5]", "mixture.std: expected 2 values"),
+        ("means = [[-1.0, 0.0], [1.0, 0.0]]", "means = [[-1.0, 0.0], [1.0]]", "mixture.means[1]: expected length 2"),
+        ("a = [1.0, 0.0]", "a = [1.0]", "reward.a: expected length 2"),
+        ("class = 0", "class = 5", "class: class 5 does not exist"),
+        ("[mixture]", "[mixturee]", "unknown field `mixturee`"),
+        ("class = 0", "", "class: guidance.kind = \"cfg\" needs the class"),
+        ("kind = \"cfg\"", "kind = \"cfgg\"", "unknown variant `cfgg`"),
+        ("strengths = [0.0, 1.0]", "strengths = []", "guidance.strengths: expected at least one"),
+        ("[guidance]", "[sampler]\nsteps = 0\n[guidance]", "sampler.steps: expected at least 1"),
+        ("[guidance]", "[sampler]\nt_min = 0.5\nt_max = 0.4\n[guidance]", "sampler.t_min, sampler.t_max"),
+        ("[guidance]", "[sampler]\nkind = \"rk4\"\n[guidance]", "unknown variant `rk4`"),
+        ("std = [0.5, 0.5]", "std = [0.5, 0.5]\nstds = [[0.5, 0.5], [0.5, 0.5]]", "give either `std`"),
+        ("[guidance]", "[guidance]\nrescale = 2.0", "guidance.rescale: expected a value in [0, 1]"),
+    ];
+    for (from, to, want) in cases {
+        assert!(GOOD.contains(from), "bad test case: {from}");
+        let msg = error_of(&GOOD.replacen(from, to, 1));
+        assert!(msg.contains(want), "for `{to}`: expected an error containing {want:?}, got:\n{msg}");
+    }
+}
+
+#[test]
+fn the_binary_reports_errors_without_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, GOOD.replace("weights = [0.5, 0.5]", "weights = [0.5, 0.6]")).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_tilt")).args(["sample", "--config"]).arg(&bad).arg("--out").arg(dir.path().join("o")).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("bad.toml") && err.contains("mixture.weights") && !err.contains("panicked"), "{err}");
+    let missing = Command::new(env!("CARGO_BIN_EXE_tilt")).args(["sample", "--config", "/nonexistent.toml", "--out", "x"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("cannot read config file /nonexistent.toml"));
+    let good = dir.path().join("good.toml");
+    std::fs::write(&good, GOOD).unwrap();
+    if !cfg!(feature = "metal") {
+        let r = Command::new(env!("CARGO_BIN_EXE_tilt")).args(["--device", "metal", "sample", "--config"]).arg(&good).args(["--out"]).arg(dir.path().join("m")).output().unwrap();
+        let err = String::from_utf8_lossy(&r.stderr);
+        assert!(!r.status.success() && err.contains("compiled without the `metal` backend") && !err.contains("panicked"), "{err}");
+    }
+}
+
+#[test]
+fn shipped_configs_run_and_write_every_output() {
+    for name in ["cfg_sweep.toml", "reward_sweep.toml"] {
+        let mut cfg = SampleConfig::parse(&shipped(name)).unwrap_or_else(|e| panic!("{name}: {e:#}"));
+        cfg.samples = 300; // the shipped sizes are for people; the test checks the plumbing and the direction
+        cfg.sampler.steps = 60;
+        let dir = tempfile::tempdir().unwrap();
+        let summary = tilt::commands::sample::run(&cfg, dir.path(), &burn::prelude::Device::flex()).unwrap();
+        assert_eq!(summary.records.len(), cfg.guidance.strengths.len());
+        for w in &cfg.guidance.strengths {
+            for ext in ["csv", "png"] {
+                let p = dir.path().join(format!("samples_w{w}.{ext}"));
+                assert!(p.metadata().map(|m| m.len() > 100).unwrap_or(false), "{name}: missing {}", p.display());
+            }
+            let csv = std::fs::read_to_string(dir.path().join(format!("samples_w{w}.csv"))).unwrap();
+            assert_eq!(csv.lines().count(), cfg.samples + 1);
+        }
+        let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.path().join("summary.json")).unwrap()).unwrap();
+        let recs = json["records"].as_array().unwrap();
+        assert!(dir.path().join("curve.png").exists());
+        let first = &recs[0];
+        let last = &recs[recs.len() - 1];
+        if name.starts_with("cfg") {
+            let inv = |r: &serde_json::Value| r["class"]["mean_inv_class_prob"]["mean"].as_f64().unwrap();
+            assert!(inv(last) < inv(first), "{name}: CFG must lower E[1/p(c|Y)]");
+        } else {
+            let mr = |r: &serde_json::Value| r["mean_reward"]["mean"].as_f64().unwrap();
+            assert!(mr(last) > mr(first), "{name}: reward guidance must raise E[r]");
+            assert!(recs.iter().any(|r| r["target"] == "p_r" && r["mmd_to_target"].is_number()));
+            assert!(first["target_mean_reward"].is_number());
+        }
+    }
+}

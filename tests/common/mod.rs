@@ -1,0 +1,45 @@
+//! Shared test helpers: the CPU device, test mixtures, and a one-call sampler over the exact oracle.
+#![allow(dead_code)]
+
+use burn::prelude::*;
+use tilt_core::{GaussianMixture, Schedule};
+use tilt_sampler::{GuidedScore, NoiseSource, Sampler, SamplerKind, TimeGrid};
+
+pub fn device() -> Device {
+    Device::flex()
+}
+
+/// Three overlapping components in 2-D; class 0 = {0}, class 1 = {1, 2}. `1/p(c|x)` is light-tailed
+/// here, so Monte Carlo estimates of `E[1/p(c|Y)]` are trustworthy (method.md §6).
+pub fn overlapping() -> GaussianMixture {
+    GaussianMixture::new(
+        vec![0.3, 0.45, 0.25],
+        vec![vec![-0.8, 0.0], vec![0.8, 0.3], vec![0.2, -0.9]],
+        vec![vec![0.7, 0.7], vec![0.6, 0.8], vec![0.8, 0.5]],
+        vec![vec![0], vec![1, 2]],
+    )
+    .unwrap()
+}
+
+pub fn sampler(kind: SamplerKind, steps: usize) -> Sampler {
+    let schedule = Schedule::Linear;
+    Sampler { kind, schedule, times: TimeGrid::UniformU.times(steps, 0.999, 1e-3, schedule), denoise_final: true }
+}
+
+/// Sample `n` rows with a guided score; returns the host copy `[n, d]`.
+pub fn draw(sampler: &Sampler, guided: &mut GuidedScore, n: usize, d: usize, seed: u64) -> Vec<f32> {
+    let dev = device();
+    let mut noise = NoiseSource::host(seed);
+    let x = sampler.sample(&mut |x, t, k| guided.score(x, t, k), n, d, &dev, &mut noise, &mut |_, _, _| {});
+    tilt_core::tensor_ext::to_vec(x)
+}
+
+/// `|a - b| <= z * se`, with a message that shows the numbers.
+pub fn assert_within(what: &str, estimate: f64, exact: f64, se: f64, z: f64) {
+    assert!(
+        (estimate - exact).abs() <= z * se,
+        "{what}: estimate {estimate:.5} vs exact {exact:.5}: |diff| = {:.5} > {z} SE = {:.5}",
+        (estimate - exact).abs(),
+        z * se
+    );
+}

@@ -1,0 +1,298 @@
+//! Guidance terms against closed forms and finite differences, and the guidance machinery itself
+//! (one model call for CFG, weight schedules, rescale, APG, negative class).
+
+mod common;
+
+use burn::prelude::*;
+use common::*;
+use std::cell::Cell;
+use tilt_core::score::param;
+use tilt_core::{Classifier, Condition, ExpLinearReward, MixtureScore, Reward, Schedule, ScoreModel, tensor_ext};
+use tilt_sampler::guidance::{
+    Apg, BaseEval, CfgGuidance, ClassifierGuidance, GuidanceTerm, NegativeClassGuidance, RewardGradientGuidance,
+    RewardGuidance, input_gradient,
+};
+use tilt_sampler::{GuidedScore, SamplerKind, WeightSchedule};
+
+fn points() -> Tensor<2> {
+    let v = [-1.3f32, 0.4, 0.2, -0.7, 1.1, 1.5, 2.5, -2.0, 0.0, 0.05];
+    tensor_ext::matrix(&v, 5, 2, &device())
+}
+
+fn max_abs(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+fn base_eval<'a>(model: &'a dyn ScoreModel, cond: &'a Condition, x: &Tensor<2>, t: f64) -> BaseEval<'a> {
+    let (score, unconditional) = model.score_and_unconditional(x.clone(), t, cond);
+    BaseEval { model, condition: cond, score, unconditional: Some(unconditional) }
+}
+
+#[test]
+fn mixture_score_matches_host_density_by_finite_differences() {
+    // The tensor score against central differences of the independent f64 host density.
+    let mix = overlapping();
+    for sched in [Schedule::Linear, Schedule::cosine()] {
+        let oracle = MixtureScore::new(mix.clone(), sched, &device());
+        for t in [1e-3, 0.1, 0.6, 0.99] {
+            let s = tensor_ext::to_vec(oracle.score(points(), t, &Condition::Unconditional));
+            let pts = tensor_ext::to_vec(points());
+            for (i, p) in pts.chunks_exact(2).enumerate() {
+                for j in 0..2 {
+                    let h = 1e-5;
+                    let mut a = [p[0] as f64, p[1] as f64];
+                    let mut b = a;
+                    a[j] += h;
+                    b[j] -= h;
+                    let fd = (mix.log_density_at(&a, t, sched) - mix.log_density_at(&b, t, sched)) / (2.0 * h);
+                    let got = s[2 * i + j] as f64;
+                    assert!((got - fd).abs() <= 2e-3 * (1.0 + fd.abs()), "{sched:?} t={t} point {i} dim {j}: {got} vs {fd}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn score_is_finite_near_zero_and_far_from_the_modes() {
+    let mix = tilt_core::GaussianMixture::new(vec![0.5, 0.5], vec![vec![-3.0], vec![3.0]], vec![vec![0.01], vec![0.01]], vec![vec![0], vec![1]]).unwrap();
+    let oracle = MixtureScore::new(mix, Schedule::Linear, &device());
+    let x = tensor_ext::matrix(&[-1e3, -3.0, 0.0, 2.9, 500.0], 5, 1, &device());
+    for t in [0.0, 1e-6, 0.5, 1.0] {
+        for cond in [Condition::Unconditional, Condition::class(1, 5, &device())] {
+            let s = tensor_ext::to_vec(oracle.score(x.clone(), t, &cond));
+            assert!(s.iter().all(|v| v.is_finite()), "t = {t}: {s:?}");
+            let lp = tensor_ext::to_vec(oracle.class_log_posteriors(x.clone(), t));
+            assert!(lp.iter().all(|v| v.is_finite() && *v <= 1e-6), "t = {t}: {lp:?}");
+        }
+    }
+}
+
+#[test]
+fn classifier_gradient_matches_closed_form_and_finite_differences() {
+    let dev = device();
+    let oracle = MixtureScore::new(overlapping(), Schedule::Linear, &dev);
+    let (t, class) = (0.3, 1);
+    let x = points();
+    let cond = Condition::class(class, 5, &dev);
+    let eval = base_eval(&oracle, &cond, &x, t);
+    let g = tensor_ext::to_vec(ClassifierGuidance::new(&oracle, class).term(&x, t, &eval));
+    // grad log p_t(c|x) = s_t(x|c) - s_t(x), exactly.
+    let (sc, su) = oracle.score_and_unconditional(x.clone(), t, &cond);
+    let closed = tensor_ext::to_vec(sc - su);
+    assert!(max_abs(&g, &closed) < 1e-4, "autodiff {g:?} vs closed form {closed:?}");
+    // Central differences of log p_t(c|x) through the f32 tensor code, h = 1e-2.
+    let labels = tensor_ext::labels(&[class; 5], &dev);
+    let f = |x: Tensor<2>| tensor_ext::to_vec_f64(oracle.log_prob(x, t, &labels));
+    let h = 1e-2;
+    for j in 0..2 {
+        let mut e = vec![0f32; 10];
+        for i in 0..5 {
+            e[2 * i + j] = h as f32;
+        }
+        let e = tensor_ext::matrix(&e, 5, 2, &dev);
+        let (fp, fm) = (f(x.clone() + e.clone()), f(x.clone() - e));
+        for i in 0..5 {
+            let fd = (fp[i] - fm[i]) / (2.0 * h);
+            assert!((g[2 * i + j] as f64 - fd).abs() < 2e-3 * (1.0 + fd.abs()), "row {i} dim {j}: {} vs fd {fd}", g[2 * i + j]);
+        }
+    }
+}
+
+#[test]
+fn reward_gradient_term_matches_finite_differences_through_the_denoiser() {
+    let dev = device();
+    let oracle = MixtureScore::new(overlapping(), Schedule::Linear, &dev);
+    let reward = ExpLinearReward::new(vec![0.7, -0.4]);
+    let t = 0.4;
+    let (alpha, sigma) = (Schedule::Linear.alpha(t), Schedule::Linear.sigma(t));
+    let x = points();
+    let cond = Condition::Unconditional;
+    let eval = base_eval(&oracle, &cond, &x, t);
+    let g = tensor_ext::to_vec(RewardGradientGuidance::new(&reward).term(&x, t, &eval));
+    let f = |x: Tensor<2>| {
+        let s = oracle.score(x.clone(), t, &cond);
+        tensor_ext::to_vec_f64(reward.log_reward(param::clean_from_score(x, s, alpha, sigma)))
+    };
+    let h = 1e-2;
+    for j in 0..2 {
+        let mut e = vec![0f32; 10];
+        (0..5).for_each(|i| e[2 * i + j] = h as f32);
+        let e = tensor_ext::matrix(&e, 5, 2, &dev);
+        let (fp, fm) = (f(x.clone() + e.clone()), f(x.clone() - e));
+        for i in 0..5 {
+            let fd = (fp[i] - fm[i]) / (2.0 * h);
+            assert!((g[2 * i + j] as f64 - fd).abs() < 3e-3 * (1.0 + fd.abs()), "row {i} dim {j}: {} vs fd {fd}", g[2 * i + j]);
+        }
+    }
+    // And the generic input-gradient helper on a closed form: grad of sum(x^2) = 2x.
+    let g2 = tensor_ext::to_vec(input_gradient(&x, |x| x.square().sum_dim(1).reshape([5])));
+    let want: Vec<f32> = tensor_ext::to_vec(x).iter().map(|v| 2.0 * v).collect();
+    assert!(max_abs(&g2, &want) < 1e-6);
+}
+
+/// Counts model calls and forwards to the oracle.
+struct Counting<'a> {
+    inner: &'a MixtureScore,
+    calls: Cell<usize>,
+}
+impl ScoreModel for Counting<'_> {
+    fn score(&self, x: Tensor<2>, t: f64, c: &Condition) -> Tensor<2> {
+        self.calls.set(self.calls.get() + 1);
+        self.inner.score(x, t, c)
+    }
+    fn score_and_unconditional(&self, x: Tensor<2>, t: f64, c: &Condition) -> (Tensor<2>, Tensor<2>) {
+        self.calls.set(self.calls.get() + 1);
+        self.inner.score_and_unconditional(x, t, c)
+    }
+    fn schedule(&self) -> Schedule {
+        self.inner.schedule()
+    }
+    fn dim(&self) -> usize {
+        2
+    }
+}
+
+#[test]
+fn cfg_costs_one_model_call_per_step_and_matches_its_formula() {
+    let dev = device();
+    let oracle = MixtureScore::new(overlapping(), Schedule::Linear, &dev);
+    let counting = Counting { inner: &oracle, calls: Cell::new(0) };
+    let cond = Condition::class(0, 5, &dev);
+    let w = 2.5;
+    let mut g = GuidedScore::new(&counting, cond.clone()).with(CfgGuidance::new(), WeightSchedule::Constant(w));
+    let got = tensor_ext::to_vec(g.score(points(), 0.5, 0));
+    assert_eq!(counting.calls.get(), 1, "CFG must evaluate conditional and unconditional in one call");
+    let sc = oracle.score(points(), 0.5, &cond);
+    let su = oracle.score(points(), 0.5, &Condition::Unconditional);
+    let want = tensor_ext::to_vec(sc.clone() + (sc - su).mul_scalar(w));
+    assert!(max_abs(&got, &want) < 1e-5);
+    // A full run: steps + 1 calls (one per step, one for the final denoise).
+    counting.calls.set(0);
+    let mut g = GuidedScore::new(&counting, Condition::class(0, 64, &dev)).with(CfgGuidance::new(), WeightSchedule::Constant(w));
+    draw(&sampler(SamplerKind::ExponentialIntegrator, 25), &mut g, 64, 2, 0);
+    assert_eq!(counting.calls.get(), 26);
+}
+
+#[test]
+fn weight_schedules_switch_terms_on_and_off() {
+    let iv = WeightSchedule::Interval { w: 3.0, t_start: 0.8, t_end: 0.2 };
+    assert_eq!((iv.at(0.5, 0), iv.at(0.9, 0), iv.at(0.1, 0), iv.at(0.2, 0)), (3.0, 0.0, 0.0, 3.0));
+    let ps = WeightSchedule::PerStep(vec![1.0, 2.0]);
+    assert_eq!((ps.at(0.3, 0), ps.at(0.3, 1), ps.at(0.3, 7)), (1.0, 2.0, 2.0));
+    // Outside the interval the guided score is the base score, and the unconditional call is skipped.
+    let dev = device();
+    let oracle = MixtureScore::new(overlapping(), Schedule::Linear, &dev);
+    let counting = Counting { inner: &oracle, calls: Cell::new(0) };
+    let cond = Condition::class(1, 5, &dev);
+    let mut g = GuidedScore::new(&counting, cond.clone()).with(CfgGuidance::new(), iv);
+    let off = tensor_ext::to_vec(g.score(points(), 0.95, 0));
+    assert!(max_abs(&off, &tensor_ext::to_vec(oracle.score(points(), 0.95, &cond))) < 1e-6);
+    let on = tensor_ext::to_vec(g.score(points(), 0.5, 1));
+    assert!(max_abs(&on, &tensor_ext::to_vec(oracle.score(points(), 0.5, &cond))) > 1e-2);
+}
+
+#[test]
+fn terms_add_and_reward_term_is_the_score_difference() {
+    let dev = device();
+    let mix = overlapping();
+    let reward = ExpLinearReward::new(vec![0.5, 0.5]);
+    let base = MixtureScore::new(mix.clone(), Schedule::Linear, &dev);
+    let rw = MixtureScore::new(mix.tilted(&reward), Schedule::Linear, &dev);
+    let cond = Condition::class(1, 5, &dev);
+    let (w1, w2, t) = (0.7, 1.5, 0.3);
+    let mut g = GuidedScore::new(&base, cond.clone())
+        .with(RewardGuidance::reweighted(&rw), WeightSchedule::Constant(w1))
+        .with(CfgGuidance::new(), WeightSchedule::Constant(w2));
+    let got = tensor_ext::to_vec(g.score(points(), t, 0));
+    let (sc, su) = base.score_and_unconditional(points(), t, &cond);
+    let sr = rw.score(points(), t, &cond);
+    let want = tensor_ext::to_vec(sc.clone() + (sr - sc.clone()).mul_scalar(w1) + (sc - su).mul_scalar(w2));
+    assert!(max_abs(&got, &want) < 1e-5);
+    // Residual form: g = delta directly. With delta = s_r - s the two forms agree.
+    struct Delta<'a>(&'a MixtureScore, &'a MixtureScore);
+    impl ScoreModel for Delta<'_> {
+        fn score(&self, x: Tensor<2>, t: f64, c: &Condition) -> Tensor<2> {
+            self.0.score(x.clone(), t, c) - self.1.score(x, t, c)
+        }
+        fn schedule(&self) -> Schedule {
+            Schedule::Linear
+        }
+        fn dim(&self) -> usize {
+            2
+        }
+    }
+    let delta = Delta(&rw, &base);
+    let mut a = GuidedScore::new(&base, cond.clone()).with(RewardGuidance::residual(&delta), WeightSchedule::Constant(w1));
+    let mut b = GuidedScore::new(&base, cond).with(RewardGuidance::reweighted(&rw), WeightSchedule::Constant(w1));
+    assert!(max_abs(&tensor_ext::to_vec(a.score(points(), t, 0)), &tensor_ext::to_vec(b.score(points(), t, 0))) < 1e-5);
+}
+
+#[test]
+fn rescale_and_apg_reshape_cfg_as_specified() {
+    let dev = device();
+    let oracle = MixtureScore::new(overlapping(), Schedule::Linear, &dev);
+    let cond = Condition::class(0, 5, &dev);
+    let (t, w) = (0.4, 3.0);
+    let x = points();
+    // Full rescale (phi = 1): each row of the guided score has the base score's standard deviation.
+    let mut g = GuidedScore::new(&oracle, cond.clone()).with(CfgGuidance::new(), WeightSchedule::Constant(w)).with_rescale(1.0);
+    let got = tensor_ext::to_vec(g.score(x.clone(), t, 0));
+    let base = tensor_ext::to_vec(oracle.score(x.clone(), t, &cond));
+    let std = |r: &[f32]| {
+        let m = (r[0] + r[1]) / 2.0;
+        (((r[0] - m).powi(2) + (r[1] - m).powi(2)) / 2.0).sqrt()
+    };
+    for (a, b) in got.chunks_exact(2).zip(base.chunks_exact(2)) {
+        assert!((std(a) - std(b)).abs() < 1e-4 * (1.0 + std(b)), "{a:?} vs {b:?}");
+    }
+    // APG with eta = 0 and no threshold: the clean-space difference loses its component along x0(x|c).
+    let eval = base_eval(&oracle, &cond, &x, t);
+    let apg = Apg { eta: 0.0, norm_threshold: 0.0, momentum: 0.0 };
+    let g = CfgGuidance::with_apg(apg).term(&x, t, &eval);
+    let x0c = param::clean_from_score(x.clone(), eval.score.clone(), Schedule::Linear.alpha(t), Schedule::Linear.sigma(t));
+    let dots = tensor_ext::to_vec((g.clone() * x0c).sum_dim(1));
+    assert!(dots.iter().all(|d| d.abs() < 1e-4), "APG(eta=0) term must be orthogonal to x0(x|c): {dots:?}");
+    // eta = 1 with a huge threshold is plain CFG.
+    let plain = CfgGuidance::new().term(&x, t, &eval);
+    let same = CfgGuidance::with_apg(Apg { eta: 1.0, norm_threshold: 1e9, momentum: 0.0 }).term(&x, t, &eval);
+    assert!(max_abs(&tensor_ext::to_vec(plain.clone()), &tensor_ext::to_vec(same)) < 1e-4);
+    // A norm threshold bounds the clean-space difference per row.
+    let tau = 0.05;
+    let clipped = CfgGuidance::with_apg(Apg { eta: 1.0, norm_threshold: tau, momentum: 0.0 }).term(&x, t, &eval);
+    let to_x0 = (1.0 - Schedule::Linear.alpha_sq(t)) / Schedule::Linear.alpha(t);
+    let norms = tensor_ext::to_vec(clipped.mul_scalar(to_x0).square().sum_dim(1).sqrt());
+    assert!(norms.iter().all(|n| *n <= tau as f32 * 1.0001), "{norms:?}");
+}
+
+#[test]
+fn negative_class_guidance_lowers_that_class() {
+    let dev = device();
+    let mix = overlapping();
+    let oracle = MixtureScore::new(mix.clone(), Schedule::Linear, &dev);
+    let n = 4000;
+    let prob_of_class0 = |w: f64| {
+        let mut g = GuidedScore::new(&oracle, Condition::Unconditional).with(NegativeClassGuidance::new(0), WeightSchedule::Constant(w));
+        let x = draw(&sampler(SamplerKind::ExponentialIntegrator, 100), &mut g, n, 2, 9);
+        let lp = tensor_ext::to_vec_f64(oracle.class_log_posteriors(tensor_ext::matrix(&x, n, 2, &dev), 0.0));
+        tilt_core::metrics::mean_se(&lp.chunks_exact(2).map(|r| r[0].exp()).collect::<Vec<_>>())
+    };
+    let (p0, p2) = (prob_of_class0(0.0), prob_of_class0(2.0));
+    // At w = 0 the mean of p(0|Y) is p(0) = 0.3 (E_p[p(c|X)] = p(c)); w = 2 must push it clearly lower.
+    assert!((p0.mean - mix.class_prior(0)).abs() < 4.0 * p0.se, "{p0:?}");
+    assert!(p2.mean + 4.0 * (p0.se + p2.se) < p0.mean, "p(class 0) {p0:?} -> {p2:?}");
+}
+
+#[test]
+fn classifier_guidance_at_w1_on_unconditional_base_samples_the_class() {
+    // s(x) + grad log p_t(c|x) = s(x|c): exact conditional sampling, so E[1/p(c|Y)] = 1/p(c).
+    let dev = device();
+    let mix = overlapping();
+    let oracle = MixtureScore::new(mix.clone(), Schedule::Linear, &dev);
+    let n = 10_000;
+    let mut g = GuidedScore::new(&oracle, Condition::Unconditional).with(ClassifierGuidance::new(&oracle, 0), WeightSchedule::Constant(1.0));
+    let x = draw(&sampler(SamplerKind::ExponentialIntegrator, 150), &mut g, n, 2, 21);
+    let lp = tensor_ext::to_vec_f64(oracle.class_log_posteriors(tensor_ext::matrix(&x, n, 2, &dev), 0.0));
+    let inv = tilt_core::metrics::mean_se(&lp.chunks_exact(2).map(|r| (-r[0]).exp()).collect::<Vec<_>>());
+    assert_within("E[1/p(0|Y)] under classifier guidance w = 1", inv.mean, 1.0 / mix.class_prior(0), inv.se, 4.0);
+}

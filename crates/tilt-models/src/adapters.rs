@@ -20,11 +20,11 @@ impl NetScore {
         Self { net, schedule, dim }
     }
 
-    fn labels_for(&self, condition: &Condition, n: usize, device: &Device) -> Option<Tensor<1, Int>> {
+    /// `None` (unconditional: the network uses its null label) or the labels of a conditional network.
+    fn labels_for(&self, condition: &Condition) -> Option<Tensor<1, Int>> {
         match (condition, self.net.null_label()) {
-            (_, None) => None,
             (Condition::Labels(l), Some(_)) => Some(l.clone()),
-            (Condition::Unconditional, Some(null)) => Some(tensor_ext::labels(&vec![null; n], device)),
+            _ => None,
         }
     }
 
@@ -37,7 +37,7 @@ impl NetScore {
 
 impl ScoreModel for NetScore {
     fn score(&self, x: Tensor<2>, t: f64, condition: &Condition) -> Tensor<2> {
-        let labels = self.labels_for(condition, x.dims()[0], &x.device());
+        let labels = self.labels_for(condition);
         param::score_from_noise(self.noise(x, t, labels), self.schedule.sigma(t))
     }
 

@@ -91,12 +91,14 @@ impl ScoreNetConfig {
 
 impl ScoreNet {
     /// Predicted noise for `x: [n, d]` at times `t: [n]`; `labels: [n]` in `0..=num_classes`
-    /// (`num_classes` is the null label), ignored by an unconditional network.
+    /// (`num_classes` is the null label). `None` means unconditional: the null label for a conditional
+    /// network, nothing for an unconditional one.
     pub fn forward(&self, x: Tensor<2>, t: Tensor<1>, labels: Option<Tensor<1, Int>>) -> Tensor<2> {
         let act = self.activation;
+        let n = x.dims()[0];
         let mut emb = self.time_mlp.forward(time_embedding(t, self.time_dim));
-        if let (Some(e), Some(l)) = (&self.class_emb, labels) {
-            let n = l.dims()[0];
+        if let Some(e) = &self.class_emb {
+            let l = labels.unwrap_or_else(|| Tensor::<1, Int>::full([n], self.num_classes as i64, &x.device()));
             let h = emb.dims()[1];
             emb = emb + e.forward(l.unsqueeze_dim::<2>(1)).reshape([n, h]);
         }

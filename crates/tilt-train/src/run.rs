@@ -301,6 +301,15 @@ fn normalised_weights(log_r: &[f64]) -> Vec<f32> {
     e.iter().map(|v| (v / mean) as f32).collect()
 }
 
+/// Build a model from the device RNG seeded with `seed`. Burn's RNG is process-global per backend, so the
+/// seed-then-init pair is made atomic: concurrent runs (tests, threads) then still get reproducible weights.
+fn seeded_init<M>(device: &Device, seed: u64, init: impl FnOnce() -> M) -> M {
+    static INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = INIT.lock().unwrap_or_else(|e| e.into_inner());
+    device.seed(seed);
+    init()
+}
+
 /// Train (or, with `resume`, continue) the run described by `cfg` in `run_dir`.
 pub fn train(cfg: &TrainConfig, run_dir: &Path, resume: bool, device: &Device, progress: &mut dyn FnMut(&Progress)) -> Result<TrainOutcome> {
     let has_run = checkpoint::resolve(run_dir).is_ok();
@@ -340,7 +349,7 @@ pub fn train(cfg: &TrainConfig, run_dir: &Path, resume: bool, device: &Device, p
                 });
                 weighted_mse(m.forward(batch.x_t, batch.t, labels), batch.z, None)
             };
-            ctx.run(net_cfg.init(&ad), &net_cfg, &train_set, &test_set, loss, progress)
+            ctx.run(seeded_init(&ad, cfg.seed, || net_cfg.init(&ad)), &net_cfg, &train_set, &test_set, loss, progress)
         }
         Objective::Classifier => {
             if train_set.labels.is_none() || train_set.num_classes < 2 {
@@ -357,7 +366,7 @@ pub fn train(cfg: &TrainConfig, run_dir: &Path, resume: bool, device: &Device, p
                 let labels = tensor_ext::labels(batch.labels.as_ref().expect("labelled"), dev);
                 log_softmax(m.forward(batch.x_t, batch.t), 1).gather(1, labels.reshape([b, 1])).mean().neg()
             };
-            ctx.run(net_cfg.init(&ad), &net_cfg, &train_set, &test_set, loss, progress)
+            ctx.run(seeded_init(&ad, cfg.seed, || net_cfg.init(&ad)), &net_cfg, &train_set, &test_set, loss, progress)
         }
         Objective::RewardWeighted { form, reward, base, residual_model } => {
             reward.validate(data.dim).map_err(|e| anyhow!("objective.reward.{e}"))?;
@@ -375,12 +384,21 @@ pub fn train(cfg: &TrainConfig, run_dir: &Path, resume: bool, device: &Device, p
             let weights_of = |x0: &[f32], dev: &Device| normalised_weights(&log_rewards(reward.as_ref(), x0, data.dim, &ctx.standardizer, dev));
             match form {
                 RewardForm::Full | RewardForm::Resample => {
-                    let net_cfg = net_config(&cfg.model, 0);
-                    let mut model = net_cfg.init(&ad);
-                    if let (Some(base), false) = (&base, resume) {
-                        let ck = Checkpoint::open(&base.path, "score-net")?;
-                        model = ck.load_model(FileKind::EmaModel, model).context("objective.base: the base network must have the same `model` sizes to initialise from it")?;
-                    }
+                    // With a base, start from its weights and architecture (a class-conditional base is then
+                    // trained and used under its null label, i.e. unconditionally).
+                    let (net_cfg, model) = match &base {
+                        Some(base) => {
+                            let net_cfg: ScoreNetConfig = serde_json::from_value(base.state.net.clone())?;
+                            let init = seeded_init(&ad, cfg.seed, || net_cfg.init(&ad));
+                            let model = if resume { init } else { Checkpoint::open(&base.path, "score-net")?.load_model(FileKind::EmaModel, init)? };
+                            (net_cfg, model)
+                        }
+                        None => {
+                            let net_cfg = net_config(&cfg.model, 0);
+                            let model = seeded_init(&ad, cfg.seed, || net_cfg.init(&ad));
+                            (net_cfg, model)
+                        }
+                    };
                     if *form == RewardForm::Full {
                         let loss = |m: &ScoreNet, data: &Dataset, rng: &mut ChaCha8Rng, dev: &Device| {
                             let idx = uniform_indices(data.len(), b, rng);
@@ -420,7 +438,7 @@ pub fn train(cfg: &TrainConfig, run_dir: &Path, resume: bool, device: &Device, p
                         let eps = m.forward(batch.x_t, batch.t, None) + eps_base;
                         weighted_mse(eps, batch.z, Some(&w))
                     };
-                    ctx.run(net_cfg.init(&ad), &net_cfg, &train_set, &test_set, loss, progress)
+                    ctx.run(seeded_init(&ad, cfg.seed, || net_cfg.init(&ad)), &net_cfg, &train_set, &test_set, loss, progress)
                 }
             }
         }

@@ -117,13 +117,14 @@ pub fn curves(path: &Path, title: &str, x_label: &str, y_label: &str, series: &[
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
         chart.draw_series(s.points.iter().map(|&p| Circle::new(p, 3, color.filled()))).map_err(err(path))?;
     }
+    const REF_COLORS: [RGBColor; 3] = [RGBColor(40, 40, 40), RGBColor(30, 120, 60), RGBColor(120, 60, 160)];
     for (i, (name, y)) in references.iter().enumerate() {
-        let color = RGBColor(90, 90, 90).mix(if i == 0 { 1.0 } else { 0.6 });
+        let color = REF_COLORS[i % REF_COLORS.len()];
         chart
-            .draw_series(LineSeries::new(vec![(x0, *y), (x1, *y)], color.stroke_width(1)))
+            .draw_series(DashedLineSeries::new(vec![(x0, *y), (x1, *y)], 6, 4, color.stroke_width(2)))
             .map_err(err(path))?
             .label(name.clone())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(1)));
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
     }
     chart
         .configure_series_labels()

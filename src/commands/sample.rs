@@ -146,6 +146,11 @@ impl Problem {
     }
 }
 
+/// The config spelling of an enum value (`reward-gradient`, `exponential-integrator`).
+fn kebab<T: Serialize>(v: &T) -> String {
+    serde_json::to_value(v).ok().and_then(|j| j.as_str().map(str::to_owned)).unwrap_or_default()
+}
+
 fn argmax(row: &[f64]) -> usize {
     row.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(i, _)| i)
 }
@@ -408,7 +413,7 @@ pub fn run(cfg: &SampleConfig, out: &Path, device: &Device) -> Result<Summary> {
 
         let stem = format!("samples_w{w}");
         output::write_samples_csv(&out.join(format!("{stem}.csv")), &x, d)?;
-        let title = format!("{kind:?} guidance, w = {w}  ({n} samples, {} {:?} steps)", sampler.steps(), s.kind);
+        let title = format!("{} guidance, w = {w}  ({n} samples, {} {} steps)", kebab(&kind), sampler.steps(), kebab(&s.kind));
         let png = out.join(format!("{stem}.png"));
         match &problem {
             Some(p) => {

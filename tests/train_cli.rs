@@ -1,0 +1,175 @@
+//! `tilt train` / `tilt sample` with trained models / `tilt export` end to end, data sets and their errors,
+//! divergence detection.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use tilt_train::{DataSpec, TrainConfig};
+
+const TINY: &str = r#"
+steps = 40
+seed = 1
+batch_size = 128
+data_size = 2000
+log_every = 10
+checkpoint_every = 20
+[objective]
+kind = "dsm"
+p_uncond = 0.2
+[model]
+hidden = 32
+blocks = 1
+[data]
+kind = "mixture"
+weights = [0.5, 0.5]
+means = [[-1.0, 0.0], [1.0, 0.0]]
+std = [0.5, 0.5]
+"#;
+
+fn tilt(args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_tilt")).args(args).output().unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[test]
+fn train_sample_and_export_through_the_binary() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let cfg = d.join("tiny.toml");
+    std::fs::write(&cfg, TINY).unwrap();
+    let run = d.join("run");
+    let (ok, err) = tilt(&["train", "--config", cfg.to_str().unwrap(), "--out", run.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    for f in ["loss.csv", "loss.png", "config.toml", "checkpoints/latest"] {
+        assert!(run.join(f).exists(), "missing {f}");
+    }
+    let csv = std::fs::read_to_string(run.join("loss.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 1 + 4, "one row per 10 steps:\n{csv}");
+    // Training again into the same directory is refused; --resume with nothing left to do is fine.
+    let (ok, err) = tilt(&["train", "--config", cfg.to_str().unwrap(), "--out", run.to_str().unwrap()]);
+    assert!(!ok && err.contains("--resume"), "{err}");
+
+    // Sample with the trained network as the base: the mixture comes from the run, metrics are exact.
+    let sample_cfg = d.join("sample.toml");
+    std::fs::write(
+        &sample_cfg,
+        format!("samples = 200\nclass = 1\n[models]\nbase = \"{}\"\n[sampler]\nsteps = 30\n[guidance]\nkind = \"cfg\"\nstrengths = [0.0, 3.0]\n", run.display()),
+    )
+    .unwrap();
+    let out = d.join("sampled");
+    let (ok, err) = tilt(&["sample", "--config", sample_cfg.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    let summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    assert!(summary["scores"].as_str().unwrap().contains("base:"));
+    let recs = summary["records"].as_array().unwrap();
+    let acc = |r: &serde_json::Value| r["class"]["accuracy"].as_f64().unwrap();
+    assert!(acc(&recs[1]) > acc(&recs[0]), "CFG with the trained network must raise the accuracy: {recs:?}");
+    assert!(out.join("samples_w3.png").exists());
+
+    // SafeTensors export of the EMA weights.
+    let st = d.join("model.safetensors");
+    let (ok, err) = tilt(&["export", "--checkpoint", run.to_str().unwrap(), "--out", st.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    let bytes = std::fs::read(&st).unwrap();
+    let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + header_len]).unwrap();
+    assert!(header.as_object().unwrap().keys().any(|k| k.contains("output")), "{header}");
+}
+
+#[test]
+fn divergence_stops_with_an_error_and_keeps_the_last_good_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = TINY.replace("steps = 40", "steps = 200").replace("log_every = 10", "log_every = 1").replace("checkpoint_every = 20", "checkpoint_every = 1")
+        + "[optim]\nlr = 0.9\nbeta1 = 0.0\nbeta2 = 0.0\nepsilon = 1e-30\n";
+    let cfg = TrainConfig::parse(&text).unwrap();
+    let run = dir.path().join("run");
+    let err = tilt_train::train(&cfg, &run, false, &common::device(), &mut |_| {}).unwrap_err();
+    let msg = format!("{err:#}");
+    assert!(msg.contains("training diverged"), "{msg}");
+    // The newest checkpoint is the last step whose loss was finite, and it verifies and loads.
+    let ck = tilt_train::checkpoint::Checkpoint::open(&run, "score-net").unwrap();
+    let state: tilt_train::run::RunState = ck.load_json("state.json").unwrap();
+    assert!(state.history.iter().all(|p| p.loss.is_finite()));
+    assert_eq!(state.step, state.history.last().unwrap().step);
+    assert!(tilt_train::load_score(&run, "score-net", &common::device()).is_ok());
+}
+
+#[test]
+fn toy_data_sets_have_their_shapes() {
+    let make = |s: &str| DataSpec::generate(&toml::from_str::<DataSpec>(s).unwrap(), 2000, 7).unwrap();
+    let roll = make("kind = \"swiss-roll\"\nnoise = 0.0");
+    for r in roll.x.chunks_exact(2) {
+        let rad = ((r[0] as f64).powi(2) + (r[1] as f64).powi(2)).sqrt() * 4.0; // radius = t / 4 * 4 = t
+        assert!((1.5 * std::f64::consts::PI - 1e-3..=4.5 * std::f64::consts::PI + 1e-3).contains(&rad), "{rad}");
+    }
+    let board = make("kind = \"checkerboard\"");
+    assert!(board.x.chunks_exact(2).all(|r| ((r[0] + 2.0).floor() as i64 + (r[1] + 2.0).floor() as i64) % 2 == 0));
+    let rings = make("kind = \"rings\"\nrings = 3\nnoise = 0.0");
+    assert_eq!(rings.num_classes, 3);
+    for (r, l) in rings.x.chunks_exact(2).zip(rings.labels.as_ref().unwrap()) {
+        assert!(((r[0].hypot(r[1])) - (*l + 1) as f32).abs() < 1e-4);
+    }
+    let moons = make("kind = \"two-moons\"");
+    assert_eq!(moons.labels.as_ref().unwrap().iter().filter(|&&c| c == 1).count(), 1000);
+    // Same seed, same data; split sizes; standardisation round-trips.
+    assert_eq!(make("kind = \"two-moons\""), moons);
+    let (train, test) = moons.split(0.25, 1);
+    assert_eq!((train.len(), test.len()), (1500, 500));
+    let st = tilt_train::Standardizer::fit(&moons);
+    let mut x = moons.x.clone();
+    st.apply(&mut x);
+    let m = tilt_core::metrics::column_means(&x, 2);
+    assert!(m.iter().all(|v| v.abs() < 1e-5));
+    st.invert(&mut x);
+    assert!(x.iter().zip(&moons.x).all(|(a, b)| (a - b).abs() < 1e-4));
+}
+
+#[test]
+fn csv_data_errors_name_line_and_column() {
+    let dir = tempfile::tempdir().unwrap();
+    let read = |name: &str, text: &str, labelled: bool| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        tilt_train::data::read_csv(&p, labelled).map_err(|e| format!("{e:#}"))
+    };
+    let ok = read("ok.csv", "x1,x2,label\n0.5,1.0,0\n-1,2,1\n", true).unwrap();
+    assert_eq!((ok.len(), ok.dim, ok.num_classes), (2, 2, 2));
+    let e = read("bad.csv", "x1,x2\n0.5,1.0\n0.1,abc\n", false).unwrap_err();
+    assert!(e.contains("bad.csv: line 3, column 2: expected a number, got \"abc\""), "{e}");
+    let e = read("ragged.csv", "1,2\n3,4,5\n", false).unwrap_err();
+    assert!(e.contains("ragged.csv: line 2: expected 2 columns"), "{e}");
+    let e = read("label.csv", "1,2,0\n3,4,x\n", true).unwrap_err();
+    assert!(e.contains("label.csv: line 2, column 3: expected a class label"), "{e}");
+    let e = read("nan.csv", "1,2\n3,NaN\n", false).unwrap_err();
+    assert!(e.contains("line 2, column 2: expected a finite number"), "{e}");
+    assert!(read("empty.csv", "x1,x2\n", false).unwrap_err().contains("no data rows"));
+    let missing = tilt_train::data::read_csv(Path::new("/nonexistent/data.csv"), false).unwrap_err();
+    assert!(format!("{missing:#}").contains("cannot open data file /nonexistent/data.csv"));
+}
+
+#[test]
+fn malformed_train_configs_name_the_field() {
+    let cases: &[(&str, &str, &str)] = &[
+        ("steps = 40", "steps = 0", "steps: expected a positive number"),
+        ("steps = 40", "stepz = 40", "unknown field `stepz`"),
+        ("p_uncond = 0.2", "p_uncond = 1.5", "objective.p_uncond"),
+        ("kind = \"dsm\"", "kind = \"gan\"", "unknown variant `gan`"),
+        ("hidden = 32", "hidden = 32\nwidth = 3", "unknown field `width`"),
+        ("std = [0.5, 0.5]", "std = [0.5, -0.5]", "data.std[1]: expected a positive standard deviation"),
+    ];
+    for (from, to, want) in cases {
+        assert!(TINY.contains(from));
+        let text = TINY.replacen(from, to, 1);
+        let msg = match TrainConfig::parse(&text).and_then(|c| c.data.generate(10, 0).map(|_| c)) {
+            Ok(_) => panic!("accepted: {to}"),
+            Err(e) => format!("{e:#}"),
+        };
+        assert!(msg.contains(want), "for {to:?}: expected {want:?} in {msg}");
+    }
+    let e = TrainConfig::parse(&format!("{TINY}[optim]\nlr = -1.0\n")).unwrap_err();
+    assert!(format!("{e:#}").contains("optim.lr: expected a positive number"));
+    let residual = TINY.replace("kind = \"dsm\"\np_uncond = 0.2", "kind = \"reward-weighted\"\nform = \"residual\"\nreward = { kind = \"exp-linear\", a = [1.0, 0.0] }");
+    let e = TrainConfig::parse(&residual).unwrap_err();
+    assert!(format!("{e:#}").contains("objective.base: the residual form needs"), "{e:#}");
+}

@@ -10,34 +10,14 @@
 use burn::optim::GradientsParams;
 use burn::prelude::*;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use tilt::alloc;
 use tilt_core::{Condition, ScoreModel, Schedule, tensor_ext};
 use tilt_models::{Activation, NetScore, ScoreNetConfig};
 use tilt_sampler::guidance::CfgGuidance;
 use tilt_sampler::{GuidedScore, NoiseSource, Sampler, SamplerKind, TimeGrid, WeightSchedule};
 
-/// Counts live heap bytes and their peak. Written here (20 lines) rather than pulled in as a crate: the
-/// benchmark needs only a peak, read between phases.
-struct PeakAlloc;
-static LIVE: AtomicUsize = AtomicUsize::new(0);
-static PEAK: AtomicUsize = AtomicUsize::new(0);
-unsafe impl GlobalAlloc for PeakAlloc {
-    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        let p = unsafe { System.alloc(l) };
-        if !p.is_null() {
-            let now = LIVE.fetch_add(l.size(), Ordering::Relaxed) + l.size();
-            PEAK.fetch_max(now, Ordering::Relaxed);
-        }
-        p
-    }
-    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
-        unsafe { System.dealloc(p, l) };
-        LIVE.fetch_sub(l.size(), Ordering::Relaxed);
-    }
-}
 #[global_allocator]
-static ALLOC: PeakAlloc = PeakAlloc;
+static ALLOC: tilt::alloc::PeakAlloc = tilt::alloc::PeakAlloc;
 
 const BATCH: usize = 1024;
 
@@ -68,13 +48,12 @@ fn train_step_bench(c: &mut Criterion) {
         };
         // Peak heap over 50 steps, after a warm-up step.
         model = step(model);
-        PEAK.store(LIVE.load(Ordering::Relaxed), Ordering::Relaxed);
-        let before = LIVE.load(Ordering::Relaxed);
+        let before = alloc::reset_peak();
         for _ in 0..50 {
             model = step(model);
         }
         let _ = tensor_ext::to_vec(model.forward(x0.clone().inner(), t.clone().inner(), None));
-        let peak = PEAK.load(Ordering::Relaxed);
+        let peak = alloc::peak();
         println!("train_step_b1024/{act:?}: peak heap over 50 steps {:.2} MiB ({:.2} MiB above the resting {:.2} MiB)", peak as f64 / 1048576.0, (peak - before) as f64 / 1048576.0, before as f64 / 1048576.0);
         let mut slot = Some(model);
         group.bench_function(format!("{act:?}"), |b| {

@@ -4,6 +4,9 @@ use std::path::PathBuf;
 use tilt::config::SampleConfig;
 use tilt::{commands, device};
 
+#[global_allocator]
+static ALLOC: tilt::alloc::PeakAlloc = tilt::alloc::PeakAlloc;
+
 /// tilt: guided diffusion (classifier-free, classifier and reward guidance as one rule) on Burn.
 #[derive(Parser)]
 #[command(version, about)]
@@ -37,6 +40,24 @@ enum Command {
         /// Continue the run in --out from its latest checkpoint.
         #[arg(long)]
         resume: bool,
+    },
+    /// Run the papers' experiments and write a report (configs/experiments/).
+    Reproduce {
+        #[arg(long, value_enum, default_value = "fast")]
+        preset: commands::reproduce::Preset,
+        /// Run only these experiments (cfg_mixture, reward_mixture, swiss_roll, robustness, efficiency, discretisation).
+        #[arg(long, num_args = 1..)]
+        only: Vec<String>,
+        #[arg(long, default_value = "out/reproduce")]
+        out: PathBuf,
+        /// Re-run stages whose outputs are already complete.
+        #[arg(long)]
+        force: bool,
+    },
+    /// The fast preset of `reproduce` into out/demo: the short, complete tour.
+    Demo {
+        #[arg(long, default_value = "out/demo")]
+        out: PathBuf,
     },
     /// Export a checkpoint's EMA weights as SafeTensors.
     Export {
@@ -72,12 +93,32 @@ fn main() -> Result<()> {
                 o.checkpoint.display()
             );
         }
+        Command::Reproduce { preset, only, out, force } => reproduce(preset, &only, &out, force, cli.device.as_deref())?,
+        Command::Demo { out } => reproduce(commands::reproduce::Preset::Fast, &[], &out, false, cli.device.as_deref())?,
         Command::Export { checkpoint, out } => {
             let device = device::select(cli.device.as_deref())?;
             commands::train::export(&checkpoint, &out, &device)?;
             eprintln!("wrote {}", out.display());
         }
         Command::Devices => println!("{}", device::compiled_backends().join("\n")),
+    }
+    Ok(())
+}
+
+fn reproduce(preset: commands::reproduce::Preset, only: &[String], out: &std::path::Path, force: bool, device: Option<&str>) -> Result<()> {
+    let device = device::select(device)?;
+    eprintln!("tilt reproduce: preset {preset:?} on {}", device::describe(&device));
+    let outcomes = commands::reproduce::run(preset, only, out, force, &device)?;
+    let failed: Vec<String> = outcomes
+        .iter()
+        .filter_map(|o| match o {
+            commands::reproduce::Outcome::Failed(n, _) => Some(n.clone()),
+            _ => None,
+        })
+        .collect();
+    eprintln!("wrote {}", out.join("report.md").display());
+    if !failed.is_empty() {
+        anyhow::bail!("{} stage(s) failed: {} (see {})", failed.len(), failed.join(", "), out.join("report.md").display());
     }
     Ok(())
 }

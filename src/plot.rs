@@ -88,6 +88,22 @@ pub struct Series {
 
 /// Curves against a common x axis, with optional horizontal reference lines (exact values).
 pub fn curves(path: &Path, title: &str, x_label: &str, y_label: &str, series: &[Series], references: &[(String, f64)]) -> Result<()> {
+    curves_scaled(path, title, x_label, y_label, series, references, false)
+}
+
+/// As [`curves`], with a logarithmic x axis when `log_x` (points with x <= 0 are left out).
+pub fn curves_scaled(path: &Path, title: &str, x_label: &str, y_label: &str, series: &[Series], references: &[(String, f64)], log_x: bool) -> Result<()> {
+    if log_x {
+        let logged: Vec<Series> = series
+            .iter()
+            .map(|s| Series { name: s.name.clone(), points: s.points.iter().filter(|p| p.0 > 0.0).map(|p| (p.0.log10(), p.1)).collect() })
+            .collect();
+        return draw_curves(path, title, x_label, y_label, &logged, references, true);
+    }
+    draw_curves(path, title, x_label, y_label, series, references, false)
+}
+
+fn draw_curves(path: &Path, title: &str, x_label: &str, y_label: &str, series: &[Series], references: &[(String, f64)], log_x: bool) -> Result<()> {
     ensure_font();
     let all_x = series.iter().flat_map(|s| s.points.iter().map(|p| p.0));
     let all_y = series.iter().flat_map(|s| s.points.iter().map(|p| p.1)).chain(references.iter().map(|r| r.1));
@@ -107,7 +123,13 @@ pub fn curves(path: &Path, title: &str, x_label: &str, y_label: &str, series: &[
         .y_label_area_size(60)
         .build_cartesian_2d(x0..x1, y0..y1)
         .map_err(err(path))?;
-    chart.configure_mesh().x_desc(x_label).y_desc(y_label).draw().map_err(err(path))?;
+    let log_fmt = |v: &f64| {
+        let x = 10f64.powf(*v);
+        if x >= 1.0 { format!("{x:.0}") } else { format!("{x:.2}") }
+    };
+    let lin_fmt = |v: &f64| format!("{v}");
+    let fmt: &dyn Fn(&f64) -> String = if log_x { &log_fmt } else { &lin_fmt };
+    chart.configure_mesh().x_desc(x_label).y_desc(y_label).x_label_formatter(fmt).draw().map_err(err(path))?;
     for (i, s) in series.iter().enumerate() {
         let color = Palette99::pick(i).to_rgba();
         chart

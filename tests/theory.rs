@@ -7,7 +7,7 @@ use common::*;
 use tilt_core::metrics::mean_se;
 use tilt_core::{Condition, ExpLinearReward, MixtureScore, Reward, ScoreModel, tensor_ext};
 use tilt_sampler::guidance::{CfgGuidance, RewardGuidance};
-use tilt_sampler::{GuidedScore, NoiseSource, SamplerKind, TimeGrid, WeightSchedule};
+use tilt_sampler::{GuidedScore, SamplerKind, TimeGrid, WeightSchedule};
 
 const Z: f64 = 4.0;
 
@@ -179,41 +179,13 @@ fn claim5_reward_improvement_identity_holds_along_the_trajectory() {
     let base = MixtureScore::new(mix.clone(), Default::default(), &dev);
     let reweighted = MixtureScore::new(mix.tilted(&reward), Default::default(), &dev);
     let log_mean_r = mix.log_mean_exp_linear(&reward.a);
-    let n = 8_000;
     for w in [1.0, 2.0] {
         let mut s = common::sampler(SamplerKind::ExponentialIntegrator, 400);
         s.denoise_final = false;
-        let sched = s.schedule;
-        // Per-sample h and h |∇ log h|^2 at each grid point.
-        let mut h_path: Vec<Vec<f64>> = Vec::new();
-        let mut q_path: Vec<Vec<f64>> = Vec::new();
-        let mut us = Vec::new();
-        let mut observe = |_k: usize, t: f64, x: &burn::prelude::Tensor<2>| {
-            let u = Condition::Unconditional;
-            let log_h = reweighted.log_density(x.clone(), t, &u) - base.log_density(x.clone(), t, &u);
-            let h: Vec<f64> = tensor_ext::to_vec_f64(log_h).into_iter().map(|l| (l + log_mean_r).exp()).collect();
-            let grad = reweighted.score(x.clone(), t, &u) - base.score(x.clone(), t, &u);
-            let g2 = tensor_ext::to_vec_f64(grad.square().sum_dim(1));
-            q_path.push(h.iter().zip(&g2).map(|(a, b)| a * b).collect());
-            h_path.push(h);
-            us.push(sched.ou_time(t));
-        };
-        let mut g = GuidedScore::new(&base, Condition::Unconditional).with(RewardGuidance::reweighted(&reweighted), WeightSchedule::Constant(w));
-        let mut noise = NoiseSource::host(3);
-        s.sample(&mut |x, t, k| g.score(x, t, k), n, 2, &dev, &mut noise, &mut observe);
-        let last = h_path.len() - 1;
-        let residual: Vec<f64> = (0..n)
-            .map(|i| {
-                let integral: f64 = (0..last).map(|k| 0.5 * (q_path[k][i] + q_path[k + 1][i]) * (us[k] - us[k + 1])).sum();
-                h_path[last][i] - h_path[0][i] - w * integral
-            })
-            .collect();
-        let gain = mean_se(&h_path[last].iter().zip(&h_path[0]).map(|(a, b)| a - b).collect::<Vec<_>>());
-        let res = mean_se(&residual);
-        assert!(gain.mean > 10.0 * gain.se, "w = {w}: the reward gain {gain:?} must be clearly positive");
-        assert_within(&format!("improvement identity residual at w = {w} (gain {:.4})", gain.mean), res.mean, 0.0, res.se, Z);
+        let c = tilt_sampler::diagnostics::improvement_identity(&base, &reweighted, log_mean_r, w, &s, 8_000, 3, &dev);
+        assert!(c.gain.mean > 10.0 * c.gain.se, "w = {w}: the reward gain {:?} must be clearly positive", c.gain);
+        assert_within(&format!("improvement identity residual at w = {w} (gain {:.4})", c.gain.mean), c.residual.mean, 0.0, c.residual.se, Z);
         // Start: h at t_max is E_p[r] up to alpha(t_max) ≈ 0.03, so the gain is also E[r(Y)] - E_p[r].
-        let start = mean_se(&h_path[0]);
-        assert_within("h at t_max vs E_p[r]", start.mean, log_mean_r.exp(), start.se.max(1e-3), Z);
+        assert_within("h at t_max vs E_p[r]", c.start.mean, log_mean_r.exp(), c.start.se.max(1e-3), Z);
     }
 }

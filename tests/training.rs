@@ -53,26 +53,8 @@ fn base_run() -> PathBuf {
     trained("base", &config("kind = \"dsm\"\nconditional = true\np_uncond = 0.2", 1500, ""))
 }
 
-/// `sqrt(Σ_t E|s_θ - s|^2 / Σ_t E|s|^2)` over `t` in [0.05, 1], `x ~ p_t` exactly.
 fn relative_l2(model: &dyn ScoreModel, exact: &MixtureScore, cond: &dyn Fn(usize) -> Condition) -> f64 {
-    let dev = device();
-    let n = 4000;
-    let (mut num, mut den) = (0.0, 0.0);
-    for (i, t) in [0.05, 0.1, 0.2, 0.35, 0.5, 0.7, 0.9, 1.0].into_iter().enumerate() {
-        let sched = exact.schedule();
-        let (x0, _) = exact.mixture().sample(n, &mut <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(i as u64));
-        let x0 = tensor_ext::matrix(&x0, n, 2, &dev);
-        let z = tilt_sampler::NoiseSource::host(100 + i as u64).normal(n, 2, &dev);
-        let xt = x0.mul_scalar(sched.alpha(t)) + z.mul_scalar(sched.sigma(t));
-        let c = cond(n);
-        let e = exact.score(xt.clone(), t, &c);
-        let m = model.score(xt, t, &c);
-        // Weight each t by sigma^2 (the noise-prediction scale), as the training loss does.
-        let w = sched.sigma(t).powi(2);
-        num += w * tensor_ext::to_vec_f64((m - e.clone()).square().sum()).iter().sum::<f64>();
-        den += w * tensor_ext::to_vec_f64(e.square().sum()).iter().sum::<f64>();
-    }
-    (num / den).sqrt()
+    tilt_core::mixture::relative_score_error(model, exact, cond, 4000, 0, &device())
 }
 
 #[test]

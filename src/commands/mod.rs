@@ -1,4 +1,5 @@
 //! The `tilt` subcommands.
 
+pub mod reproduce;
 pub mod sample;
 pub mod train;

@@ -7,6 +7,7 @@
 //! - [`guidance`]: the one rule `s_base + sum_i w_i(t) g_i` and its terms (reward, CFG, classifier,
 //!   reward gradient, negative class).
 
+pub mod diagnostics;
 pub mod grid;
 pub mod guidance;
 pub mod noise;

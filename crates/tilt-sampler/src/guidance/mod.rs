@@ -95,6 +95,12 @@ impl<'a> GuidedScore<'a> {
         self
     }
 
+    /// Add a term chosen at run time.
+    pub fn with_boxed(mut self, term: Box<dyn GuidanceTerm + 'a>, weight: WeightSchedule) -> Self {
+        self.terms.push((term, weight));
+        self
+    }
+
     pub fn with_rescale(mut self, phi: f64) -> Self {
         self.rescale = phi;
         self

@@ -1,0 +1,359 @@
+//! `tilt reproduce`: the papers' experiments (method.md §7), each a config under `configs/experiments/`, run
+//! as stages that write `<out>/<experiment>/{results.csv, summary.json, *.png}` and one `<out>/report.md`.
+//!
+//! A stage that fails is recorded in the report and the others still run; a stage whose outputs are complete
+//! (its `summary.json` and every file it lists exist) is skipped unless `--force`. Trained models shared by
+//! several stages live in `<out>/_models/`, trained on first use.
+
+mod cfg_mixture;
+mod discretisation;
+mod efficiency;
+mod report;
+mod reward_mixture;
+mod robustness;
+mod swiss_roll;
+
+use anyhow::{Context, Result, bail};
+use burn::prelude::*;
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+use tilt_core::{GaussianMixture, MixtureSpec, tensor_ext};
+use tilt_sampler::{GuidedScore, NoiseSource, Sampler, SamplerKind, TimeGrid};
+
+/// How big a run is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Preset {
+    /// Seconds: for the smoke test.
+    Tiny,
+    /// A few minutes on 2 CPU cores: the README's main command.
+    Fast,
+    /// What docs/results.md shows.
+    Full,
+}
+
+/// A value per preset, or one value for all: `steps = { tiny = 10, fast = 100, full = 400 }` or `steps = 100`.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum PerPreset<T> {
+    One(T),
+    Each { tiny: T, fast: T, full: T },
+}
+
+impl<T: Clone> PerPreset<T> {
+    pub fn get(&self, p: Preset) -> T {
+        match self {
+            PerPreset::One(v) => v.clone(),
+            PerPreset::Each { tiny, fast, full } => match p {
+                Preset::Tiny => tiny.clone(),
+                Preset::Fast => fast.clone(),
+                Preset::Full => full.clone(),
+            },
+        }
+    }
+}
+
+/// A markdown table (also written as `results.csv` for the first table of a stage).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Table {
+    pub caption: String,
+    pub header: Vec<String>,
+    pub rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    pub fn new(caption: &str, header: &[&str]) -> Self {
+        Self { caption: caption.into(), header: header.iter().map(|s| s.to_string()).collect(), rows: Vec::new() }
+    }
+    pub fn row(&mut self, cells: Vec<String>) {
+        self.rows.push(cells);
+    }
+}
+
+/// What a stage produced; saved as its `summary.json`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StageOutput {
+    pub name: String,
+    pub title: String,
+    /// A short reading of the numbers (markdown).
+    pub reading: String,
+    pub tables: Vec<Table>,
+    /// `(file name in the stage directory, caption)`.
+    pub figures: Vec<(String, String)>,
+    /// Headline numbers, for tests and for docs.
+    pub headline: serde_json::Value,
+    pub config: serde_json::Value,
+    pub preset: Preset,
+    pub seed: u64,
+    pub seconds: f64,
+    pub tilt_version: String,
+    pub device: String,
+}
+
+/// Shared by the stages of one `tilt reproduce`.
+pub struct Ctx {
+    pub preset: Preset,
+    pub device: Device,
+    pub out: PathBuf,
+    pub progress: MultiProgress,
+    pub force: bool,
+}
+
+impl Ctx {
+    /// A progress bar for `len` units of work of one stage.
+    pub fn bar(&self, stage: &str, len: u64) -> ProgressBar {
+        let bar = self.progress.add(ProgressBar::new(len));
+        bar.set_style(ProgressStyle::with_template("{prefix:>16} [{bar:28}] {pos}/{len} {msg} {elapsed_precise}").expect("static template").progress_chars("=> "));
+        bar.set_prefix(stage.to_string());
+        bar
+    }
+
+    pub fn models_dir(&self) -> PathBuf {
+        self.out.join("_models")
+    }
+
+    /// Train `cfg` into `_models/<name>` unless a finished run is there; returns the run directory.
+    pub fn trained(&self, name: &str, cfg: &tilt_train::TrainConfig) -> Result<PathBuf> {
+        let dir = self.models_dir().join(name);
+        if let Ok(ck) = tilt_train::checkpoint::resolve(&dir) {
+            let done = std::fs::read_to_string(ck.join("state.json")).ok().and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok());
+            if done.is_some_and(|v| v["step"].as_u64() == Some(cfg.steps as u64) && v["config"] == serde_json::to_value(cfg).unwrap_or_default()) {
+                return Ok(dir);
+            }
+            std::fs::remove_dir_all(&dir).with_context(|| format!("cannot clear stale model run {}", dir.display()))?;
+        }
+        let bar = self.bar(&format!("train {name}"), cfg.steps as u64);
+        let r = tilt_train::train(cfg, &dir, false, &self.device, &mut |p| {
+            bar.set_position(p.step as u64);
+            bar.set_message(format!("loss {:.4}", p.loss));
+        });
+        bar.finish_and_clear();
+        r.with_context(|| format!("training the shared model {name}"))?;
+        Ok(dir)
+    }
+}
+
+/// The experiments, in report order.
+pub const STAGES: [&str; 6] = ["cfg_mixture", "reward_mixture", "swiss_roll", "robustness", "efficiency", "discretisation"];
+
+fn run_stage(name: &str, ctx: &Ctx, dir: &Path) -> Result<StageOutput> {
+    match name {
+        "cfg_mixture" => cfg_mixture::run(ctx, dir),
+        "reward_mixture" => reward_mixture::run(ctx, dir),
+        "swiss_roll" => swiss_roll::run(ctx, dir),
+        "robustness" => robustness::run(ctx, dir),
+        "efficiency" => efficiency::run(ctx, dir),
+        "discretisation" => discretisation::run(ctx, dir),
+        other => bail!("--only {other}: unknown experiment; expected one of {}", STAGES.join(", ")),
+    }
+}
+
+/// Read a stage's experiment config: `configs/experiments/<name>.toml` under the working directory if present,
+/// else the copy compiled into the binary.
+pub fn stage_config<T: DeserializeOwned>(name: &str, embedded: &str) -> Result<(T, serde_json::Value)> {
+    let path = Path::new("configs/experiments").join(format!("{name}.toml"));
+    let (text, origin) = match std::fs::read_to_string(&path) {
+        Ok(t) => (t, path.display().to_string()),
+        Err(_) => (embedded.to_string(), format!("built-in {name}.toml")),
+    };
+    let cfg: T = toml::from_str(&text).map_err(|e| anyhow::anyhow!("{origin}: {}", e.to_string().trim_end()))?;
+    let raw: toml::Value = toml::from_str(&text)?;
+    Ok((cfg, serde_json::to_value(raw)?))
+}
+
+/// Whether a stage's outputs are complete.
+fn complete(dir: &Path) -> Option<StageOutput> {
+    let s: StageOutput = serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).ok()?).ok()?;
+    let all = s.figures.iter().map(|f| dir.join(&f.0)).chain([dir.join("results.csv")]).all(|p| p.exists());
+    all.then_some(s)
+}
+
+/// The outcome of one stage in the report.
+pub enum Outcome {
+    Done(StageOutput),
+    Skipped(StageOutput),
+    Failed(String, String),
+}
+
+/// Run the selected stages and write the report; returns the outcomes (the command fails if any stage failed).
+pub fn run(preset: Preset, only: &[String], out: &Path, force: bool, device: &Device) -> Result<Vec<Outcome>> {
+    for name in only {
+        if !STAGES.contains(&name.as_str()) {
+            bail!("--only {name}: unknown experiment; expected one of {}", STAGES.join(", "));
+        }
+    }
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create output directory {}", out.display()))?;
+    let ctx = Ctx { preset, device: device.clone(), out: out.to_path_buf(), progress: MultiProgress::new(), force };
+    let selected: Vec<&str> = STAGES.iter().copied().filter(|s| only.is_empty() || only.iter().any(|o| o == s)).collect();
+    let overall = ctx.progress.add(ProgressBar::new(selected.len() as u64));
+    overall.set_style(ProgressStyle::with_template("{prefix:>16} [{bar:28}] {pos}/{len} stages {msg}").expect("static template").progress_chars("=> "));
+    overall.set_prefix("reproduce");
+    let mut outcomes = Vec::new();
+    for name in &selected {
+        overall.set_message(name.to_string());
+        let dir = out.join(name);
+        if !ctx.force {
+            if let Some(s) = complete(&dir).filter(|s| s.preset == preset) {
+                outcomes.push(Outcome::Skipped(s));
+                overall.inc(1);
+                continue;
+            }
+        }
+        std::fs::create_dir_all(&dir)?;
+        let start = Instant::now();
+        match run_stage(name, &ctx, &dir) {
+            Ok(mut s) => {
+                s.seconds = start.elapsed().as_secs_f64();
+                crate::output::write_json(&dir.join("summary.json"), &s)?;
+                if let Some(t) = s.tables.first() {
+                    write_csv(&dir.join("results.csv"), t)?;
+                }
+                ctx.progress.println(format!("{name}: done in {:.1} s", s.seconds)).ok();
+                outcomes.push(Outcome::Done(s));
+            }
+            Err(e) => {
+                let msg = format!("{e:#}");
+                ctx.progress.println(format!("{name}: FAILED: {msg}")).ok();
+                let _ = std::fs::remove_file(dir.join("summary.json"));
+                outcomes.push(Outcome::Failed(name.to_string(), msg));
+            }
+        }
+        overall.inc(1);
+    }
+    overall.finish_and_clear();
+    report::write(&out.join("report.md"), preset, device, &outcomes)?;
+    Ok(outcomes)
+}
+
+fn write_csv(path: &Path, t: &Table) -> Result<()> {
+    let mut w = csv::Writer::from_writer(Vec::new());
+    w.write_record(&t.header)?;
+    for r in &t.rows {
+        w.write_record(r)?;
+    }
+    crate::output::write_atomic(path, &w.into_inner()?)
+}
+
+impl StageOutput {
+    pub fn new(name: &str, title: &str, ctx: &Ctx, config: serde_json::Value, seed: u64) -> Self {
+        Self {
+            name: name.into(),
+            title: title.into(),
+            reading: String::new(),
+            tables: Vec::new(),
+            figures: Vec::new(),
+            headline: serde_json::json!({}),
+            config,
+            preset: ctx.preset,
+            seed,
+            seconds: 0.0,
+            tilt_version: env!("CARGO_PKG_VERSION").into(),
+            device: crate::device::describe(&ctx.device),
+        }
+    }
+}
+
+// ---- helpers shared by the stages ----
+
+/// The overlapping 2-D mixture of the papers' experiments (also `configs/cfg_sweep.toml`).
+pub fn experiment_mixture(spec: &MixtureSpec) -> Result<GaussianMixture> {
+    spec.build().map_err(|e| anyhow::anyhow!("mixture.{e}"))
+}
+
+/// A sampler of `kind` with `steps` on the default (log-SNR) grid.
+pub fn sampler(kind: SamplerKind, steps: usize, schedule: tilt_core::Schedule) -> Sampler {
+    Sampler { kind, schedule, times: TimeGrid::LogSnr.times(steps, 0.999, 1e-3, schedule), denoise_final: true }
+}
+
+/// Draw `n` samples with a guided score, host-seeded; returns host rows.
+pub fn draw(s: &Sampler, guided: &mut GuidedScore, n: usize, d: usize, seed: u64, device: &Device) -> Vec<f32> {
+    let mut noise = NoiseSource::host(seed);
+    tensor_ext::to_vec(s.sample(&mut |x, t, k| guided.score(x, t, k), n, d, device, &mut noise, &mut |_, _, _| {}))
+}
+
+/// `E[r(Y)]` with standard error, for `log r` given as a reward.
+pub fn mean_reward(reward: &dyn tilt_core::Reward, x: &[f32], d: usize, device: &Device) -> tilt_core::metrics::MeanSe {
+    let n = x.len() / d;
+    let lr = tensor_ext::to_vec_f64(reward.log_reward(tensor_ext::matrix(x, n, d, device)));
+    tilt_core::metrics::mean_se(&lr.into_iter().map(f64::exp).collect::<Vec<_>>())
+}
+
+/// `f` formatted with `digits` decimals.
+pub fn fmt(v: f64, digits: usize) -> String {
+    format!("{v:.digits$}")
+}
+
+/// The training part of an experiment config.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainSpec {
+    pub steps: PerPreset<usize>,
+    pub hidden: PerPreset<usize>,
+    #[serde(default = "two")]
+    pub blocks: usize,
+    #[serde(default = "batch")]
+    pub batch_size: usize,
+    #[serde(default = "p_uncond")]
+    pub p_uncond: f64,
+    #[serde(default = "lr")]
+    pub lr: f64,
+}
+
+fn two() -> usize {
+    2
+}
+fn batch() -> usize {
+    512
+}
+fn p_uncond() -> f64 {
+    0.2
+}
+fn lr() -> f64 {
+    2e-3
+}
+
+impl TrainSpec {
+    /// A full training config for `data` and `objective` at this preset.
+    pub fn config(&self, data: tilt_train::DataSpec, objective: tilt_train::Objective, p: Preset, seed: u64) -> tilt_train::TrainConfig {
+        let steps = self.steps.get(p);
+        tilt_train::TrainConfig {
+            objective,
+            data,
+            steps,
+            seed,
+            batch_size: self.batch_size,
+            data_size: 20_000,
+            test_fraction: 0.1,
+            standardize: false,
+            schedule: Default::default(),
+            t_min: 1e-3,
+            model: tilt_train::ModelSpec { hidden: self.hidden.get(p), blocks: self.blocks, ..Default::default() },
+            optim: tilt_train::OptimConfig {
+                lr: self.lr,
+                warmup_steps: (steps / 20).min(200),
+                min_lr_ratio: 0.05,
+                clip_grad_norm: Some(5.0),
+                ema_decay: if steps < 500 { 0.9 } else { 0.995 },
+                ..Default::default()
+            },
+            log_every: 25.min(steps),
+            checkpoint_every: steps,
+            keep_checkpoints: 1,
+        }
+    }
+}
+
+pub fn mixture_data(spec: &MixtureSpec) -> tilt_train::DataSpec {
+    tilt_train::DataSpec::Mixture { mixture: spec.clone() }
+}
+
+pub fn dsm(conditional: bool, p_uncond: f64) -> tilt_train::Objective {
+    tilt_train::Objective::Dsm { conditional, p_uncond }
+}
+
+/// The plotting window of a mixture (every component at 3.5 standard deviations).
+pub fn bounds(m: &GaussianMixture) -> crate::plot::Bounds {
+    crate::commands::sample::Problem::new(m.clone(), crate::config::GuidanceKind::None, None, None).bounds()
+}

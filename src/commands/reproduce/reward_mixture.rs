@@ -1,0 +1,146 @@
+//! Experiment 2: reward guidance on a Gaussian mixture: exact, trained (full and residual), reward gradient.
+
+use super::{Ctx, PerPreset, StageOutput, Table, TrainSpec, draw, dsm, fmt, mean_reward, mixture_data, sampler, stage_config};
+use crate::plot::{self, Series};
+use anyhow::{Result, bail};
+use rand::SeedableRng;
+use serde::Deserialize;
+use std::path::Path;
+use tilt_core::metrics;
+use tilt_core::{Condition, MixtureScore, MixtureSpec, RewardSpec, ScoreModel};
+use tilt_sampler::guidance::{GuidanceTerm, RewardGradientGuidance, RewardGuidance};
+use tilt_sampler::{GuidedScore, SamplerKind, WeightSchedule};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub seed: u64,
+    pub samples: PerPreset<usize>,
+    pub steps: PerPreset<usize>,
+    pub strengths: Vec<f64>,
+    pub reward: RewardSpec,
+    pub identity_samples: PerPreset<usize>,
+    pub identity_steps: PerPreset<usize>,
+    pub base_train: TrainSpec,
+    pub train: TrainSpec,
+    pub mixture: MixtureSpec,
+}
+
+/// The reweighted-score trainer's objective for `form`, on top of `base`.
+pub fn reward_weighted(form: tilt_train::RewardForm, reward: &RewardSpec, base: &Path, spec: &TrainSpec, p: super::Preset) -> tilt_train::Objective {
+    tilt_train::Objective::RewardWeighted {
+        form,
+        reward: reward.clone(),
+        base: Some(base.to_path_buf()),
+        residual_model: tilt_train::ModelSpec { hidden: spec.hidden.get(p), blocks: spec.blocks, ..Default::default() },
+    }
+}
+
+pub fn run(ctx: &Ctx, dir: &Path) -> Result<StageOutput> {
+    let (cfg, raw): (Config, _) = stage_config("reward_mixture", include_str!("../../../configs/experiments/reward_mixture.toml"))?;
+    let p = ctx.preset;
+    let dev = &ctx.device;
+    let mixture = super::experiment_mixture(&cfg.mixture)?;
+    let Some(a) = cfg.reward.exp_linear() else { bail!("reward: this experiment needs kind = \"exp-linear\" (exact tilt)") };
+    let reward = cfg.reward.build();
+    let (n, steps) = (cfg.samples.get(p), cfg.steps.get(p));
+    let base_run = ctx.trained("mixture_conditional", &cfg.base_train.config(mixture_data(&cfg.mixture), dsm(true, cfg.base_train.p_uncond), p, cfg.seed))?;
+    let full_run = ctx.trained("mixture_reward_full", &{
+        let mut c = cfg.train.config(mixture_data(&cfg.mixture), reward_weighted(tilt_train::RewardForm::Full, &cfg.reward, &base_run, &cfg.train, p), p, cfg.seed);
+        c.model.hidden = cfg.base_train.hidden.get(p); // the full form starts from the base network
+        c
+    })?;
+    let residual_run = ctx.trained("mixture_reward_residual", &cfg.train.config(mixture_data(&cfg.mixture), reward_weighted(tilt_train::RewardForm::Residual, &cfg.reward, &base_run, &cfg.train, p), p, cfg.seed))?;
+    let base_net = tilt_train::load_score(&base_run, "score-net", dev)?.score;
+    let full_net = tilt_train::load_score(&full_run, "score-net", dev)?.score;
+    let residual_net = tilt_train::load_score(&residual_run, "residual", dev)?.score;
+    let exact = MixtureScore::new(mixture.clone(), Default::default(), dev);
+    let tilted = mixture.tilted(&a);
+    let exact_rw = MixtureScore::new(tilted.clone(), Default::default(), dev);
+    let (base_mean, target_mean) = (mixture.mean_reward(&a), mixture.tilted_mean_reward(&a));
+
+    let s = sampler(SamplerKind::ExponentialIntegrator, steps, Default::default());
+    let sources = ["exact", "trained full", "trained residual", "reward gradient (exact base)"];
+    let mut table = Table::new("Mean reward E[r(Y)] against the strength w", &["w", "method", "mean_reward", "se", "exact_E_p_r", "mmd_to_p_r", "sw_to_p_r"]);
+    let (y, _) = tilted.sample(n.min(2000), &mut rand_chacha::ChaCha8Rng::seed_from_u64(cfg.seed ^ 0x5eed));
+    let h = metrics::median_sq_distance(&y, 2);
+    let bar = ctx.bar("reward_mixture", (sources.len() * cfg.strengths.len() + 2) as u64);
+    let mut series = Vec::new();
+    let mut at_one = serde_json::Map::new();
+    for name in sources {
+        let mut pts = Vec::new();
+        for &w in &cfg.strengths {
+            let (base, term): (&dyn ScoreModel, Box<dyn GuidanceTerm + '_>) = match name {
+                "exact" => (&exact, Box::new(RewardGuidance::reweighted(&exact_rw))),
+                "trained full" => (&base_net, Box::new(RewardGuidance::reweighted(&full_net))),
+                "trained residual" => (&base_net, Box::new(RewardGuidance::residual(&residual_net))),
+                _ => (&exact, Box::new(RewardGradientGuidance::new(reward.as_ref()))),
+            };
+            let mut g = GuidedScore::new(base, Condition::Unconditional).with_boxed(term, WeightSchedule::Constant(w));
+            let x = draw(&s, &mut g, n, 2, cfg.seed, dev);
+            let m = mean_reward(reward.as_ref(), &x, 2, dev);
+            let (mmd, sw) = if w == 1.0 {
+                let v = (metrics::mmd_rbf(&x, &y, 2, h, 2000), metrics::sliced_wasserstein(&x, &y, 2, 64, cfg.seed));
+                at_one.insert(name.into(), serde_json::json!({ "mean_reward": m.mean, "se": m.se, "mmd": v.0, "sw": v.1 }));
+                if name == "trained residual" {
+                    let marg = tilted.clone();
+                    plot::scatter_over_density(&dir.join("samples_residual_w1.png"), "Trained residual reward guidance, w = 1, over p_r", &x, 2, super::bounds(&mixture), &|u, v| marg.log_density_at(&[u, v], 0.0, Default::default()))?;
+                }
+                (fmt(v.0, 4), fmt(v.1, 4))
+            } else {
+                (String::new(), String::new())
+            };
+            table.row(vec![format!("{w}"), name.into(), fmt(m.mean, 4), fmt(m.se, 4), fmt(target_mean, 4), mmd, sw]);
+            pts.push((w, m.mean));
+            bar.inc(1);
+        }
+        series.push(Series { name: name.into(), points: pts });
+    }
+    plot::curves(
+        &dir.join("reward_curve.png"),
+        "Reward guidance: E[r(Y)] against w",
+        "w",
+        "E[r(Y)]",
+        &series,
+        &[("E_p[r] (exact, w = 0)".into(), base_mean), ("E_p_r[r] (exact, w = 1)".into(), target_mean)],
+    )?;
+
+    // The improvement identity along the trajectory, exact scores.
+    let mut ident = Table::new(
+        "Improvement identity: E[h_end] - E[h_start] = w ∫ E[h |∇log h|²] du (exact scores; the residual should be 0 within its SE)",
+        &["w", "gain", "gain_se", "integral", "integral_se", "residual", "residual_se"],
+    );
+    let mut s_id = sampler(SamplerKind::ExponentialIntegrator, cfg.identity_steps.get(p), Default::default());
+    s_id.denoise_final = false;
+    let mut identity = Vec::new();
+    for w in [1.0, 2.0] {
+        let c = tilt_sampler::diagnostics::improvement_identity(&exact, &exact_rw, mixture.log_mean_exp_linear(&a.a), w, &s_id, cfg.identity_samples.get(p), cfg.seed, dev);
+        ident.row(vec![format!("{w}"), fmt(c.gain.mean, 4), fmt(c.gain.se, 4), fmt(c.integral.mean, 4), fmt(c.integral.se, 4), fmt(c.residual.mean, 4), fmt(c.residual.se, 4)]);
+        identity.push(c);
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+
+    let mut out = StageOutput::new("reward_mixture", "Reward guidance on a Gaussian mixture", ctx, raw, cfg.seed);
+    let get = |name: &str, key: &str| at_one.get(name).and_then(|v| v[key].as_f64()).unwrap_or(f64::NAN);
+    out.reading = format!(
+        "Exact values: E_p[r] = {base_mean:.4}, E_p_r[r] = {target_mean:.4}. At w = 1 the exact sampler gives {:.4} ± {:.4}, \
+         the trained full form {:.4} ± {:.4}, the trained residual form {:.4} ± {:.4}: the trajectory-free trainer reaches the \
+         tilted law without ever running the sampler in training. The reward-gradient baseline, which differentiates \
+         log r through the Tweedie denoise, gives {:.4} ± {:.4} at w = 1: it is not the exact tilt (the guidance \
+         ∇log r(E[X0|x]) is not ∇log E[r(X0)|x]). MMD to p_r at w = 1: exact {:.4}, full {:.4}, residual {:.4}, reward \
+         gradient {:.4}. The improvement identity holds: at w = 1 the gain is {:.4} ± {:.4} and the residual {:.4} ± {:.4}.",
+        get("exact", "mean_reward"), get("exact", "se"), get("trained full", "mean_reward"), get("trained full", "se"),
+        get("trained residual", "mean_reward"), get("trained residual", "se"),
+        get("reward gradient (exact base)", "mean_reward"), get("reward gradient (exact base)", "se"),
+        get("exact", "mmd"), get("trained full", "mmd"), get("trained residual", "mmd"), get("reward gradient (exact base)", "mmd"),
+        identity[0].gain.mean, identity[0].gain.se, identity[0].residual.mean, identity[0].residual.se,
+    );
+    out.headline = serde_json::json!({ "base_mean_reward": base_mean, "target_mean_reward": target_mean, "at_w1": at_one, "identity": identity });
+    out.figures = vec![
+        ("reward_curve.png".into(), "Mean reward against w for every method, with the exact E_p[r] and E_p_r[r]".into()),
+        ("samples_residual_w1.png".into(), "Samples of the trained residual reward guidance at w = 1 over the density of p_r".into()),
+    ];
+    out.tables = vec![table, ident];
+    Ok(out)
+}

@@ -110,6 +110,15 @@ impl Ctx {
         bar
     }
 
+    /// A line above the progress bars (or on stderr when they are hidden, e.g. not a terminal).
+    pub fn say(&self, line: String) {
+        if self.progress.is_hidden() {
+            eprintln!("{line}");
+        } else {
+            let _ = self.progress.println(line);
+        }
+    }
+
     pub fn models_dir(&self) -> PathBuf {
         self.out.join("_models")
     }
@@ -203,19 +212,22 @@ pub fn run(preset: Preset, only: &[String], out: &Path, force: bool, device: &De
         }
         std::fs::create_dir_all(&dir)?;
         let start = Instant::now();
-        match run_stage(name, &ctx, &dir) {
+        // A panic inside a stage (a backend error, say) is a failed stage, not a failed report.
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_stage(name, &ctx, &dir)))
+            .unwrap_or_else(|p| Err(anyhow::anyhow!("panicked: {}", p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default())));
+        match result {
             Ok(mut s) => {
                 s.seconds = start.elapsed().as_secs_f64();
                 crate::output::write_json(&dir.join("summary.json"), &s)?;
                 if let Some(t) = s.tables.first() {
                     write_csv(&dir.join("results.csv"), t)?;
                 }
-                ctx.progress.println(format!("{name}: done in {:.1} s", s.seconds)).ok();
+                ctx.say(format!("{name}: done in {:.1} s", s.seconds));
                 outcomes.push(Outcome::Done(s));
             }
             Err(e) => {
                 let msg = format!("{e:#}");
-                ctx.progress.println(format!("{name}: FAILED: {msg}")).ok();
+                ctx.say(format!("{name}: FAILED: {msg}"));
                 let _ = std::fs::remove_file(dir.join("summary.json"));
                 outcomes.push(Outcome::Failed(name.to_string(), msg));
             }

@@ -293,3 +293,8 @@ fn ema_lags_the_online_weights() {
         assert!((e[i] - (0.9 * a[i] + 0.1 * b[i])).abs() < 1e-5);
     }
 }
+
+#[test]
+fn reward_weighted_resample_form_matches_the_exact_tilt() {
+    reward_weighted_check("resample");
+}

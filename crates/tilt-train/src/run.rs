@@ -418,7 +418,12 @@ pub fn train(cfg: &TrainConfig, run_dir: &Path, resume: bool, device: &Device, p
                         let loss = |m: &ScoreNet, data: &Dataset, rng: &mut ChaCha8Rng, dev: &Device| {
                             let c = if data.len() == train_set.len() { &train_cdf } else { &test_cdf };
                             let total = *c.last().expect("non-empty data");
-                            let idx: Vec<usize> = (0..b).map(|_| c.partition_point(|&v| v < rng.random::<f64>() * total).min(c.len() - 1)).collect();
+                            let idx: Vec<usize> = (0..b)
+                                .map(|_| {
+                                    let u = rng.random::<f64>() * total;
+                                    c.partition_point(|&v| v < u).min(c.len() - 1)
+                                })
+                                .collect();
                             let batch = noised(data, &idx, sched, t_min, rng, dev);
                             weighted_mse(m.forward(batch.x_t, batch.t, None), batch.z, None)
                         };

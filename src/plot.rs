@@ -105,6 +105,12 @@ pub fn curves_scaled(path: &Path, title: &str, x_label: &str, y_label: &str, ser
 
 fn draw_curves(path: &Path, title: &str, x_label: &str, y_label: &str, series: &[Series], references: &[(String, f64)], log_x: bool) -> Result<()> {
     ensure_font();
+    // Non-finite values (an overflowed reward, say) are left out rather than drawn at the frame's edge.
+    let finite: Vec<Series> = series
+        .iter()
+        .map(|s| Series { name: s.name.clone(), points: s.points.iter().copied().filter(|p| p.0.is_finite() && p.1.is_finite()).collect() })
+        .collect();
+    let series = &finite[..];
     let all_x = series.iter().flat_map(|s| s.points.iter().map(|p| p.0));
     let all_y = series.iter().flat_map(|s| s.points.iter().map(|p| p.1)).chain(references.iter().map(|r| r.1));
     let (xmin, xmax) = min_max(all_x);

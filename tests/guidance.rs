@@ -210,19 +210,7 @@ fn terms_add_and_reward_term_is_the_score_difference() {
     let want = tensor_ext::to_vec(sc.clone() + (sr - sc.clone()).mul_scalar(w1) + (sc - su).mul_scalar(w2));
     assert!(max_abs(&got, &want) < 1e-5);
     // Residual form: g = delta directly. With delta = s_r - s the two forms agree.
-    struct Delta<'a>(&'a MixtureScore, &'a MixtureScore);
-    impl ScoreModel for Delta<'_> {
-        fn score(&self, x: Tensor<2>, t: f64, c: &Condition) -> Tensor<2> {
-            self.0.score(x.clone(), t, c) - self.1.score(x, t, c)
-        }
-        fn schedule(&self) -> Schedule {
-            Schedule::Linear
-        }
-        fn dim(&self) -> usize {
-            2
-        }
-    }
-    let delta = Delta(&rw, &base);
+    let delta = tilt_core::ScoreCombination::difference(&rw, &base);
     let mut a = GuidedScore::new(&base, cond.clone()).with(RewardGuidance::residual(&delta), WeightSchedule::Constant(w1));
     let mut b = GuidedScore::new(&base, cond).with(RewardGuidance::reweighted(&rw), WeightSchedule::Constant(w1));
     assert!(max_abs(&tensor_ext::to_vec(a.score(points(), t, 0)), &tensor_ext::to_vec(b.score(points(), t, 0))) < 1e-5);

@@ -99,22 +99,10 @@ fn reward_weighted_check(form: &str) {
     let reward = ExpLinearReward::new(REWARD_A.to_vec());
     let exact_tilted = MixtureScore::new(mix.tilted(&reward), Default::default(), &dev);
     // The reweighted score the sampler will use: s_theta (full) or s_base + delta (residual).
-    struct Sum<'a>(&'a dyn ScoreModel, &'a dyn ScoreModel);
-    impl ScoreModel for Sum<'_> {
-        fn score(&self, x: Tensor<2>, t: f64, c: &Condition) -> Tensor<2> {
-            self.0.score(x.clone(), t, c) + self.1.score(x, t, c)
-        }
-        fn schedule(&self) -> tilt_core::Schedule {
-            self.0.schedule()
-        }
-        fn dim(&self) -> usize {
-            2
-        }
-    }
     let (kind, residual) = if form == "residual" { ("residual", true) } else { ("score-net", false) };
     let learned = load_score(&run, kind, &dev).unwrap().score;
     let err = if residual {
-        relative_l2(&Sum(&base_score, &learned), &exact_tilted, &|_| Condition::Unconditional)
+        relative_l2(&tilt_core::ScoreCombination::sum(&base_score, &learned), &exact_tilted, &|_| Condition::Unconditional)
     } else {
         relative_l2(&learned, &exact_tilted, &|_| Condition::Unconditional)
     };

@@ -87,3 +87,32 @@ pub mod param {
         (x0.mul_scalar(alpha) - x).div_scalar(sigma * sigma)
     }
 }
+
+/// `a + k b` for two score models on the same data: `sum` puts a residual model on its base (`s_base + delta`),
+/// `difference` turns two scores into a guidance term (`s_r - s`).
+pub struct ScoreCombination<'a> {
+    a: &'a dyn ScoreModel,
+    b: &'a dyn ScoreModel,
+    k: f64,
+}
+
+impl<'a> ScoreCombination<'a> {
+    pub fn sum(a: &'a dyn ScoreModel, b: &'a dyn ScoreModel) -> Self {
+        Self { a, b, k: 1.0 }
+    }
+    pub fn difference(a: &'a dyn ScoreModel, b: &'a dyn ScoreModel) -> Self {
+        Self { a, b, k: -1.0 }
+    }
+}
+
+impl ScoreModel for ScoreCombination<'_> {
+    fn score(&self, x: Tensor<2>, t: f64, condition: &Condition) -> Tensor<2> {
+        self.a.score(x.clone(), t, condition) + self.b.score(x, t, condition).mul_scalar(self.k)
+    }
+    fn schedule(&self) -> Schedule {
+        self.a.schedule()
+    }
+    fn dim(&self) -> usize {
+        self.a.dim()
+    }
+}

@@ -4,7 +4,7 @@ use super::{Ctx, PerPreset, StageOutput, Table, draw, fmt, mean_reward, sampler,
 use crate::commands::sample::Problem;
 use crate::config::GuidanceKind;
 use crate::plot::{self, Series};
-use anyhow::{Result, bail};
+use anyhow::Result;
 use serde::Deserialize;
 use std::path::Path;
 use tilt_core::{Condition, MixtureScore, MixtureSpec, RewardSpec};
@@ -32,7 +32,7 @@ pub fn run(ctx: &Ctx, dir: &Path) -> Result<StageOutput> {
     let p = ctx.preset;
     let dev = &ctx.device;
     let mixture = super::experiment_mixture(&cfg.mixture)?;
-    let Some(a) = cfg.reward.exp_linear() else { bail!("reward: this experiment needs kind = \"exp-linear\"") };
+    let a = super::exact_reward(&cfg.reward)?;
     let reward = cfg.reward.build();
     let exact = MixtureScore::new(mixture.clone(), Default::default(), dev);
     let exact_rw = MixtureScore::new(mixture.tilted(&a), Default::default(), dev);

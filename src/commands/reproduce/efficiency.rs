@@ -5,7 +5,7 @@ use super::reward_mixture::reward_weighted;
 use super::{Ctx, PerPreset, StageOutput, Table, TrainSpec, draw, dsm, fmt, mean_reward, mixture_data, sampler, stage_config};
 use crate::alloc;
 use crate::plot::{self, Series};
-use anyhow::{Result, bail};
+use anyhow::Result;
 use burn::module::Module;
 use burn::optim::GradientsParams;
 use burn::prelude::*;
@@ -48,7 +48,7 @@ pub fn run(ctx: &Ctx, dir: &Path) -> Result<StageOutput> {
     let (cfg, raw): (Config, _) = stage_config("efficiency", include_str!("../../../configs/experiments/efficiency.toml"))?;
     let p = ctx.preset;
     let dev = &ctx.device;
-    let Some(a) = cfg.reward.exp_linear() else { bail!("reward: this experiment needs kind = \"exp-linear\"") };
+    let a = super::exact_reward(&cfg.reward)?;
     let mixture = super::experiment_mixture(&cfg.mixture)?;
     let reward = cfg.reward.build();
     let base_run = ctx.trained("mixture_conditional", &cfg.base_train.config(mixture_data(&cfg.mixture), dsm(true, cfg.base_train.p_uncond), p, cfg.seed))?;
@@ -102,7 +102,7 @@ pub fn run(ctx: &Ctx, dir: &Path) -> Result<StageOutput> {
     let mut optim = optim_cfg.init();
     let start = Instant::now();
     let mut draft_peak = 0usize;
-    let mut draft_points = vec![evaluate_plain(&base, &eval_sampler, reward.as_ref(), eval_n, cfg.seed, dev, 0, 0.0)];
+    let mut draft_points = vec![evaluate_residual(&base, None, &eval_sampler, reward.as_ref(), eval_n, cfg.seed, dev, 0, 0.0)];
     let mut eval_time = 0.0;
     for step in 0..steps {
         let live = alloc::reset_peak();
@@ -123,7 +123,7 @@ pub fn run(ctx: &Ctx, dir: &Path) -> Result<StageOutput> {
             let t0 = Instant::now();
             let tuned = NetScore::new(model.valid(), base.schedule, 2);
             let secs = start.elapsed().as_secs_f64() - eval_time;
-            draft_points.push(evaluate_plain(&tuned, &eval_sampler, reward.as_ref(), eval_n, cfg.seed, dev, step + 1, secs));
+            draft_points.push(evaluate_residual(&tuned, None, &eval_sampler, reward.as_ref(), eval_n, cfg.seed, dev, step + 1, secs));
             eval_time += t0.elapsed().as_secs_f64();
         }
     }
@@ -177,6 +177,7 @@ pub fn run(ctx: &Ctx, dir: &Path) -> Result<StageOutput> {
 }
 
 #[allow(clippy::too_many_arguments)]
+/// Mean reward of samples from `base` (plus the residual reward term at w = 1 when `delta` is given).
 fn evaluate_residual(base: &NetScore, delta: Option<&NetScore>, s: &Sampler, reward: &dyn tilt_core::Reward, n: usize, seed: u64, dev: &Device, step: usize, seconds: f64) -> Point {
     let mut g = GuidedScore::new(base, Condition::Unconditional);
     if let Some(d) = delta {
@@ -184,11 +185,6 @@ fn evaluate_residual(base: &NetScore, delta: Option<&NetScore>, s: &Sampler, rew
     }
     let m = mean_reward(reward, &draw(s, &mut g, n, 2, seed, dev), 2, dev);
     Point { step, seconds, mean_reward: m.mean, se: m.se }
-}
-
-#[allow(clippy::too_many_arguments)]
-fn evaluate_plain(model: &NetScore, s: &Sampler, reward: &dyn tilt_core::Reward, n: usize, seed: u64, dev: &Device, step: usize, seconds: f64) -> Point {
-    evaluate_residual(model, None, s, reward, n, seed, dev, step, seconds)
 }
 
 /// Marks every float parameter as requiring gradients.

@@ -297,6 +297,11 @@ pub fn fmt(v: f64, digits: usize) -> String {
     format!("{v:.digits$}")
 }
 
+/// The reward of an experiment that needs the closed-form tilt (`kind = "exp-linear"`).
+pub fn exact_reward(spec: &tilt_core::RewardSpec) -> Result<tilt_core::ExpLinearReward> {
+    spec.exp_linear().ok_or_else(|| anyhow::anyhow!("reward.kind: this experiment needs \"exp-linear\" (the closed-form tilt of the mixture)"))
+}
+
 /// The training part of an experiment config.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

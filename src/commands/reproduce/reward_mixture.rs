@@ -2,7 +2,7 @@
 
 use super::{Ctx, PerPreset, StageOutput, Table, TrainSpec, draw, dsm, fmt, mean_reward, mixture_data, sampler, stage_config};
 use crate::plot::{self, Series};
-use anyhow::{Result, bail};
+use anyhow::Result;
 use rand::SeedableRng;
 use serde::Deserialize;
 use std::path::Path;
@@ -41,7 +41,7 @@ pub fn run(ctx: &Ctx, dir: &Path) -> Result<StageOutput> {
     let p = ctx.preset;
     let dev = &ctx.device;
     let mixture = super::experiment_mixture(&cfg.mixture)?;
-    let Some(a) = cfg.reward.exp_linear() else { bail!("reward: this experiment needs kind = \"exp-linear\" (exact tilt)") };
+    let a = super::exact_reward(&cfg.reward)?;
     let reward = cfg.reward.build();
     let (n, steps) = (cfg.samples.get(p), cfg.steps.get(p));
     let base_run = ctx.trained("mixture_conditional", &cfg.base_train.config(mixture_data(&cfg.mixture), dsm(true, cfg.base_train.p_uncond), p, cfg.seed))?;

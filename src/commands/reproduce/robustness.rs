@@ -2,12 +2,12 @@
 
 use super::{Ctx, PerPreset, StageOutput, Table, TrainSpec, draw, dsm, fmt, mean_reward, mixture_data, sampler, stage_config};
 use crate::plot::{self, Series};
-use anyhow::{Result, bail};
+use anyhow::Result;
 use burn::prelude::*;
 use serde::Deserialize;
 use std::path::Path;
 use tilt_core::mixture::relative_score_error;
-use tilt_core::{Condition, MixtureScore, MixtureSpec, RewardSpec, Schedule, ScoreModel};
+use tilt_core::{Condition, MixtureScore, MixtureSpec, RewardSpec, Schedule, ScoreCombination, ScoreModel};
 use tilt_sampler::guidance::RewardGuidance;
 use tilt_sampler::{GuidedScore, SamplerKind, WeightSchedule};
 
@@ -44,31 +44,17 @@ impl ScoreModel for Perturbed<'_> {
     }
 }
 
-/// The exact guidance term `grad log h_t = s_r - s`, as a residual model.
-struct ExactDelta<'a>(&'a MixtureScore, &'a MixtureScore);
-
-impl ScoreModel for ExactDelta<'_> {
-    fn score(&self, x: Tensor<2>, t: f64, c: &Condition) -> Tensor<2> {
-        self.0.score(x.clone(), t, c) - self.1.score(x, t, c)
-    }
-    fn schedule(&self) -> Schedule {
-        self.0.schedule()
-    }
-    fn dim(&self) -> usize {
-        2
-    }
-}
-
 pub fn run(ctx: &Ctx, dir: &Path) -> Result<StageOutput> {
     let (cfg, raw): (Config, _) = stage_config("robustness", include_str!("../../../configs/experiments/robustness.toml"))?;
     let p = ctx.preset;
     let dev = &ctx.device;
     let mixture = super::experiment_mixture(&cfg.mixture)?;
-    let Some(a) = cfg.reward.exp_linear() else { bail!("reward: this experiment needs kind = \"exp-linear\"") };
+    let a = super::exact_reward(&cfg.reward)?;
     let reward = cfg.reward.build();
     let exact = MixtureScore::new(mixture.clone(), Default::default(), dev);
     let exact_rw = MixtureScore::new(mixture.tilted(&a), Default::default(), dev);
-    let delta = ExactDelta(&exact_rw, &exact);
+    // The exact guidance term grad log h_t = s_r - s, used as a residual on each base.
+    let delta = ScoreCombination::difference(&exact_rw, &exact);
     let exact_gain = mixture.tilted_mean_reward(&a) - mixture.mean_reward(&a);
     let (n, steps) = (cfg.samples.get(p), cfg.steps.get(p));
     let s = sampler(SamplerKind::ExponentialIntegrator, steps, Default::default());

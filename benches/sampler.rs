@@ -6,7 +6,7 @@ use burn::prelude::*;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use tilt_core::{Condition, ExpLinearReward, GaussianMixture, MixtureScore, Schedule, ScoreModel};
 use tilt_sampler::guidance::{CfgGuidance, RewardGuidance};
-use tilt_sampler::{GuidedScore, NoiseSource, Sampler, SamplerKind, TimeGrid, WeightSchedule};
+use tilt_sampler::{DEFAULT_T_MAX, DEFAULT_T_MIN, GuidedScore, NoiseSource, Sampler, SamplerKind, TimeGrid, WeightSchedule};
 
 const STEPS: usize = 20;
 
@@ -47,9 +47,9 @@ fn bench(c: &mut Criterion) {
     let unbatched = Unbatched(oracle.clone());
     let reweighted = MixtureScore::new(mix.tilted(&reward), Schedule::Linear, &device);
     let sampler = Sampler {
-        kind: SamplerKind::ExponentialIntegrator,
+        kind: SamplerKind::SdeDpmSolver1,
         schedule: Schedule::Linear,
-        times: TimeGrid::UniformU.times(STEPS, 0.999, 1e-3, Schedule::Linear),
+        times: TimeGrid::LogSnr.times(STEPS, DEFAULT_T_MAX, DEFAULT_T_MIN, Schedule::Linear),
         denoise_final: false,
     };
     for n in [1024usize, 16384] {

@@ -14,7 +14,7 @@ use tilt::alloc;
 use tilt_core::{Condition, ScoreModel, Schedule, tensor_ext};
 use tilt_models::{Activation, NetScore, ScoreNetConfig};
 use tilt_sampler::guidance::CfgGuidance;
-use tilt_sampler::{GuidedScore, NoiseSource, Sampler, SamplerKind, TimeGrid, WeightSchedule};
+use tilt_sampler::{DEFAULT_T_MAX, DEFAULT_T_MIN, GuidedScore, NoiseSource, Sampler, SamplerKind, TimeGrid, WeightSchedule};
 
 #[global_allocator]
 static ALLOC: tilt::alloc::PeakAlloc = tilt::alloc::PeakAlloc;
@@ -88,7 +88,7 @@ fn sampling_bench(c: &mut Criterion) {
     let two = TwoCalls(&net);
     let steps = 20;
     let n = 10_000;
-    let sampler = Sampler { kind: SamplerKind::ExponentialIntegrator, schedule: Schedule::Linear, times: TimeGrid::LogSnr.times(steps, 0.999, 1e-3, Schedule::Linear), denoise_final: false };
+    let sampler = Sampler { kind: SamplerKind::SdeDpmSolver1, schedule: Schedule::Linear, times: TimeGrid::LogSnr.times(steps, DEFAULT_T_MAX, DEFAULT_T_MIN, Schedule::Linear), denoise_final: false };
     let cond = Condition::class(0, n, &device);
     let run = |g: &mut GuidedScore| {
         let mut noise = NoiseSource::host(0);

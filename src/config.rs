@@ -92,10 +92,10 @@ fn default_steps() -> usize {
     200
 }
 fn default_t_max() -> f64 {
-    0.999
+    tilt_sampler::DEFAULT_T_MAX
 }
 fn default_t_min() -> f64 {
-    1e-3
+    tilt_sampler::DEFAULT_T_MIN
 }
 fn default_true() -> bool {
     true
@@ -173,11 +173,17 @@ impl SampleConfig {
         if s.steps == 0 {
             bail!("sampler.steps: expected at least 1");
         }
-        if !(0.0 < s.t_min && s.t_min < s.t_max && s.t_max <= 1.0) {
-            bail!("sampler.t_min, sampler.t_max: expected 0 < t_min < t_max <= 1, got t_min = {}, t_max = {}", s.t_min, s.t_max);
+        if !(s.t_max.is_finite() && s.t_max < 1.0) {
+            bail!(
+                "sampler.t_max: expected a value below 1 (alpha(1) = 0 and every step divides by alpha; the default is 1 - 1e-5), got {}",
+                s.t_max
+            );
         }
-        if s.t_max == 1.0 && self.schedule != Schedule::Linear {
-            bail!("sampler.t_max: must be below 1 for the cosine schedule (alpha(1) = 0)");
+        if !(0.0 < s.t_min && s.t_min < s.t_max) {
+            bail!("sampler.t_min, sampler.t_max: expected 0 < t_min < t_max < 1, got t_min = {}, t_max = {}", s.t_min, s.t_max);
+        }
+        if self.schedule.alpha(s.t_max) <= 0.0 {
+            bail!("sampler.t_max: alpha({}) = 0 under this schedule; choose a smaller t_max", s.t_max);
         }
         let g = &self.guidance;
         if g.strengths.is_empty() {
@@ -189,8 +195,21 @@ impl SampleConfig {
         if !(0.0..=1.0).contains(&g.rescale) {
             bail!("guidance.rescale: expected a value in [0, 1], got {}", g.rescale);
         }
+        if g.rescale > 0.0 && g.kind != GuidanceKind::Cfg {
+            bail!(
+                "guidance.rescale: applies to guidance.kind = \"cfg\" only (it changes the guided score's scale, which would break e.g. the exactness of reward guidance at w = 1)"
+            );
+        }
         if g.t_start.is_some() != g.t_end.is_some() {
             bail!("guidance.t_start, guidance.t_end: give both ends of the interval or neither");
+        }
+        for (field, v) in [("t_start", g.t_start), ("t_end", g.t_end)] {
+            if let Some(v) = v.filter(|v| !(0.0..=1.0).contains(v)) {
+                bail!("guidance.{field}: expected a time in [0, 1], got {v}");
+            }
+        }
+        if let Some(apg) = &g.apg {
+            apg.validate("guidance.apg").map_err(anyhow::Error::msg)?;
         }
         let needs_reward = matches!(g.kind, GuidanceKind::Reward | GuidanceKind::RewardGradient);
         if needs_reward && self.reward.is_none() {
@@ -200,6 +219,11 @@ impl SampleConfig {
         let trained_reward = models.reweighted.is_some() || models.residual.is_some();
         if models.reweighted.is_some() && models.residual.is_some() {
             bail!("models.reweighted, models.residual: give one source for the reward term, not both");
+        }
+        if let (Some(c), GuidanceKind::Reward, true) = (self.class, g.kind, trained_reward) {
+            bail!(
+                "class: class = {c} with a trained reward term is not supported: the trained reweighted/residual networks are unconditional, so their term is not the conditional tilt of class {c}; leave `class` out, or use the exact mixture"
+            );
         }
         if g.kind == GuidanceKind::Reward && !trained_reward && self.reward.as_ref().and_then(RewardSpec::exp_linear).is_none() {
             bail!("reward.kind: exact reward guidance needs kind = \"exp-linear\" (the closed-form tilt), or a trained models.reweighted / models.residual");

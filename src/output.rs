@@ -42,8 +42,14 @@ pub fn one_line(r: &Record) -> String {
             c.mean_inv_class_prob.mean, c.mean_inv_class_prob.se, c.inv_class_prior, c.accuracy
         );
     }
-    if let (Some(t), Some(m)) = (&r.target, r.mmd_to_target) {
-        s += &format!("  MMD to {t} = {m:.4}");
+    if let (Some(t), Some(m)) = (&r.target, &r.distance_to_target) {
+        s += &format!(
+            "  to {t}: MMD² = {:.2e} (p = {:.2}), SW = {:.4} (floor {:.4})",
+            m.mmd.mmd2, m.mmd.p_value, m.sliced_wasserstein, m.sliced_wasserstein_floor
+        );
+    }
+    if r.non_finite_samples > 0 {
+        s += &format!("  NON-FINITE samples: {}", r.non_finite_samples);
     }
     s
 }

@@ -24,6 +24,7 @@ class = 0
 weights = [0.5, 0.5]
 means = [[-1.0, 0.0], [1.0, 0.0]]
 std = [0.5, 0.5]
+classes = [[0], [1]]
 [reward]
 kind = "exp-linear"
 a = [1.0, 0.0]
@@ -53,6 +54,20 @@ fn malformed_configs_name_the_field() {
         ("[guidance]", "[sampler]\nkind = \"rk4\"\n[guidance]", "unknown variant `rk4`"),
         ("std = [0.5, 0.5]", "std = [0.5, 0.5]\nstds = [[0.5, 0.5], [0.5, 0.5]]", "give either `std`"),
         ("[guidance]", "[guidance]\nrescale = 2.0", "guidance.rescale: expected a value in [0, 1]"),
+        // t_max = 1 is alpha = 0: every step would divide by it (the samples came out NaN).
+        ("[guidance]", "[sampler]\nt_max = 1.0\n[guidance]", "sampler.t_max: expected a value below 1"),
+        ("[guidance]", "[sampler]\nt_max = nan\n[guidance]", "sampler.t_max: expected a value below 1"),
+        ("classes = [[0], [1]]", "classes = []", "mixture.classes: expected at least one class"),
+        ("kind = \"cfg\"", "kind = \"reward\"\nrescale = 0.5", "guidance.rescale: applies to guidance.kind = \"cfg\" only"),
+        ("[guidance]", "[guidance]\nt_start = nan\nt_end = 0.5", "guidance.t_start: expected a time in [0, 1]"),
+        ("[guidance]", "[guidance]\nt_start = 0.2\nt_end = 1.5", "guidance.t_end: expected a time in [0, 1]"),
+        ("[guidance]", "[guidance]\napg = { eta = nan }", "guidance.apg.eta: expected a finite value"),
+        ("[guidance]", "[guidance]\napg = { norm_threshold = -1.0 }", "guidance.apg.norm_threshold: expected a value >= 0"),
+        (
+            "[guidance]\nkind = \"cfg\"",
+            "[models]\nresidual = \"runs/r\"\n[guidance]\nkind = \"reward\"",
+            "class: class = 0 with a trained reward term is not supported",
+        ),
     ];
     for (from, to, want) in cases {
         assert!(GOOD.contains(from), "bad test case: {from}");
@@ -109,7 +124,14 @@ fn shipped_configs_run_and_write_every_output() {
         } else {
             let mr = |r: &serde_json::Value| r["mean_reward"]["mean"].as_f64().unwrap();
             assert!(mr(last) > mr(first), "{name}: reward guidance must raise E[r]");
-            assert!(recs.iter().any(|r| r["target"] == "p_r" && r["mmd_to_target"].is_number()));
+            // At w = 1 the exact sampler's distance to p_r is reported with its noise floor and a p-value.
+            let at1 = recs.iter().find(|r| r["target"] == "p_r").expect("w = 1 samples p_r");
+            let dist = &at1["distance_to_target"];
+            let p = dist["mmd"]["p_value"].as_f64().unwrap();
+            assert!(p > 0.0 && p <= 1.0 && dist["mmd"]["mmd2"].is_number(), "{dist}");
+            let (sw, floor) = (dist["sliced_wasserstein"].as_f64().unwrap(), dist["sliced_wasserstein_floor"].as_f64().unwrap());
+            assert!(sw < 3.0 * floor, "SW to p_r {sw} is far above the floor {floor} of an exact sample");
+            assert_eq!(at1["non_finite_samples"], 0);
             assert!(first["target_mean_reward"].is_number());
         }
     }

@@ -25,7 +25,7 @@ fn max_abs(a: &[f32], b: &[f32]) -> f32 {
 
 fn base_eval<'a>(model: &'a dyn ScoreModel, cond: &'a Condition, x: &Tensor<2>, t: f64) -> BaseEval<'a> {
     let (score, unconditional) = model.score_and_unconditional(x.clone(), t, cond);
-    BaseEval { model, condition: cond, score, unconditional: Some(unconditional) }
+    BaseEval { model, condition: cond, score, unconditional: Some(unconditional), step: 0 }
 }
 
 #[test]
@@ -170,7 +170,7 @@ fn cfg_costs_one_model_call_per_step_and_matches_its_formula() {
     // A full run: steps + 1 calls (one per step, one for the final denoise).
     counting.calls.set(0);
     let mut g = GuidedScore::new(&counting, Condition::class(0, 64, &dev)).with(CfgGuidance::new(), WeightSchedule::Constant(w));
-    draw(&sampler(SamplerKind::ExponentialIntegrator, 25), &mut g, 64, 2, 0);
+    draw(&sampler(SamplerKind::SdeDpmSolver1, 25), &mut g, 64, 2, 0);
     assert_eq!(counting.calls.get(), 26);
 }
 
@@ -261,7 +261,7 @@ fn negative_class_guidance_lowers_that_class() {
     let n = 4000;
     let prob_of_class0 = |w: f64| {
         let mut g = GuidedScore::new(&oracle, Condition::Unconditional).with(NegativeClassGuidance::new(0), WeightSchedule::Constant(w));
-        let x = draw(&sampler(SamplerKind::ExponentialIntegrator, 100), &mut g, n, 2, 9);
+        let x = draw(&sampler(SamplerKind::SdeDpmSolver1, 100), &mut g, n, 2, 9);
         let lp = tensor_ext::to_vec_f64(oracle.class_log_posteriors(tensor_ext::matrix(&x, n, 2, &dev), 0.0));
         tilt_core::metrics::mean_se(&lp.chunks_exact(2).map(|r| r[0].exp()).collect::<Vec<_>>())
     };
@@ -279,7 +279,7 @@ fn classifier_guidance_at_w1_on_unconditional_base_samples_the_class() {
     let oracle = MixtureScore::new(mix.clone(), Schedule::Linear, &dev);
     let n = 10_000;
     let mut g = GuidedScore::new(&oracle, Condition::Unconditional).with(ClassifierGuidance::new(&oracle, 0), WeightSchedule::Constant(1.0));
-    let x = draw(&sampler(SamplerKind::ExponentialIntegrator, 150), &mut g, n, 2, 21);
+    let x = draw(&sampler(SamplerKind::SdeDpmSolver1, 150), &mut g, n, 2, 21);
     let lp = tensor_ext::to_vec_f64(oracle.class_log_posteriors(tensor_ext::matrix(&x, n, 2, &dev), 0.0));
     let inv = tilt_core::metrics::mean_se(&lp.chunks_exact(2).map(|r| (-r[0]).exp()).collect::<Vec<_>>());
     assert_within("E[1/p(0|Y)] under classifier guidance w = 1", inv.mean, 1.0 / mix.class_prior(0), inv.se, 4.0);

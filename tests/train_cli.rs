@@ -78,6 +78,29 @@ fn train_sample_and_export_through_the_binary() {
 }
 
 #[test]
+fn class_guidance_with_an_unconditional_base_is_refused() {
+    // An unconditional network answers every class query with its one score: CFG would be exactly zero.
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let cfg = d.join("uncond.toml");
+    std::fs::write(&cfg, TINY.replace("steps = 40", "steps = 10").replace("p_uncond = 0.2", "conditional = false")).unwrap();
+    let run = d.join("run");
+    let (ok, err) = tilt(&["train", "--config", cfg.to_str().unwrap(), "--out", run.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    for (guidance, want) in [
+        ("kind = \"cfg\"\nstrengths = [1.0]", "guidance.kind = \"cfg\" needs a class-conditional base"),
+        ("kind = \"negative-class\"\nnegative_class = 0\nstrengths = [1.0]", "guidance.kind = \"negative-class\" needs"),
+        ("kind = \"none\"\nstrengths = [0.0]", "class = 1 needs a class-conditional base"),
+    ] {
+        let sample_cfg = d.join("sample.toml");
+        std::fs::write(&sample_cfg, format!("samples = 50\nclass = 1\n[models]\nbase = \"{}\"\n[guidance]\n{guidance}\n", run.display())).unwrap();
+        let (ok, err) = tilt(&["sample", "--config", sample_cfg.to_str().unwrap(), "--out", d.join("out").to_str().unwrap()]);
+        assert!(!ok && err.contains("models.base") && err.contains(want), "{guidance}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+}
+
+#[test]
 fn divergence_stops_with_an_error_and_keeps_the_last_good_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
     let text = TINY.replace("steps = 40", "steps = 200").replace("log_every = 10", "log_every = 1").replace("checkpoint_every = 20", "checkpoint_every = 1")

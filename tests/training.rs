@@ -1,4 +1,4 @@
-//! Trained models against the exact mixture (method.md claims 4 to 6 with learned scores), the classifier,
+//! Trained models against the exact mixture (docs/theory.md §7, claims 4 to 6 with learned scores), the classifier,
 //! and the checkpoint guarantees (resume, refusals of bad files, EMA).
 
 mod common;
@@ -74,7 +74,7 @@ fn conditional_network_learns_both_scores_and_cfg_lowers_inverse_class_probabili
     let n = 6000;
     let inv = |w: f64| {
         let mut g = GuidedScore::new(&loaded.score, Condition::class(0, n, &dev)).with(CfgGuidance::new(), WeightSchedule::Constant(w));
-        let x = draw(&sampler(SamplerKind::ExponentialIntegrator, 100), &mut g, n, 2, 4);
+        let x = draw(&sampler(SamplerKind::SdeDpmSolver1, 100), &mut g, n, 2, 4);
         let lp = tensor_ext::to_vec_f64(exact_uncond.class_log_posteriors(tensor_ext::matrix(&x, n, 2, &dev), 0.0));
         mean_se(&lp.chunks_exact(2).map(|r| (-r[0]).exp()).collect::<Vec<_>>())
     };
@@ -83,8 +83,9 @@ fn conditional_network_learns_both_scores_and_cfg_lowers_inverse_class_probabili
     assert!(i2.mean + 4.0 * (i0.se + i2.se) < i0.mean);
 }
 
-/// Train a reward-weighted model and check it against the exact tilted score, then sample with it.
-fn reward_weighted_check(form: &str) {
+/// Train a reward-weighted model (`batch` rows per step) and check it against the exact tilted score, then
+/// sample with it.
+fn reward_weighted_check(form: &str, batch: usize, steps: usize) {
     let dev = device();
     let base = base_run();
     let objective = format!(
@@ -93,7 +94,9 @@ fn reward_weighted_check(form: &str) {
         REWARD_A[0],
         REWARD_A[1]
     );
-    let run = trained(&format!("rw_{form}"), &config(&objective, 1500, ""));
+    let mut cfg = config(&objective, steps, "");
+    cfg.batch_size = batch;
+    let run = trained(&format!("rw_{form}_b{batch}"), &cfg);
     let base_score = load_score(&base, "score-net", &dev).unwrap().score;
     let mix = overlapping();
     let reward = ExpLinearReward::new(REWARD_A.to_vec());
@@ -106,33 +109,44 @@ fn reward_weighted_check(form: &str) {
     } else {
         relative_l2(&learned, &exact_tilted, &|_| Condition::Unconditional)
     };
-    eprintln!("{form}: relative L2 error to grad log p_r,t = {err:.4}");
-    assert!(err < 0.12, "{form}: relative L2 error {err:.4} to the exact reweighted score is above 0.12");
+    // A model that learned no tilt (the base score itself) scores 0.29 here and one that learned half of it 0.14:
+    // 0.08 admits at most about a quarter of the tilt missing.
+    eprintln!("{form}, batch {batch}: relative L2 error to grad log p_r,t = {err:.4}");
+    assert!(err < 0.08, "{form}: relative L2 error {err:.4} to the exact reweighted score is above 0.08");
 
-    let n = 6000;
+    let n = 20_000;
     let mean_reward = |w: f64| {
         let term = if residual { RewardGuidance::residual(&learned) } else { RewardGuidance::reweighted(&learned) };
         let mut g = GuidedScore::new(&base_score, Condition::Unconditional).with(term, WeightSchedule::Constant(w));
-        let x = draw(&sampler(SamplerKind::ExponentialIntegrator, 100), &mut g, n, 2, 8);
+        let x = draw(&sampler(SamplerKind::SdeDpmSolver1, 60), &mut g, n, 2, 8);
         let r: Vec<f64> = tensor_ext::to_vec_f64(reward.log_reward(tensor_ext::matrix(&x, n, 2, &dev))).into_iter().map(f64::exp).collect();
         mean_se(&r)
     };
     let (r0, r1, r2) = (mean_reward(0.0), mean_reward(1.0), mean_reward(2.0));
     let (base_exact, target_exact) = (mix.mean_reward(&reward), mix.tilted_mean_reward(&reward));
-    eprintln!("{form}: E[r] w=0 {r0:?} (exact {base_exact:.4}), w=1 {r1:?} (exact E_p_r[r] {target_exact:.4}), w=2 {r2:?}");
+    eprintln!("{form}, batch {batch}: E[r] w=0 {r0:?} (exact {base_exact:.4}), w=1 {r1:?} (exact E_p_r[r] {target_exact:.4}), w=2 {r2:?}");
     assert!(r1.mean > r0.mean + 4.0 * (r0.se + r1.se) && r2.mean > r1.mean, "{form}: reward must rise with w");
-    // w = 1 is E_{p_r}[r] up to Monte Carlo (4 SE) and the stated model error (5 %).
-    assert!((r1.mean - target_exact).abs() < 4.0 * r1.se + 0.05 * target_exact, "{form}: E[r] at w = 1 is {r1:?}, exact {target_exact:.4}");
+    // w = 1 is E_{p_r}[r] up to Monte Carlo (4 SE, about 2.3 %) and 2 % for the error of two trained networks (the
+    // sampler's own bias at 60 steps is under 0.2 %). The per-batch weight normalisation this replaced missed by
+    // 5.9 % at batch 16.
+    assert!((r1.mean - target_exact).abs() < 4.0 * r1.se + 0.02 * target_exact, "{form}: E[r] at w = 1 is {r1:?}, exact {target_exact:.4}");
 }
 
 #[test]
 fn reward_weighted_full_form_matches_the_exact_tilt() {
-    reward_weighted_check("full");
+    reward_weighted_check("full", 512, 1500);
+}
+
+#[test]
+fn reward_weighted_full_form_is_unbiased_at_small_batches() {
+    // Weights r / mean(r) with the mean over the whole training set: the objective is the tilted one at any batch
+    // size (the per-batch mean fits r E[1/(r + S_15)] p at batch 16, 0.17 below E_p_r[r]).
+    reward_weighted_check("full", 16, 3000);
 }
 
 #[test]
 fn reward_weighted_residual_form_matches_the_exact_tilt() {
-    reward_weighted_check("residual");
+    reward_weighted_check("residual", 512, 1500);
 }
 
 #[test]
@@ -145,7 +159,7 @@ fn trained_classifier_guidance_raises_the_class_probability() {
     let n = 4000;
     let mean_p = |w: f64| {
         let mut g = GuidedScore::new(&exact, Condition::Unconditional).with(ClassifierGuidance::new(&clf.classifier, 0), WeightSchedule::Constant(w));
-        let x = draw(&sampler(SamplerKind::ExponentialIntegrator, 80), &mut g, n, 2, 6);
+        let x = draw(&sampler(SamplerKind::SdeDpmSolver1, 80), &mut g, n, 2, 6);
         let lp = tensor_ext::to_vec_f64(exact.class_log_posteriors(tensor_ext::matrix(&x, n, 2, &dev), 0.0));
         mean_se(&lp.chunks_exact(2).map(|r| r[0].exp()).collect::<Vec<_>>())
     };
@@ -284,5 +298,5 @@ fn ema_lags_the_online_weights() {
 
 #[test]
 fn reward_weighted_resample_form_matches_the_exact_tilt() {
-    reward_weighted_check("resample");
+    reward_weighted_check("resample", 512, 1500);
 }

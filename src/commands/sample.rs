@@ -15,7 +15,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 use std::path::Path;
 use std::time::Instant;
-use tilt_core::metrics::{self, MeanSe};
+use tilt_core::metrics::{self, MeanSe, TargetDistance};
 use tilt_core::{Classifier, Condition, ExpLinearReward, GaussianMixture, MixtureScore, Reward, ScoreModel, tensor_ext};
 use tilt_sampler::guidance::{
     CfgGuidance, ClassifierGuidance, NegativeClassGuidance, RewardGradientGuidance, RewardGuidance,
@@ -47,21 +47,28 @@ pub struct Record {
     /// reward and classifier guidance; `w = -1` for CFG).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub target: Option<String>,
+    /// Distances to the exact `target` law: signed `MMD^2_u` with its permutation p-value, and sliced Wasserstein
+    /// beside its noise floor (an exact sample of the same size scores the floor).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub mmd_to_target: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub sliced_wasserstein_to_target: Option<f64>,
+    pub distance_to_target: Option<TargetDistance>,
+    /// Samples that came out NaN or infinite; the metrics above use the finite ones only.
+    pub non_finite_samples: usize,
 }
 
 /// Exact-classifier statistics of the samples for the guided class.
 #[derive(Debug, Clone, Serialize)]
 pub struct ClassStats {
     pub class: usize,
-    /// `E[1/p(c|Y)]` (the quantity CFG provably lowers).
+    /// `E[1/p(c|Y)]` (the quantity CFG provably lowers). Heavy-tailed: on the test mixtures `1/p(c|X)` has no
+    /// finite fourth moment, so its standard error is itself unreliable; read it with the two companions below.
     pub mean_inv_class_prob: MeanSe,
     /// `1/p(c) = E_{p(.|c)}[1/p(c|X)]`: the exact unguided value.
     pub inv_class_prior: f64,
-    pub mean_class_prob: f64,
+    /// `E[log p(c|Y)]`: light-tailed companion (its exact unguided value has no closed form; the reproduce
+    /// experiments estimate it from exact samples).
+    pub mean_log_class_prob: MeanSe,
+    /// `E[p(c|Y)]`: bounded companion.
+    pub mean_class_prob: MeanSe,
     /// Quantiles 5, 25, 50, 75, 95 % of `p(c|Y)`.
     pub class_prob_quantiles: [f64; 5],
     /// Fraction of samples whose most probable class is `class`.
@@ -102,6 +109,7 @@ impl Problem {
     /// The law that strength `w` samples exactly (with exact scores), if known.
     pub fn exact_target(&self, kind: GuidanceKind, w: f64) -> Option<(String, GaussianMixture)> {
         match (kind, w) {
+            (GuidanceKind::None, _) => Some(("base".into(), self.base_law.clone())),
             (_, w) if w == 0.0 => Some(("base".into(), self.base_law.clone())),
             (GuidanceKind::Reward, w) if w == 1.0 => Some(("p_r".into(), self.base_law.tilted(self.exp_linear.as_ref()?))),
             (GuidanceKind::Classifier, w) if w == 1.0 => Some(("p(.|c)".into(), self.mixture.conditional(self.class?))),
@@ -120,13 +128,15 @@ impl Problem {
         let k = self.mixture.n_classes();
         let probs: Vec<f64> = log_post.chunks_exact(k).map(|row| row[c].exp()).collect();
         let inv: Vec<f64> = log_post.chunks_exact(k).map(|row| (-row[c]).exp()).collect();
+        let logs: Vec<f64> = log_post.chunks_exact(k).map(|row| row[c]).collect();
         let hits = log_post.chunks_exact(k).filter(|row| argmax(row) == c).count();
         let q = metrics::quantiles(&probs, &QUANTILE_LEVELS);
         Some(ClassStats {
             class: c,
             mean_inv_class_prob: metrics::mean_se(&inv),
             inv_class_prior: 1.0 / self.mixture.class_prior(c),
-            mean_class_prob: probs.iter().sum::<f64>() / n as f64,
+            mean_log_class_prob: metrics::mean_se(&logs),
+            mean_class_prob: metrics::mean_se(&probs),
             class_prob_quantiles: [q[0], q[1], q[2], q[3], q[4]],
             accuracy: hits as f64 / n as f64,
         })
@@ -153,6 +163,14 @@ fn kebab<T: Serialize>(v: &T) -> String {
 
 fn argmax(row: &[f64]) -> usize {
     row.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(i, _)| i)
+}
+
+/// The rows of `[n, d]` samples whose coordinates are all finite.
+fn finite_rows(x: Vec<f32>, d: usize) -> Vec<f32> {
+    if x.iter().all(|v| v.is_finite()) {
+        return x;
+    }
+    x.chunks_exact(d).filter(|r| r.iter().all(|v| v.is_finite())).flatten().copied().collect()
 }
 
 /// A plotting window from the samples themselves (1 % and 99 % quantiles, padded).
@@ -244,6 +262,21 @@ fn load_scores(cfg: &SampleConfig, mixture: Option<&GaussianMixture>, device: &D
         || (cfg.guidance.kind == GuidanceKind::Classifier && classifier.is_none());
     if exact_needed && standardizer.as_ref().is_some_and(|s| *s != Standardizer::identity(s.mean.len())) {
         bail!("models: exact mixture scores cannot be combined with networks trained on standardised data (standardize = true)");
+    }
+    if let (Some(b), Some(p)) = (&trained_base, &models.base) {
+        // An unconditional network would answer every class query with its one score: CFG's term would be
+        // exactly zero and the sweep would silently sample the unconditional law.
+        let needs_labels = match cfg.guidance.kind {
+            GuidanceKind::Cfg | GuidanceKind::NegativeClass => Some(format!("guidance.kind = \"{}\"", kebab(&cfg.guidance.kind))),
+            GuidanceKind::Classifier => None,
+            _ => cfg.class.map(|c| format!("class = {c}")),
+        };
+        if let (Some(what), None) = (needs_labels, b.score.net.null_label()) {
+            bail!(
+                "models.base = {}: {what} needs a class-conditional base (trained with objective.kind = \"dsm\", conditional = true, on labelled data), but this network is unconditional",
+                p.display()
+            );
+        }
     }
     let schedule = trained_base.as_ref().map_or(cfg.schedule, |b| b.score.schedule);
     let exact = |m: Option<&GaussianMixture>, what: &str| -> Result<MixtureScore> {
@@ -379,21 +412,31 @@ pub fn run(cfg: &SampleConfig, out: &Path, device: &Device) -> Result<Summary> {
         let seconds = start.elapsed().as_secs_f64();
         bar.finish_and_clear();
         scores.standardizer.invert(&mut x);
+        let all = x.len() / d;
+        let x = finite_rows(x, d);
+        let n = x.len() / d;
+        let non_finite_samples = all - n;
+        if non_finite_samples > 0 {
+            eprintln!(
+                "warning: w = {w}: {non_finite_samples} of {all} samples are not finite (NaN or inf); the sampler diverged \
+                 (too few steps, or too strong a guidance). The metrics use the {n} finite samples."
+            );
+        }
+        if n < 2 {
+            bail!("w = {w}: fewer than 2 finite samples ({n} of {all}); nothing to measure");
+        }
 
         let mean_reward = reward.as_ref().map(|r| {
             let lr = tensor_ext::to_vec_f64(r.log_reward(tensor_ext::matrix(&x, n, d, device)));
             metrics::mean_se(&lr.into_iter().map(f64::exp).collect::<Vec<_>>())
         });
         let target = problem.as_ref().and_then(|p| p.exact_target(kind, w));
-        let (mmd, sw) = match &target {
-            Some((_, law)) => {
-                let m = n.min(2000);
-                let (y, _) = law.sample(m, &mut ChaCha8Rng::seed_from_u64(cfg.seed ^ 0x5eed));
-                let h = metrics::median_sq_distance(&y, d);
-                (Some(metrics::mmd_rbf(&x, &y, d, h, 2000)), Some(metrics::sliced_wasserstein(&x, &y, d, 64, cfg.seed)))
-            }
-            None => (None, None),
-        };
+        let distance = target.as_ref().map(|(_, law)| {
+            let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ 0x5eed);
+            let (reference, _) = law.sample(n.max(2000), &mut rng);
+            let (fresh, _) = law.sample(n, &mut rng);
+            metrics::distance_to_exact(&x, &reference, &fresh, d, cfg.seed)
+        });
         let record = Record {
             w,
             samples: n,
@@ -406,8 +449,8 @@ pub fn run(cfg: &SampleConfig, out: &Path, device: &Device) -> Result<Summary> {
             target_mean_reward: problem.as_ref().zip(exp_linear.as_ref()).map(|(p, r)| p.base_law.tilted_mean_reward(r)),
             class: problem.as_ref().and_then(|p| p.class_stats(&x, device)),
             target: target.map(|t| t.0),
-            mmd_to_target: mmd,
-            sliced_wasserstein_to_target: sw,
+            distance_to_target: distance,
+            non_finite_samples,
         };
         eprintln!("{}", output::one_line(&record));
 

@@ -18,4 +18,4 @@ pub mod tensor_ext;
 pub use mixture::{GaussianMixture, MixtureScore, MixtureSpec};
 pub use reward::{BumpReward, ExpLinearReward, Reward, RewardSpec};
 pub use schedule::Schedule;
-pub use score::{Classifier, Condition, ScoreCombination, ScoreModel};
+pub use score::{Classifier, Condition, ScoreCombination, ScoreModel, SmoothlyPerturbed};

@@ -5,6 +5,7 @@
 //! dependency-free. Samples are row-major `[n, d]` slices.
 
 use rand::SeedableRng;
+use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, StandardNormal};
 
@@ -63,31 +64,56 @@ fn sq_dist(a: &[f32], b: &[f32]) -> f64 {
     a.iter().zip(b).map(|(x, y)| (*x as f64 - *y as f64).powi(2)).sum()
 }
 
-/// Maximum mean discrepancy with the RBF kernel `exp(-|x-y|^2 / (2 h))`, `h` a squared bandwidth.
+/// A kernel two-sample test: the unbiased `MMD^2_u` with the RBF kernel and its permutation p-value.
 ///
-/// Returns `sqrt(max(0, MMD^2_u))` from the unbiased U-statistic, so two samples of one law score near 0.
-/// Uses at most `max_rows` rows of each sample (the first ones) to bound the O(n m) cost.
-pub fn mmd_rbf(x: &[f32], y: &[f32], d: usize, bandwidth_sq: f64, max_rows: usize) -> f64 {
-    let xr: Vec<&[f32]> = x.chunks_exact(d).take(max_rows).collect();
-    let yr: Vec<&[f32]> = y.chunks_exact(d).take(max_rows).collect();
-    let k = |a: &[f32], b: &[f32]| (-sq_dist(a, b) / (2.0 * bandwidth_sq)).exp();
-    let within = |r: &[&[f32]]| {
-        let mut s = 0.0;
-        for i in 0..r.len() {
-            for j in 0..i {
-                s += k(r[i], r[j]);
-            }
-        }
-        2.0 * s / (r.len() * (r.len() - 1)) as f64
-    };
-    let mut cross = 0.0;
-    for a in &xr {
-        for b in &yr {
-            cross += k(a, b);
+/// `MMD^2_u` is signed: two samples of one law give values scattered around 0, negative about half the time, so
+/// it is reported as it is (never clipped to 0). The p-value is the fraction of label permutations of the
+/// pooled rows whose statistic reaches the observed one: small means the two laws differ detectably.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
+pub struct MmdTest {
+    pub mmd2: f64,
+    pub p_value: f64,
+    pub permutations: usize,
+    /// Rows of each sample used (the first ones).
+    pub rows: usize,
+}
+
+/// [`MmdTest`] of `x` against `y` with `exp(-|a-b|^2 / (2 h))`, `h` a squared bandwidth, on at most `max_rows`
+/// rows of each sample and `permutations` random relabellings (seeded).
+///
+/// Panics when either sample has fewer than 2 rows (the U-statistic is undefined).
+pub fn mmd_test(x: &[f32], y: &[f32], d: usize, bandwidth_sq: f64, max_rows: usize, permutations: usize, seed: u64) -> MmdTest {
+    let rows = (x.len() / d).min(y.len() / d).min(max_rows);
+    assert!(rows >= 2, "the MMD needs at least 2 rows per sample, got {rows}");
+    let pooled: Vec<&[f32]> = x.chunks_exact(d).take(rows).chain(y.chunks_exact(d).take(rows)).collect();
+    let m = pooled.len();
+    let mut kernel = vec![0.0f64; m * m];
+    for i in 0..m {
+        for j in 0..i {
+            let k = (-sq_dist(pooled[i], pooled[j]) / (2.0 * bandwidth_sq)).exp();
+            kernel[i * m + j] = k;
+            kernel[j * m + i] = k;
         }
     }
-    let mmd2 = within(&xr) + within(&yr) - 2.0 * cross / (xr.len() * yr.len()) as f64;
-    mmd2.max(0.0).sqrt()
+    // MMD^2_u of the split "first `rows` labels vs the rest" under a relabelling `perm` of the pooled rows.
+    let statistic = |perm: &[usize]| {
+        let (a, b) = perm.split_at(rows);
+        let block = |p: &[usize], q: &[usize]| p.iter().map(|&i| q.iter().map(|&j| kernel[i * m + j]).sum::<f64>()).sum::<f64>();
+        let pairs = (rows * (rows - 1)) as f64;
+        // Diagonal entries are 0, so the within-sample sums are the U-statistic's off-diagonal sums.
+        block(a, a) / pairs + block(b, b) / pairs - 2.0 * block(a, b) / (rows * rows) as f64
+    };
+    let identity: Vec<usize> = (0..m).collect();
+    let observed = statistic(&identity);
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut perm = identity;
+    let reached = (0..permutations)
+        .filter(|_| {
+            perm.shuffle(&mut rng);
+            statistic(&perm) >= observed
+        })
+        .count();
+    MmdTest { mmd2: observed, p_value: (1 + reached) as f64 / (1 + permutations) as f64, permutations, rows }
 }
 
 /// Sliced 2-Wasserstein distance: the root mean over `n_proj` random directions of the squared 1-D
@@ -109,6 +135,28 @@ pub fn sliced_wasserstein(x: &[f32], y: &[f32], d: usize, n_proj: usize, seed: u
         total += qx.iter().zip(&qy).map(|(a, b)| (a - b).powi(2)).sum::<f64>() / m as f64;
     }
     (total / n_proj as f64).sqrt()
+}
+
+/// How far a sample is from a law known through exact samples, each distance beside its noise floor.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
+pub struct TargetDistance {
+    pub mmd: MmdTest,
+    pub sliced_wasserstein: f64,
+    /// The same sliced Wasserstein between an independent exact sample of the sample's size and the reference:
+    /// what a perfect sampler scores. A value near it is no evidence of a difference, nor of agreement.
+    pub sliced_wasserstein_floor: f64,
+}
+
+/// [`TargetDistance`] of `x` to the law of `reference`, with `fresh` an independent exact sample of that law
+/// (its rows beyond those of `x` are ignored). RBF bandwidth: the median heuristic on `reference`.
+pub fn distance_to_exact(x: &[f32], reference: &[f32], fresh: &[f32], d: usize, seed: u64) -> TargetDistance {
+    let h = median_sq_distance(reference, d);
+    let n = x.len().min(fresh.len());
+    TargetDistance {
+        mmd: mmd_test(x, reference, d, h, 1000, 200, seed),
+        sliced_wasserstein: sliced_wasserstein(x, reference, d, 64, seed),
+        sliced_wasserstein_floor: sliced_wasserstein(&fresh[..n], reference, d, 64, seed),
+    }
 }
 
 #[cfg(test)]
@@ -138,11 +186,15 @@ mod tests {
     }
 
     #[test]
-    fn mmd_separates_laws() {
-        let x = gaussian(800, 2, 0.0, 1);
+    fn mmd_test_separates_laws_and_keeps_its_sign() {
+        let x = gaussian(400, 2, 0.0, 1);
         let h = median_sq_distance(&x, 2);
-        let same = mmd_rbf(&x, &gaussian(800, 2, 0.0, 2), 2, h, 800);
-        let shifted = mmd_rbf(&x, &gaussian(800, 2, 0.5, 3), 2, h, 800);
-        assert!(same < 0.05 && shifted > 0.15, "same {same}, shifted {shifted}");
+        // Same law: the p-value is uniform, so over several draws it is rarely small and MMD^2_u takes both signs.
+        let same: Vec<MmdTest> = (0..8).map(|s| mmd_test(&x, &gaussian(400, 2, 0.0, 10 + s), 2, h, 400, 99, s)).collect();
+        assert!(same.iter().any(|t| t.mmd2 < 0.0) && same.iter().any(|t| t.mmd2 > 0.0), "{same:?}");
+        assert!(same.iter().filter(|t| t.p_value < 0.05).count() <= 2, "{same:?}");
+        // A shift of half a standard deviation: detected.
+        let shifted = mmd_test(&x, &gaussian(400, 2, 0.5, 3), 2, h, 400, 99, 0);
+        assert!(shifted.mmd2 > 0.0 && shifted.p_value <= 0.01, "{shifted:?}");
     }
 }

@@ -1,7 +1,7 @@
 //! Gaussian mixtures with diagonal covariances: exact noised scores, class posteriors and exponential tilts.
 //!
 //! For `p = sum_k pi_k N(mu_k, diag(s_k^2))` the noised law is again a mixture,
-//! `p_t = sum_k pi_k N(alpha mu_k, diag(alpha^2 s_k^2 + sigma^2))`, so every quantity of method.md §5 is closed
+//! `p_t = sum_k pi_k N(alpha mu_k, diag(alpha^2 s_k^2 + sigma^2))`, so every quantity of docs/theory.md §5 is closed
 //! form. [`GaussianMixture`] holds the parameters on the host (validation, sampling, tilts); [`MixtureScore`]
 //! evaluates them with Burn tensor ops, on any backend, differentiable by autodiff.
 
@@ -109,6 +109,9 @@ impl GaussianMixture {
             if let Some((j, v)) = s.iter().enumerate().find(|(_, v)| !(v.is_finite() && **v > 0.0)) {
                 return Err(format!("stds[{i}][{j}]: expected a positive standard deviation, got {v}"));
             }
+        }
+        if self.classes.is_empty() {
+            return Err("classes: expected at least one class (leave the field out for one class per component)".into());
         }
         let mut owner = vec![None; k];
         for (c, comps) in self.classes.iter().enumerate() {

@@ -1,5 +1,5 @@
 //! Rewards: positive weights `r(x) > 0`, represented by `log r(x)` so that exponential tilts
-//! `r = exp(beta R)` and products stay finite (method.md §3.3).
+//! `r = exp(beta R)` and products stay finite (docs/theory.md §3.3).
 
 use burn::prelude::*;
 

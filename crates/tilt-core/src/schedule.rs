@@ -85,17 +85,27 @@ mod tests {
     use super::*;
 
     #[test]
-    fn variance_preserving_and_ou_round_trip() {
+    fn schedules_match_their_published_formulas() {
+        // The papers' schedule: alpha^2 = 1 - t, sigma^2 = t.
+        assert!((Schedule::Linear.alpha_sq(0.37) - 0.63).abs() < 1e-12);
+        assert!((Schedule::Linear.sigma(0.37).powi(2) - 0.37).abs() < 1e-12);
+        // Nichol & Dhariwal (2021), alpha_bar(t) = f(t)/f(0), f(t) = cos^2((t + s)/(1 + s) pi/2), s = 0.008;
+        // values computed independently in f64.
+        for (t, alpha_bar) in [(0.1, 0.972_092_737_113_969), (0.5, 0.493_843_590_440_637_75), (0.9, 0.024_091_724_140_085_854)] {
+            assert!((Schedule::cosine().alpha_sq(t) - alpha_bar).abs() < 1e-12, "cosine alpha_bar({t})");
+        }
+        // OU time: u = -ln(1 - t) for the linear schedule.
+        assert!((Schedule::Linear.ou_time(0.5) - std::f64::consts::LN_2).abs() < 1e-12);
+    }
+
+    #[test]
+    fn ou_time_round_trips() {
         for sched in [Schedule::Linear, Schedule::cosine()] {
-            for &t in &[1e-4, 0.01, 0.3, 0.7, 0.99] {
-                let (a, s) = (sched.alpha(t), sched.sigma(t));
-                assert!((a * a + s * s - 1.0).abs() < 1e-12);
+            for &t in &[1e-4, 0.01, 0.3, 0.7, 0.99, 1.0 - 1e-5] {
                 let back = sched.t_from_ou(sched.ou_time(t));
                 assert!((back - t).abs() < 1e-9, "{sched:?} t={t} back={back}");
             }
             assert!(sched.alpha(0.0) > 0.999_999);
         }
-        // The papers' schedule: sigma^2 = t exactly.
-        assert!((Schedule::Linear.sigma(0.37).powi(2) - 0.37).abs() < 1e-12);
     }
 }

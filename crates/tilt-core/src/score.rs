@@ -116,3 +116,26 @@ impl ScoreModel for ScoreCombination<'_> {
         self.a.dim()
     }
 }
+
+/// A 2-D score with a smooth error: the noise prediction is perturbed by `eps * (sin 2 x_2, cos 2 x_1)`, i.e.
+/// `s - eps phi(x) / sigma(t)`. The error is of the same relative size at every noise level, like a trained
+/// network's (docs/theory.md §7, claim 7: the reward gain should degrade smoothly with it).
+pub struct SmoothlyPerturbed<'a> {
+    pub score: &'a dyn ScoreModel,
+    pub eps: f64,
+}
+
+impl ScoreModel for SmoothlyPerturbed<'_> {
+    fn score(&self, x: Tensor<2>, t: f64, c: &Condition) -> Tensor<2> {
+        let [n, d] = x.dims();
+        assert_eq!(d, 2, "SmoothlyPerturbed is defined for 2-D data");
+        let phi = Tensor::cat(vec![x.clone().narrow(1, 1, 1).mul_scalar(2.0).sin(), x.clone().narrow(1, 0, 1).mul_scalar(2.0).cos()], 1).reshape([n, 2]);
+        self.score.score(x, t, c) - phi.mul_scalar(self.eps / self.score.schedule().sigma(t))
+    }
+    fn schedule(&self) -> Schedule {
+        self.score.schedule()
+    }
+    fn dim(&self) -> usize {
+        self.score.dim()
+    }
+}

@@ -20,11 +20,15 @@ impl NetScore {
         Self { net, schedule, dim }
     }
 
-    /// `None` (unconditional: the network uses its null label) or the labels of a conditional network.
+    /// `None` (unconditional: a conditional network uses its null label) or the labels of a conditional network.
+    ///
+    /// Panics when labels reach an unconditional network: its answer would not depend on them, and CFG would be
+    /// silently zero. `tilt sample` refuses such configs first, naming `models.base`.
     fn labels_for(&self, condition: &Condition) -> Option<Tensor<1, Int>> {
         match (condition, self.net.null_label()) {
             (Condition::Labels(l), Some(_)) => Some(l.clone()),
-            _ => None,
+            (Condition::Labels(_), None) => panic!("class labels given to an unconditional score network"),
+            (Condition::Unconditional, _) => None,
         }
     }
 
@@ -43,10 +47,11 @@ impl ScoreModel for NetScore {
 
     /// ONE forward pass over `[x; x]` with labels `[c; null]`.
     fn score_and_unconditional(&self, x: Tensor<2>, t: f64, condition: &Condition) -> (Tensor<2>, Tensor<2>) {
-        let (Some(null), Condition::Labels(l)) = (self.net.null_label(), condition) else {
+        let Condition::Labels(l) = condition else {
             let s = self.score(x, t, condition);
             return (s.clone(), s);
         };
+        let null = self.net.null_label().expect("class labels given to an unconditional score network");
         let n = x.dims()[0];
         let device = x.device();
         let labels = Tensor::cat(vec![l.clone(), tensor_ext::labels(&vec![null; n], &device)], 0);

@@ -13,7 +13,7 @@ pub enum Activation {
     /// SiLU (swish), the usual diffusion choice.
     #[default]
     Silu,
-    /// ReLU: about twice as fast on the Flex CPU backend, whose `exp` is scalar (burn-0.22.md §8.1).
+    /// ReLU: about twice as fast on the Flex CPU backend, whose `exp` is scalar (docs/theory.md §8).
     Relu,
 }
 

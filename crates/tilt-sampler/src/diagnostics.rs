@@ -1,4 +1,4 @@
-//! The reward-improvement identity of method.md §3.1, checked along a guided trajectory with exact scores.
+//! The reward-improvement identity of docs/theory.md §3.1, checked along a guided trajectory with exact scores.
 //!
 //! With `h_t(x) = E_p[r(X_0) | X_t = x] = E_p[r] p_{r,t}(x) / p_t(x)`, guidance `w grad log h` makes `h(Y)` a
 //! submartingale with drift `w h |grad log h|^2` in OU time, so per sample
@@ -61,4 +61,19 @@ pub fn improvement_identity(
     let gain: Vec<f64> = (0..n).map(|i| h_path[last][i] - h_path[0][i]).collect();
     let residual: Vec<f64> = gain.iter().zip(&integral).map(|(a, b)| a - b).collect();
     IdentityCheck { w, gain: mean_se(&gain), integral: mean_se(&integral), residual: mean_se(&residual), start: mean_se(&h_path[0]) }
+}
+
+/// What a perfect sampler with the final Tweedie denoise returns: `n` exact draws of `law`, noised to `t_min`
+/// and denoised with the exact score of `law`. The reference for statistics that have no closed form (and for
+/// the variance, which the denoise lowers by `E[Var(X_0 | X_{t_min})] <= t_min`).
+pub fn perfect_denoised_samples(law: &tilt_core::GaussianMixture, schedule: tilt_core::Schedule, t_min: f64, n: usize, seed: u64, device: &Device) -> Vec<f32> {
+    use rand::SeedableRng;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let d = law.dim();
+    let (x0, _) = law.sample(n, &mut rng);
+    let (alpha, sigma) = (schedule.alpha(t_min), schedule.sigma(t_min));
+    let x0 = tensor_ext::matrix(&x0, n, d, device);
+    let xt = x0.mul_scalar(alpha) + NoiseSource::host(seed ^ 0x9e37_79b9).normal(n, d, device).mul_scalar(sigma);
+    let s = MixtureScore::new(law.clone(), schedule, device).score(xt.clone(), t_min, &Condition::Unconditional);
+    tensor_ext::to_vec(tilt_core::score::param::clean_from_score(xt, s, alpha, sigma))
 }

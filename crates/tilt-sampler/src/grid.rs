@@ -14,17 +14,21 @@ pub enum TimeGrid {
     Geometric,
     /// Equal steps in log signal-to-noise ratio `lambda = ln(alpha^2 / sigma^2)` (DPM-Solver's choice):
     /// small steps at both ends, so `h / u` stays bounded near 0 and the first steps near `t = 1` are short.
-    /// The default: every sampler reproduces the data law at 200 steps on it (tests/theory.rs).
+    /// The default: it keeps the DDPM/DDIM under-dispersion near `t = 0` small (it does not remove it; see
+    /// docs/results.md, discretisation).
     #[default]
     LogSnr,
 }
 
 impl TimeGrid {
-    /// `steps + 1` decreasing times, `t[0] = t_max`, `t[steps] = t_min`.
+    /// `steps + 1` decreasing, finite times, `t[0] = t_max`, `t[steps] = t_min`.
+    ///
+    /// Panics unless `steps >= 1` and `0 < t_min < t_max < 1`: at `t = 1` the signal `alpha` is 0, OU time is
+    /// infinite and every step divides by `alpha`. Callers validate user input first and name the field.
     pub fn times(&self, steps: usize, t_max: f64, t_min: f64, schedule: Schedule) -> Vec<f64> {
-        assert!(steps >= 1 && 0.0 < t_min && t_min < t_max && t_max <= 1.0, "invalid grid");
+        assert!(steps >= 1 && 0.0 < t_min && t_min < t_max && t_max < 1.0, "invalid grid: steps {steps}, t_min {t_min}, t_max {t_max}");
         let frac = |k: usize| k as f64 / steps as f64;
-        (0..=steps)
+        let times: Vec<f64> = (0..=steps)
             .map(|k| match self {
                 TimeGrid::UniformT => t_max + (t_min - t_max) * frac(k),
                 TimeGrid::UniformU => {
@@ -39,7 +43,12 @@ impl TimeGrid {
                     schedule.t_from_ou((-lambda).exp().ln_1p())
                 }
             })
-            .collect()
+            .collect();
+        assert!(
+            times.iter().all(|t| t.is_finite() && *t > 0.0 && *t < 1.0) && schedule.alpha(t_max) > 0.0,
+            "{self:?} grid left (0, 1) or reached alpha = 0: {times:?}"
+        );
+        times
     }
 }
 

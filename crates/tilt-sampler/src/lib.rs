@@ -16,4 +16,4 @@ pub mod samplers;
 pub use grid::TimeGrid;
 pub use guidance::{GuidanceTerm, GuidedScore, WeightSchedule};
 pub use noise::NoiseSource;
-pub use samplers::{Sampler, SamplerKind};
+pub use samplers::{DEFAULT_T_MAX, DEFAULT_T_MIN, Sampler, SamplerKind};

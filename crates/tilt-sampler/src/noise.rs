@@ -20,7 +20,7 @@ impl NoiseSource {
         NoiseSource::Host(ChaCha8Rng::seed_from_u64(seed))
     }
 
-    /// Seeds the device RNG (process-global per backend family, see burn-0.22.md §3.3).
+    /// Seeds the device RNG (process-global per backend family, see docs/theory.md §8).
     pub fn device(seed: u64, device: &Device) -> Self {
         device.seed(seed);
         NoiseSource::Device

@@ -9,7 +9,7 @@
 //! A checkpoint is written into a hidden temporary directory and renamed into place only when complete;
 //! `latest` is then replaced atomically. Older checkpoints are pruned only after that, so the previous good
 //! checkpoint always survives a crash or a full disk. Burn's burnpack files carry no checksum (a flipped bit in
-//! a tensor loads silently) and an optimizer loader accepts a model file (burn-0.22.md §6.3): the manifest
+//! a tensor loads silently) and an optimizer loader accepts a model file (docs/theory.md §8): the manifest
 //! closes both holes.
 
 use anyhow::{Context, Result, anyhow, bail};

@@ -1,5 +1,5 @@
 //! Global-norm gradient clipping (PyTorch's `clip_grad_norm_`). Burn's `GradientClippingConfig::Norm` clips
-//! each parameter tensor separately (burn-0.22.md §5.3), which is not the same thing.
+//! each parameter tensor separately (docs/theory.md §8), which is not the same thing.
 
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::GradientsParams;

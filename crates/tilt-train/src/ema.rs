@@ -1,4 +1,4 @@
-//! Exponential moving average of the weights (Burn has none built in; burn-0.22.md §5.2), with warm-up.
+//! Exponential moving average of the weights (Burn has none built in; docs/theory.md §8), with warm-up.
 
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::prelude::*;

@@ -1,7 +1,7 @@
 //! tilt-train: a hand-written training loop (Burn's `Learner` has no per-step hooks) for
 //! - denoising score matching, unconditional or class-conditional with label dropout (one network for CFG);
 //! - noise-aware classifiers;
-//! - the papers' trajectory-free reward-weighted score matching (method.md §4): full, residual and resampling
+//! - the papers' trajectory-free reward-weighted score matching (docs/theory.md §4): full, residual and resampling
 //!   forms, trained on clean samples only, never running the backward chain.
 //!
 //! With AdamW/Adam (explicit epsilon and weight decay), warm-up + cosine learning rate, global-norm clipping,

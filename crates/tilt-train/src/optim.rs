@@ -1,5 +1,6 @@
-//! Optimizer and learning-rate settings, with PyTorch's defaults written out (Burn's differ: Adam epsilon 1e-5,
-//! AdamW weight decay 1e-4; burn-0.22.md §5.1).
+//! Optimizer and learning-rate settings, every field written out: PyTorch's Adam/AdamW defaults for the betas and
+//! epsilon (Burn's epsilon is 1e-5), and weight decay 0 unless set (PyTorch's AdamW default is 1e-2, Burn's 1e-4;
+//! docs/theory.md §8).
 
 use burn::optim::{AdamConfig, AdamWConfig, ModuleOptimizer, decay::WeightDecayConfig};
 use serde::{Deserialize, Serialize};

@@ -49,15 +49,16 @@ impl Default for ModelSpec {
     }
 }
 
-/// The three forms of reward-weighted score matching (method.md §4).
+/// The three forms of reward-weighted score matching (docs/theory.md §4).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum RewardForm {
-    /// A new score network for `p_r`, per-sample weights `r(x0) / mean_batch(r)`.
+    /// A new score network for `p_r`, per-sample weights `r(x0) / mean(r)`, the mean taken over the whole
+    /// training set once (a per-batch mean fits a different law, biased by O(1/B): docs/theory.md §4).
     Full,
     /// Frozen base + small `delta_theta`; the guidance term is `delta` itself.
     Residual,
-    /// Resample `x0 ∝ r(x0)` and run plain DSM (equal in expectation to `full`).
+    /// Resample `x0 ∝ r(x0)` and run plain DSM (the same objective as `full` in expectation).
     Resample,
 }
 
@@ -293,12 +294,36 @@ fn log_rewards(reward: &dyn tilt_core::Reward, rows: &[f32], dim: usize, st: &St
     tensor_ext::to_vec_f64(reward.log_reward(tensor_ext::matrix(&x, n, dim, device)))
 }
 
-/// Self-normalised weights `r_i / mean_j r_j`, computed from `log r` without overflow.
-fn normalised_weights(log_r: &[f64]) -> Vec<f32> {
+/// `ln mean_i r_i` from `log r`, without overflow.
+fn log_mean_reward(log_r: &[f64]) -> f64 {
     let m = log_r.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-    let e: Vec<f64> = log_r.iter().map(|l| (l - m).exp()).collect();
-    let mean = e.iter().sum::<f64>() / e.len() as f64;
-    e.iter().map(|v| (v / mean) as f32).collect()
+    m + (log_r.iter().map(|l| (l - m).exp()).sum::<f64>() / log_r.len() as f64).ln()
+}
+
+/// Weights `r_i / mean(r)` for a fixed `ln mean(r)`.
+fn weights_relative_to(log_r: &[f64], log_mean: f64) -> Vec<f32> {
+    log_r.iter().map(|l| (l - log_mean).exp() as f32).collect()
+}
+
+/// The reward normalisation of one fixed data set: `ln mean r` over all its rows, computed once.
+///
+/// Dividing by the mean within each minibatch instead is biased: the expected gradient is that of the law
+/// `∝ r E[1/(r + S_{B-1})] p`, which lowers the tilted mean reward by about `Var_{p_r}(r) / ((B-1) E_p[r])`
+/// (docs/theory.md §4). With the data-set mean the loss is exactly the empirical tilted objective.
+struct RewardScale {
+    train: f64,
+    test: f64,
+}
+
+impl RewardScale {
+    fn of(data: &Dataset, reward: &dyn tilt_core::Reward, st: &Standardizer, device: &Device) -> f64 {
+        log_mean_reward(&log_rewards(reward, &data.x, data.dim, st, device))
+    }
+
+    /// The scale of `data`, which is the training or the test set itself (compared by address, not by size).
+    fn for_set(&self, data: &Dataset, train_set: &Dataset) -> f64 {
+        if std::ptr::eq(data, train_set) { self.train } else { self.test }
+    }
 }
 
 /// Build a model from the device RNG seeded with `seed`. Burn's RNG is process-global per backend, so the
@@ -381,7 +406,13 @@ pub fn train(cfg: &TrainConfig, run_dir: &Path, resume: bool, device: &Device, p
                 }
                 None => None,
             };
-            let weights_of = |x0: &[f32], dev: &Device| normalised_weights(&log_rewards(reward.as_ref(), x0, data.dim, &ctx.standardizer, dev));
+            let scale = RewardScale {
+                train: RewardScale::of(&train_set, reward.as_ref(), &ctx.standardizer, device),
+                test: RewardScale::of(&test_set, reward.as_ref(), &ctx.standardizer, device),
+            };
+            let weights_of = |x0: &[f32], set: &Dataset, dev: &Device| {
+                weights_relative_to(&log_rewards(reward.as_ref(), x0, data.dim, &ctx.standardizer, dev), scale.for_set(set, &train_set))
+            };
             match form {
                 RewardForm::Full | RewardForm::Resample => {
                     // With a base, start from its weights and architecture (a class-conditional base is then
@@ -403,20 +434,21 @@ pub fn train(cfg: &TrainConfig, run_dir: &Path, resume: bool, device: &Device, p
                         let loss = |m: &ScoreNet, data: &Dataset, rng: &mut ChaCha8Rng, dev: &Device| {
                             let idx = uniform_indices(data.len(), b, rng);
                             let batch = noised(data, &idx, sched, t_min, rng, dev);
-                            let w = weights_of(&batch.x0, dev);
+                            let w = weights_of(&batch.x0, data, dev);
                             weighted_mse(m.forward(batch.x_t, batch.t, None), batch.z, Some(&w))
                         };
                         ctx.run(model, &net_cfg, &train_set, &test_set, loss, progress)
                     } else {
                         // Categorical over the training rows with probabilities ∝ r(x0), drawn by inverse CDF.
                         let cdf = |data: &Dataset| {
-                            let w = normalised_weights(&log_rewards(reward.as_ref(), &data.x, data.dim, &ctx.standardizer, device));
+                            let log_r = log_rewards(reward.as_ref(), &data.x, data.dim, &ctx.standardizer, device);
+                            let w = weights_relative_to(&log_r, scale.for_set(data, &train_set));
                             let mut acc = 0.0f64;
                             w.iter().map(|v| { acc += *v as f64; acc }).collect::<Vec<f64>>()
                         };
                         let (train_cdf, test_cdf) = (cdf(&train_set), cdf(&test_set));
                         let loss = |m: &ScoreNet, data: &Dataset, rng: &mut ChaCha8Rng, dev: &Device| {
-                            let c = if data.len() == train_set.len() { &train_cdf } else { &test_cdf };
+                            let c = if std::ptr::eq(data, &train_set) { &train_cdf } else { &test_cdf };
                             let total = *c.last().expect("non-empty data");
                             let idx: Vec<usize> = (0..b)
                                 .map(|_| {
@@ -437,7 +469,7 @@ pub fn train(cfg: &TrainConfig, run_dir: &Path, resume: bool, device: &Device, p
                     let loss = |m: &ScoreNet, data: &Dataset, rng: &mut ChaCha8Rng, dev: &Device| {
                         let idx = uniform_indices(data.len(), b, rng);
                         let batch = noised(data, &idx, sched, t_min, rng, dev);
-                        let w = weights_of(&batch.x0, dev);
+                        let w = weights_of(&batch.x0, data, dev);
                         // The frozen base runs on the plain device: a constant for autodiff.
                         let eps_base = base_net.forward(batch.x_t.clone().inner(), batch.t.clone().inner(), None);
                         let eps = m.forward(batch.x_t, batch.t, None) + eps_base;

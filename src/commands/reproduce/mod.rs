@@ -1,4 +1,4 @@
-//! `tilt reproduce`: the papers' experiments (method.md §7), each a config under `configs/experiments/`, run
+//! `tilt reproduce`: the papers' experiments (docs/theory.md §7), each a config under `configs/experiments/`, run
 //! as stages that write `<out>/<experiment>/{results.csv, summary.json, *.png}` and one `<out>/report.md`.
 //!
 //! A stage that fails is recorded in the report and the others still run; a stage whose outputs are complete
@@ -276,7 +276,7 @@ pub fn experiment_mixture(spec: &MixtureSpec) -> Result<GaussianMixture> {
 
 /// A sampler of `kind` with `steps` on the default (log-SNR) grid.
 pub fn sampler(kind: SamplerKind, steps: usize, schedule: tilt_core::Schedule) -> Sampler {
-    Sampler { kind, schedule, times: TimeGrid::LogSnr.times(steps, 0.999, 1e-3, schedule), denoise_final: true }
+    Sampler::new(kind, schedule, TimeGrid::LogSnr, steps)
 }
 
 /// Draw `n` samples with a guided score, host-seeded; returns host rows.
@@ -290,6 +290,14 @@ pub fn mean_reward(reward: &dyn tilt_core::Reward, x: &[f32], d: usize, device: 
     let n = x.len() / d;
     let lr = tensor_ext::to_vec_f64(reward.log_reward(tensor_ext::matrix(x, n, d, device)));
     tilt_core::metrics::mean_se(&lr.into_iter().map(f64::exp).collect::<Vec<_>>())
+}
+
+/// `m` against an exact value, in words computed from the numbers: `2.9020 ± 0.0230, +0.07 SE from 2.9005
+/// (consistent)` or `... -3.10 SE from ... (differs)`. Two standard errors is the line.
+pub fn versus(m: tilt_core::metrics::MeanSe, exact: f64) -> String {
+    let z = (m.mean - exact) / m.se;
+    let verdict = if z.abs() <= 2.0 { "consistent" } else { "differs" };
+    format!("{:.4} ± {:.4}, {z:+.2} SE from {exact:.4} ({verdict})", m.mean, m.se)
 }
 
 /// `f` formatted with `digits` decimals.

@@ -30,7 +30,7 @@ fn stage_md(s: &StageOutput, status: &str) -> String {
 
 pub fn write(path: &Path, preset: Preset, device: &Device, outcomes: &[Outcome]) -> Result<()> {
     let mut md = format!(
-        "# tilt reproduce: report\n\ntilt {} · backend {} · preset `{preset:?}`\n\nEach section is one experiment of method.md §7; its files are in the folder of the same name.\n\n",
+        "# tilt reproduce: report\n\ntilt {} · backend {} · preset `{preset:?}`\n\nEach section is one experiment of docs/theory.md §7; its files are in the folder of the same name.\n\n",
         env!("CARGO_PKG_VERSION"),
         crate::device::describe(device)
     );

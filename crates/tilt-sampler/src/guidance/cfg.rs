@@ -21,10 +21,53 @@ pub struct Apg {
     pub momentum: f64,
 }
 
+impl Apg {
+    /// Check the parameters; names the field (under `prefix`, e.g. `guidance.apg`) on failure.
+    pub fn validate(&self, prefix: &str) -> Result<(), String> {
+        for (name, v) in [("eta", self.eta), ("norm_threshold", self.norm_threshold), ("momentum", self.momentum)] {
+            if !v.is_finite() {
+                return Err(format!("{prefix}.{name}: expected a finite value, got {v}"));
+            }
+        }
+        if self.norm_threshold < 0.0 {
+            return Err(format!("{prefix}.norm_threshold: expected a value >= 0 (0 turns clipping off), got {}", self.norm_threshold));
+        }
+        Ok(())
+    }
+}
+
+/// APG's momentum buffer, advanced once per sampler step (not per evaluation: Heun evaluates twice).
+#[derive(Default)]
+struct Momentum {
+    step: Option<usize>,
+    /// The buffer as it was when the current step began, and as this step left it.
+    before: Option<Tensor<2>>,
+    after: Option<Tensor<2>>,
+}
+
+impl Momentum {
+    /// `d + beta * buffer`, where the buffer is the previous step's result; a step index that goes back starts a
+    /// new run with an empty buffer.
+    fn apply(&mut self, d: Tensor<2>, beta: f64, step: usize) -> Tensor<2> {
+        match self.step {
+            Some(k) if k == step => {}
+            Some(k) if k < step => self.before = self.after.take(),
+            _ => (self.before, self.after) = (None, None),
+        }
+        self.step = Some(step);
+        let d = match &self.before {
+            Some(prev) => d + prev.clone().mul_scalar(beta),
+            None => d,
+        };
+        self.after = Some(d.clone());
+        d
+    }
+}
+
 #[derive(Default)]
 pub struct CfgGuidance {
     apg: Option<Apg>,
-    running: Option<Tensor<2>>,
+    momentum: Momentum,
 }
 
 impl CfgGuidance {
@@ -32,7 +75,7 @@ impl CfgGuidance {
         Self::default()
     }
     pub fn with_apg(apg: Apg) -> Self {
-        Self { apg: Some(apg), running: None }
+        Self { apg: Some(apg), momentum: Momentum::default() }
     }
 }
 
@@ -53,10 +96,7 @@ impl GuidanceTerm for CfgGuidance {
         let to_x0 = sigma2 / alpha;
         let mut d0 = diff.mul_scalar(to_x0);
         if apg.momentum != 0.0 {
-            if let Some(prev) = self.running.take() {
-                d0 = d0 + prev.mul_scalar(apg.momentum);
-            }
-            self.running = Some(d0.clone());
+            d0 = self.momentum.apply(d0, apg.momentum, base.step);
         }
         if apg.norm_threshold > 0.0 {
             let norm = d0.clone().square().sum_dim(1).sqrt();

@@ -1,4 +1,4 @@
-//! One guidance rule: `s_guided(x, t) = s_base(x, t) + sum_i w_i(t) g_i(x, t)` (method.md §3).
+//! One guidance rule: `s_guided(x, t) = s_base(x, t) + sum_i w_i(t) g_i(x, t)` (docs/theory.md §3).
 //!
 //! A guidance term is a small object ([`GuidanceTerm`]) with a weight schedule ([`WeightSchedule`]), like the
 //! guiders of diffusers. [`GuidedScore`] evaluates the base model once per call, asks it for the unconditional
@@ -32,6 +32,9 @@ pub struct BaseEval<'a> {
     pub score: Tensor<2>,
     /// `s_base(x, t)` unconditional, present when an active term asked for it.
     pub unconditional: Option<Tensor<2>>,
+    /// The sampler step of this evaluation (Heun evaluates twice per step; the final denoise is step `steps`).
+    /// Stateful terms (APG's momentum) advance once per step and start afresh when it goes back.
+    pub step: usize,
 }
 
 /// A guidance term `g(x, t)`.
@@ -78,7 +81,8 @@ pub struct GuidedScore<'a> {
     condition: Condition,
     terms: Vec<(Box<dyn GuidanceTerm + 'a>, WeightSchedule)>,
     /// Guidance rescale `phi` (Lin et al. 2024): rescale the guided score of each row to the standard
-    /// deviation of the base score, mixed with weight `phi`; 0 turns it off.
+    /// deviation of the base score, mixed with weight `phi`; 0 turns it off. Meant for CFG: on reward guidance
+    /// it would break the exactness of `w = 1` (`tilt sample` refuses it there).
     rescale: f64,
     /// Model calls made so far (one per [`GuidedScore::score`] for the base, plus the terms' own).
     pub base_calls: usize,
@@ -122,7 +126,7 @@ impl<'a> GuidedScore<'a> {
         } else {
             (self.base.score(x.clone(), t, &self.condition), None)
         };
-        let eval = BaseEval { model: self.base, condition: &self.condition, score, unconditional };
+        let eval = BaseEval { model: self.base, condition: &self.condition, score, unconditional, step };
         let mut guided = eval.score.clone();
         for (i, (term, _)) in self.terms.iter_mut().enumerate() {
             if active(i) {
@@ -149,7 +153,7 @@ fn rescale_to(guided: Tensor<2>, base: &Tensor<2>, phi: f64) -> Tensor<2> {
 /// `grad_x f(x)` for a row-wise scalar function `f`, by autodiff on the input only.
 ///
 /// The models stay on the plain device: their tensors act as constants and only `x` is tracked
-/// (burn-0.22.md §4). The returned gradient is a plain tensor; no graph outlives the call.
+/// (docs/theory.md §8). The returned gradient is a plain tensor; no graph outlives the call.
 pub fn input_gradient(x: &Tensor<2>, f: impl FnOnce(Tensor<2>) -> Tensor<1>) -> Tensor<2> {
     let xa = x.clone().inner().autodiff().require_grad();
     let grads = f(xa.clone()).sum().backward();

@@ -20,7 +20,7 @@ impl<'a> RewardGuidance<'a> {
     pub fn reweighted(model: &'a dyn ScoreModel) -> Self {
         Self { source: Source::Reweighted(model) }
     }
-    /// From a residual `delta` with `s_r = s_base + delta` (the residual form of method.md §4).
+    /// From a residual `delta` with `s_r = s_base + delta` (the residual form of docs/theory.md §4).
     pub fn residual(delta: &'a dyn ScoreModel) -> Self {
         Self { source: Source::Residual(delta) }
     }

@@ -6,7 +6,9 @@ use burn::prelude::*;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use tilt_core::{Condition, ExpLinearReward, GaussianMixture, MixtureScore, Schedule, ScoreModel};
 use tilt_sampler::guidance::{CfgGuidance, RewardGuidance};
-use tilt_sampler::{DEFAULT_T_MAX, DEFAULT_T_MIN, GuidedScore, NoiseSource, Sampler, SamplerKind, TimeGrid, WeightSchedule};
+use tilt_sampler::{
+    DEFAULT_T_MAX, DEFAULT_T_MIN, GuidedScore, NoiseSource, Sampler, SamplerKind, TimeGrid, WeightSchedule,
+};
 
 const STEPS: usize = 20;
 
@@ -16,7 +18,13 @@ fn mixture() -> GaussianMixture {
         let a = i as f64 / k as f64 * std::f64::consts::TAU;
         vec![2.0 * a.cos(), 2.0 * a.sin()]
     });
-    GaussianMixture::new(vec![1.0 / k as f64; k], means.collect(), vec![vec![0.3, 0.3]; k], vec![(0..4).collect(), (4..8).collect()]).unwrap()
+    GaussianMixture::new(
+        vec![1.0 / k as f64; k],
+        means.collect(),
+        vec![vec![0.3, 0.3]; k],
+        vec![(0..4).collect(), (4..8).collect()],
+    )
+    .unwrap()
 }
 
 /// The oracle without its batched conditional + unconditional path: CFG then costs two calls.
@@ -60,20 +68,23 @@ fn bench(c: &mut Criterion) {
         });
         group.bench_function("reward_guided", |b| {
             b.iter(|| {
-                let mut g = GuidedScore::new(&oracle, Condition::Unconditional).with(RewardGuidance::reweighted(&reweighted), WeightSchedule::Constant(1.0));
+                let mut g = GuidedScore::new(&oracle, Condition::Unconditional)
+                    .with(RewardGuidance::reweighted(&reweighted), WeightSchedule::Constant(1.0));
                 run(&sampler, &mut g, n, &device)
             })
         });
         let cond = Condition::class(0, n, &device);
         group.bench_function("cfg_batched", |b| {
             b.iter(|| {
-                let mut g = GuidedScore::new(&oracle, cond.clone()).with(CfgGuidance::new(), WeightSchedule::Constant(2.0));
+                let mut g =
+                    GuidedScore::new(&oracle, cond.clone()).with(CfgGuidance::new(), WeightSchedule::Constant(2.0));
                 run(&sampler, &mut g, n, &device)
             })
         });
         group.bench_function("cfg_two_calls", |b| {
             b.iter(|| {
-                let mut g = GuidedScore::new(&unbatched, cond.clone()).with(CfgGuidance::new(), WeightSchedule::Constant(2.0));
+                let mut g =
+                    GuidedScore::new(&unbatched, cond.clone()).with(CfgGuidance::new(), WeightSchedule::Constant(2.0));
                 run(&sampler, &mut g, n, &device)
             })
         });

@@ -139,14 +139,16 @@ pub struct GuidanceConfig {
 impl SampleConfig {
     /// Read and validate a config file; every error names the file and the field.
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config file {}", path.display()))?;
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("cannot read config file {}", path.display()))?;
         Self::parse(&text).with_context(|| format!("invalid config {}", path.display()))
     }
 
     /// Parse and check everything that does not need the models (see [`SampleConfig::validate_for`]).
     pub fn parse(text: &str) -> Result<Self> {
         let cfg: SampleConfig = toml::from_str(text).map_err(|e| anyhow::anyhow!("{}", e.to_string().trim_end()))?;
-        let mixture = cfg.mixture.as_ref().map(|m| m.build().map_err(|e| anyhow::anyhow!("mixture.{e}"))).transpose()?;
+        let mixture =
+            cfg.mixture.as_ref().map(|m| m.build().map_err(|e| anyhow::anyhow!("mixture.{e}"))).transpose()?;
         let has_base = cfg.models.as_ref().is_some_and(|m| m.base.is_some());
         if mixture.is_none() && !has_base {
             bail!("mixture: missing; give a [mixture] table, or a trained base model in [models] base = \"runs/...\"");
@@ -180,7 +182,11 @@ impl SampleConfig {
             );
         }
         if !(0.0 < s.t_min && s.t_min < s.t_max) {
-            bail!("sampler.t_min, sampler.t_max: expected 0 < t_min < t_max < 1, got t_min = {}, t_max = {}", s.t_min, s.t_max);
+            bail!(
+                "sampler.t_min, sampler.t_max: expected 0 < t_min < t_max < 1, got t_min = {}, t_max = {}",
+                s.t_min,
+                s.t_max
+            );
         }
         if self.schedule.alpha(s.t_max) <= 0.0 {
             bail!("sampler.t_max: alpha({}) = 0 under this schedule; choose a smaller t_max", s.t_max);
@@ -225,11 +231,18 @@ impl SampleConfig {
                 "class: class = {c} with a trained reward term is not supported: the trained reweighted/residual networks are unconditional, so their term is not the conditional tilt of class {c}; leave `class` out, or use the exact mixture"
             );
         }
-        if g.kind == GuidanceKind::Reward && !trained_reward && self.reward.as_ref().and_then(RewardSpec::exp_linear).is_none() {
-            bail!("reward.kind: exact reward guidance needs kind = \"exp-linear\" (the closed-form tilt), or a trained models.reweighted / models.residual");
+        if g.kind == GuidanceKind::Reward
+            && !trained_reward
+            && self.reward.as_ref().and_then(RewardSpec::exp_linear).is_none()
+        {
+            bail!(
+                "reward.kind: exact reward guidance needs kind = \"exp-linear\" (the closed-form tilt), or a trained models.reweighted / models.residual"
+            );
         }
         match g.kind {
-            GuidanceKind::Cfg if self.class.is_none() => bail!("class: guidance.kind = \"cfg\" needs the class to guide toward"),
+            GuidanceKind::Cfg if self.class.is_none() => {
+                bail!("class: guidance.kind = \"cfg\" needs the class to guide toward")
+            }
             GuidanceKind::Classifier if self.class.is_none() => {
                 bail!("class: guidance.kind = \"classifier\" needs the class to guide toward")
             }

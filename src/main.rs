@@ -93,7 +93,9 @@ fn main() -> Result<()> {
                 o.checkpoint.display()
             );
         }
-        Command::Reproduce { preset, only, out, force } => reproduce(preset, &only, &out, force, cli.device.as_deref())?,
+        Command::Reproduce { preset, only, out, force } => {
+            reproduce(preset, &only, &out, force, cli.device.as_deref())?
+        }
         Command::Demo { out } => reproduce(commands::reproduce::Preset::Fast, &[], &out, false, cli.device.as_deref())?,
         Command::Export { checkpoint, out } => {
             let device = device::select(cli.device.as_deref())?;
@@ -105,7 +107,13 @@ fn main() -> Result<()> {
     Ok(())
 }
 
-fn reproduce(preset: commands::reproduce::Preset, only: &[String], out: &std::path::Path, force: bool, device: Option<&str>) -> Result<()> {
+fn reproduce(
+    preset: commands::reproduce::Preset,
+    only: &[String],
+    out: &std::path::Path,
+    force: bool,
+    device: Option<&str>,
+) -> Result<()> {
     let device = device::select(device)?;
     eprintln!("tilt reproduce: preset {preset:?} on {}", device::describe(&device));
     let outcomes = commands::reproduce::run(preset, only, out, force, &device)?;
@@ -118,7 +126,12 @@ fn reproduce(preset: commands::reproduce::Preset, only: &[String], out: &std::pa
         .collect();
     eprintln!("wrote {}", out.join("report.md").display());
     if !failed.is_empty() {
-        anyhow::bail!("{} stage(s) failed: {} (see {})", failed.len(), failed.join(", "), out.join("report.md").display());
+        anyhow::bail!(
+            "{} stage(s) failed: {} (see {})",
+            failed.len(),
+            failed.join(", "),
+            out.join("report.md").display()
+        );
     }
     Ok(())
 }

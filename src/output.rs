@@ -69,7 +69,14 @@ pub fn curve_plot(path: &Path, summary: &Summary) -> Result<()> {
         if let Some(t) = recs[0].target_mean_reward {
             refs.push(("E_p_r[r] (w = 1, exact)".to_string(), t));
         }
-        plot::curves(path, "Mean reward against guidance strength", "w", "E[r(Y)]", &[Series { name: "sampled".into(), points: pts }], &refs)
+        plot::curves(
+            path,
+            "Mean reward against guidance strength",
+            "w",
+            "E[r(Y)]",
+            &[Series { name: "sampled".into(), points: pts }],
+            &refs,
+        )
     } else if let Some(c0) = &recs[0].class {
         let pts = recs.iter().filter_map(|r| r.class.as_ref().map(|c| (r.w, c.mean_inv_class_prob.mean))).collect();
         plot::curves(

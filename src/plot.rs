@@ -15,7 +15,9 @@ static REGISTER: Once = Once::new();
 fn ensure_font() {
     REGISTER.call_once(|| {
         // The font is compiled in, so failure here is a build defect, not a user error.
-        plotters::style::register_font("sans-serif", FontStyle::Normal, FONT).map_err(|_| ()).expect("embedded font parses");
+        plotters::style::register_font("sans-serif", FontStyle::Normal, FONT)
+            .map_err(|_| ())
+            .expect("embedded font parses");
     });
 }
 
@@ -61,7 +63,9 @@ pub fn scatter_over_density(
 
     let (nx, ny) = (160usize, 140usize);
     let (dx, dy) = ((x1 - x0) / nx as f64, (y1 - y0) / ny as f64);
-    let grid: Vec<f64> = (0..nx * ny).map(|i| log_density(x0 + (i % nx) as f64 * dx + dx / 2.0, y0 + (i / nx) as f64 * dy + dy / 2.0)).collect();
+    let grid: Vec<f64> = (0..nx * ny)
+        .map(|i| log_density(x0 + (i % nx) as f64 * dx + dx / 2.0, y0 + (i / nx) as f64 * dy + dy / 2.0))
+        .collect();
     let max = grid.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
     let cells = grid.iter().enumerate().filter_map(|(i, &l)| {
         let rel = (l - max).exp();
@@ -87,28 +91,57 @@ pub struct Series {
 }
 
 /// Curves against a common x axis, with optional horizontal reference lines (exact values).
-pub fn curves(path: &Path, title: &str, x_label: &str, y_label: &str, series: &[Series], references: &[(String, f64)]) -> Result<()> {
+pub fn curves(
+    path: &Path,
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    series: &[Series],
+    references: &[(String, f64)],
+) -> Result<()> {
     curves_scaled(path, title, x_label, y_label, series, references, false)
 }
 
 /// As [`curves`], with a logarithmic x axis when `log_x` (points with x <= 0 are left out).
-pub fn curves_scaled(path: &Path, title: &str, x_label: &str, y_label: &str, series: &[Series], references: &[(String, f64)], log_x: bool) -> Result<()> {
+pub fn curves_scaled(
+    path: &Path,
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    series: &[Series],
+    references: &[(String, f64)],
+    log_x: bool,
+) -> Result<()> {
     if log_x {
         let logged: Vec<Series> = series
             .iter()
-            .map(|s| Series { name: s.name.clone(), points: s.points.iter().filter(|p| p.0 > 0.0).map(|p| (p.0.log10(), p.1)).collect() })
+            .map(|s| Series {
+                name: s.name.clone(),
+                points: s.points.iter().filter(|p| p.0 > 0.0).map(|p| (p.0.log10(), p.1)).collect(),
+            })
             .collect();
         return draw_curves(path, title, x_label, y_label, &logged, references, true);
     }
     draw_curves(path, title, x_label, y_label, series, references, false)
 }
 
-fn draw_curves(path: &Path, title: &str, x_label: &str, y_label: &str, series: &[Series], references: &[(String, f64)], log_x: bool) -> Result<()> {
+fn draw_curves(
+    path: &Path,
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    series: &[Series],
+    references: &[(String, f64)],
+    log_x: bool,
+) -> Result<()> {
     ensure_font();
     // Non-finite values (an overflowed reward, say) are left out rather than drawn at the frame's edge.
     let finite: Vec<Series> = series
         .iter()
-        .map(|s| Series { name: s.name.clone(), points: s.points.iter().copied().filter(|p| p.0.is_finite() && p.1.is_finite()).collect() })
+        .map(|s| Series {
+            name: s.name.clone(),
+            points: s.points.iter().copied().filter(|p| p.0.is_finite() && p.1.is_finite()).collect(),
+        })
         .collect();
     let series = &finite[..];
     let all_x = series.iter().flat_map(|s| s.points.iter().map(|p| p.0));

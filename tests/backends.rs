@@ -46,7 +46,14 @@ fn same_seed_same_backend_same_samples() {
     let draw = || {
         let mut g = GuidedScore::new(&oracle, Condition::Unconditional);
         let mut noise = NoiseSource::device(5, &d);
-        tensor_ext::to_vec(common::sampler(SamplerKind::Ddpm, 10).sample(&mut |x, t, k| g.score(x, t, k), 50, 2, &d, &mut noise, &mut |_, _, _| {}))
+        tensor_ext::to_vec(common::sampler(SamplerKind::Ddpm, 10).sample(
+            &mut |x, t, k| g.score(x, t, k),
+            50,
+            2,
+            &d,
+            &mut noise,
+            &mut |_, _, _| {},
+        ))
     };
     assert_eq!(draw(), draw());
 }

@@ -58,11 +58,19 @@ fn malformed_configs_name_the_field() {
         ("[guidance]", "[sampler]\nt_max = 1.0\n[guidance]", "sampler.t_max: expected a value below 1"),
         ("[guidance]", "[sampler]\nt_max = nan\n[guidance]", "sampler.t_max: expected a value below 1"),
         ("classes = [[0], [1]]", "classes = []", "mixture.classes: expected at least one class"),
-        ("kind = \"cfg\"", "kind = \"reward\"\nrescale = 0.5", "guidance.rescale: applies to guidance.kind = \"cfg\" only"),
+        (
+            "kind = \"cfg\"",
+            "kind = \"reward\"\nrescale = 0.5",
+            "guidance.rescale: applies to guidance.kind = \"cfg\" only",
+        ),
         ("[guidance]", "[guidance]\nt_start = nan\nt_end = 0.5", "guidance.t_start: expected a time in [0, 1]"),
         ("[guidance]", "[guidance]\nt_start = 0.2\nt_end = 1.5", "guidance.t_end: expected a time in [0, 1]"),
         ("[guidance]", "[guidance]\napg = { eta = nan }", "guidance.apg.eta: expected a finite value"),
-        ("[guidance]", "[guidance]\napg = { norm_threshold = -1.0 }", "guidance.apg.norm_threshold: expected a value >= 0"),
+        (
+            "[guidance]",
+            "[guidance]\napg = { norm_threshold = -1.0 }",
+            "guidance.apg.norm_threshold: expected a value >= 0",
+        ),
         (
             "[guidance]\nkind = \"cfg\"",
             "[models]\nresidual = \"runs/r\"\n[guidance]\nkind = \"reward\"",
@@ -81,18 +89,36 @@ fn the_binary_reports_errors_without_a_panic() {
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.toml");
     std::fs::write(&bad, GOOD.replace("weights = [0.5, 0.5]", "weights = [0.5, 0.6]")).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_tilt")).args(["sample", "--config"]).arg(&bad).arg("--out").arg(dir.path().join("o")).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_tilt"))
+        .args(["sample", "--config"])
+        .arg(&bad)
+        .arg("--out")
+        .arg(dir.path().join("o"))
+        .output()
+        .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(err.contains("bad.toml") && err.contains("mixture.weights") && !err.contains("panicked"), "{err}");
-    let missing = Command::new(env!("CARGO_BIN_EXE_tilt")).args(["sample", "--config", "/nonexistent.toml", "--out", "x"]).output().unwrap();
+    let missing = Command::new(env!("CARGO_BIN_EXE_tilt"))
+        .args(["sample", "--config", "/nonexistent.toml", "--out", "x"])
+        .output()
+        .unwrap();
     assert!(String::from_utf8_lossy(&missing.stderr).contains("cannot read config file /nonexistent.toml"));
     let good = dir.path().join("good.toml");
     std::fs::write(&good, GOOD).unwrap();
     if !cfg!(feature = "metal") {
-        let r = Command::new(env!("CARGO_BIN_EXE_tilt")).args(["--device", "metal", "sample", "--config"]).arg(&good).args(["--out"]).arg(dir.path().join("m")).output().unwrap();
+        let r = Command::new(env!("CARGO_BIN_EXE_tilt"))
+            .args(["--device", "metal", "sample", "--config"])
+            .arg(&good)
+            .args(["--out"])
+            .arg(dir.path().join("m"))
+            .output()
+            .unwrap();
         let err = String::from_utf8_lossy(&r.stderr);
-        assert!(!r.status.success() && err.contains("compiled without the `metal` backend") && !err.contains("panicked"), "{err}");
+        assert!(
+            !r.status.success() && err.contains("compiled without the `metal` backend") && !err.contains("panicked"),
+            "{err}"
+        );
     }
 }
 
@@ -113,7 +139,8 @@ fn shipped_configs_run_and_write_every_output() {
             let csv = std::fs::read_to_string(dir.path().join(format!("samples_w{w}.csv"))).unwrap();
             assert_eq!(csv.lines().count(), cfg.samples + 1);
         }
-        let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.path().join("summary.json")).unwrap()).unwrap();
+        let json: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.path().join("summary.json")).unwrap()).unwrap();
         let recs = json["records"].as_array().unwrap();
         assert!(dir.path().join("curve.png").exists());
         let first = &recs[0];
@@ -129,7 +156,8 @@ fn shipped_configs_run_and_write_every_output() {
             let dist = &at1["distance_to_target"];
             let p = dist["mmd"]["p_value"].as_f64().unwrap();
             assert!(p > 0.0 && p <= 1.0 && dist["mmd"]["mmd2"].is_number(), "{dist}");
-            let (sw, floor) = (dist["sliced_wasserstein"].as_f64().unwrap(), dist["sliced_wasserstein_floor"].as_f64().unwrap());
+            let (sw, floor) =
+                (dist["sliced_wasserstein"].as_f64().unwrap(), dist["sliced_wasserstein_floor"].as_f64().unwrap());
             assert!(sw < 3.0 * floor, "SW to p_r {sw} is far above the floor {floor} of an exact sample");
             assert_eq!(at1["non_finite_samples"], 0);
             assert!(first["target_mean_reward"].is_number());

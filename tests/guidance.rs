@@ -46,7 +46,10 @@ fn mixture_score_matches_host_density_by_finite_differences() {
                     b[j] -= h;
                     let fd = (mix.log_density_at(&a, t, sched) - mix.log_density_at(&b, t, sched)) / (2.0 * h);
                     let got = s[2 * i + j] as f64;
-                    assert!((got - fd).abs() <= 2e-3 * (1.0 + fd.abs()), "{sched:?} t={t} point {i} dim {j}: {got} vs {fd}");
+                    assert!(
+                        (got - fd).abs() <= 2e-3 * (1.0 + fd.abs()),
+                        "{sched:?} t={t} point {i} dim {j}: {got} vs {fd}"
+                    );
                 }
             }
         }
@@ -55,7 +58,13 @@ fn mixture_score_matches_host_density_by_finite_differences() {
 
 #[test]
 fn score_is_finite_near_zero_and_far_from_the_modes() {
-    let mix = tilt_core::GaussianMixture::new(vec![0.5, 0.5], vec![vec![-3.0], vec![3.0]], vec![vec![0.01], vec![0.01]], vec![vec![0], vec![1]]).unwrap();
+    let mix = tilt_core::GaussianMixture::new(
+        vec![0.5, 0.5],
+        vec![vec![-3.0], vec![3.0]],
+        vec![vec![0.01], vec![0.01]],
+        vec![vec![0], vec![1]],
+    )
+    .unwrap();
     let oracle = MixtureScore::new(mix, Schedule::Linear, &device());
     let x = tensor_ext::matrix(&[-1e3, -3.0, 0.0, 2.9, 500.0], 5, 1, &device());
     for t in [0.0, 1e-6, 0.5, 1.0] {
@@ -94,7 +103,11 @@ fn classifier_gradient_matches_closed_form_and_finite_differences() {
         let (fp, fm) = (f(x.clone() + e.clone()), f(x.clone() - e));
         for i in 0..5 {
             let fd = (fp[i] - fm[i]) / (2.0 * h);
-            assert!((g[2 * i + j] as f64 - fd).abs() < 2e-3 * (1.0 + fd.abs()), "row {i} dim {j}: {} vs fd {fd}", g[2 * i + j]);
+            assert!(
+                (g[2 * i + j] as f64 - fd).abs() < 2e-3 * (1.0 + fd.abs()),
+                "row {i} dim {j}: {} vs fd {fd}",
+                g[2 * i + j]
+            );
         }
     }
 }
@@ -122,7 +135,11 @@ fn reward_gradient_term_matches_finite_differences_through_the_denoiser() {
         let (fp, fm) = (f(x.clone() + e.clone()), f(x.clone() - e));
         for i in 0..5 {
             let fd = (fp[i] - fm[i]) / (2.0 * h);
-            assert!((g[2 * i + j] as f64 - fd).abs() < 3e-3 * (1.0 + fd.abs()), "row {i} dim {j}: {} vs fd {fd}", g[2 * i + j]);
+            assert!(
+                (g[2 * i + j] as f64 - fd).abs() < 3e-3 * (1.0 + fd.abs()),
+                "row {i} dim {j}: {} vs fd {fd}",
+                g[2 * i + j]
+            );
         }
     }
     // And the generic input-gradient helper on a closed form: grad of sum(x^2) = 2x.
@@ -169,7 +186,8 @@ fn cfg_costs_one_model_call_per_step_and_matches_its_formula() {
     assert!(max_abs(&got, &want) < 1e-5);
     // A full run: steps + 1 calls (one per step, one for the final denoise).
     counting.calls.set(0);
-    let mut g = GuidedScore::new(&counting, Condition::class(0, 64, &dev)).with(CfgGuidance::new(), WeightSchedule::Constant(w));
+    let mut g = GuidedScore::new(&counting, Condition::class(0, 64, &dev))
+        .with(CfgGuidance::new(), WeightSchedule::Constant(w));
     draw(&sampler(SamplerKind::SdeDpmSolver1, 25), &mut g, 64, 2, 0);
     assert_eq!(counting.calls.get(), 26);
 }
@@ -211,7 +229,8 @@ fn terms_add_and_reward_term_is_the_score_difference() {
     assert!(max_abs(&got, &want) < 1e-5);
     // Residual form: g = delta directly. With delta = s_r - s the two forms agree.
     let delta = tilt_core::ScoreCombination::difference(&rw, &base);
-    let mut a = GuidedScore::new(&base, cond.clone()).with(RewardGuidance::residual(&delta), WeightSchedule::Constant(w1));
+    let mut a =
+        GuidedScore::new(&base, cond.clone()).with(RewardGuidance::residual(&delta), WeightSchedule::Constant(w1));
     let mut b = GuidedScore::new(&base, cond).with(RewardGuidance::reweighted(&rw), WeightSchedule::Constant(w1));
     assert!(max_abs(&tensor_ext::to_vec(a.score(points(), t, 0)), &tensor_ext::to_vec(b.score(points(), t, 0))) < 1e-5);
 }
@@ -224,7 +243,8 @@ fn rescale_and_apg_reshape_cfg_as_specified() {
     let (t, w) = (0.4, 3.0);
     let x = points();
     // Full rescale (phi = 1): each row of the guided score has the base score's standard deviation.
-    let mut g = GuidedScore::new(&oracle, cond.clone()).with(CfgGuidance::new(), WeightSchedule::Constant(w)).with_rescale(1.0);
+    let mut g =
+        GuidedScore::new(&oracle, cond.clone()).with(CfgGuidance::new(), WeightSchedule::Constant(w)).with_rescale(1.0);
     let got = tensor_ext::to_vec(g.score(x.clone(), t, 0));
     let base = tensor_ext::to_vec(oracle.score(x.clone(), t, &cond));
     let std = |r: &[f32]| {
@@ -238,7 +258,8 @@ fn rescale_and_apg_reshape_cfg_as_specified() {
     let eval = base_eval(&oracle, &cond, &x, t);
     let apg = Apg { eta: 0.0, norm_threshold: 0.0, momentum: 0.0 };
     let g = CfgGuidance::with_apg(apg).term(&x, t, &eval);
-    let x0c = param::clean_from_score(x.clone(), eval.score.clone(), Schedule::Linear.alpha(t), Schedule::Linear.sigma(t));
+    let x0c =
+        param::clean_from_score(x.clone(), eval.score.clone(), Schedule::Linear.alpha(t), Schedule::Linear.sigma(t));
     let dots = tensor_ext::to_vec((g.clone() * x0c).sum_dim(1));
     assert!(dots.iter().all(|d| d.abs() < 1e-4), "APG(eta=0) term must be orthogonal to x0(x|c): {dots:?}");
     // eta = 1 with a huge threshold is plain CFG.
@@ -260,7 +281,8 @@ fn negative_class_guidance_lowers_that_class() {
     let oracle = MixtureScore::new(mix.clone(), Schedule::Linear, &dev);
     let n = 4000;
     let prob_of_class0 = |w: f64| {
-        let mut g = GuidedScore::new(&oracle, Condition::Unconditional).with(NegativeClassGuidance::new(0), WeightSchedule::Constant(w));
+        let mut g = GuidedScore::new(&oracle, Condition::Unconditional)
+            .with(NegativeClassGuidance::new(0), WeightSchedule::Constant(w));
         let x = draw(&sampler(SamplerKind::SdeDpmSolver1, 100), &mut g, n, 2, 9);
         let lp = tensor_ext::to_vec_f64(oracle.class_log_posteriors(tensor_ext::matrix(&x, n, 2, &dev), 0.0));
         tilt_core::metrics::mean_se(&lp.chunks_exact(2).map(|r| r[0].exp()).collect::<Vec<_>>())
@@ -278,7 +300,8 @@ fn classifier_guidance_at_w1_on_unconditional_base_samples_the_class() {
     let mix = overlapping();
     let oracle = MixtureScore::new(mix.clone(), Schedule::Linear, &dev);
     let n = 10_000;
-    let mut g = GuidedScore::new(&oracle, Condition::Unconditional).with(ClassifierGuidance::new(&oracle, 0), WeightSchedule::Constant(1.0));
+    let mut g = GuidedScore::new(&oracle, Condition::Unconditional)
+        .with(ClassifierGuidance::new(&oracle, 0), WeightSchedule::Constant(1.0));
     let x = draw(&sampler(SamplerKind::SdeDpmSolver1, 150), &mut g, n, 2, 21);
     let lp = tensor_ext::to_vec_f64(oracle.class_log_posteriors(tensor_ext::matrix(&x, n, 2, &dev), 0.0));
     let inv = tilt_core::metrics::mean_se(&lp.chunks_exact(2).map(|r| (-r[0]).exp()).collect::<Vec<_>>());

@@ -48,7 +48,10 @@ fn noised_density_and_score_match_a_monte_carlo_convolution() {
                 let g: Vec<f64> = x0.chunks_exact(2).map(|r| (alpha * r[j] as f64 - p[j] as f64) / s2).collect();
                 let (est, se) = self_normalised(&w, &g);
                 let got = score[2 * i + j] as f64;
-                assert!((got - est).abs() <= Z * se + 1e-4 * (1.0 + got.abs()), "score at t = {t}, point {i}, dim {j}: oracle {got} vs Monte Carlo {est} ± {se}");
+                assert!(
+                    (got - est).abs() <= Z * se + 1e-4 * (1.0 + got.abs()),
+                    "score at t = {t}, point {i}, dim {j}: oracle {got} vs Monte Carlo {est} ± {se}"
+                );
             }
         }
     }

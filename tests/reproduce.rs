@@ -23,7 +23,8 @@ fn every_experiment_runs_and_the_report_is_complete() {
     for s in &stages {
         let d = out.join(&s.name);
         // summary.json parses back; results.csv has a header and rows; every figure is a decodable PNG.
-        let back: StageOutput = serde_json::from_str(&std::fs::read_to_string(d.join("summary.json")).unwrap()).unwrap();
+        let back: StageOutput =
+            serde_json::from_str(&std::fs::read_to_string(d.join("summary.json")).unwrap()).unwrap();
         assert_eq!(back.name, s.name);
         let mut csv = csv::Reader::from_path(d.join("results.csv")).unwrap();
         assert!(csv.records().count() >= 1, "{}: empty results.csv", s.name);
@@ -41,7 +42,10 @@ fn every_experiment_runs_and_the_report_is_complete() {
     let cfg = &get("cfg_mixture").headline;
     assert!((cfg["inv_class_prior"].as_f64().unwrap() - 1.0 / 0.3).abs() < 1e-9, "1/p(c) of class 0 is 1/0.3");
     let rw = &get("reward_mixture").headline;
-    assert!((rw["target_mean_reward"].as_f64().unwrap() - 2.900507).abs() < 1e-5, "exact E_p_r[r] of the experiment mixture");
+    assert!(
+        (rw["target_mean_reward"].as_f64().unwrap() - 2.900507).abs() < 1e-5,
+        "exact E_p_r[r] of the experiment mixture"
+    );
     assert!((rw["base_mean_reward"].as_f64().unwrap() - 1.585148).abs() < 1e-5, "exact E_p[r]");
     // DRaFT-K's passes are counted by the sampler, not taken from the config: N steps plus the final denoise,
     // K + 1 of them on the tape (tiny preset: N = 10, K = 2).

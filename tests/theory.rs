@@ -10,7 +10,9 @@ mod common;
 
 use common::*;
 use tilt_core::metrics::{MeanSe, mean_se};
-use tilt_core::{Condition, ExpLinearReward, MixtureScore, Reward, ScoreCombination, ScoreModel, SmoothlyPerturbed, tensor_ext};
+use tilt_core::{
+    Condition, ExpLinearReward, MixtureScore, Reward, ScoreCombination, ScoreModel, SmoothlyPerturbed, tensor_ext,
+};
 use tilt_sampler::guidance::{CfgGuidance, RewardGuidance};
 use tilt_sampler::{DEFAULT_T_MIN, GuidedScore, SamplerKind, WeightSchedule};
 
@@ -34,7 +36,8 @@ fn mean_responsibilities(oracle: &MixtureScore, x: &[f32]) -> Vec<MeanSe> {
     let dev = device();
     let k = oracle.mixture().n_components();
     // With one class per component, the class posterior IS the component responsibility.
-    let per_comp = tilt_core::GaussianMixture { classes: (0..k).map(|i| vec![i]).collect(), ..oracle.mixture().clone() };
+    let per_comp =
+        tilt_core::GaussianMixture { classes: (0..k).map(|i| vec![i]).collect(), ..oracle.mixture().clone() };
     let o = MixtureScore::new(per_comp, oracle.schedule(), &dev);
     let n = x.len() / 2;
     let post = tensor_ext::to_vec_f64(o.class_log_posteriors(tensor_ext::matrix(x, n, 2, &dev), 0.0));
@@ -57,7 +60,12 @@ fn assert_reproduces(what: &str, oracle: &MixtureScore, x: &[f32], variance_bias
         assert_within(&format!("{what} mean[{j}]"), m.mean, mean[j], m.se, Z);
         let v = mean_se(&col.iter().map(|c| (c - mean[j]).powi(2)).collect::<Vec<_>>());
         let tol = Z * v.se + variance_bias * var[j] + DEFAULT_T_MIN;
-        assert!((v.mean - var[j]).abs() <= tol, "{what} variance[{j}]: {:.5} vs exact {:.5}, tolerance {tol:.5}", v.mean, var[j]);
+        assert!(
+            (v.mean - var[j]).abs() <= tol,
+            "{what} variance[{j}]: {:.5} vs exact {:.5}, tolerance {tol:.5}",
+            v.mean,
+            var[j]
+        );
     }
     for (k, m) in mean_responsibilities(oracle, x).into_iter().enumerate() {
         assert_within(&format!("{what} frequency of component {k}"), m.mean, mix.weights[k], m.se, Z);
@@ -123,8 +131,8 @@ fn class_values(oracle: &MixtureScore, x: &[f32], class: usize) -> (Vec<f64>, Ve
 
 fn cfg_samples(oracle: &MixtureScore, class: usize, w: f64, n: usize, seed: u64) -> Vec<f32> {
     let dev = device();
-    let mut guided =
-        GuidedScore::new(oracle, Condition::class(class, n, &dev)).with(CfgGuidance::new(), WeightSchedule::Constant(w));
+    let mut guided = GuidedScore::new(oracle, Condition::class(class, n, &dev))
+        .with(CfgGuidance::new(), WeightSchedule::Constant(w));
     draw(&sampler(SamplerKind::default(), 200), &mut guided, n, 2, seed)
 }
 
@@ -140,7 +148,13 @@ fn claim2_conditional_sampling_gives_inverse_class_prior() {
     for class in [0, 1] {
         let (inv, log) = class_values(&oracle, &cfg_samples(&oracle, class, 0.0, n, 11), class);
         let inv = mean_se(&inv);
-        assert_within(&format!("E[1/p({class}|Y)] at w = 0 vs 1/p(c)"), inv.mean, 1.0 / mix.class_prior(class), inv.se, Z);
+        assert_within(
+            &format!("E[1/p({class}|Y)] at w = 0 vs 1/p(c)"),
+            inv.mean,
+            1.0 / mix.class_prior(class),
+            inv.se,
+            Z,
+        );
         let reference = perfect_sampler_output(&mix.conditional(class), 4 * n, 12);
         let (_, ref_log) = class_values(&oracle, &reference, class);
         let (log, ref_log) = (mean_se(&log), mean_se(&ref_log));
@@ -161,7 +175,12 @@ fn claim3_cfg_lowers_expected_inverse_class_probability_at_every_strength_tested
     for w in [0.01, 0.05, 0.2] {
         let (at_w, _) = class_values(&oracle, &cfg_samples(&oracle, class, w, n, 13), class);
         let d = mean_se(&at_w.iter().zip(&at_zero).map(|(a, b)| a - b).collect::<Vec<_>>());
-        assert!(d.mean + Z * d.se < 0.0, "w = {w}: E[1/p(c|Y^w) - 1/p(c|Y^0)] = {:.5} ± {:.5} is not below 0", d.mean, d.se);
+        assert!(
+            d.mean + Z * d.se < 0.0,
+            "w = {w}: E[1/p(c|Y^w) - 1/p(c|Y^0)] = {:.5} ± {:.5} is not below 0",
+            d.mean,
+            d.se
+        );
     }
     // Larger w: below 1/p(c) outright, and falling steadily.
     let exact = 1.0 / overlapping().class_prior(class);
@@ -169,13 +188,25 @@ fn claim3_cfg_lowers_expected_inverse_class_probability_at_every_strength_tested
     for w in [0.5, 1.0, 2.0, 4.0] {
         let (inv, _) = class_values(&oracle, &cfg_samples(&oracle, class, w, 10_000, 11), class);
         let m = mean_se(&inv);
-        assert!(m.mean + Z * m.se < exact, "w = {w}: E[1/p(c|Y)] = {:.4} ± {:.4} is not below 1/p(c) = {exact:.4}", m.mean, m.se);
+        assert!(
+            m.mean + Z * m.se < exact,
+            "w = {w}: E[1/p(c|Y)] = {:.4} ± {:.4} is not below 1/p(c) = {exact:.4}",
+            m.mean,
+            m.se
+        );
         assert!(m.mean < prev, "w = {w}: E[1/p(c|Y)] = {:.4} did not fall (previous {prev:.4})", m.mean);
         prev = m.mean;
     }
 }
 
-fn reward_samples(base: &MixtureScore, reweighted: &MixtureScore, kind: SamplerKind, steps: usize, w: f64, n: usize) -> Vec<f32> {
+fn reward_samples(
+    base: &MixtureScore,
+    reweighted: &MixtureScore,
+    kind: SamplerKind,
+    steps: usize,
+    w: f64,
+    n: usize,
+) -> Vec<f32> {
     let mut g = GuidedScore::new(base, Condition::Unconditional)
         .with(RewardGuidance::reweighted(reweighted), WeightSchedule::Constant(w));
     draw(&sampler(kind, steps), &mut g, n, 2, 5)
@@ -207,7 +238,10 @@ fn claim4_reward_guidance_raises_reward_and_hits_the_tilt_at_w1() {
     assert_reproduces("w = 1 vs p_r", &reweighted, &x1, variance_bias_at_200_steps(kind));
     let r2 = rewards(&reward, &reward_samples(&base, &reweighted, kind, 200, 2.0, n));
     let rneg = rewards(&reward, &reward_samples(&base, &reweighted, kind, 200, -0.5, n));
-    assert!(r1.mean > base_mean + Z * r1.se && r2.mean > r1.mean + Z * r2.se, "reward must rise with w: {r0:?} {r1:?} {r2:?}");
+    assert!(
+        r1.mean > base_mean + Z * r1.se && r2.mean > r1.mean + Z * r2.se,
+        "reward must rise with w: {r0:?} {r1:?} {r2:?}"
+    );
     assert!(rneg.mean < base_mean - Z * rneg.se, "w < 0 must lower the reward: {rneg:?} vs {base_mean}");
 }
 
@@ -250,7 +284,13 @@ fn claim5_reward_improvement_identity_holds_along_the_trajectory() {
         s.denoise_final = false;
         let c = tilt_sampler::diagnostics::improvement_identity(&base, &reweighted, log_mean_r, w, &s, 8_000, 3, &dev);
         assert!(c.gain.mean > 10.0 * c.gain.se, "w = {w}: the reward gain {:?} must be clearly positive", c.gain);
-        assert_within(&format!("improvement identity residual at w = {w} (gain {:.4})", c.gain.mean), c.residual.mean, 0.0, c.residual.se, Z);
+        assert_within(
+            &format!("improvement identity residual at w = {w} (gain {:.4})", c.gain.mean),
+            c.residual.mean,
+            0.0,
+            c.residual.se,
+            Z,
+        );
         // Start: h at t_max is E_p[r] up to alpha(t_max) ≈ 0.003, so the gain is also E[r(Y)] - E_p[r].
         assert_within("h at t_max vs E_p[r]", c.start.mean, log_mean_r.exp(), c.start.se.max(1e-3), Z);
     }
@@ -271,21 +311,32 @@ fn claim7_the_reward_gain_degrades_smoothly_with_the_base_error() {
     let n = 20_000;
     let gain = |base: &dyn ScoreModel| {
         let at = |w: f64| {
-            let mut g = GuidedScore::new(base, Condition::Unconditional).with(RewardGuidance::residual(&delta), WeightSchedule::Constant(w));
+            let mut g = GuidedScore::new(base, Condition::Unconditional)
+                .with(RewardGuidance::residual(&delta), WeightSchedule::Constant(w));
             let x = draw(&sampler(SamplerKind::default(), 100), &mut g, n, 2, 17);
-            tensor_ext::to_vec_f64(reward.log_reward(tensor_ext::matrix(&x, n, 2, &dev))).into_iter().map(f64::exp).collect::<Vec<_>>()
+            tensor_ext::to_vec_f64(reward.log_reward(tensor_ext::matrix(&x, n, 2, &dev)))
+                .into_iter()
+                .map(f64::exp)
+                .collect::<Vec<_>>()
         };
         let (r0, r1) = (at(0.0), at(1.0));
         mean_se(&r1.iter().zip(&r0).map(|(a, b)| a - b).collect::<Vec<_>>())
     };
     let g0 = gain(&exact);
     // Known bias at 100 steps: under 0.5 % of E_p_r[r] (docs/results.md, discretisation).
-    assert!((g0.mean - exact_gain).abs() <= Z * g0.se + 0.005 * 2.9, "exact base: gain {g0:?} vs exact {exact_gain:.4}");
+    assert!(
+        (g0.mean - exact_gain).abs() <= Z * g0.se + 0.005 * 2.9,
+        "exact base: gain {g0:?} vs exact {exact_gain:.4}"
+    );
     let mut prev = g0.mean;
     for eps in [0.05, 0.1, 0.2, 0.4] {
         let g = gain(&SmoothlyPerturbed { score: &exact, eps });
         assert!(g.mean > Z * g.se, "eps = {eps}: the gain {g:?} must stay positive");
-        assert!((g.mean - prev).abs() < 0.5 * exact_gain, "eps = {eps}: the gain jumped from {prev:.4} to {:.4}", g.mean);
+        assert!(
+            (g.mean - prev).abs() < 0.5 * exact_gain,
+            "eps = {eps}: the gain jumped from {prev:.4} to {:.4}",
+            g.mean
+        );
         prev = g.mean;
     }
 }

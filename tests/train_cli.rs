@@ -60,7 +60,8 @@ fn train_sample_and_export_through_the_binary() {
     let out = d.join("sampled");
     let (ok, err) = tilt(&["sample", "--config", sample_cfg.to_str().unwrap(), "--out", out.to_str().unwrap()]);
     assert!(ok, "{err}");
-    let summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
     assert!(summary["scores"].as_str().unwrap().contains("base:"));
     let recs = summary["records"].as_array().unwrap();
     let acc = |r: &serde_json::Value| r["class"]["accuracy"].as_f64().unwrap();
@@ -83,18 +84,27 @@ fn class_guidance_with_an_unconditional_base_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let cfg = d.join("uncond.toml");
-    std::fs::write(&cfg, TINY.replace("steps = 40", "steps = 10").replace("p_uncond = 0.2", "conditional = false")).unwrap();
+    std::fs::write(&cfg, TINY.replace("steps = 40", "steps = 10").replace("p_uncond = 0.2", "conditional = false"))
+        .unwrap();
     let run = d.join("run");
     let (ok, err) = tilt(&["train", "--config", cfg.to_str().unwrap(), "--out", run.to_str().unwrap()]);
     assert!(ok, "{err}");
     for (guidance, want) in [
         ("kind = \"cfg\"\nstrengths = [1.0]", "guidance.kind = \"cfg\" needs a class-conditional base"),
-        ("kind = \"negative-class\"\nnegative_class = 0\nstrengths = [1.0]", "guidance.kind = \"negative-class\" needs"),
+        (
+            "kind = \"negative-class\"\nnegative_class = 0\nstrengths = [1.0]",
+            "guidance.kind = \"negative-class\" needs",
+        ),
         ("kind = \"none\"\nstrengths = [0.0]", "class = 1 needs a class-conditional base"),
     ] {
         let sample_cfg = d.join("sample.toml");
-        std::fs::write(&sample_cfg, format!("samples = 50\nclass = 1\n[models]\nbase = \"{}\"\n[guidance]\n{guidance}\n", run.display())).unwrap();
-        let (ok, err) = tilt(&["sample", "--config", sample_cfg.to_str().unwrap(), "--out", d.join("out").to_str().unwrap()]);
+        std::fs::write(
+            &sample_cfg,
+            format!("samples = 50\nclass = 1\n[models]\nbase = \"{}\"\n[guidance]\n{guidance}\n", run.display()),
+        )
+        .unwrap();
+        let (ok, err) =
+            tilt(&["sample", "--config", sample_cfg.to_str().unwrap(), "--out", d.join("out").to_str().unwrap()]);
         assert!(!ok && err.contains("models.base") && err.contains(want), "{guidance}: {err}");
         assert!(!err.contains("panicked"), "{err}");
     }
@@ -103,7 +113,10 @@ fn class_guidance_with_an_unconditional_base_is_refused() {
 #[test]
 fn divergence_stops_with_an_error_and_keeps_the_last_good_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
-    let text = TINY.replace("steps = 40", "steps = 200").replace("log_every = 10", "log_every = 1").replace("checkpoint_every = 20", "checkpoint_every = 1")
+    let text = TINY
+        .replace("steps = 40", "steps = 200")
+        .replace("log_every = 10", "log_every = 1")
+        .replace("checkpoint_every = 20", "checkpoint_every = 1")
         + "[optim]\nlr = 0.9\nbeta1 = 0.0\nbeta2 = 0.0\nepsilon = 1e-30\n";
     let cfg = TrainConfig::parse(&text).unwrap();
     let run = dir.path().join("run");
@@ -192,7 +205,10 @@ fn malformed_train_configs_name_the_field() {
     }
     let e = TrainConfig::parse(&format!("{TINY}[optim]\nlr = -1.0\n")).unwrap_err();
     assert!(format!("{e:#}").contains("optim.lr: expected a positive number"));
-    let residual = TINY.replace("kind = \"dsm\"\np_uncond = 0.2", "kind = \"reward-weighted\"\nform = \"residual\"\nreward = { kind = \"exp-linear\", a = [1.0, 0.0] }");
+    let residual = TINY.replace(
+        "kind = \"dsm\"\np_uncond = 0.2",
+        "kind = \"reward-weighted\"\nform = \"residual\"\nreward = { kind = \"exp-linear\", a = [1.0, 0.0] }",
+    );
     let e = TrainConfig::parse(&residual).unwrap_err();
     assert!(format!("{e:#}").contains("objective.base: the residual form needs"), "{e:#}");
 }

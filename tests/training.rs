@@ -44,7 +44,10 @@ fn trained(name: &str, cfg: &TrainConfig) -> PathBuf {
     let dir = workdir().join(name);
     if !dir.join("checkpoints/latest").exists() {
         let out = tilt_train::train(cfg, &dir, false, &device(), &mut |_| {}).unwrap();
-        eprintln!("{name}: {} steps in {:.1} s, final loss {:.4}, test loss {:?}", out.steps, out.seconds, out.final_loss, out.test_loss);
+        eprintln!(
+            "{name}: {} steps in {:.1} s, final loss {:.4}, test loss {:?}",
+            out.steps, out.seconds, out.final_loss, out.test_loss
+        );
     }
     dir
 }
@@ -73,7 +76,8 @@ fn conditional_network_learns_both_scores_and_cfg_lowers_inverse_class_probabili
     // CFG with the trained pair: E[1/p(c|Y)] at w = 2 below w = 0 (exact classifier for the metric).
     let n = 6000;
     let inv = |w: f64| {
-        let mut g = GuidedScore::new(&loaded.score, Condition::class(0, n, &dev)).with(CfgGuidance::new(), WeightSchedule::Constant(w));
+        let mut g = GuidedScore::new(&loaded.score, Condition::class(0, n, &dev))
+            .with(CfgGuidance::new(), WeightSchedule::Constant(w));
         let x = draw(&sampler(SamplerKind::SdeDpmSolver1, 100), &mut g, n, 2, 4);
         let lp = tensor_ext::to_vec_f64(exact_uncond.class_log_posteriors(tensor_ext::matrix(&x, n, 2, &dev), 0.0));
         mean_se(&lp.chunks_exact(2).map(|r| (-r[0]).exp()).collect::<Vec<_>>())
@@ -105,7 +109,9 @@ fn reward_weighted_check(form: &str, batch: usize, steps: usize) {
     let (kind, residual) = if form == "residual" { ("residual", true) } else { ("score-net", false) };
     let learned = load_score(&run, kind, &dev).unwrap().score;
     let err = if residual {
-        relative_l2(&tilt_core::ScoreCombination::sum(&base_score, &learned), &exact_tilted, &|_| Condition::Unconditional)
+        relative_l2(&tilt_core::ScoreCombination::sum(&base_score, &learned), &exact_tilted, &|_| {
+            Condition::Unconditional
+        })
     } else {
         relative_l2(&learned, &exact_tilted, &|_| Condition::Unconditional)
     };
@@ -119,17 +125,25 @@ fn reward_weighted_check(form: &str, batch: usize, steps: usize) {
         let term = if residual { RewardGuidance::residual(&learned) } else { RewardGuidance::reweighted(&learned) };
         let mut g = GuidedScore::new(&base_score, Condition::Unconditional).with(term, WeightSchedule::Constant(w));
         let x = draw(&sampler(SamplerKind::SdeDpmSolver1, 60), &mut g, n, 2, 8);
-        let r: Vec<f64> = tensor_ext::to_vec_f64(reward.log_reward(tensor_ext::matrix(&x, n, 2, &dev))).into_iter().map(f64::exp).collect();
+        let r: Vec<f64> = tensor_ext::to_vec_f64(reward.log_reward(tensor_ext::matrix(&x, n, 2, &dev)))
+            .into_iter()
+            .map(f64::exp)
+            .collect();
         mean_se(&r)
     };
     let (r0, r1, r2) = (mean_reward(0.0), mean_reward(1.0), mean_reward(2.0));
     let (base_exact, target_exact) = (mix.mean_reward(&reward), mix.tilted_mean_reward(&reward));
-    eprintln!("{form}, batch {batch}: E[r] w=0 {r0:?} (exact {base_exact:.4}), w=1 {r1:?} (exact E_p_r[r] {target_exact:.4}), w=2 {r2:?}");
+    eprintln!(
+        "{form}, batch {batch}: E[r] w=0 {r0:?} (exact {base_exact:.4}), w=1 {r1:?} (exact E_p_r[r] {target_exact:.4}), w=2 {r2:?}"
+    );
     assert!(r1.mean > r0.mean + 4.0 * (r0.se + r1.se) && r2.mean > r1.mean, "{form}: reward must rise with w");
     // w = 1 is E_{p_r}[r] up to Monte Carlo (4 SE, about 2.3 %) and 2 % for the error of two trained networks (the
     // sampler's own bias at 60 steps is under 0.2 %). The per-batch weight normalisation this replaced missed by
     // 5.9 % at batch 16.
-    assert!((r1.mean - target_exact).abs() < 4.0 * r1.se + 0.02 * target_exact, "{form}: E[r] at w = 1 is {r1:?}, exact {target_exact:.4}");
+    assert!(
+        (r1.mean - target_exact).abs() < 4.0 * r1.se + 0.02 * target_exact,
+        "{form}: E[r] at w = 1 is {r1:?}, exact {target_exact:.4}"
+    );
 }
 
 #[test]
@@ -158,7 +172,8 @@ fn trained_classifier_guidance_raises_the_class_probability() {
     let exact = MixtureScore::new(mix.clone(), Default::default(), &dev);
     let n = 4000;
     let mean_p = |w: f64| {
-        let mut g = GuidedScore::new(&exact, Condition::Unconditional).with(ClassifierGuidance::new(&clf.classifier, 0), WeightSchedule::Constant(w));
+        let mut g = GuidedScore::new(&exact, Condition::Unconditional)
+            .with(ClassifierGuidance::new(&clf.classifier, 0), WeightSchedule::Constant(w));
         let x = draw(&sampler(SamplerKind::SdeDpmSolver1, 80), &mut g, n, 2, 6);
         let lp = tensor_ext::to_vec_f64(exact.class_log_posteriors(tensor_ext::matrix(&x, n, 2, &dev), 0.0));
         mean_se(&lp.chunks_exact(2).map(|r| r[0].exp()).collect::<Vec<_>>())
@@ -244,7 +259,10 @@ fn damaged_checkpoints_are_refused_with_the_file_named() {
     );
     corrupt_case(|ck| std::fs::remove_file(ck.join("ema.bpk")).unwrap(), "ema.bpk: missing");
     corrupt_case(|ck| std::fs::copy(ck.join("optim.bpk"), ck.join("ema.bpk")).map(|_| ()).unwrap(), "ema.bpk");
-    corrupt_case(|ck| std::fs::write(ck.join("manifest.json"), "{").unwrap(), "manifest.json: not a tilt checkpoint manifest");
+    corrupt_case(
+        |ck| std::fs::write(ck.join("manifest.json"), "{").unwrap(),
+        "manifest.json: not a tilt checkpoint manifest",
+    );
     // Wrong kind: a score network loaded as a classifier.
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("run");
@@ -255,7 +273,10 @@ fn damaged_checkpoints_are_refused_with_the_file_named() {
     let ck = tilt_train::checkpoint::resolve(&run).unwrap();
     let init = tilt_models::ScoreNetConfig::new(2).with_hidden(32).init(&device());
     let opened = tilt_train::checkpoint::Checkpoint::open(&run, "score-net").unwrap();
-    let e = opened.load_model(tilt_train::checkpoint::FileKind::EmaModel, init).err().expect("shape mismatch must be refused");
+    let e = opened
+        .load_model(tilt_train::checkpoint::FileKind::EmaModel, init)
+        .err()
+        .expect("shape mismatch must be refused");
     assert!(format!("{e:#}").contains("ema.bpk: architecture mismatch"), "{e:#}");
     assert!(ck.join("model.bpk").exists());
 }

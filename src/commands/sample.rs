@@ -16,7 +16,9 @@ use serde::Serialize;
 use std::path::Path;
 use std::time::Instant;
 use tilt_core::metrics::{self, MeanSe, TargetDistance};
-use tilt_core::{Classifier, Condition, ExpLinearReward, GaussianMixture, MixtureScore, Reward, ScoreModel, tensor_ext};
+use tilt_core::{
+    Classifier, Condition, ExpLinearReward, GaussianMixture, MixtureScore, Reward, ScoreModel, tensor_ext,
+};
 use tilt_sampler::guidance::{
     CfgGuidance, ClassifierGuidance, NegativeClassGuidance, RewardGradientGuidance, RewardGuidance,
 };
@@ -99,7 +101,12 @@ pub struct Problem {
 }
 
 impl Problem {
-    pub fn new(mixture: GaussianMixture, kind: GuidanceKind, class: Option<usize>, exp_linear: Option<ExpLinearReward>) -> Self {
+    pub fn new(
+        mixture: GaussianMixture,
+        kind: GuidanceKind,
+        class: Option<usize>,
+        exp_linear: Option<ExpLinearReward>,
+    ) -> Self {
         // Classifier guidance starts from the unconditional model; every other kind from p(.|class).
         let conditional_base = class.filter(|_| kind != GuidanceKind::Classifier);
         let base_law = conditional_base.map_or_else(|| mixture.clone(), |c| mixture.conditional(c));
@@ -111,7 +118,9 @@ impl Problem {
         match (kind, w) {
             (GuidanceKind::None, _) => Some(("base".into(), self.base_law.clone())),
             (_, w) if w == 0.0 => Some(("base".into(), self.base_law.clone())),
-            (GuidanceKind::Reward, w) if w == 1.0 => Some(("p_r".into(), self.base_law.tilted(self.exp_linear.as_ref()?))),
+            (GuidanceKind::Reward, w) if w == 1.0 => {
+                Some(("p_r".into(), self.base_law.tilted(self.exp_linear.as_ref()?)))
+            }
             (GuidanceKind::Classifier, w) if w == 1.0 => Some(("p(.|c)".into(), self.mixture.conditional(self.class?))),
             (GuidanceKind::Cfg, w) if w == -1.0 => Some(("p".into(), self.mixture.clone())),
             _ => None,
@@ -147,7 +156,8 @@ impl Problem {
         let m = &self.mixture;
         let span = |j: usize| {
             let lo = (0..m.n_components()).map(|k| m.means[k][j] - 3.5 * m.stds[k][j]).fold(f64::INFINITY, f64::min);
-            let hi = (0..m.n_components()).map(|k| m.means[k][j] + 3.5 * m.stds[k][j]).fold(f64::NEG_INFINITY, f64::max);
+            let hi =
+                (0..m.n_components()).map(|k| m.means[k][j] + 3.5 * m.stds[k][j]).fold(f64::NEG_INFINITY, f64::max);
             (lo, hi)
         };
         let (x0, x1) = span(0);
@@ -196,7 +206,9 @@ impl Reward for InDataSpace<'_> {
     fn log_reward(&self, z: Tensor<2>) -> Tensor<1> {
         let d = self.st.mean.len();
         let dev = z.device();
-        let row = |v: &[f64]| Tensor::<2>::from_data(TensorData::new(v.iter().map(|&x| x as f32).collect::<Vec<_>>(), [1, d]), &dev);
+        let row = |v: &[f64]| {
+            Tensor::<2>::from_data(TensorData::new(v.iter().map(|&x| x as f32).collect::<Vec<_>>(), [1, d]), &dev)
+        };
         self.reward.log_reward(z * row(&self.st.std) + row(&self.st.mean))
     }
 }
@@ -218,7 +230,9 @@ fn load_scores(cfg: &SampleConfig, mixture: Option<&GaussianMixture>, device: &D
     let mut standardizer: Option<(Standardizer, String)> = None;
     let mut agree = |st: &Standardizer, what: &str| -> Result<()> {
         match &standardizer {
-            Some((s, first)) if s != st => bail!("models.{what}: standardised differently from models.{first}; train them on the same data"),
+            Some((s, first)) if s != st => {
+                bail!("models.{what}: standardised differently from models.{first}; train them on the same data")
+            }
             Some(_) => Ok(()),
             None => {
                 standardizer = Some((st.clone(), what.to_string()));
@@ -229,7 +243,8 @@ fn load_scores(cfg: &SampleConfig, mixture: Option<&GaussianMixture>, device: &D
     let mut description = Vec::new();
     let trained_base = match &models.base {
         Some(p) => {
-            let l = tilt_train::load_score(p, "score-net", device).with_context(|| format!("models.base = {}", p.display()))?;
+            let l = tilt_train::load_score(p, "score-net", device)
+                .with_context(|| format!("models.base = {}", p.display()))?;
             agree(&l.standardizer, "base")?;
             description.push(format!("base: {}", p.display()));
             Some(l)
@@ -249,7 +264,8 @@ fn load_scores(cfg: &SampleConfig, mixture: Option<&GaussianMixture>, device: &D
     }
     let classifier = match &models.classifier {
         Some(p) => {
-            let l = tilt_train::load_classifier(p, device).with_context(|| format!("models.classifier = {}", p.display()))?;
+            let l = tilt_train::load_classifier(p, device)
+                .with_context(|| format!("models.classifier = {}", p.display()))?;
             agree(&l.standardizer, "classifier")?;
             description.push(format!("classifier: {}", p.display()));
             Some(l)
@@ -261,13 +277,17 @@ fn load_scores(cfg: &SampleConfig, mixture: Option<&GaussianMixture>, device: &D
         || (cfg.guidance.kind == GuidanceKind::Reward && reweighted.is_none() && residual.is_none())
         || (cfg.guidance.kind == GuidanceKind::Classifier && classifier.is_none());
     if exact_needed && standardizer.as_ref().is_some_and(|s| *s != Standardizer::identity(s.mean.len())) {
-        bail!("models: exact mixture scores cannot be combined with networks trained on standardised data (standardize = true)");
+        bail!(
+            "models: exact mixture scores cannot be combined with networks trained on standardised data (standardize = true)"
+        );
     }
     if let (Some(b), Some(p)) = (&trained_base, &models.base) {
         // An unconditional network would answer every class query with its one score: CFG's term would be
         // exactly zero and the sweep would silently sample the unconditional law.
         let needs_labels = match cfg.guidance.kind {
-            GuidanceKind::Cfg | GuidanceKind::NegativeClass => Some(format!("guidance.kind = \"{}\"", kebab(&cfg.guidance.kind))),
+            GuidanceKind::Cfg | GuidanceKind::NegativeClass => {
+                Some(format!("guidance.kind = \"{}\"", kebab(&cfg.guidance.kind)))
+            }
             GuidanceKind::Classifier => None,
             _ => cfg.class.map(|c| format!("class = {c}")),
         };
@@ -280,7 +300,9 @@ fn load_scores(cfg: &SampleConfig, mixture: Option<&GaussianMixture>, device: &D
     }
     let schedule = trained_base.as_ref().map_or(cfg.schedule, |b| b.score.schedule);
     let exact = |m: Option<&GaussianMixture>, what: &str| -> Result<MixtureScore> {
-        let m = m.ok_or_else(|| anyhow::anyhow!("mixture: needed for the exact {what} (or give a trained model for it in [models])"))?;
+        let m = m.ok_or_else(|| {
+            anyhow::anyhow!("mixture: needed for the exact {what} (or give a trained model for it in [models])")
+        })?;
         Ok(MixtureScore::new(m.clone(), schedule, device))
     };
     let (dim, num_classes) = match (&trained_base, mixture) {
@@ -296,15 +318,22 @@ fn load_scores(cfg: &SampleConfig, mixture: Option<&GaussianMixture>, device: &D
         if cfg.guidance.kind != GuidanceKind::Reward {
             return Ok(None);
         }
-        let r = cfg.reward.as_ref().and_then(|r| r.exp_linear()).expect("validated: exact reward guidance has an exp-linear reward");
-        let m = m.ok_or_else(|| anyhow::anyhow!("mixture: needed for the exact reweighted score (or give models.reweighted)"))?;
+        let r = cfg
+            .reward
+            .as_ref()
+            .and_then(|r| r.exp_linear())
+            .expect("validated: exact reward guidance has an exp-linear reward");
+        let m = m.ok_or_else(|| {
+            anyhow::anyhow!("mixture: needed for the exact reweighted score (or give models.reweighted)")
+        })?;
         Ok(Some(Box::new(MixtureScore::new(m.tilted(&r), schedule, device))))
     };
-    let (reweighted, residual): (Option<Box<dyn ScoreModel>>, Option<Box<dyn ScoreModel>>) = match (reweighted, residual) {
-        (Some(r), _) => (Some(Box::new(r.score)), None),
-        (None, Some(r)) => (None, Some(Box::new(r.score))),
-        (None, None) => (exact_reweighted(mixture)?, None),
-    };
+    let (reweighted, residual): (Option<Box<dyn ScoreModel>>, Option<Box<dyn ScoreModel>>) =
+        match (reweighted, residual) {
+            (Some(r), _) => (Some(Box::new(r.score)), None),
+            (None, Some(r)) => (None, Some(Box::new(r.score))),
+            (None, None) => (exact_reweighted(mixture)?, None),
+        };
     let classifier: Option<Box<dyn Classifier>> = match (classifier, cfg.guidance.kind) {
         (Some(c), _) => Some(Box::new(c.classifier)),
         (None, GuidanceKind::Classifier) => Some(Box::new(exact(mixture, "classifier")?)),
@@ -333,9 +362,12 @@ pub fn run(cfg: &SampleConfig, out: &Path, device: &Device) -> Result<Summary> {
         Some(m) => Some(m),
         None => match cfg.models.as_ref().and_then(|m| m.base.as_ref()) {
             Some(p) => {
-                let l = tilt_train::load_score(p, "score-net", device).with_context(|| format!("models.base = {}", p.display()))?;
+                let l = tilt_train::load_score(p, "score-net", device)
+                    .with_context(|| format!("models.base = {}", p.display()))?;
                 match &l.state.config.data {
-                    tilt_train::DataSpec::Mixture { mixture } if !l.state.config.standardize => Some(mixture.build().map_err(anyhow::Error::msg)?),
+                    tilt_train::DataSpec::Mixture { mixture } if !l.state.config.standardize => {
+                        Some(mixture.build().map_err(anyhow::Error::msg)?)
+                    }
                     _ => None,
                 }
             }
@@ -389,11 +421,18 @@ pub fn run(cfg: &SampleConfig, out: &Path, device: &Device) -> Result<Summary> {
                 None => guided.with(CfgGuidance::new(), weight),
             },
             GuidanceKind::Classifier => guided.with(
-                ClassifierGuidance::new(scores.classifier.as_deref().expect("load_scores provides a classifier"), cfg.class.expect("validated")),
+                ClassifierGuidance::new(
+                    scores.classifier.as_deref().expect("load_scores provides a classifier"),
+                    cfg.class.expect("validated"),
+                ),
                 weight,
             ),
-            GuidanceKind::RewardGradient => guided.with(RewardGradientGuidance::new(model_space_reward.as_ref().expect("validated")), weight),
-            GuidanceKind::NegativeClass => guided.with(NegativeClassGuidance::new(cfg.guidance.negative_class.expect("validated")), weight),
+            GuidanceKind::RewardGradient => {
+                guided.with(RewardGradientGuidance::new(model_space_reward.as_ref().expect("validated")), weight)
+            }
+            GuidanceKind::NegativeClass => {
+                guided.with(NegativeClassGuidance::new(cfg.guidance.negative_class.expect("validated")), weight)
+            }
         };
 
         let bar = ProgressBar::new(sampler.steps() as u64).with_style(
@@ -407,7 +446,9 @@ pub fn run(cfg: &SampleConfig, out: &Path, device: &Device) -> Result<Summary> {
             NoiseKind::Device => NoiseSource::device(cfg.seed, device),
         };
         let start = Instant::now();
-        let x = sampler.sample(&mut |x, t, k| guided.score(x, t, k), n, d, device, &mut noise, &mut |k, _, _| bar.set_position(k as u64));
+        let x = sampler.sample(&mut |x, t, k| guided.score(x, t, k), n, d, device, &mut noise, &mut |k, _, _| {
+            bar.set_position(k as u64)
+        });
         let mut x = tensor_ext::to_vec(x);
         let seconds = start.elapsed().as_secs_f64();
         bar.finish_and_clear();
@@ -446,7 +487,10 @@ pub fn run(cfg: &SampleConfig, out: &Path, device: &Device) -> Result<Summary> {
             sample_mean: metrics::column_means(&x, d),
             mean_reward,
             base_mean_reward: problem.as_ref().zip(exp_linear.as_ref()).map(|(p, r)| p.base_law.mean_reward(r)),
-            target_mean_reward: problem.as_ref().zip(exp_linear.as_ref()).map(|(p, r)| p.base_law.tilted_mean_reward(r)),
+            target_mean_reward: problem
+                .as_ref()
+                .zip(exp_linear.as_ref())
+                .map(|(p, r)| p.base_law.tilted_mean_reward(r)),
             class: problem.as_ref().and_then(|p| p.class_stats(&x, device)),
             target: target.map(|t| t.0),
             distance_to_target: distance,
@@ -456,13 +500,16 @@ pub fn run(cfg: &SampleConfig, out: &Path, device: &Device) -> Result<Summary> {
 
         let stem = format!("samples_w{w}");
         output::write_samples_csv(&out.join(format!("{stem}.csv")), &x, d)?;
-        let title = format!("{} guidance, w = {w}  ({n} samples, {} {} steps)", kebab(&kind), sampler.steps(), kebab(&s.kind));
+        let title =
+            format!("{} guidance, w = {w}  ({n} samples, {} {} steps)", kebab(&kind), sampler.steps(), kebab(&s.kind));
         let png = out.join(format!("{stem}.png"));
         match &problem {
             Some(p) => {
                 let marginal = p.base_law.marginal(&[0, 1.min(d - 1)]);
                 let sched = schedule;
-                plot::scatter_over_density(&png, &title, &x, d, p.bounds(), &|a, b| marginal.log_density_at(&[a, b][..marginal.dim()], 0.0, sched))?;
+                plot::scatter_over_density(&png, &title, &x, d, p.bounds(), &|a, b| {
+                    marginal.log_density_at(&[a, b][..marginal.dim()], 0.0, sched)
+                })?;
             }
             None => plot::scatter_over_density(&png, &title, &x, d, sample_bounds(&x, d), &|_, _| f64::NEG_INFINITY)?,
         }

@@ -21,7 +21,8 @@ pub fn run(config_path: &Path, out: &Path, resume: bool, device: &Device) -> Res
     });
     bar.finish_and_clear();
     let outcome = outcome?;
-    std::fs::copy(config_path, out.join("config.toml")).with_context(|| format!("cannot copy the config into {}", out.display()))?;
+    std::fs::copy(config_path, out.join("config.toml"))
+        .with_context(|| format!("cannot copy the config into {}", out.display()))?;
     loss_plot(&out.join("loss.png"), &outcome)?;
     Ok(outcome)
 }
@@ -40,12 +41,18 @@ pub fn export(checkpoint: &Path, out: &Path, device: &Device) -> Result<()> {
     use burn::store::{ModuleSnapshot, SafetensorsStore};
     let dir = tilt_train::checkpoint::resolve(checkpoint)?;
     let manifest: tilt_train::checkpoint::Manifest = serde_json::from_str(
-        &std::fs::read_to_string(dir.join("manifest.json")).with_context(|| format!("cannot read {}", dir.join("manifest.json").display()))?,
+        &std::fs::read_to_string(dir.join("manifest.json"))
+            .with_context(|| format!("cannot read {}", dir.join("manifest.json").display()))?,
     )?;
-    let mut store = SafetensorsStore::from_file(out).overwrite(true).metadata("tilt_model_kind", manifest.model_kind.clone()).metadata("step", manifest.step.to_string());
+    let mut store = SafetensorsStore::from_file(out)
+        .overwrite(true)
+        .metadata("tilt_model_kind", manifest.model_kind.clone())
+        .metadata("step", manifest.step.to_string());
     let err = |e: burn::store::SafetensorsStoreError| anyhow::anyhow!("cannot write {}: {e}", out.display());
     match manifest.model_kind.as_str() {
-        "classifier" => tilt_train::load_classifier(checkpoint, device)?.classifier.net.save_into(&mut store).map_err(err)?,
+        "classifier" => {
+            tilt_train::load_classifier(checkpoint, device)?.classifier.net.save_into(&mut store).map_err(err)?
+        }
         kind => tilt_train::load_score(checkpoint, kind, device)?.score.net.save_into(&mut store).map_err(err)?,
     }
     Ok(())

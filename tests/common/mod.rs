@@ -47,5 +47,12 @@ pub fn assert_within(what: &str, estimate: f64, exact: f64, se: f64, z: f64) {
 
 /// Exact draws of `law`, noised to `t_min` and denoised exactly: what a perfect sampler returns.
 pub fn perfect_sampler_output(law: &GaussianMixture, n: usize, seed: u64) -> Vec<f32> {
-    tilt_sampler::diagnostics::perfect_denoised_samples(law, Schedule::Linear, tilt_sampler::DEFAULT_T_MIN, n, seed, &device())
+    tilt_sampler::diagnostics::perfect_denoised_samples(
+        law,
+        Schedule::Linear,
+        tilt_sampler::DEFAULT_T_MIN,
+        n,
+        seed,
+        &device(),
+    )
 }

@@ -82,7 +82,15 @@ pub struct MmdTest {
 /// rows of each sample and `permutations` random relabellings (seeded).
 ///
 /// Panics when either sample has fewer than 2 rows (the U-statistic is undefined).
-pub fn mmd_test(x: &[f32], y: &[f32], d: usize, bandwidth_sq: f64, max_rows: usize, permutations: usize, seed: u64) -> MmdTest {
+pub fn mmd_test(
+    x: &[f32],
+    y: &[f32],
+    d: usize,
+    bandwidth_sq: f64,
+    max_rows: usize,
+    permutations: usize,
+    seed: u64,
+) -> MmdTest {
     let rows = (x.len() / d).min(y.len() / d).min(max_rows);
     assert!(rows >= 2, "the MMD needs at least 2 rows per sample, got {rows}");
     let pooled: Vec<&[f32]> = x.chunks_exact(d).take(rows).chain(y.chunks_exact(d).take(rows)).collect();
@@ -98,7 +106,9 @@ pub fn mmd_test(x: &[f32], y: &[f32], d: usize, bandwidth_sq: f64, max_rows: usi
     // MMD^2_u of the split "first `rows` labels vs the rest" under a relabelling `perm` of the pooled rows.
     let statistic = |perm: &[usize]| {
         let (a, b) = perm.split_at(rows);
-        let block = |p: &[usize], q: &[usize]| p.iter().map(|&i| q.iter().map(|&j| kernel[i * m + j]).sum::<f64>()).sum::<f64>();
+        let block = |p: &[usize], q: &[usize]| {
+            p.iter().map(|&i| q.iter().map(|&j| kernel[i * m + j]).sum::<f64>()).sum::<f64>()
+        };
         let pairs = (rows * (rows - 1)) as f64;
         // Diagonal entries are 0, so the within-sample sums are the U-statistic's off-diagonal sums.
         block(a, a) / pairs + block(b, b) / pairs - 2.0 * block(a, b) / (rows * rows) as f64
@@ -190,7 +200,8 @@ mod tests {
         let x = gaussian(400, 2, 0.0, 1);
         let h = median_sq_distance(&x, 2);
         // Same law: the p-value is uniform, so over several draws it is rarely small and MMD^2_u takes both signs.
-        let same: Vec<MmdTest> = (0..8).map(|s| mmd_test(&x, &gaussian(400, 2, 0.0, 10 + s), 2, h, 400, 99, s)).collect();
+        let same: Vec<MmdTest> =
+            (0..8).map(|s| mmd_test(&x, &gaussian(400, 2, 0.0, 10 + s), 2, h, 400, 99, s)).collect();
         assert!(same.iter().any(|t| t.mmd2 < 0.0) && same.iter().any(|t| t.mmd2 > 0.0), "{same:?}");
         assert!(same.iter().filter(|t| t.p_value < 0.05).count() <= 2, "{same:?}");
         // A shift of half a standard deviation: detected.

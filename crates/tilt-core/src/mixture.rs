@@ -34,9 +34,18 @@ impl MixtureSpec {
         let k = self.weights.len();
         let d = self.means.first().map_or(0, Vec::len);
         let stds = match (&self.std, &self.stds) {
-            (Some(_), Some(_)) => return Err("std, stds: give either `std` (one per component) or `stds` (a vector per component), not both".into()),
-            (None, None) => return Err("std: missing field `std` (one standard deviation per component) or `stds`".into()),
-            (Some(s), None) if s.len() != k => return Err(format!("std: expected {k} values (one per weight), got {}", s.len())),
+            (Some(_), Some(_)) => {
+                return Err(
+                    "std, stds: give either `std` (one per component) or `stds` (a vector per component), not both"
+                        .into(),
+                );
+            }
+            (None, None) => {
+                return Err("std: missing field `std` (one standard deviation per component) or `stds`".into());
+            }
+            (Some(s), None) if s.len() != k => {
+                return Err(format!("std: expected {k} values (one per weight), got {}", s.len()));
+            }
             (Some(s), None) => s.iter().map(|&v| vec![v; d]).collect(),
             (None, Some(s)) => s.clone(),
         };
@@ -184,7 +193,8 @@ impl GaussianMixture {
 
     /// `log E_p[exp(a . X)] = log sum_k pi_k exp(a . mu_k + a . S_k a / 2)`.
     pub fn log_mean_exp_linear(&self, a: &[f64]) -> f64 {
-        let logs: Vec<f64> = (0..self.n_components()).map(|k| self.weights[k].ln() + self.exp_linear_log_gain(k, a)).collect();
+        let logs: Vec<f64> =
+            (0..self.n_components()).map(|k| self.weights[k].ln() + self.exp_linear_log_gain(k, a)).collect();
         host_logsumexp(&logs)
     }
 
@@ -200,7 +210,8 @@ impl GaussianMixture {
     pub fn tilted(&self, reward: &ExpLinearReward) -> GaussianMixture {
         let a = &reward.a;
         assert_eq!(a.len(), self.dim(), "reward vector and mixture dimension differ");
-        let logs: Vec<f64> = (0..self.n_components()).map(|k| self.weights[k].ln() + self.exp_linear_log_gain(k, a)).collect();
+        let logs: Vec<f64> =
+            (0..self.n_components()).map(|k| self.weights[k].ln() + self.exp_linear_log_gain(k, a)).collect();
         let z = host_logsumexp(&logs);
         GaussianMixture {
             weights: logs.iter().map(|l| (l - z).exp()).collect(),
@@ -320,7 +331,9 @@ struct Noised {
 impl MixtureScore {
     pub fn new(mixture: GaussianMixture, schedule: Schedule, device: &Device) -> Self {
         let (k, d, c) = (mixture.n_components(), mixture.dim(), mixture.n_classes());
-        let flat = |rows: &Vec<Vec<f64>>, f: fn(f64) -> f64| -> Vec<f32> { rows.iter().flatten().map(|&v| f(v) as f32).collect() };
+        let flat = |rows: &Vec<Vec<f64>>, f: fn(f64) -> f64| -> Vec<f32> {
+            rows.iter().flatten().map(|&v| f(v) as f32).collect()
+        };
         let log_w: Vec<f32> = mixture.weights.iter().map(|w| w.ln() as f32).collect();
         let mut mask = vec![MASKED; c.max(1) * k];
         for (ci, comps) in mixture.classes.iter().enumerate() {
@@ -378,8 +391,10 @@ impl MixtureScore {
         let mut ld = logsumexp(self.masked(noised.log_joint, condition), 1).reshape([n]);
         if let Condition::Labels(labels) = condition {
             // Normalise by p(c): the masked sum is p_t(x, c).
-            let log_prior: Vec<f32> = (0..self.mixture.n_classes()).map(|c| self.mixture.class_prior(c).ln() as f32).collect();
-            let log_prior = Tensor::<1>::from_data(TensorData::new(log_prior, [self.mixture.n_classes()]), &ld.device());
+            let log_prior: Vec<f32> =
+                (0..self.mixture.n_classes()).map(|c| self.mixture.class_prior(c).ln() as f32).collect();
+            let log_prior =
+                Tensor::<1>::from_data(TensorData::new(log_prior, [self.mixture.n_classes()]), &ld.device());
             ld = ld - log_prior.select(0, labels.clone());
         }
         ld
@@ -446,7 +461,8 @@ pub fn relative_score_error(
     for t in [0.05, 0.1, 0.2, 0.35, 0.5, 0.7, 0.9, 1.0] {
         let (x0, _) = exact.mixture().sample(n, &mut rng);
         let z: Vec<f32> = (0..n * d).map(|_| StandardNormal.sample(&mut rng)).collect();
-        let xt = tensor_ext::matrix(&x0, n, d, device).mul_scalar(sched.alpha(t)) + tensor_ext::matrix(&z, n, d, device).mul_scalar(sched.sigma(t));
+        let xt = tensor_ext::matrix(&x0, n, d, device).mul_scalar(sched.alpha(t))
+            + tensor_ext::matrix(&z, n, d, device).mul_scalar(sched.sigma(t));
         let c = condition(n);
         let e = exact.score(xt.clone(), t, &c);
         let m = model.score(xt, t, &c);

@@ -63,7 +63,9 @@ impl RewardSpec {
     pub fn build(&self) -> Box<dyn Reward> {
         match self {
             RewardSpec::ExpLinear { a } => Box::new(ExpLinearReward::new(a.clone())),
-            RewardSpec::Bump { center, width, height } => Box::new(BumpReward { center: center.clone(), width: *width, height: *height }),
+            RewardSpec::Bump { center, width, height } => {
+                Box::new(BumpReward { center: center.clone(), width: *width, height: *height })
+            }
         }
     }
 

@@ -91,7 +91,9 @@ mod tests {
         assert!((Schedule::Linear.sigma(0.37).powi(2) - 0.37).abs() < 1e-12);
         // Nichol & Dhariwal (2021), alpha_bar(t) = f(t)/f(0), f(t) = cos^2((t + s)/(1 + s) pi/2), s = 0.008;
         // values computed independently in f64.
-        for (t, alpha_bar) in [(0.1, 0.972_092_737_113_969), (0.5, 0.493_843_590_440_637_75), (0.9, 0.024_091_724_140_085_854)] {
+        for (t, alpha_bar) in
+            [(0.1, 0.972_092_737_113_969), (0.5, 0.493_843_590_440_637_75), (0.9, 0.024_091_724_140_085_854)]
+        {
             assert!((Schedule::cosine().alpha_sq(t) - alpha_bar).abs() < 1e-12, "cosine alpha_bar({t})");
         }
         // OU time: u = -ln(1 - t) for the linear schedule.

@@ -129,7 +129,11 @@ impl ScoreModel for SmoothlyPerturbed<'_> {
     fn score(&self, x: Tensor<2>, t: f64, c: &Condition) -> Tensor<2> {
         let [n, d] = x.dims();
         assert_eq!(d, 2, "SmoothlyPerturbed is defined for 2-D data");
-        let phi = Tensor::cat(vec![x.clone().narrow(1, 1, 1).mul_scalar(2.0).sin(), x.clone().narrow(1, 0, 1).mul_scalar(2.0).cos()], 1).reshape([n, 2]);
+        let phi = Tensor::cat(
+            vec![x.clone().narrow(1, 1, 1).mul_scalar(2.0).sin(), x.clone().narrow(1, 0, 1).mul_scalar(2.0).cos()],
+            1,
+        )
+        .reshape([n, 2]);
         self.score.score(x, t, c) - phi.mul_scalar(self.eps / self.score.schedule().sigma(t))
     }
     fn schedule(&self) -> Schedule {

@@ -7,7 +7,8 @@ use burn::prelude::*;
 pub fn time_embedding(t: Tensor<1>, dim: usize) -> Tensor<2> {
     let device = t.device();
     let half = dim / 2;
-    let freqs = Tensor::<1, Int>::arange(0..half as i64, &device).float().mul_scalar(-(10000f64.ln()) / half as f64).exp();
+    let freqs =
+        Tensor::<1, Int>::arange(0..half as i64, &device).float().mul_scalar(-(10000f64.ln()) / half as f64).exp();
     let args = t.mul_scalar(1000.0).unsqueeze_dim::<2>(1) * freqs.unsqueeze_dim::<2>(0);
     Tensor::cat(vec![args.clone().sin(), args.cos()], 1)
 }

@@ -41,7 +41,8 @@ pub fn improvement_identity(
     let sched = sampler.schedule;
     let d = base.dim();
     let unc = Condition::Unconditional;
-    let (mut h_path, mut q_path, mut us): (Vec<Vec<f64>>, Vec<Vec<f64>>, Vec<f64>) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut h_path, mut q_path, mut us): (Vec<Vec<f64>>, Vec<Vec<f64>>, Vec<f64>) =
+        (Vec::new(), Vec::new(), Vec::new());
     let mut observe = |_k: usize, t: f64, x: &Tensor<2>| {
         let log_h = reweighted.log_density(x.clone(), t, &unc) - base.log_density(x.clone(), t, &unc);
         let h: Vec<f64> = tensor_ext::to_vec_f64(log_h).into_iter().map(|l| (l + log_mean_reward).exp()).collect();
@@ -51,7 +52,8 @@ pub fn improvement_identity(
         h_path.push(h);
         us.push(sched.ou_time(t));
     };
-    let mut g = GuidedScore::new(base, unc.clone()).with(RewardGuidance::reweighted(reweighted), WeightSchedule::Constant(w));
+    let mut g =
+        GuidedScore::new(base, unc.clone()).with(RewardGuidance::reweighted(reweighted), WeightSchedule::Constant(w));
     let mut noise = NoiseSource::host(seed);
     sampler.sample(&mut |x, t, k| g.score(x, t, k), n, d, device, &mut noise, &mut observe);
     let last = h_path.len() - 1;
@@ -60,13 +62,26 @@ pub fn improvement_identity(
         .collect();
     let gain: Vec<f64> = (0..n).map(|i| h_path[last][i] - h_path[0][i]).collect();
     let residual: Vec<f64> = gain.iter().zip(&integral).map(|(a, b)| a - b).collect();
-    IdentityCheck { w, gain: mean_se(&gain), integral: mean_se(&integral), residual: mean_se(&residual), start: mean_se(&h_path[0]) }
+    IdentityCheck {
+        w,
+        gain: mean_se(&gain),
+        integral: mean_se(&integral),
+        residual: mean_se(&residual),
+        start: mean_se(&h_path[0]),
+    }
 }
 
 /// What a perfect sampler with the final Tweedie denoise returns: `n` exact draws of `law`, noised to `t_min`
 /// and denoised with the exact score of `law`. The reference for statistics that have no closed form (and for
 /// the variance, which the denoise lowers by `E[Var(X_0 | X_{t_min})] <= t_min`).
-pub fn perfect_denoised_samples(law: &tilt_core::GaussianMixture, schedule: tilt_core::Schedule, t_min: f64, n: usize, seed: u64, device: &Device) -> Vec<f32> {
+pub fn perfect_denoised_samples(
+    law: &tilt_core::GaussianMixture,
+    schedule: tilt_core::Schedule,
+    t_min: f64,
+    n: usize,
+    seed: u64,
+    device: &Device,
+) -> Vec<f32> {
     use rand::SeedableRng;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     let d = law.dim();

@@ -26,7 +26,10 @@ impl TimeGrid {
     /// Panics unless `steps >= 1` and `0 < t_min < t_max < 1`: at `t = 1` the signal `alpha` is 0, OU time is
     /// infinite and every step divides by `alpha`. Callers validate user input first and name the field.
     pub fn times(&self, steps: usize, t_max: f64, t_min: f64, schedule: Schedule) -> Vec<f64> {
-        assert!(steps >= 1 && 0.0 < t_min && t_min < t_max && t_max < 1.0, "invalid grid: steps {steps}, t_min {t_min}, t_max {t_max}");
+        assert!(
+            steps >= 1 && 0.0 < t_min && t_min < t_max && t_max < 1.0,
+            "invalid grid: steps {steps}, t_min {t_min}, t_max {t_max}"
+        );
         let frac = |k: usize| k as f64 / steps as f64;
         let times: Vec<f64> = (0..=steps)
             .map(|k| match self {

@@ -124,7 +124,13 @@ pub fn save(run: &Path, model_kind: &str, step: usize, artifacts: &[Artifact], k
     for a in artifacts {
         let path = tmp.join(a.name);
         write_synced(&path, &a.bytes)?;
-        files.push(FileEntry { name: a.name.into(), kind: a.kind, sha256: sha256_hex(&a.bytes), bytes: a.bytes.len() as u64, shapes: a.shapes.clone() });
+        files.push(FileEntry {
+            name: a.name.into(),
+            kind: a.kind,
+            sha256: sha256_hex(&a.bytes),
+            bytes: a.bytes.len() as u64,
+            shapes: a.shapes.clone(),
+        });
     }
     let manifest = Manifest { format: FORMAT.into(), model_kind: model_kind.into(), step, files };
     write_synced(&tmp.join("manifest.json"), &serde_json::to_vec_pretty(&manifest)?)?;
@@ -172,8 +178,9 @@ pub fn resolve(path: &Path) -> Result<PathBuf> {
         return Ok(path.to_path_buf());
     }
     let latest = checkpoints_dir(path).join("latest");
-    let name = fs::read_to_string(&latest)
-        .with_context(|| format!("{}: no checkpoint found (expected {} or a manifest.json)", path.display(), latest.display()))?;
+    let name = fs::read_to_string(&latest).with_context(|| {
+        format!("{}: no checkpoint found (expected {} or a manifest.json)", path.display(), latest.display())
+    })?;
     Ok(checkpoints_dir(path).join(name.trim()))
 }
 
@@ -189,18 +196,29 @@ impl Checkpoint {
         let dir = resolve(path)?;
         let mpath = dir.join("manifest.json");
         let text = fs::read_to_string(&mpath).with_context(|| format!("cannot read {}", mpath.display()))?;
-        let manifest: Manifest = serde_json::from_str(&text).with_context(|| format!("{}: not a tilt checkpoint manifest", mpath.display()))?;
+        let manifest: Manifest = serde_json::from_str(&text)
+            .with_context(|| format!("{}: not a tilt checkpoint manifest", mpath.display()))?;
         if manifest.format != FORMAT {
             bail!("{}: format {:?} is not {FORMAT:?}", mpath.display(), manifest.format);
         }
         if manifest.model_kind != expected_kind {
-            bail!("{}: this checkpoint holds a {} model, but a {expected_kind} model was expected", dir.display(), manifest.model_kind);
+            bail!(
+                "{}: this checkpoint holds a {} model, but a {expected_kind} model was expected",
+                dir.display(),
+                manifest.model_kind
+            );
         }
         for f in &manifest.files {
             let p = dir.join(&f.name);
-            let bytes = fs::read(&p).with_context(|| format!("{}: missing or unreadable checkpoint file", p.display()))?;
+            let bytes =
+                fs::read(&p).with_context(|| format!("{}: missing or unreadable checkpoint file", p.display()))?;
             if bytes.len() as u64 != f.bytes {
-                bail!("{}: truncated or resized: {} bytes on disk, {} recorded in the manifest", p.display(), bytes.len(), f.bytes);
+                bail!(
+                    "{}: truncated or resized: {} bytes on disk, {} recorded in the manifest",
+                    p.display(),
+                    bytes.len(),
+                    f.bytes
+                );
             }
             if sha256_hex(&bytes) != f.sha256 {
                 bail!("{}: checksum mismatch: the file is corrupted or was modified since it was saved", p.display());
@@ -226,7 +244,8 @@ impl Checkpoint {
         let path = self.dir.join(&entry.name);
         let want = param_shapes(&init);
         if entry.shapes != want {
-            let i = entry.shapes.iter().zip(&want).position(|(a, b)| a != b).unwrap_or(entry.shapes.len().min(want.len()));
+            let i =
+                entry.shapes.iter().zip(&want).position(|(a, b)| a != b).unwrap_or(entry.shapes.len().min(want.len()));
             bail!(
                 "{}: architecture mismatch: parameter {i} has shape {:?} in the checkpoint but the config builds {:?} ({} vs {} tensors)",
                 path.display(),
@@ -237,7 +256,8 @@ impl Checkpoint {
             );
         }
         let (path, bytes) = self.bytes(kind)?;
-        let record = ModuleRecord::from_bytes(Bytes::from_bytes_vec(bytes)).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+        let record =
+            ModuleRecord::from_bytes(Bytes::from_bytes_vec(bytes)).map_err(|e| anyhow!("{}: {e}", path.display()))?;
         init.try_load_record(record).map_err(|e| anyhow!("{}: {e}", path.display()))
     }
 

@@ -37,7 +37,11 @@ impl ModuleVisitor for Scale<'_> {
 }
 
 /// The global gradient norm, and the gradients scaled so that norm is at most `max_norm` (if given).
-pub fn clip_grad_norm<M: Module>(model: &M, mut grads: GradientsParams, max_norm: Option<f64>) -> (GradientsParams, Option<Tensor<1>>) {
+pub fn clip_grad_norm<M: Module>(
+    model: &M,
+    mut grads: GradientsParams,
+    max_norm: Option<f64>,
+) -> (GradientsParams, Option<Tensor<1>>) {
     let mut ss = SumSquares { grads: &grads, acc: None };
     model.visit(&mut ss);
     let Some(total) = ss.acc.map(|a| a.sqrt()) else { return (grads, None) };

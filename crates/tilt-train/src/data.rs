@@ -152,7 +152,8 @@ impl DataSpec {
                 let m = mixture.build().map_err(|e| anyhow::anyhow!("data.{e}"))?;
                 let (x, comps) = m.sample(n, &mut rng);
                 let owner = m.component_class();
-                let labels = owner.iter().all(Option::is_some).then(|| comps.iter().map(|&k| owner[k].unwrap()).collect());
+                let labels =
+                    owner.iter().all(Option::is_some).then(|| comps.iter().map(|&k| owner[k].unwrap()).collect());
                 Dataset { x, labels, dim: m.dim(), num_classes: m.n_classes() }
             }
             DataSpec::SwissRoll { noise } => {
@@ -178,10 +179,12 @@ impl DataSpec {
             }
             DataSpec::Checkerboard => {
                 let pts = (0..n)
-                    .map(|_| loop {
-                        let (x, y) = (4.0 * rng.random::<f64>() - 2.0, 4.0 * rng.random::<f64>() - 2.0);
-                        if ((x + 2.0).floor() as i64 + (y + 2.0).floor() as i64) % 2 == 0 {
-                            break [x, y];
+                    .map(|_| {
+                        loop {
+                            let (x, y) = (4.0 * rng.random::<f64>() - 2.0, 4.0 * rng.random::<f64>() - 2.0);
+                            if ((x + 2.0).floor() as i64 + (y + 2.0).floor() as i64) % 2 == 0 {
+                                break [x, y];
+                            }
                         }
                     })
                     .collect();
@@ -225,15 +228,26 @@ pub fn read_csv(path: &std::path::Path, labelled: bool) -> Result<Dataset> {
         }
         let n_feat = rec.len() - usize::from(labelled);
         if n_feat == 0 {
-            bail!("{}: line {line}: expected at least one coordinate{}", path.display(), if labelled { " and a label" } else { "" });
+            bail!(
+                "{}: line {line}: expected at least one coordinate{}",
+                path.display(),
+                if labelled { " and a label" } else { "" }
+            );
         }
         match dim {
             None => dim = Some(n_feat),
-            Some(d) if d != n_feat => bail!("{}: line {line}: expected {} columns like the first row, got {}", path.display(), d + usize::from(labelled), rec.len()),
+            Some(d) if d != n_feat => bail!(
+                "{}: line {line}: expected {} columns like the first row, got {}",
+                path.display(),
+                d + usize::from(labelled),
+                rec.len()
+            ),
             _ => {}
         }
         for (j, f) in rec.iter().take(n_feat).enumerate() {
-            let v: f64 = f.parse().map_err(|_| anyhow::anyhow!("{}: line {line}, column {}: expected a number, got {f:?}", path.display(), j + 1))?;
+            let v: f64 = f.parse().map_err(|_| {
+                anyhow::anyhow!("{}: line {line}, column {}: expected a number, got {f:?}", path.display(), j + 1)
+            })?;
             if !v.is_finite() {
                 bail!("{}: line {line}, column {}: expected a finite number, got {f}", path.display(), j + 1);
             }
@@ -241,7 +255,13 @@ pub fn read_csv(path: &std::path::Path, labelled: bool) -> Result<Dataset> {
         }
         if labelled {
             let f = &rec[n_feat];
-            let c: usize = f.parse().map_err(|_| anyhow::anyhow!("{}: line {line}, column {}: expected a class label (0, 1, ...), got {f:?}", path.display(), n_feat + 1))?;
+            let c: usize = f.parse().map_err(|_| {
+                anyhow::anyhow!(
+                    "{}: line {line}, column {}: expected a class label (0, 1, ...), got {f:?}",
+                    path.display(),
+                    n_feat + 1
+                )
+            })?;
             labels.push(c);
         }
     }

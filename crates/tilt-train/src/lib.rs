@@ -17,5 +17,8 @@ pub mod trainer;
 
 pub use data::{DataSpec, Dataset, Standardizer};
 pub use optim::OptimConfig;
-pub use run::{LoadedClassifier, LoadedScore, ModelSpec, Objective, RewardForm, TrainConfig, TrainOutcome, load_classifier, load_score, train};
+pub use run::{
+    LoadedClassifier, LoadedScore, ModelSpec, Objective, RewardForm, TrainConfig, TrainOutcome, load_classifier,
+    load_score, train,
+};
 pub use trainer::{LossPoint, Progress};

@@ -105,7 +105,13 @@ impl OptimConfig {
     }
 
     pub fn validate(&self) -> Result<(), String> {
-        let pos = |name: &str, v: f64| if v.is_finite() && v > 0.0 { Ok(()) } else { Err(format!("optim.{name}: expected a positive number, got {v}")) };
+        let pos = |name: &str, v: f64| {
+            if v.is_finite() && v > 0.0 {
+                Ok(())
+            } else {
+                Err(format!("optim.{name}: expected a positive number, got {v}"))
+            }
+        };
         pos("lr", self.lr)?;
         pos("epsilon", self.epsilon)?;
         for (name, v) in [("beta1", self.beta1), ("beta2", self.beta2), ("ema_decay", self.ema_decay)] {

@@ -17,7 +17,9 @@ use rand_distr::{Distribution, StandardNormal};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use tilt_core::{RewardSpec, Schedule, tensor_ext};
-use tilt_models::{Activation, NetClassifier, NetScore, NoisyClassifier, NoisyClassifierConfig, ScoreNet, ScoreNetConfig};
+use tilt_models::{
+    Activation, NetClassifier, NetScore, NoisyClassifier, NoisyClassifierConfig, ScoreNet, ScoreNetConfig,
+};
 
 /// Network size.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -166,7 +168,8 @@ impl TrainConfig {
     }
 
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config file {}", path.display()))?;
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("cannot read config file {}", path.display()))?;
         Self::parse(&text).with_context(|| format!("invalid config {}", path.display()))
     }
 
@@ -195,7 +198,9 @@ impl TrainConfig {
                 bail!("objective.p_uncond: expected a probability in [0, 1), got {p_uncond}")
             }
             Objective::RewardWeighted { form: RewardForm::Residual, base: None, .. } => {
-                bail!("objective.base: the residual form needs the trained base score checkpoint (objective.base = \"runs/base\")")
+                bail!(
+                    "objective.base: the residual form needs the trained base score checkpoint (objective.base = \"runs/base\")"
+                )
             }
             _ => Ok(()),
         }
@@ -248,7 +253,8 @@ struct Noised {
 fn noised(data: &Dataset, idx: &[usize], sched: Schedule, t_min: f64, rng: &mut ChaCha8Rng, device: &Device) -> Noised {
     let d = data.dim;
     let b = idx.len();
-    let (mut x0, mut xt, mut z, mut ts) = (Vec::with_capacity(b * d), Vec::with_capacity(b * d), Vec::with_capacity(b * d), Vec::with_capacity(b));
+    let (mut x0, mut xt, mut z, mut ts) =
+        (Vec::with_capacity(b * d), Vec::with_capacity(b * d), Vec::with_capacity(b * d), Vec::with_capacity(b));
     for &i in idx {
         let t = t_min + (1.0 - t_min) * rng.random::<f64>();
         let (a, s) = (sched.alpha(t), sched.sigma(t));
@@ -287,7 +293,13 @@ fn weighted_mse(eps: Tensor<2>, z: Tensor<2>, weights: Option<&[f32]>) -> Tensor
 }
 
 /// `log r` of standardised rows, evaluated in data space.
-fn log_rewards(reward: &dyn tilt_core::Reward, rows: &[f32], dim: usize, st: &Standardizer, device: &Device) -> Vec<f64> {
+fn log_rewards(
+    reward: &dyn tilt_core::Reward,
+    rows: &[f32],
+    dim: usize,
+    st: &Standardizer,
+    device: &Device,
+) -> Vec<f64> {
     let mut x = rows.to_vec();
     st.invert(&mut x);
     let n = x.len() / dim;
@@ -336,10 +348,19 @@ fn seeded_init<M>(device: &Device, seed: u64, init: impl FnOnce() -> M) -> M {
 }
 
 /// Train (or, with `resume`, continue) the run described by `cfg` in `run_dir`.
-pub fn train(cfg: &TrainConfig, run_dir: &Path, resume: bool, device: &Device, progress: &mut dyn FnMut(&Progress)) -> Result<TrainOutcome> {
+pub fn train(
+    cfg: &TrainConfig,
+    run_dir: &Path,
+    resume: bool,
+    device: &Device,
+    progress: &mut dyn FnMut(&Progress),
+) -> Result<TrainOutcome> {
     let has_run = checkpoint::resolve(run_dir).is_ok();
     if has_run && !resume {
-        bail!("{}: already holds a training run; pass --resume to continue it, or choose another --out", run_dir.display());
+        bail!(
+            "{}: already holds a training run; pass --resume to continue it, or choose another --out",
+            run_dir.display()
+        );
     }
     if resume && !has_run {
         bail!("{}: --resume given but there is no checkpoint to resume from", run_dir.display());
@@ -369,7 +390,13 @@ pub fn train(cfg: &TrainConfig, run_dir: &Path, resume: bool, device: &Device, p
                 let idx = uniform_indices(data.len(), b, rng);
                 let batch = noised(data, &idx, sched, t_min, rng, dev);
                 let labels = (classes > 0).then(|| {
-                    let l: Vec<usize> = batch.labels.as_ref().expect("labelled").iter().map(|&c| if rng.random::<f64>() < p_uncond { classes } else { c }).collect();
+                    let l: Vec<usize> = batch
+                        .labels
+                        .as_ref()
+                        .expect("labelled")
+                        .iter()
+                        .map(|&c| if rng.random::<f64>() < p_uncond { classes } else { c })
+                        .collect();
                     tensor_ext::labels(&l, dev)
                 });
                 weighted_mse(m.forward(batch.x_t, batch.t, labels), batch.z, None)
@@ -398,9 +425,13 @@ pub fn train(cfg: &TrainConfig, run_dir: &Path, resume: bool, device: &Device, p
             let reward = reward.build();
             let base = match base {
                 Some(p) => {
-                    let loaded = load_score(p, "score-net", device).with_context(|| format!("objective.base = {}", p.display()))?;
+                    let loaded = load_score(p, "score-net", device)
+                        .with_context(|| format!("objective.base = {}", p.display()))?;
                     if loaded.standardizer != ctx.standardizer {
-                        bail!("objective.base: {} was trained on differently standardised data (data or `standardize` differ)", p.display());
+                        bail!(
+                            "objective.base: {} was trained on differently standardised data (data or `standardize` differ)",
+                            p.display()
+                        );
                     }
                     Some(loaded)
                 }
@@ -411,7 +442,10 @@ pub fn train(cfg: &TrainConfig, run_dir: &Path, resume: bool, device: &Device, p
                 test: RewardScale::of(&test_set, reward.as_ref(), &ctx.standardizer, device),
             };
             let weights_of = |x0: &[f32], set: &Dataset, dev: &Device| {
-                weights_relative_to(&log_rewards(reward.as_ref(), x0, data.dim, &ctx.standardizer, dev), scale.for_set(set, &train_set))
+                weights_relative_to(
+                    &log_rewards(reward.as_ref(), x0, data.dim, &ctx.standardizer, dev),
+                    scale.for_set(set, &train_set),
+                )
             };
             match form {
                 RewardForm::Full | RewardForm::Resample => {
@@ -421,7 +455,11 @@ pub fn train(cfg: &TrainConfig, run_dir: &Path, resume: bool, device: &Device, p
                         Some(base) => {
                             let net_cfg: ScoreNetConfig = serde_json::from_value(base.state.net.clone())?;
                             let init = seeded_init(&ad, cfg.seed, || net_cfg.init(&ad));
-                            let model = if resume { init } else { Checkpoint::open(&base.path, "score-net")?.load_model(FileKind::EmaModel, init)? };
+                            let model = if resume {
+                                init
+                            } else {
+                                Checkpoint::open(&base.path, "score-net")?.load_model(FileKind::EmaModel, init)?
+                            };
                             (net_cfg, model)
                         }
                         None => {
@@ -444,7 +482,12 @@ pub fn train(cfg: &TrainConfig, run_dir: &Path, resume: bool, device: &Device, p
                             let log_r = log_rewards(reward.as_ref(), &data.x, data.dim, &ctx.standardizer, device);
                             let w = weights_relative_to(&log_r, scale.for_set(data, &train_set));
                             let mut acc = 0.0f64;
-                            w.iter().map(|v| { acc += *v as f64; acc }).collect::<Vec<f64>>()
+                            w.iter()
+                                .map(|v| {
+                                    acc += *v as f64;
+                                    acc
+                                })
+                                .collect::<Vec<f64>>()
                         };
                         let (train_cdf, test_cdf) = (cdf(&train_set), cdf(&test_set));
                         let loss = |m: &ScoreNet, data: &Dataset, rng: &mut ChaCha8Rng, dev: &Device| {
@@ -475,7 +518,14 @@ pub fn train(cfg: &TrainConfig, run_dir: &Path, resume: bool, device: &Device, p
                         let eps = m.forward(batch.x_t, batch.t, None) + eps_base;
                         weighted_mse(eps, batch.z, Some(&w))
                     };
-                    ctx.run(seeded_init(&ad, cfg.seed, || net_cfg.init(&ad)), &net_cfg, &train_set, &test_set, loss, progress)
+                    ctx.run(
+                        seeded_init(&ad, cfg.seed, || net_cfg.init(&ad)),
+                        &net_cfg,
+                        &train_set,
+                        &test_set,
+                        loss,
+                        progress,
+                    )
                 }
             }
         }
@@ -519,7 +569,13 @@ impl RunContext<'_> {
             let optim = ck.load_optimizer(cfg.optim.init())?;
             TrainState { model, ema, optim, step: saved.step, history: saved.history }
         } else {
-            TrainState { ema: Ema::new(&init, cfg.optim.ema_decay), model: init, optim: cfg.optim.init(), step: 0, history: Vec::new() }
+            TrainState {
+                ema: Ema::new(&init, cfg.optim.ema_decay),
+                model: init,
+                optim: cfg.optim.init(),
+                step: 0,
+                history: Vec::new(),
+            }
         };
         let num_classes = train_set.num_classes;
         let save = |st: &TrainState<M>| -> Result<()> {
@@ -542,7 +598,13 @@ impl RunContext<'_> {
             checkpoint::save(self.run_dir, kind, st.step, &artifacts, cfg.keep_checkpoints)?;
             write_loss_csv(&self.run_dir.join("loss.csv"), &st.history)
         };
-        let settings = LoopSettings { total: cfg.steps, seed: cfg.seed, log_every: cfg.log_every, checkpoint_every: cfg.checkpoint_every, optim: &cfg.optim };
+        let settings = LoopSettings {
+            total: cfg.steps,
+            seed: cfg.seed,
+            log_every: cfg.log_every,
+            checkpoint_every: cfg.checkpoint_every,
+            optim: &cfg.optim,
+        };
         let ad_dev = ad.clone();
         train_loop(&mut state, &settings, |m, rng| loss(m, train_set, rng, &ad_dev), save, progress)?;
         let test_loss = (!test_set.is_empty()).then(|| {
@@ -567,7 +629,9 @@ fn check_same_config(saved: &TrainConfig, now: &TrainConfig) -> Result<()> {
     if let (serde_json::Value::Object(a), serde_json::Value::Object(b)) = (&a, &b) {
         for (k, va) in a {
             if k != "steps" && Some(va) != b.get(k) {
-                bail!("--resume: config field `{k}` differs from the run's ({va} in the checkpoint); only `steps` may change");
+                bail!(
+                    "--resume: config field `{k}` differs from the run's ({va} in the checkpoint); only `steps` may change"
+                );
             }
         }
     }
@@ -600,9 +664,15 @@ pub struct LoadedScore {
 pub fn load_score(path: &Path, kind: &str, device: &Device) -> Result<LoadedScore> {
     let ck = Checkpoint::open(path, kind)?;
     let state: RunState = ck.load_json("state.json")?;
-    let net_cfg: ScoreNetConfig = serde_json::from_value(state.net.clone()).with_context(|| format!("{}: state.json holds no score-network config", ck.dir.display()))?;
+    let net_cfg: ScoreNetConfig = serde_json::from_value(state.net.clone())
+        .with_context(|| format!("{}: state.json holds no score-network config", ck.dir.display()))?;
     let net = ck.load_model(FileKind::EmaModel, net_cfg.init(device))?;
-    Ok(LoadedScore { path: path.to_path_buf(), score: NetScore::new(net, state.config.schedule, state.dim), standardizer: state.standardizer.clone(), state })
+    Ok(LoadedScore {
+        path: path.to_path_buf(),
+        score: NetScore::new(net, state.config.schedule, state.dim),
+        standardizer: state.standardizer.clone(),
+        state,
+    })
 }
 
 /// A trained noise-aware classifier (EMA weights).
@@ -615,7 +685,8 @@ pub struct LoadedClassifier {
 pub fn load_classifier(path: &Path, device: &Device) -> Result<LoadedClassifier> {
     let ck = Checkpoint::open(path, "classifier")?;
     let state: RunState = ck.load_json("state.json")?;
-    let net_cfg: NoisyClassifierConfig = serde_json::from_value(state.net.clone()).with_context(|| format!("{}: state.json holds no classifier config", ck.dir.display()))?;
+    let net_cfg: NoisyClassifierConfig = serde_json::from_value(state.net.clone())
+        .with_context(|| format!("{}: state.json holds no classifier config", ck.dir.display()))?;
     let net = ck.load_model(FileKind::EmaModel, net_cfg.init(device))?;
     Ok(LoadedClassifier { classifier: NetClassifier { net }, standardizer: state.standardizer.clone(), state })
 }

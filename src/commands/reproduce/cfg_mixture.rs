@@ -26,22 +26,45 @@ pub struct Config {
 }
 
 pub fn run(ctx: &Ctx, dir: &Path) -> Result<StageOutput> {
-    let (cfg, raw): (Config, _) = stage_config("cfg_mixture", include_str!("../../../configs/experiments/cfg_mixture.toml"))?;
+    let (cfg, raw): (Config, _) =
+        stage_config("cfg_mixture", include_str!("../../../configs/experiments/cfg_mixture.toml"))?;
     let p = ctx.preset;
     let mixture = super::experiment_mixture(&cfg.mixture)?;
     let problem = Problem::new(mixture.clone(), GuidanceKind::Cfg, Some(cfg.class), None);
     let (n, steps) = (cfg.samples.get(p), cfg.steps.get(p));
-    let run_dir = ctx.trained("mixture_conditional", &cfg.train.config(mixture_data(&cfg.mixture), dsm(true, cfg.train.p_uncond), p, cfg.seed))?;
+    let run_dir = ctx.trained(
+        "mixture_conditional",
+        &cfg.train.config(mixture_data(&cfg.mixture), dsm(true, cfg.train.p_uncond), p, cfg.seed),
+    )?;
     let trained = tilt_train::load_score(&run_dir, "score-net", &ctx.device)?;
     let exact = MixtureScore::new(mixture.clone(), Default::default(), &ctx.device);
     let sources: [(&str, &dyn ScoreModel); 2] = [("exact", &exact), ("trained", &trained.score)];
 
-    let mut out = StageOutput::new("cfg_mixture", "CFG on a Gaussian mixture: E[1/p(c|Y)] against the strength", ctx, raw, cfg.seed);
+    let mut out = StageOutput::new(
+        "cfg_mixture",
+        "CFG on a Gaussian mixture: E[1/p(c|Y)] against the strength",
+        ctx,
+        raw,
+        cfg.seed,
+    );
     let mut table = Table::new(
         "E[1/p(c|Y)] (exact classifier) against the CFG strength w, with its light-tailed companions E[log p(c|Y)] and E[p(c|Y)]; 1/p(c) is the exact unguided value of the first, the row `reference` gives all three on exact samples of p(.|c)",
         &[
-            "w", "scores", "mean_inv_class_prob", "se", "inv_class_prior", "mean_log_class_prob", "log_se", "mean_class_prob", "prob_se", "accuracy", "p_q05", "p_q25",
-            "p_q50", "p_q75", "p_q95",
+            "w",
+            "scores",
+            "mean_inv_class_prob",
+            "se",
+            "inv_class_prior",
+            "mean_log_class_prob",
+            "log_se",
+            "mean_class_prob",
+            "prob_se",
+            "accuracy",
+            "p_q05",
+            "p_q25",
+            "p_q50",
+            "p_q75",
+            "p_q95",
         ],
     );
     let row = |w: &str, name: &str, c: &ClassStats| {
@@ -71,13 +94,16 @@ pub fn run(ctx: &Ctx, dir: &Path) -> Result<StageOutput> {
     let bar = ctx.bar("cfg_mixture", (2 * cfg.strengths.len()) as u64);
     let s = sampler(SamplerKind::default(), steps, Default::default());
     let mut curves: Vec<Series> = Vec::new();
-    let mut quantile_curves: Vec<Series> =
-        QUANTILE_LEVELS.iter().map(|q| Series { name: format!("{:.0} % quantile of p(c|Y), exact", q * 100.0), points: vec![] }).collect();
+    let mut quantile_curves: Vec<Series> = QUANTILE_LEVELS
+        .iter()
+        .map(|q| Series { name: format!("{:.0} % quantile of p(c|Y), exact", q * 100.0), points: vec![] })
+        .collect();
     let mut stats: Vec<(&str, f64, ClassStats)> = Vec::new();
     for (name, model) in sources {
         let mut pts = Vec::new();
         for &w in &cfg.strengths {
-            let mut g = GuidedScore::new(model, Condition::class(cfg.class, n, &ctx.device)).with(CfgGuidance::new(), WeightSchedule::Constant(w));
+            let mut g = GuidedScore::new(model, Condition::class(cfg.class, n, &ctx.device))
+                .with(CfgGuidance::new(), WeightSchedule::Constant(w));
             let x = draw(&s, &mut g, n, 2, cfg.seed, &ctx.device);
             let c = problem.class_stats(&x, &ctx.device).expect("a class is set");
             table.row(row(&format!("{w}"), name, &c));
@@ -103,11 +129,30 @@ pub fn run(ctx: &Ctx, dir: &Path) -> Result<StageOutput> {
             refs.push((format!("w = 0, {name} scores (sampled)"), c.mean_inv_class_prob.mean));
         }
     }
-    plot::curves_scaled(&dir.join("inv_class_prob.png"), "CFG: E[1/p(c|Y)] against w (log scale)", "w", "E[1/p(c|Y)]", &curves, &refs, true)?;
-    plot::curves_scaled(&dir.join("class_prob_quantiles.png"), "Per-sample p(c|Y) under CFG (exact scores)", "w", "p(c|Y)", &quantile_curves, &[], true)?;
+    plot::curves_scaled(
+        &dir.join("inv_class_prob.png"),
+        "CFG: E[1/p(c|Y)] against w (log scale)",
+        "w",
+        "E[1/p(c|Y)]",
+        &curves,
+        &refs,
+        true,
+    )?;
+    plot::curves_scaled(
+        &dir.join("class_prob_quantiles.png"),
+        "Per-sample p(c|Y) under CFG (exact scores)",
+        "w",
+        "p(c|Y)",
+        &quantile_curves,
+        &[],
+        true,
+    )?;
     out.figures = vec![
         ("inv_class_prob.png".into(), "E[1/p(c|Y)] against w, exact and trained scores, with the exact 1/p(c)".into()),
-        ("class_prob_quantiles.png".into(), "Quantiles of the per-sample class probability p(c|Y) against w (exact scores)".into()),
+        (
+            "class_prob_quantiles.png".into(),
+            "Quantiles of the per-sample class probability p(c|Y) against w (exact scores)".into(),
+        ),
     ];
     out.reading = reading(&stats, &reference, inv_prior, n);
     let w_max = cfg.strengths.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
@@ -145,9 +190,15 @@ fn reading(stats: &[(&str, f64, ClassStats)], reference: &ClassStats, inv_prior:
             }
         }
         let list = |ws: &[f64]| ws.iter().map(|w| format!("{w}")).collect::<Vec<_>>().join(", ");
-        text += &format!(" With {name} scores E[1/p(c|Y)] lies more than 2 SE below 1/p(c) at w = {}", if below.is_empty() { "none".into() } else { list(&below) });
+        text += &format!(
+            " With {name} scores E[1/p(c|Y)] lies more than 2 SE below 1/p(c) at w = {}",
+            if below.is_empty() { "none".into() } else { list(&below) }
+        );
         if !level.is_empty() {
-            text += &format!("; within 2 SE of it (no decrease detectable at this sample size and discretisation) at w = {}", list(&level));
+            text += &format!(
+                "; within 2 SE of it (no decrease detectable at this sample size and discretisation) at w = {}",
+                list(&level)
+            );
         }
         if !above.is_empty() {
             text += &format!("; more than 2 SE ABOVE it at w = {}", list(&above));

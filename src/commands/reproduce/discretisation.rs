@@ -31,7 +31,8 @@ fn name(k: SamplerKind) -> String {
 }
 
 pub fn run(ctx: &Ctx, dir: &Path) -> Result<StageOutput> {
-    let (cfg, raw): (Config, _) = stage_config("discretisation", include_str!("../../../configs/experiments/discretisation.toml"))?;
+    let (cfg, raw): (Config, _) =
+        stage_config("discretisation", include_str!("../../../configs/experiments/discretisation.toml"))?;
     let p = ctx.preset;
     let dev = &ctx.device;
     let mixture = super::experiment_mixture(&cfg.mixture)?;
@@ -45,19 +46,39 @@ pub fn run(ctx: &Ctx, dir: &Path) -> Result<StageOutput> {
     let bar = ctx.bar("discretisation", (SamplerKind::ALL.len() * counts.len()) as u64);
     let mut table = Table::new(
         "Mean reward (reward guidance, w = 1; exact E_p_r[r]) and E[1/p(c|Y)] (CFG) against the number of steps",
-        &["sampler", "steps", "score_evals", "mean_reward", "reward_se", "exact_E_p_r", "mean_inv_class_prob", "inv_se"],
+        &[
+            "sampler",
+            "steps",
+            "score_evals",
+            "mean_reward",
+            "reward_se",
+            "exact_E_p_r",
+            "mean_inv_class_prob",
+            "inv_se",
+        ],
     );
     let (mut reward_series, mut cfg_series) = (Vec::new(), Vec::new());
     for kind in SamplerKind::ALL {
         let (mut rp, mut cp) = (Vec::new(), Vec::new());
         for &steps in &counts {
             let s = sampler(kind, steps, Default::default());
-            let mut g = GuidedScore::new(&exact, Condition::Unconditional).with(RewardGuidance::reweighted(&exact_rw), WeightSchedule::Constant(1.0));
+            let mut g = GuidedScore::new(&exact, Condition::Unconditional)
+                .with(RewardGuidance::reweighted(&exact_rw), WeightSchedule::Constant(1.0));
             let r = mean_reward(reward.as_ref(), &draw(&s, &mut g, n, 2, cfg.seed, dev), 2, dev);
-            let mut g = GuidedScore::new(&exact, Condition::class(cfg.class, n, dev)).with(CfgGuidance::new(), WeightSchedule::Constant(cfg.cfg_strength));
+            let mut g = GuidedScore::new(&exact, Condition::class(cfg.class, n, dev))
+                .with(CfgGuidance::new(), WeightSchedule::Constant(cfg.cfg_strength));
             let c = problem.class_stats(&draw(&s, &mut g, n, 2, cfg.seed, dev), dev).expect("class set");
             let evals = steps * kind.evals_per_step() + 1;
-            table.row(vec![name(kind), steps.to_string(), evals.to_string(), fmt(r.mean, 4), fmt(r.se, 4), fmt(target, 4), fmt(c.mean_inv_class_prob.mean, 4), fmt(c.mean_inv_class_prob.se, 4)]);
+            table.row(vec![
+                name(kind),
+                steps.to_string(),
+                evals.to_string(),
+                fmt(r.mean, 4),
+                fmt(r.se, 4),
+                fmt(target, 4),
+                fmt(c.mean_inv_class_prob.mean, 4),
+                fmt(c.mean_inv_class_prob.se, 4),
+            ]);
             rp.push((steps as f64, r.mean));
             cp.push((steps as f64, c.mean_inv_class_prob.mean));
             bar.inc(1);
@@ -67,13 +88,42 @@ pub fn run(ctx: &Ctx, dir: &Path) -> Result<StageOutput> {
     }
     bar.finish_and_clear();
     let bias = bias_table(ctx, &cfg, &mixture, &problem, &counts)?;
-    plot::curves_scaled(&dir.join("reward_vs_steps.png"), "Reward guidance (w = 1): E[r(Y)] against steps", "steps", "E[r(Y)]", &reward_series, &[("E_p_r[r] (exact)".into(), target)], true)?;
-    plot::curves_scaled(&dir.join("cfg_vs_steps.png"), &format!("CFG (w = {}): E[1/p(c|Y)] against steps", cfg.cfg_strength), "steps", "E[1/p(c|Y)]", &cfg_series, &[], true)?;
-    plot::curves_scaled(&dir.join("variance_ratio_vs_steps.png"), "Unguided p(.|c): variance of the samples / exact, against steps", "steps", "variance ratio", &bias.series, &[("exact".into(), 1.0)], true)?;
-    let mut out = StageOutput::new("discretisation", "Discretisation: metrics against the number of steps", ctx, raw, cfg.seed);
+    plot::curves_scaled(
+        &dir.join("reward_vs_steps.png"),
+        "Reward guidance (w = 1): E[r(Y)] against steps",
+        "steps",
+        "E[r(Y)]",
+        &reward_series,
+        &[("E_p_r[r] (exact)".into(), target)],
+        true,
+    )?;
+    plot::curves_scaled(
+        &dir.join("cfg_vs_steps.png"),
+        &format!("CFG (w = {}): E[1/p(c|Y)] against steps", cfg.cfg_strength),
+        "steps",
+        "E[1/p(c|Y)]",
+        &cfg_series,
+        &[],
+        true,
+    )?;
+    plot::curves_scaled(
+        &dir.join("variance_ratio_vs_steps.png"),
+        "Unguided p(.|c): variance of the samples / exact, against steps",
+        "steps",
+        "variance ratio",
+        &bias.series,
+        &[("exact".into(), 1.0)],
+        true,
+    )?;
+    let mut out =
+        StageOutput::new("discretisation", "Discretisation: metrics against the number of steps", ctx, raw, cfg.seed);
     let last = counts.len() - 1;
     let reward_at = |i: usize| {
-        reward_series.iter().map(|s| format!("{} {:.4}", s.name, s.points.get(i).map_or(f64::NAN, |p| p.1))).collect::<Vec<_>>().join(", ")
+        reward_series
+            .iter()
+            .map(|s| format!("{} {:.4}", s.name, s.points.get(i).map_or(f64::NAN, |p| p.1)))
+            .collect::<Vec<_>>()
+            .join(", ")
     };
     let se_last = table.rows.iter().rev().find_map(|r| r[4].parse::<f64>().ok()).unwrap_or(f64::NAN);
     out.reading = format!(
@@ -93,7 +143,10 @@ pub fn run(ctx: &Ctx, dir: &Path) -> Result<StageOutput> {
     out.figures = vec![
         ("reward_vs_steps.png".into(), "Mean reward at w = 1 against the number of steps, per sampler".into()),
         ("cfg_vs_steps.png".into(), "E[1/p(c|Y)] under CFG against the number of steps, per sampler".into()),
-        ("variance_ratio_vs_steps.png".into(), "Unguided conditional sampling: variance ratio against the number of steps, per sampler".into()),
+        (
+            "variance_ratio_vs_steps.png".into(),
+            "Unguided conditional sampling: variance ratio against the number of steps, per sampler".into(),
+        ),
     ];
     out.tables = vec![table, bias.table];
     Ok(out)
@@ -119,11 +172,21 @@ fn bias_table(ctx: &Ctx, cfg: &Config, mixture: &GaussianMixture, problem: &Prob
     let d = law.dim();
     let inv_prior = 1.0 / mixture.class_prior(cfg.class);
     let oracle = MixtureScore::new(mixture.clone(), Default::default(), dev);
-    let reference = tilt_sampler::diagnostics::perfect_denoised_samples(&law, Default::default(), tilt_sampler::DEFAULT_T_MIN, 4 * n, cfg.seed ^ 0x5eed, dev);
+    let reference = tilt_sampler::diagnostics::perfect_denoised_samples(
+        &law,
+        Default::default(),
+        tilt_sampler::DEFAULT_T_MIN,
+        4 * n,
+        cfg.seed ^ 0x5eed,
+        dev,
+    );
     let variance = |x: &[f32]| -> MeanSe {
         // Mean over coordinates of the per-coordinate squared deviations, averaged per row.
         let m = metrics::column_means(x, d);
-        let sq: Vec<f64> = x.chunks_exact(d).map(|r| r.iter().zip(&m).map(|(v, mu)| (*v as f64 - mu).powi(2)).sum::<f64>() / d as f64).collect();
+        let sq: Vec<f64> = x
+            .chunks_exact(d)
+            .map(|r| r.iter().zip(&m).map(|(v, mu)| (*v as f64 - mu).powi(2)).sum::<f64>() / d as f64)
+            .collect();
         metrics::mean_se(&sq)
     };
     let ref_var = variance(&reference);
@@ -136,7 +199,18 @@ fn bias_table(ctx: &Ctx, cfg: &Config, mixture: &GaussianMixture, problem: &Prob
             ref_stats.mean_log_class_prob.mean,
             ref_stats.mean_log_class_prob.se
         ),
-        &["sampler", "steps", "variance_ratio", "ratio_se", "mean_inv_class_prob", "inv_se", "inv_z", "mean_log_class_prob", "log_se", "log_z"],
+        &[
+            "sampler",
+            "steps",
+            "variance_ratio",
+            "ratio_se",
+            "mean_inv_class_prob",
+            "inv_se",
+            "inv_z",
+            "mean_log_class_prob",
+            "log_se",
+            "log_z",
+        ],
     );
     let bar = ctx.bar("discretisation bias", (SamplerKind::ALL.len() * counts.len()) as u64);
     let mut series = Vec::new();
@@ -176,7 +250,10 @@ fn bias_table(ctx: &Ctx, cfg: &Config, mixture: &GaussianMixture, problem: &Prob
     bar.finish_and_clear();
     let reading = format!(
         "Bias table: the sampler whose variance ratio is closest to 1 is {}. A ratio above 1 over-disperses, which inflates the heavy-tailed E[1/p(c|Y)] above 1/p(c) with no guidance at all.",
-        best.iter().map(|(steps, name, dev)| format!("{name} at {steps} steps (|ratio - 1| = {dev:.4})")).collect::<Vec<_>>().join(", ")
+        best.iter()
+            .map(|(steps, name, dev)| format!("{name} at {steps} steps (|ratio - 1| = {dev:.4})"))
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     Ok(Bias { table, series, reading, most_accurate: best.into_iter().map(|(s, n, _)| (s, n)).collect() })
 }

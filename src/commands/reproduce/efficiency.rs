@@ -2,7 +2,9 @@
 //! through the last K sampling steps.
 
 use super::reward_mixture::reward_weighted;
-use super::{Ctx, PerPreset, StageOutput, Table, TrainSpec, draw, dsm, fmt, mean_reward, mixture_data, sampler, stage_config};
+use super::{
+    Ctx, PerPreset, StageOutput, Table, TrainSpec, draw, dsm, fmt, mean_reward, mixture_data, sampler, stage_config,
+};
 use crate::alloc;
 use crate::plot::{self, Series};
 use anyhow::Result;
@@ -45,13 +47,17 @@ struct Point {
 }
 
 pub fn run(ctx: &Ctx, dir: &Path) -> Result<StageOutput> {
-    let (cfg, raw): (Config, _) = stage_config("efficiency", include_str!("../../../configs/experiments/efficiency.toml"))?;
+    let (cfg, raw): (Config, _) =
+        stage_config("efficiency", include_str!("../../../configs/experiments/efficiency.toml"))?;
     let p = ctx.preset;
     let dev = &ctx.device;
     let a = super::exact_reward(&cfg.reward)?;
     let mixture = super::experiment_mixture(&cfg.mixture)?;
     let reward = cfg.reward.build();
-    let base_run = ctx.trained("mixture_conditional", &cfg.base_train.config(mixture_data(&cfg.mixture), dsm(true, cfg.base_train.p_uncond), p, cfg.seed))?;
+    let base_run = ctx.trained(
+        "mixture_conditional",
+        &cfg.base_train.config(mixture_data(&cfg.mixture), dsm(true, cfg.base_train.p_uncond), p, cfg.seed),
+    )?;
     let base = tilt_train::load_score(&base_run, "score-net", dev)?.score;
     let (steps, batch, evals) = (cfg.train_steps.get(p), cfg.batch_size.get(p), cfg.evaluations.max(1));
     let every = (steps / evals).max(1);
@@ -62,7 +68,12 @@ pub fn run(ctx: &Ctx, dir: &Path) -> Result<StageOutput> {
     // --- The trajectory-free trainer (residual form), trained fresh here so that its time is measured.
     let tf_dir = dir.join("_trajectory_free");
     let _ = std::fs::remove_dir_all(&tf_dir);
-    let mut tf_cfg = cfg.train.config(mixture_data(&cfg.mixture), reward_weighted(tilt_train::RewardForm::Residual, &cfg.reward, &base_run, &cfg.train, p), p, cfg.seed);
+    let mut tf_cfg = cfg.train.config(
+        mixture_data(&cfg.mixture),
+        reward_weighted(tilt_train::RewardForm::Residual, &cfg.reward, &base_run, &cfg.train, p),
+        p,
+        cfg.seed,
+    );
     tf_cfg.steps = steps;
     tf_cfg.batch_size = batch;
     tf_cfg.checkpoint_every = every;
@@ -78,13 +89,31 @@ pub fn run(ctx: &Ctx, dir: &Path) -> Result<StageOutput> {
         bar.inc(1);
     })?;
     let tf_seconds = start.elapsed().as_secs_f64();
-    let mut tf_points = vec![evaluate_residual(&base, None, &eval_sampler, reward.as_ref(), eval_n, cfg.seed, dev, 0, 0.0)];
+    let mut tf_points =
+        vec![evaluate_residual(&base, None, &eval_sampler, reward.as_ref(), eval_n, cfg.seed, dev, 0, 0.0)];
     for entry in std::fs::read_dir(tf_dir.join("checkpoints"))? {
         let path = entry?.path();
-        let Some(step) = path.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_prefix("step-")).and_then(|s| s.parse::<usize>().ok()) else { continue };
+        let Some(step) = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_prefix("step-"))
+            .and_then(|s| s.parse::<usize>().ok())
+        else {
+            continue;
+        };
         let delta = tilt_train::load_score(&path, "residual", dev)?.score;
         let secs = times.iter().find(|t| t.0 == step).map_or(tf_seconds, |t| t.1);
-        tf_points.push(evaluate_residual(&base, Some(&delta), &eval_sampler, reward.as_ref(), eval_n, cfg.seed, dev, step, secs));
+        tf_points.push(evaluate_residual(
+            &base,
+            Some(&delta),
+            &eval_sampler,
+            reward.as_ref(),
+            eval_n,
+            cfg.seed,
+            dev,
+            step,
+            secs,
+        ));
     }
     tf_points.sort_by_key(|p| p.step);
 
@@ -104,7 +133,8 @@ pub fn run(ctx: &Ctx, dir: &Path) -> Result<StageOutput> {
     let mut draft_peak = 0usize;
     // Network calls of the last DRaFT step, counted by the guided scores: (all, on the autodiff tape).
     let mut draft_calls = (0usize, 0usize);
-    let mut draft_points = vec![evaluate_residual(&base, None, &eval_sampler, reward.as_ref(), eval_n, cfg.seed, dev, 0, 0.0)];
+    let mut draft_points =
+        vec![evaluate_residual(&base, None, &eval_sampler, reward.as_ref(), eval_n, cfg.seed, dev, 0, 0.0)];
     let mut eval_time = 0.0;
     for step in 0..steps {
         let live = alloc::reset_peak();
@@ -127,7 +157,17 @@ pub fn run(ctx: &Ctx, dir: &Path) -> Result<StageOutput> {
             let t0 = Instant::now();
             let tuned = NetScore::new(model.valid(), base.schedule, 2);
             let secs = start.elapsed().as_secs_f64() - eval_time;
-            draft_points.push(evaluate_residual(&tuned, None, &eval_sampler, reward.as_ref(), eval_n, cfg.seed, dev, step + 1, secs));
+            draft_points.push(evaluate_residual(
+                &tuned,
+                None,
+                &eval_sampler,
+                reward.as_ref(),
+                eval_n,
+                cfg.seed,
+                dev,
+                step + 1,
+                secs,
+            ));
             eval_time += t0.elapsed().as_secs_f64();
         }
     }
@@ -135,7 +175,10 @@ pub fn run(ctx: &Ctx, dir: &Path) -> Result<StageOutput> {
     bar.finish_and_clear();
 
     let (e_p, e_pr) = (mixture.mean_reward(&a), mixture.tilted_mean_reward(&a));
-    let mut curve = Table::new("Reward reached against training wall-clock time", &["method", "step", "seconds", "mean_reward", "se"]);
+    let mut curve = Table::new(
+        "Reward reached against training wall-clock time",
+        &["method", "step", "seconds", "mean_reward", "se"],
+    );
     for (name, pts) in [("trajectory-free (residual)", &tf_points), ("DRaFT-K", &draft_points)] {
         for q in pts {
             curve.row(vec![name.into(), q.step.to_string(), fmt(q.seconds, 2), fmt(q.mean_reward, 4), fmt(q.se, 4)]);
@@ -144,13 +187,30 @@ pub fn run(ctx: &Ctx, dir: &Path) -> Result<StageOutput> {
     let mib = |b: usize| fmt(b as f64 / 1048576.0, 2);
     let mut cost = Table::new(
         "Cost per training step (batch of the same size; network evaluations counted as batch forward passes)",
-        &["method", "forward_passes", "backward_passes", "seconds_per_step", "peak_heap_MiB_per_step", "final_mean_reward"],
+        &[
+            "method",
+            "forward_passes",
+            "backward_passes",
+            "seconds_per_step",
+            "peak_heap_MiB_per_step",
+            "final_mean_reward",
+        ],
     );
-    cost.row(vec!["trajectory-free (residual)".into(), "2 (frozen base + delta)".into(), "1 (delta only)".into(), fmt(tf_seconds / steps as f64, 4), mib(tf_peak), fmt(tf_points.last().map_or(f64::NAN, |q| q.mean_reward), 4)]);
+    cost.row(vec![
+        "trajectory-free (residual)".into(),
+        "2 (frozen base + delta)".into(),
+        "1 (delta only)".into(),
+        fmt(tf_seconds / steps as f64, 4),
+        mib(tf_peak),
+        fmt(tf_points.last().map_or(f64::NAN, |q| q.mean_reward), 4),
+    ]);
     let (draft_passes, draft_tape) = draft_calls;
     cost.row(vec![
         format!("DRaFT-K (K = {k}, N = {n_steps})"),
-        format!("{draft_passes} ({} without grad + {draft_tape} on the tape: {k} steps and the final Tweedie denoise)", draft_passes - draft_tape),
+        format!(
+            "{draft_passes} ({} without grad + {draft_tape} on the tape: {k} steps and the final Tweedie denoise)",
+            draft_passes - draft_tape
+        ),
         format!("1 through {draft_tape} network calls"),
         fmt(draft_seconds / steps as f64, 4),
         mib(draft_peak),
@@ -162,12 +222,19 @@ pub fn run(ctx: &Ctx, dir: &Path) -> Result<StageOutput> {
         "training wall-clock (s)",
         "E[r(Y)]",
         &[
-            Series { name: "trajectory-free (residual, w = 1)".into(), points: tf_points.iter().map(|q| (q.seconds, q.mean_reward)).collect() },
-            Series { name: format!("DRaFT-K, K = {k}"), points: draft_points.iter().map(|q| (q.seconds, q.mean_reward)).collect() },
+            Series {
+                name: "trajectory-free (residual, w = 1)".into(),
+                points: tf_points.iter().map(|q| (q.seconds, q.mean_reward)).collect(),
+            },
+            Series {
+                name: format!("DRaFT-K, K = {k}"),
+                points: draft_points.iter().map(|q| (q.seconds, q.mean_reward)).collect(),
+            },
         ],
         &[("E_p[r] (exact)".into(), e_p), ("E_p_r[r] (exact)".into(), e_pr)],
     )?;
-    let mut out = StageOutput::new("efficiency", "Training efficiency: trajectory-free against DRaFT-K", ctx, raw, cfg.seed);
+    let mut out =
+        StageOutput::new("efficiency", "Training efficiency: trajectory-free against DRaFT-K", ctx, raw, cfg.seed);
     let (tf_step, draft_step) = (tf_seconds / steps as f64, draft_seconds / steps as f64);
     out.reading = format!(
         "Per training step the trajectory-free trainer runs 2 forward passes (frozen base and delta) and one backward pass on clean \
@@ -194,7 +261,8 @@ pub fn run(ctx: &Ctx, dir: &Path) -> Result<StageOutput> {
         },
         "E_p": e_p, "E_p_r": e_pr,
     });
-    out.figures = vec![("reward_vs_time.png".into(), "Mean reward against training wall-clock time for both trainers".into())];
+    out.figures =
+        vec![("reward_vs_time.png".into(), "Mean reward against training wall-clock time for both trainers".into())];
     out.tables = vec![cost, curve];
     let _ = std::fs::remove_dir_all(&tf_dir);
     Ok(out)
@@ -202,7 +270,17 @@ pub fn run(ctx: &Ctx, dir: &Path) -> Result<StageOutput> {
 
 #[allow(clippy::too_many_arguments)]
 /// Mean reward of samples from `base` (plus the residual reward term at w = 1 when `delta` is given).
-fn evaluate_residual(base: &NetScore, delta: Option<&NetScore>, s: &Sampler, reward: &dyn tilt_core::Reward, n: usize, seed: u64, dev: &Device, step: usize, seconds: f64) -> Point {
+fn evaluate_residual(
+    base: &NetScore,
+    delta: Option<&NetScore>,
+    s: &Sampler,
+    reward: &dyn tilt_core::Reward,
+    n: usize,
+    seed: u64,
+    dev: &Device,
+    step: usize,
+    seconds: f64,
+) -> Point {
     let mut g = GuidedScore::new(base, Condition::Unconditional);
     if let Some(d) = delta {
         g = g.with(RewardGuidance::residual(d), WeightSchedule::Constant(1.0));

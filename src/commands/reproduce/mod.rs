@@ -105,7 +105,11 @@ impl Ctx {
     /// A progress bar for `len` units of work of one stage.
     pub fn bar(&self, stage: &str, len: u64) -> ProgressBar {
         let bar = self.progress.add(ProgressBar::new(len));
-        bar.set_style(ProgressStyle::with_template("{prefix:>16} [{bar:28}] {pos}/{len} {msg} {elapsed_precise}").expect("static template").progress_chars("=> "));
+        bar.set_style(
+            ProgressStyle::with_template("{prefix:>16} [{bar:28}] {pos}/{len} {msg} {elapsed_precise}")
+                .expect("static template")
+                .progress_chars("=> "),
+        );
         bar.set_prefix(stage.to_string());
         bar
     }
@@ -127,8 +131,13 @@ impl Ctx {
     pub fn trained(&self, name: &str, cfg: &tilt_train::TrainConfig) -> Result<PathBuf> {
         let dir = self.models_dir().join(name);
         if let Ok(ck) = tilt_train::checkpoint::resolve(&dir) {
-            let done = std::fs::read_to_string(ck.join("state.json")).ok().and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok());
-            if done.is_some_and(|v| v["step"].as_u64() == Some(cfg.steps as u64) && v["config"] == serde_json::to_value(cfg).unwrap_or_default()) {
+            let done = std::fs::read_to_string(ck.join("state.json"))
+                .ok()
+                .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok());
+            if done.is_some_and(|v| {
+                v["step"].as_u64() == Some(cfg.steps as u64)
+                    && v["config"] == serde_json::to_value(cfg).unwrap_or_default()
+            }) {
                 return Ok(dir);
             }
             std::fs::remove_dir_all(&dir).with_context(|| format!("cannot clear stale model run {}", dir.display()))?;
@@ -145,7 +154,8 @@ impl Ctx {
 }
 
 /// The experiments, in report order.
-pub const STAGES: [&str; 6] = ["cfg_mixture", "reward_mixture", "swiss_roll", "robustness", "efficiency", "discretisation"];
+pub const STAGES: [&str; 6] =
+    ["cfg_mixture", "reward_mixture", "swiss_roll", "robustness", "efficiency", "discretisation"];
 
 fn run_stage(name: &str, ctx: &Ctx, dir: &Path) -> Result<StageOutput> {
     match name {
@@ -195,9 +205,14 @@ pub fn run(preset: Preset, only: &[String], out: &Path, force: bool, device: &De
     }
     std::fs::create_dir_all(out).with_context(|| format!("cannot create output directory {}", out.display()))?;
     let ctx = Ctx { preset, device: device.clone(), out: out.to_path_buf(), progress: MultiProgress::new(), force };
-    let selected: Vec<&str> = STAGES.iter().copied().filter(|s| only.is_empty() || only.iter().any(|o| o == s)).collect();
+    let selected: Vec<&str> =
+        STAGES.iter().copied().filter(|s| only.is_empty() || only.iter().any(|o| o == s)).collect();
     let overall = ctx.progress.add(ProgressBar::new(selected.len() as u64));
-    overall.set_style(ProgressStyle::with_template("{prefix:>16} [{bar:28}] {pos}/{len} stages {msg}").expect("static template").progress_chars("=> "));
+    overall.set_style(
+        ProgressStyle::with_template("{prefix:>16} [{bar:28}] {pos}/{len} stages {msg}")
+            .expect("static template")
+            .progress_chars("=> "),
+    );
     overall.set_prefix("reproduce");
     let mut outcomes = Vec::new();
     for name in &selected {
@@ -214,7 +229,15 @@ pub fn run(preset: Preset, only: &[String], out: &Path, force: bool, device: &De
         let start = Instant::now();
         // A panic inside a stage (a backend error, say) is a failed stage, not a failed report.
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_stage(name, &ctx, &dir)))
-            .unwrap_or_else(|p| Err(anyhow::anyhow!("panicked: {}", p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default())));
+            .unwrap_or_else(|p| {
+                Err(anyhow::anyhow!(
+                    "panicked: {}",
+                    p.downcast_ref::<String>()
+                        .cloned()
+                        .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                        .unwrap_or_default()
+                ))
+            });
         match result {
             Ok(mut s) => {
                 s.seconds = start.elapsed().as_secs_f64();
@@ -307,7 +330,9 @@ pub fn fmt(v: f64, digits: usize) -> String {
 
 /// The reward of an experiment that needs the closed-form tilt (`kind = "exp-linear"`).
 pub fn exact_reward(spec: &tilt_core::RewardSpec) -> Result<tilt_core::ExpLinearReward> {
-    spec.exp_linear().ok_or_else(|| anyhow::anyhow!("reward.kind: this experiment needs \"exp-linear\" (the closed-form tilt of the mixture)"))
+    spec.exp_linear().ok_or_else(|| {
+        anyhow::anyhow!("reward.kind: this experiment needs \"exp-linear\" (the closed-form tilt of the mixture)")
+    })
 }
 
 /// The training part of an experiment config.
@@ -341,7 +366,13 @@ fn lr() -> f64 {
 
 impl TrainSpec {
     /// A full training config for `data` and `objective` at this preset.
-    pub fn config(&self, data: tilt_train::DataSpec, objective: tilt_train::Objective, p: Preset, seed: u64) -> tilt_train::TrainConfig {
+    pub fn config(
+        &self,
+        data: tilt_train::DataSpec,
+        objective: tilt_train::Objective,
+        p: Preset,
+        seed: u64,
+    ) -> tilt_train::TrainConfig {
         let steps = self.steps.get(p);
         tilt_train::TrainConfig {
             objective,

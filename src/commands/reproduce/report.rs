@@ -7,7 +7,12 @@ use std::fmt::Write;
 use std::path::Path;
 
 fn table_md(t: &super::Table) -> String {
-    let mut s = format!("*{}*\n\n| {} |\n|{}|\n", t.caption, t.header.join(" | "), t.header.iter().map(|_| "---").collect::<Vec<_>>().join("|"));
+    let mut s = format!(
+        "*{}*\n\n| {} |\n|{}|\n",
+        t.caption,
+        t.header.join(" | "),
+        t.header.iter().map(|_| "---").collect::<Vec<_>>().join("|")
+    );
     for r in &t.rows {
         let _ = writeln!(s, "| {} |", r.join(" | "));
     }
@@ -15,7 +20,10 @@ fn table_md(t: &super::Table) -> String {
 }
 
 fn stage_md(s: &StageOutput, status: &str) -> String {
-    let mut m = format!("## {}\n\n`{}` — {status}, {:.1} s, preset `{:?}`, seed {}\n\n{}\n\n", s.title, s.name, s.seconds, s.preset, s.seed, s.reading);
+    let mut m = format!(
+        "## {}\n\n`{}` — {status}, {:.1} s, preset `{:?}`, seed {}\n\n{}\n\n",
+        s.title, s.name, s.seconds, s.preset, s.seed, s.reading
+    );
     for (file, caption) in &s.figures {
         let _ = writeln!(m, "![{caption}]({}/{file})\n", s.name);
     }
@@ -38,7 +46,9 @@ pub fn write(path: &Path, preset: Preset, device: &Device, outcomes: &[Outcome])
     for o in outcomes {
         let (name, status, secs) = match o {
             Outcome::Done(s) => (s.name.clone(), "done".to_string(), fmt_secs(s.seconds)),
-            Outcome::Skipped(s) => (s.name.clone(), "complete, skipped (use --force to re-run)".to_string(), fmt_secs(s.seconds)),
+            Outcome::Skipped(s) => {
+                (s.name.clone(), "complete, skipped (use --force to re-run)".to_string(), fmt_secs(s.seconds))
+            }
             Outcome::Failed(n, _) => (n.clone(), "**FAILED**".to_string(), String::new()),
         };
         let _ = writeln!(md, "| {name} | {status} | {secs} |");

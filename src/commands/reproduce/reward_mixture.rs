@@ -1,6 +1,8 @@
 //! Experiment 2: reward guidance on a Gaussian mixture: exact, trained (full and residual), reward gradient.
 
-use super::{Ctx, PerPreset, StageOutput, Table, TrainSpec, draw, dsm, fmt, mean_reward, mixture_data, sampler, stage_config};
+use super::{
+    Ctx, PerPreset, StageOutput, Table, TrainSpec, draw, dsm, fmt, mean_reward, mixture_data, sampler, stage_config,
+};
 use crate::plot::{self, Series};
 use anyhow::Result;
 use rand::SeedableRng;
@@ -27,7 +29,13 @@ pub struct Config {
 }
 
 /// The reweighted-score trainer's objective for `form`, on top of `base`.
-pub fn reward_weighted(form: tilt_train::RewardForm, reward: &RewardSpec, base: &Path, spec: &TrainSpec, p: super::Preset) -> tilt_train::Objective {
+pub fn reward_weighted(
+    form: tilt_train::RewardForm,
+    reward: &RewardSpec,
+    base: &Path,
+    spec: &TrainSpec,
+    p: super::Preset,
+) -> tilt_train::Objective {
     tilt_train::Objective::RewardWeighted {
         form,
         reward: reward.clone(),
@@ -37,20 +45,37 @@ pub fn reward_weighted(form: tilt_train::RewardForm, reward: &RewardSpec, base: 
 }
 
 pub fn run(ctx: &Ctx, dir: &Path) -> Result<StageOutput> {
-    let (cfg, raw): (Config, _) = stage_config("reward_mixture", include_str!("../../../configs/experiments/reward_mixture.toml"))?;
+    let (cfg, raw): (Config, _) =
+        stage_config("reward_mixture", include_str!("../../../configs/experiments/reward_mixture.toml"))?;
     let p = ctx.preset;
     let dev = &ctx.device;
     let mixture = super::experiment_mixture(&cfg.mixture)?;
     let a = super::exact_reward(&cfg.reward)?;
     let reward = cfg.reward.build();
     let (n, steps) = (cfg.samples.get(p), cfg.steps.get(p));
-    let base_run = ctx.trained("mixture_conditional", &cfg.base_train.config(mixture_data(&cfg.mixture), dsm(true, cfg.base_train.p_uncond), p, cfg.seed))?;
+    let base_run = ctx.trained(
+        "mixture_conditional",
+        &cfg.base_train.config(mixture_data(&cfg.mixture), dsm(true, cfg.base_train.p_uncond), p, cfg.seed),
+    )?;
     let full_run = ctx.trained("mixture_reward_full", &{
-        let mut c = cfg.train.config(mixture_data(&cfg.mixture), reward_weighted(tilt_train::RewardForm::Full, &cfg.reward, &base_run, &cfg.train, p), p, cfg.seed);
+        let mut c = cfg.train.config(
+            mixture_data(&cfg.mixture),
+            reward_weighted(tilt_train::RewardForm::Full, &cfg.reward, &base_run, &cfg.train, p),
+            p,
+            cfg.seed,
+        );
         c.model.hidden = cfg.base_train.hidden.get(p); // the full form starts from the base network
         c
     })?;
-    let residual_run = ctx.trained("mixture_reward_residual", &cfg.train.config(mixture_data(&cfg.mixture), reward_weighted(tilt_train::RewardForm::Residual, &cfg.reward, &base_run, &cfg.train, p), p, cfg.seed))?;
+    let residual_run = ctx.trained(
+        "mixture_reward_residual",
+        &cfg.train.config(
+            mixture_data(&cfg.mixture),
+            reward_weighted(tilt_train::RewardForm::Residual, &cfg.reward, &base_run, &cfg.train, p),
+            p,
+            cfg.seed,
+        ),
+    )?;
     let base_net = tilt_train::load_score(&base_run, "score-net", dev)?.score;
     let full_net = tilt_train::load_score(&full_run, "score-net", dev)?.score;
     let residual_net = tilt_train::load_score(&residual_run, "residual", dev)?.score;
@@ -63,7 +88,18 @@ pub fn run(ctx: &Ctx, dir: &Path) -> Result<StageOutput> {
     let sources = ["exact", "trained full", "trained residual", "reward gradient (exact base)"];
     let mut table = Table::new(
         "Mean reward E[r(Y)] against the strength w; at w = 1: z = (mean - E_p_r[r]) / se, and distances to p_r (signed MMD² with its permutation p-value; sliced Wasserstein beside the floor an exact sample of the same size scores)",
-        &["w", "method", "mean_reward", "se", "exact_E_p_r", "z_at_w1", "mmd2_to_p_r", "mmd_p_value", "sw_to_p_r", "sw_floor"],
+        &[
+            "w",
+            "method",
+            "mean_reward",
+            "se",
+            "exact_E_p_r",
+            "z_at_w1",
+            "mmd2_to_p_r",
+            "mmd_p_value",
+            "sw_to_p_r",
+            "sw_floor",
+        ],
     );
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(cfg.seed ^ 0x5eed);
     let (reference, _) = tilted.sample(n.max(2000), &mut rng);
@@ -88,7 +124,14 @@ pub fn run(ctx: &Ctx, dir: &Path) -> Result<StageOutput> {
                 at_one.insert(name.into(), serde_json::json!({ "mean_reward": m.mean, "se": m.se, "z": (m.mean - target_mean) / m.se, "distance": v }));
                 if name == "trained residual" {
                     let marg = tilted.clone();
-                    plot::scatter_over_density(&dir.join("samples_residual_w1.png"), "Trained residual reward guidance, w = 1, over p_r", &x, 2, super::bounds(&mixture), &|u, v| marg.log_density_at(&[u, v], 0.0, Default::default()))?;
+                    plot::scatter_over_density(
+                        &dir.join("samples_residual_w1.png"),
+                        "Trained residual reward guidance, w = 1, over p_r",
+                        &x,
+                        2,
+                        super::bounds(&mixture),
+                        &|u, v| marg.log_density_at(&[u, v], 0.0, Default::default()),
+                    )?;
                 }
                 vec![
                     fmt((m.mean - target_mean) / m.se, 2),
@@ -126,8 +169,25 @@ pub fn run(ctx: &Ctx, dir: &Path) -> Result<StageOutput> {
     s_id.denoise_final = false;
     let mut identity = Vec::new();
     for w in [1.0, 2.0] {
-        let c = tilt_sampler::diagnostics::improvement_identity(&exact, &exact_rw, mixture.log_mean_exp_linear(&a.a), w, &s_id, cfg.identity_samples.get(p), cfg.seed, dev);
-        ident.row(vec![format!("{w}"), fmt(c.gain.mean, 4), fmt(c.gain.se, 4), fmt(c.integral.mean, 4), fmt(c.integral.se, 4), fmt(c.residual.mean, 4), fmt(c.residual.se, 4)]);
+        let c = tilt_sampler::diagnostics::improvement_identity(
+            &exact,
+            &exact_rw,
+            mixture.log_mean_exp_linear(&a.a),
+            w,
+            &s_id,
+            cfg.identity_samples.get(p),
+            cfg.seed,
+            dev,
+        );
+        ident.row(vec![
+            format!("{w}"),
+            fmt(c.gain.mean, 4),
+            fmt(c.gain.se, 4),
+            fmt(c.integral.mean, 4),
+            fmt(c.integral.se, 4),
+            fmt(c.residual.mean, 4),
+            fmt(c.residual.se, 4),
+        ]);
         identity.push(c);
         bar.inc(1);
     }
@@ -136,7 +196,8 @@ pub fn run(ctx: &Ctx, dir: &Path) -> Result<StageOutput> {
     let mut out = StageOutput::new("reward_mixture", "Reward guidance on a Gaussian mixture", ctx, raw, cfg.seed);
     let at_w1 = |name: &str| {
         let v = &at_one[name];
-        let m = MeanSe { mean: v["mean_reward"].as_f64().unwrap_or(f64::NAN), se: v["se"].as_f64().unwrap_or(f64::NAN) };
+        let m =
+            MeanSe { mean: v["mean_reward"].as_f64().unwrap_or(f64::NAN), se: v["se"].as_f64().unwrap_or(f64::NAN) };
         let p = v["distance"]["mmd"]["p_value"].as_f64().unwrap_or(f64::NAN);
         format!("{name} {} (MMD p = {p:.2})", super::versus(m, target_mean))
     };
@@ -157,8 +218,14 @@ pub fn run(ctx: &Ctx, dir: &Path) -> Result<StageOutput> {
     );
     out.headline = serde_json::json!({ "base_mean_reward": base_mean, "target_mean_reward": target_mean, "at_w1": at_one, "identity": identity });
     out.figures = vec![
-        ("reward_curve.png".into(), "Mean reward against w for every method, with the exact E_p[r] and E_p_r[r]".into()),
-        ("samples_residual_w1.png".into(), "Samples of the trained residual reward guidance at w = 1 over the density of p_r".into()),
+        (
+            "reward_curve.png".into(),
+            "Mean reward against w for every method, with the exact E_p[r] and E_p_r[r]".into(),
+        ),
+        (
+            "samples_residual_w1.png".into(),
+            "Samples of the trained residual reward guidance at w = 1 over the density of p_r".into(),
+        ),
     ];
     out.tables = vec![table, ident];
     Ok(out)

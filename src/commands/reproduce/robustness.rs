@@ -5,9 +5,11 @@ use crate::plot::{self, Series};
 use anyhow::Result;
 use serde::Deserialize;
 use std::path::Path;
-use tilt_core::mixture::relative_score_error;
 use tilt_core::metrics::mean_se;
-use tilt_core::{Condition, MixtureScore, MixtureSpec, RewardSpec, ScoreCombination, ScoreModel, SmoothlyPerturbed, tensor_ext};
+use tilt_core::mixture::relative_score_error;
+use tilt_core::{
+    Condition, MixtureScore, MixtureSpec, RewardSpec, ScoreCombination, ScoreModel, SmoothlyPerturbed, tensor_ext,
+};
 use tilt_sampler::guidance::RewardGuidance;
 use tilt_sampler::{GuidedScore, SamplerKind, WeightSchedule};
 
@@ -25,7 +27,8 @@ pub struct Config {
 }
 
 pub fn run(ctx: &Ctx, dir: &Path) -> Result<StageOutput> {
-    let (cfg, raw): (Config, _) = stage_config("robustness", include_str!("../../../configs/experiments/robustness.toml"))?;
+    let (cfg, raw): (Config, _) =
+        stage_config("robustness", include_str!("../../../configs/experiments/robustness.toml"))?;
     let p = ctx.preset;
     let dev = &ctx.device;
     let mixture = super::experiment_mixture(&cfg.mixture)?;
@@ -48,25 +51,52 @@ pub fn run(ctx: &Ctx, dir: &Path) -> Result<StageOutput> {
         let err = relative_score_error(base, &exact, &|_| Condition::Unconditional, 2000, cfg.seed, dev);
         // Per-sample rewards; w = 0 and w = 1 share their noise, so the gain's SE is that of the paired differences.
         let rewards = |w: f64| -> Vec<f64> {
-            let mut g = GuidedScore::new(base, Condition::Unconditional).with(RewardGuidance::residual(&delta), WeightSchedule::Constant(w));
+            let mut g = GuidedScore::new(base, Condition::Unconditional)
+                .with(RewardGuidance::residual(&delta), WeightSchedule::Constant(w));
             let x = draw(&s, &mut g, n, 2, cfg.seed, dev);
-            tensor_ext::to_vec_f64(reward.log_reward(tensor_ext::matrix(&x, n, 2, dev))).into_iter().map(f64::exp).collect()
+            tensor_ext::to_vec_f64(reward.log_reward(tensor_ext::matrix(&x, n, 2, dev)))
+                .into_iter()
+                .map(f64::exp)
+                .collect()
         };
         let (r0, r1) = (rewards(0.0), rewards(1.0));
         let paired = mean_se(&r1.iter().zip(&r0).map(|(a, b)| a - b).collect::<Vec<_>>());
         let (gain, se) = (paired.mean, paired.se);
-        table.row(vec![label.into(), size, fmt(err, 4), fmt(mean_se(&r0).mean, 4), fmt(mean_se(&r1).mean, 4), fmt(gain, 4), fmt(se, 4), fmt(exact_gain, 4)]);
+        table.row(vec![
+            label.into(),
+            size,
+            fmt(err, 4),
+            fmt(mean_se(&r0).mean, 4),
+            fmt(mean_se(&r1).mean, 4),
+            fmt(gain, 4),
+            fmt(se, 4),
+            fmt(exact_gain, 4),
+        ]);
         bar.inc(1);
         (err, gain, se)
     };
     let mut perturbed = Vec::new();
     for &eps in &cfg.perturbations {
-        perturbed.push(evaluate("perturbed exact score", format!("eps = {eps}"), &SmoothlyPerturbed { score: &exact, eps }));
+        perturbed.push(evaluate(
+            "perturbed exact score",
+            format!("eps = {eps}"),
+            &SmoothlyPerturbed { score: &exact, eps },
+        ));
     }
     let mut trained = Vec::new();
     for &k in &train_steps {
-        let spec = TrainSpec { steps: PerPreset::One(k), hidden: cfg.hidden.clone(), blocks: 2, batch_size: 512, p_uncond: 0.0, lr: 2e-3 };
-        let run = ctx.trained(&format!("mixture_unconditional_{k}"), &spec.config(mixture_data(&cfg.mixture), dsm(false, 0.0), p, cfg.seed))?;
+        let spec = TrainSpec {
+            steps: PerPreset::One(k),
+            hidden: cfg.hidden.clone(),
+            blocks: 2,
+            batch_size: 512,
+            p_uncond: 0.0,
+            lr: 2e-3,
+        };
+        let run = ctx.trained(
+            &format!("mixture_unconditional_{k}"),
+            &spec.config(mixture_data(&cfg.mixture), dsm(false, 0.0), p, cfg.seed),
+        )?;
         let net = tilt_train::load_score(&run, "score-net", dev)?.score;
         trained.push(evaluate("under-trained network", format!("{k} steps"), &net));
     }
@@ -78,11 +108,16 @@ pub fn run(ctx: &Ctx, dir: &Path) -> Result<StageOutput> {
         "Reward gain against the base score's error",
         "relative L2 error of the base score",
         "E[r]_{w=1} - E[r]_{w=0}",
-        &[Series { name: "perturbed exact score".into(), points: perturbed_pts.clone() }, Series { name: "under-trained network".into(), points: trained_pts.clone() }],
+        &[
+            Series { name: "perturbed exact score".into(), points: perturbed_pts.clone() },
+            Series { name: "under-trained network".into(), points: trained_pts.clone() },
+        ],
         &[("exact gain E_p_r[r] - E_p[r]".into(), exact_gain)],
     )?;
     let mut out = StageOutput::new("robustness", "Robustness of the reward gain to score error", ctx, raw, cfg.seed);
-    let describe = |v: &[(f64, f64, f64)]| v.iter().map(|p| format!("{:.3} ± {:.3} at error {:.3}", p.1, p.2, p.0)).collect::<Vec<_>>().join("; ");
+    let describe = |v: &[(f64, f64, f64)]| {
+        v.iter().map(|p| format!("{:.3} ± {:.3} at error {:.3}", p.1, p.2, p.0)).collect::<Vec<_>>().join("; ")
+    };
     let all: Vec<&(f64, f64, f64)> = perturbed.iter().chain(&trained).collect();
     let positive = all.iter().filter(|p| p.1 > 2.0 * p.2).count();
     let worst = all.iter().map(|p| p.1 / exact_gain).fold(f64::INFINITY, f64::min);
@@ -95,8 +130,10 @@ pub fn run(ctx: &Ctx, dir: &Path) -> Result<StageOutput> {
         all.len(),
         100.0 * worst,
     );
-    out.headline = serde_json::json!({ "exact_gain": exact_gain, "perturbed": perturbed_pts, "undertrained": trained_pts });
-    out.figures = vec![("gain_vs_error.png".into(), "Reward gain against the relative L2 error of the base score".into())];
+    out.headline =
+        serde_json::json!({ "exact_gain": exact_gain, "perturbed": perturbed_pts, "undertrained": trained_pts });
+    out.figures =
+        vec![("gain_vs_error.png".into(), "Reward gain against the relative L2 error of the base score".into())];
     out.tables = vec![table];
     Ok(out)
 }

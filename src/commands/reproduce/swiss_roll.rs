@@ -1,7 +1,9 @@
 //! Experiment 3: reward guidance on the Swiss roll, with the residual trajectory-free trainer.
 
 use super::reward_mixture::reward_weighted;
-use super::{Ctx, PerPreset, StageOutput, Table, TrainSpec, draw, dsm, fmt, mean_reward, sampler, stage_config, versus};
+use super::{
+    Ctx, PerPreset, StageOutput, Table, TrainSpec, draw, dsm, fmt, mean_reward, sampler, stage_config, versus,
+};
 use crate::plot::{self, Series};
 use anyhow::Result;
 use serde::Deserialize;
@@ -30,9 +32,19 @@ pub struct Config {
 
 /// `E_p[r]` and `E_p_r[r] = E_p[r^2] / E_p[r]` by Monte Carlo on `n` draws of the data law, each with its
 /// standard error (the ratio's by the delta method: `Var(r^2 - R r) / (n E[r]^2)`).
-fn reward_references(data: &DataSpec, reward: &dyn tilt_core::Reward, n: usize, seed: u64, dev: &burn::prelude::Device) -> Result<(MeanSe, MeanSe)> {
+fn reward_references(
+    data: &DataSpec,
+    reward: &dyn tilt_core::Reward,
+    n: usize,
+    seed: u64,
+    dev: &burn::prelude::Device,
+) -> Result<(MeanSe, MeanSe)> {
     let x = data.generate(n, seed)?.x;
-    let r: Vec<f64> = tilt_core::tensor_ext::to_vec_f64(reward.log_reward(tilt_core::tensor_ext::matrix(&x, n, 2, dev))).into_iter().map(f64::exp).collect();
+    let r: Vec<f64> =
+        tilt_core::tensor_ext::to_vec_f64(reward.log_reward(tilt_core::tensor_ext::matrix(&x, n, 2, dev)))
+            .into_iter()
+            .map(f64::exp)
+            .collect();
     let base = mean_se(&r);
     let tilted = r.iter().map(|v| v * v).sum::<f64>() / r.iter().sum::<f64>();
     let linearised: Vec<f64> = r.iter().map(|v| (v * v - tilted * v) / base.mean).collect();
@@ -53,23 +65,32 @@ fn nearest_distances(x: &[f32], reference: &[f32]) -> Vec<f64> {
 }
 
 pub fn run(ctx: &Ctx, dir: &Path) -> Result<StageOutput> {
-    let (cfg, raw): (Config, _) = stage_config("swiss_roll", include_str!("../../../configs/experiments/swiss_roll.toml"))?;
+    let (cfg, raw): (Config, _) =
+        stage_config("swiss_roll", include_str!("../../../configs/experiments/swiss_roll.toml"))?;
     let p = ctx.preset;
     let dev = &ctx.device;
     let data = DataSpec::SwissRoll { noise: cfg.noise };
-    let base_run = ctx.trained("swiss_roll_base", &cfg.base_train.config(data.clone(), dsm(false, 0.0), p, cfg.seed))?;
+    let base_run =
+        ctx.trained("swiss_roll_base", &cfg.base_train.config(data.clone(), dsm(false, 0.0), p, cfg.seed))?;
     let residual_run = ctx.trained(
         "swiss_roll_reward_residual",
-        &cfg.train.config(data.clone(), reward_weighted(tilt_train::RewardForm::Residual, &cfg.reward, &base_run, &cfg.train, p), p, cfg.seed),
+        &cfg.train.config(
+            data.clone(),
+            reward_weighted(tilt_train::RewardForm::Residual, &cfg.reward, &base_run, &cfg.train, p),
+            p,
+            cfg.seed,
+        ),
     )?;
     let base = tilt_train::load_score(&base_run, "score-net", dev)?.score;
     let delta = tilt_train::load_score(&residual_run, "residual", dev)?.score;
     let reward = cfg.reward.build();
     // Fresh points of the roll (another seed than training) as the manifold reference.
     let reference = data.generate(cfg.reference_points.get(p), cfg.seed + 1)?.x;
-    let noise_floor = mean_se(&nearest_distances(&data.generate(cfg.samples.get(p).min(2000), cfg.seed + 2)?.x, &reference));
+    let noise_floor =
+        mean_se(&nearest_distances(&data.generate(cfg.samples.get(p).min(2000), cfg.seed + 2)?.x, &reference));
 
-    let (exact_base, exact_tilted) = reward_references(&data, reward.as_ref(), cfg.reference_reward_samples.get(p), cfg.seed + 3, dev)?;
+    let (exact_base, exact_tilted) =
+        reward_references(&data, reward.as_ref(), cfg.reference_reward_samples.get(p), cfg.seed + 3, dev)?;
     let (n, steps) = (cfg.samples.get(p), cfg.steps.get(p));
     let s = sampler(SamplerKind::SdeDpmSolver1, steps, Default::default());
     let mut table = Table::new(
@@ -81,7 +102,8 @@ pub fn run(ctx: &Ctx, dir: &Path) -> Result<StageOutput> {
     let mut rewards: Vec<(f64, MeanSe)> = Vec::new();
     let mut figures = Vec::new();
     for &w in &cfg.strengths {
-        let mut g = GuidedScore::new(&base, Condition::Unconditional).with(RewardGuidance::residual(&delta), WeightSchedule::Constant(w));
+        let mut g = GuidedScore::new(&base, Condition::Unconditional)
+            .with(RewardGuidance::residual(&delta), WeightSchedule::Constant(w));
         let x = draw(&s, &mut g, n, 2, cfg.seed, dev);
         let r = mean_reward(reward.as_ref(), &x, 2, dev);
         let dists = nearest_distances(&x, &reference);
@@ -92,20 +114,43 @@ pub fn run(ctx: &Ctx, dir: &Path) -> Result<StageOutput> {
         rpts.push((w, r.mean));
         dpts.push((w, dm.mean));
         let file = format!("samples_w{w}.png");
-        plot::scatter_over_density(&dir.join(&file), &format!("Swiss roll, reward guidance w = {w} (contours: the reward)"), &x, 2, (-4.5, 4.5, -4.5, 4.5), &|a, b| bump_log(&cfg.reward, a, b))?;
+        plot::scatter_over_density(
+            &dir.join(&file),
+            &format!("Swiss roll, reward guidance w = {w} (contours: the reward)"),
+            &x,
+            2,
+            (-4.5, 4.5, -4.5, 4.5),
+            &|a, b| bump_log(&cfg.reward, a, b),
+        )?;
         figures.push((file, format!("Samples at w = {w} over the reward's contours")));
         bar.inc(1);
     }
     bar.finish_and_clear();
-    plot::curves(&dir.join("reward_and_distance.png"), "Swiss roll: reward and distance to the data against w", "w", "value", &[Series { name: "E[r(Y)]".into(), points: rpts.clone() }, Series { name: "mean distance to data".into(), points: dpts.clone() }], &[("distance of fresh data (noise floor)".into(), noise_floor.mean)])?;
-    figures.insert(0, ("reward_and_distance.png".into(), "Mean reward and mean distance to the nearest data point against w".into()));
+    plot::curves(
+        &dir.join("reward_and_distance.png"),
+        "Swiss roll: reward and distance to the data against w",
+        "w",
+        "value",
+        &[
+            Series { name: "E[r(Y)]".into(), points: rpts.clone() },
+            Series { name: "mean distance to data".into(), points: dpts.clone() },
+        ],
+        &[("distance of fresh data (noise floor)".into(), noise_floor.mean)],
+    )?;
+    figures.insert(
+        0,
+        ("reward_and_distance.png".into(), "Mean reward and mean distance to the nearest data point against w".into()),
+    );
     let mut out = StageOutput::new("swiss_roll", "Reward guidance on the Swiss roll", ctx, raw, cfg.seed);
     let (r0, rl) = (rpts[0].1, rpts.last().map_or(f64::NAN, |p| p.1));
     let (d0, dl) = (dpts[0].1, dpts.last().map_or(f64::NAN, |p| p.1));
     let reward_at = |w: f64| rewards.iter().find(|(v, _)| *v == w).map(|(_, m)| *m);
     let mut checks = String::new();
     if let Some(m) = reward_at(0.0) {
-        checks += &format!(" At w = 0 (the base network) E[r] = {} against the data law's E_p[r].", versus(m, exact_base.mean));
+        checks += &format!(
+            " At w = 0 (the base network) E[r] = {} against the data law's E_p[r].",
+            versus(m, exact_base.mean)
+        );
     }
     if let Some(m) = reward_at(1.0) {
         let gap = m.mean - exact_tilted.mean;
@@ -141,7 +186,9 @@ pub fn run(ctx: &Ctx, dir: &Path) -> Result<StageOutput> {
 /// `log r` of the bump reward on the host (for contour backgrounds).
 fn bump_log(spec: &RewardSpec, a: f64, b: f64) -> f64 {
     match spec {
-        RewardSpec::Bump { center, width, height } => height * (-((a - center[0]).powi(2) + (b - center[1]).powi(2)) / (2.0 * width * width)).exp(),
+        RewardSpec::Bump { center, width, height } => {
+            height * (-((a - center[0]).powi(2) + (b - center[1]).powi(2)) / (2.0 * width * width)).exp()
+        }
         RewardSpec::ExpLinear { a: v } => v[0] * a + v[1] * b,
     }
 }

@@ -30,7 +30,10 @@ impl Apg {
             }
         }
         if self.norm_threshold < 0.0 {
-            return Err(format!("{prefix}.norm_threshold: expected a value >= 0 (0 turns clipping off), got {}", self.norm_threshold));
+            return Err(format!(
+                "{prefix}.norm_threshold: expected a value >= 0 (0 turns clipping off), got {}",
+                self.norm_threshold
+            ));
         }
         Ok(())
     }

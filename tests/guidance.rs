@@ -6,6 +6,7 @@ mod common;
 use burn::prelude::*;
 use common::*;
 use std::cell::Cell;
+use tilt_core::metrics::mean_se;
 use tilt_core::score::param;
 use tilt_core::{Classifier, Condition, ExpLinearReward, MixtureScore, Reward, Schedule, ScoreModel, tensor_ext};
 use tilt_sampler::guidance::{
@@ -275,6 +276,30 @@ fn rescale_and_apg_reshape_cfg_as_specified() {
 }
 
 #[test]
+fn apg_momentum_advances_once_per_sampler_step_and_resets_with_each_run() {
+    // With eta = 1 and no threshold APG is the plain CFG difference D plus the momentum buffer: term_k = D + beta *
+    // term_{k-1}. A second evaluation in the same step (Heun) must not advance the buffer; a step index that goes
+    // back (a new run) must start with an empty one.
+    let dev = device();
+    let oracle = MixtureScore::new(overlapping(), Schedule::Linear, &dev);
+    let cond = Condition::class(0, 5, &dev);
+    let (x, t, beta) = (points(), 0.4, 0.5);
+    let mut apg = CfgGuidance::with_apg(Apg { eta: 1.0, norm_threshold: 0.0, momentum: beta });
+    let mut at = |step: usize| {
+        let mut eval = base_eval(&oracle, &cond, &x, t);
+        eval.step = step;
+        tensor_ext::to_vec(apg.term(&x, t, &eval))
+    };
+    let plain = tensor_ext::to_vec(CfgGuidance::new().term(&x, t, &base_eval(&oracle, &cond, &x, t)));
+    let scaled = |k: f32| plain.iter().map(|v| v * k).collect::<Vec<_>>();
+    assert!(max_abs(&at(0), &plain) < 1e-4, "first step: no momentum yet");
+    assert!(max_abs(&at(1), &scaled(1.5)) < 1e-4, "step 1: D + 0.5 D");
+    assert!(max_abs(&at(1), &scaled(1.5)) < 1e-4, "a second evaluation of step 1 does not advance the buffer");
+    assert!(max_abs(&at(2), &scaled(1.75)) < 1e-4, "step 2: D + 0.5 (1.5 D)");
+    assert!(max_abs(&at(0), &plain) < 1e-4, "a new run starts afresh");
+}
+
+#[test]
 fn negative_class_guidance_lowers_that_class() {
     let dev = device();
     let mix = overlapping();
@@ -295,15 +320,29 @@ fn negative_class_guidance_lowers_that_class() {
 
 #[test]
 fn classifier_guidance_at_w1_on_unconditional_base_samples_the_class() {
-    // s(x) + grad log p_t(c|x) = s(x|c): exact conditional sampling, so E[1/p(c|Y)] = 1/p(c).
+    // s(x) + grad log p_t(c|x) = s(x|c): exact conditional sampling. Checked against a perfect sampler of p(.|c)
+    // on the light-tailed E[log p(c|Y)] and on the mean, and on the heavy-tailed E[1/p(c|Y)] = 1/p(c).
     let dev = device();
     let mix = overlapping();
     let oracle = MixtureScore::new(mix.clone(), Schedule::Linear, &dev);
-    let n = 10_000;
+    let n = 50_000;
     let mut g = GuidedScore::new(&oracle, Condition::Unconditional)
         .with(ClassifierGuidance::new(&oracle, 0), WeightSchedule::Constant(1.0));
     let x = draw(&sampler(SamplerKind::SdeDpmSolver1, 150), &mut g, n, 2, 21);
-    let lp = tensor_ext::to_vec_f64(oracle.class_log_posteriors(tensor_ext::matrix(&x, n, 2, &dev), 0.0));
-    let inv = tilt_core::metrics::mean_se(&lp.chunks_exact(2).map(|r| (-r[0]).exp()).collect::<Vec<_>>());
+    let log_p0 = |x: &[f32]| {
+        let lp = tensor_ext::to_vec_f64(oracle.class_log_posteriors(tensor_ext::matrix(x, x.len() / 2, 2, &dev), 0.0));
+        lp.chunks_exact(2).map(|r| r[0]).collect::<Vec<_>>()
+    };
+    let got = log_p0(&x);
+    let reference = log_p0(&perfect_sampler_output(&mix.conditional(0), 4 * n, 22));
+    let (got_log, ref_log) = (mean_se(&got), mean_se(&reference));
+    let se = (got_log.se.powi(2) + ref_log.se.powi(2)).sqrt();
+    assert_within("E[log p(0|Y)] under classifier guidance w = 1", got_log.mean, ref_log.mean, se, 4.0);
+    let mean = mix.conditional(0).mean();
+    for j in 0..2 {
+        let m = mean_se(&x.chunks_exact(2).map(|r| r[j] as f64).collect::<Vec<_>>());
+        assert_within(&format!("mean[{j}] under classifier guidance w = 1"), m.mean, mean[j], m.se, 4.0);
+    }
+    let inv = mean_se(&got.iter().map(|l| (-l).exp()).collect::<Vec<_>>());
     assert_within("E[1/p(0|Y)] under classifier guidance w = 1", inv.mean, 1.0 / mix.class_prior(0), inv.se, 4.0);
 }

@@ -89,7 +89,7 @@ fn conditional_network_learns_both_scores_and_cfg_lowers_inverse_class_probabili
 
 /// Train a reward-weighted model (`batch` rows per step) and check it against the exact tilted score, then
 /// sample with it.
-fn reward_weighted_check(form: &str, batch: usize, steps: usize) {
+fn reward_weighted_check(form: &str, batch: usize, steps: usize, max_l2: f64) {
     let dev = device();
     let base = base_run();
     let objective = format!(
@@ -115,10 +115,9 @@ fn reward_weighted_check(form: &str, batch: usize, steps: usize) {
     } else {
         relative_l2(&learned, &exact_tilted, &|_| Condition::Unconditional)
     };
-    // A model that learned no tilt (the base score itself) scores 0.29 here and one that learned half of it 0.14:
-    // 0.08 admits at most about a quarter of the tilt missing.
+    // A model that learned no tilt (the base score itself) scores 0.29 here and one that learned half of it 0.14.
     eprintln!("{form}, batch {batch}: relative L2 error to grad log p_r,t = {err:.4}");
-    assert!(err < 0.08, "{form}: relative L2 error {err:.4} to the exact reweighted score is above 0.08");
+    assert!(err < max_l2, "{form}: relative L2 error {err:.4} to the exact reweighted score is above {max_l2}");
 
     let n = 20_000;
     let mean_reward = |w: f64| {
@@ -148,39 +147,50 @@ fn reward_weighted_check(form: &str, batch: usize, steps: usize) {
 
 #[test]
 fn reward_weighted_full_form_matches_the_exact_tilt() {
-    reward_weighted_check("full", 512, 1500);
+    // 0.08 admits at most about a quarter of the tilt missing (measured: 0.042).
+    reward_weighted_check("full", 512, 1500, 0.08);
 }
 
 #[test]
 fn reward_weighted_full_form_is_unbiased_at_small_batches() {
     // Weights r / mean(r) with the mean over the whole training set: the objective is the tilted one at any batch
     // size (the per-batch mean fits r E[1/(r + S_15)] p at batch 16, 0.17 below E_p_r[r]).
-    reward_weighted_check("full", 16, 3000);
+    // Batches of 16 are noisy gradients: the score error bound is 0.10 (measured: 0.075), the E[r] bound the same.
+    reward_weighted_check("full", 16, 3000, 0.10);
 }
 
 #[test]
 fn reward_weighted_residual_form_matches_the_exact_tilt() {
-    reward_weighted_check("residual", 512, 1500);
+    reward_weighted_check("residual", 512, 1500, 0.08);
 }
 
 #[test]
-fn trained_classifier_guidance_raises_the_class_probability() {
+fn trained_classifier_guidance_samples_the_class_at_w1() {
+    // s(x) + grad log p_t(c|x) = s(x|c) when the classifier is exact, so at w = 1 the mean of p(0|Y) is that of
+    // p(.|0), which a perfect sampler gives (Monte Carlo reference). Tolerance: 4 SE of each plus 0.01 for the
+    // trained classifier's error (measured: 0.001); w = 0 must give E_p[p(0|X)] = p(0) = 0.3 and w = 2 must go beyond w = 1.
     let dev = device();
     let run = trained("classifier", &config("kind = \"classifier\"", 800, ""));
     let clf = load_classifier(&run, &dev).unwrap();
     let mix = overlapping();
     let exact = MixtureScore::new(mix.clone(), Default::default(), &dev);
-    let n = 4000;
+    let n = 10_000;
+    let p0_of = |x: &[f32]| {
+        let lp = tensor_ext::to_vec_f64(exact.class_log_posteriors(tensor_ext::matrix(x, x.len() / 2, 2, &dev), 0.0));
+        mean_se(&lp.chunks_exact(2).map(|r| r[0].exp()).collect::<Vec<_>>())
+    };
     let mean_p = |w: f64| {
         let mut g = GuidedScore::new(&exact, Condition::Unconditional)
             .with(ClassifierGuidance::new(&clf.classifier, 0), WeightSchedule::Constant(w));
-        let x = draw(&sampler(SamplerKind::SdeDpmSolver1, 80), &mut g, n, 2, 6);
-        let lp = tensor_ext::to_vec_f64(exact.class_log_posteriors(tensor_ext::matrix(&x, n, 2, &dev), 0.0));
-        mean_se(&lp.chunks_exact(2).map(|r| r[0].exp()).collect::<Vec<_>>())
+        p0_of(&draw(&sampler(SamplerKind::SdeDpmSolver1, 80), &mut g, n, 2, 6))
     };
-    let (p0, p2) = (mean_p(0.0), mean_p(2.0));
-    eprintln!("trained classifier guidance: mean p(0|Y) w=0 {p0:?}, w=2 {p2:?}");
-    assert!(p2.mean > p0.mean + 4.0 * (p0.se + p2.se));
+    let reference = p0_of(&perfect_sampler_output(&mix.conditional(0), 4 * n, 7));
+    let (p0, p1, p2) = (mean_p(0.0), mean_p(1.0), mean_p(2.0));
+    eprintln!("trained classifier guidance: mean p(0|Y) w=0 {p0:?}, w=1 {p1:?} (p(.|0): {reference:?}), w=2 {p2:?}");
+    assert_within("mean p(0|Y) at w = 0", p0.mean, mix.class_prior(0), p0.se, 4.0);
+    let tol = 4.0 * (p1.se.powi(2) + reference.se.powi(2)).sqrt() + 0.01;
+    assert!((p1.mean - reference.mean).abs() < tol, "w = 1: {p1:?} vs p(.|0) {reference:?} (tolerance {tol:.4})");
+    assert!(p2.mean > p1.mean + 4.0 * (p1.se + p2.se));
 }
 
 fn params(dir: &Path) -> Vec<f32> {
@@ -275,8 +285,7 @@ fn damaged_checkpoints_are_refused_with_the_file_named() {
     let opened = tilt_train::checkpoint::Checkpoint::open(&run, "score-net").unwrap();
     let e = opened
         .load_model(tilt_train::checkpoint::FileKind::EmaModel, init)
-        .err()
-        .expect("shape mismatch must be refused");
+        .expect_err("shape mismatch must be refused");
     assert!(format!("{e:#}").contains("ema.bpk: architecture mismatch"), "{e:#}");
     assert!(ck.join("model.bpk").exists());
 }
@@ -319,5 +328,56 @@ fn ema_lags_the_online_weights() {
 
 #[test]
 fn reward_weighted_resample_form_matches_the_exact_tilt() {
-    reward_weighted_check("resample", 512, 1500);
+    reward_weighted_check("resample", 512, 1500, 0.08);
+}
+
+#[test]
+fn claim8_reward_guidance_on_the_swiss_roll_moves_mass_along_the_roll() {
+    // A base score and the trajectory-free residual term for a bump reward at the outer end of the roll. Guidance
+    // at w = 2 must raise E[r] by many standard errors while the samples stay on the roll: at least 95 % of them
+    // within 0.2 of a fresh point of the roll, as for unguided samples (noise 0.05; the roll's gaps are about 1.5).
+    let dev = device();
+    let common = "seed = 3\nbatch_size = 512\ndata_size = 20000\nlog_every = 50\n[optim]\nlr = 2e-3\nwarmup_steps = 50\nmin_lr_ratio = 0.05\nema_decay = 0.995\nclip_grad_norm = 5.0\n[data]\nkind = \"swiss-roll\"\nnoise = 0.05\n";
+    let parse = |text: String| TrainConfig::parse(&text).unwrap_or_else(|e| panic!("{e:#}\n{text}"));
+    let base = trained(
+        "swiss_base",
+        &parse(format!(
+            "steps = 2000\ncheckpoint_every = 2000\n{common}[objective]\nkind = \"dsm\"\n[model]\nhidden = 128\nblocks = 3\n"
+        )),
+    );
+    let reward_spec = "{ kind = \"bump\", center = [0.0, 3.5], width = 1.0, height = 3.0 }";
+    let residual = trained(
+        "swiss_residual",
+        &parse(format!(
+            "steps = 1000\ncheckpoint_every = 1000\n{common}[objective]\nkind = \"reward-weighted\"\nform = \"residual\"\nbase = \"{}\"\nreward = {reward_spec}\n[objective.residual_model]\nhidden = 64\nblocks = 2\n[model]\nhidden = 64\nblocks = 2\n",
+            base.display()
+        )),
+    );
+    let base_score = load_score(&base, "score-net", &dev).unwrap().score;
+    let delta = load_score(&residual, "residual", &dev).unwrap().score;
+    let reward = tilt_core::RewardSpec::Bump { center: vec![0.0, 3.5], width: 1.0, height: 3.0 }.build();
+    let roll = tilt_train::DataSpec::SwissRoll { noise: 0.05 }.generate(3000, 99).unwrap().x;
+    let n = 3000;
+    let at = |w: f64| {
+        let mut g = GuidedScore::new(&base_score, Condition::Unconditional)
+            .with(RewardGuidance::residual(&delta), WeightSchedule::Constant(w));
+        let x = draw(&sampler(SamplerKind::SdeDpmSolver1, 80), &mut g, n, 2, 5);
+        let r = mean_se(
+            &tensor_ext::to_vec_f64(reward.log_reward(tensor_ext::matrix(&x, n, 2, &dev)))
+                .into_iter()
+                .map(f64::exp)
+                .collect::<Vec<_>>(),
+        );
+        let near = x
+            .chunks_exact(2)
+            .filter(|p| roll.chunks_exact(2).any(|q| (p[0] - q[0]).powi(2) + (p[1] - q[1]).powi(2) < 0.04))
+            .count() as f64
+            / n as f64;
+        (r, near)
+    };
+    let ((r0, near0), (r2, near2)) = (at(0.0), at(2.0));
+    eprintln!("swiss roll: w = 0: E[r] {r0:?}, within 0.2: {near0:.3}; w = 2: E[r] {r2:?}, within 0.2: {near2:.3}");
+    assert!(r2.mean > r0.mean + 4.0 * (r0.se + r2.se), "reward must rise: {r0:?} -> {r2:?}");
+    assert!(r2.mean > 2.0 * r0.mean, "w = 2 should at least double the reward (full preset: x6.7): {r0:?} -> {r2:?}");
+    assert!(near0 >= 0.95 && near2 >= 0.95, "samples must stay on the roll: {near0:.3} (w = 0), {near2:.3} (w = 2)");
 }

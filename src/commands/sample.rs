@@ -117,12 +117,10 @@ impl Problem {
     pub fn exact_target(&self, kind: GuidanceKind, w: f64) -> Option<(String, GaussianMixture)> {
         match (kind, w) {
             (GuidanceKind::None, _) => Some(("base".into(), self.base_law.clone())),
-            (_, w) if w == 0.0 => Some(("base".into(), self.base_law.clone())),
-            (GuidanceKind::Reward, w) if w == 1.0 => {
-                Some(("p_r".into(), self.base_law.tilted(self.exp_linear.as_ref()?)))
-            }
-            (GuidanceKind::Classifier, w) if w == 1.0 => Some(("p(.|c)".into(), self.mixture.conditional(self.class?))),
-            (GuidanceKind::Cfg, w) if w == -1.0 => Some(("p".into(), self.mixture.clone())),
+            (_, 0.0) => Some(("base".into(), self.base_law.clone())),
+            (GuidanceKind::Reward, 1.0) => Some(("p_r".into(), self.base_law.tilted(self.exp_linear.as_ref()?))),
+            (GuidanceKind::Classifier, 1.0) => Some(("p(.|c)".into(), self.mixture.conditional(self.class?))),
+            (GuidanceKind::Cfg, -1.0) => Some(("p".into(), self.mixture.clone())),
             _ => None,
         }
     }
@@ -149,6 +147,15 @@ impl Problem {
             class_prob_quantiles: [q[0], q[1], q[2], q[3], q[4]],
             accuracy: hits as f64 / n as f64,
         })
+    }
+
+    /// `log p(c|y)` of every sample for the guided class, with the exact classifier (for paired comparisons).
+    pub fn class_log_probs(&self, x: &[f32], device: &Device) -> Option<Vec<f64>> {
+        let c = self.class?;
+        let (d, k) = (self.mixture.dim(), self.mixture.n_classes());
+        let oracle = MixtureScore::new(self.mixture.clone(), Default::default(), device);
+        let log_post = oracle.class_log_posteriors(tensor_ext::matrix(x, x.len() / d, d, device), 0.0);
+        Some(tensor_ext::to_vec_f64(log_post).chunks_exact(k).map(|row| row[c]).collect())
     }
 
     /// A plotting window covering every component at 3.5 standard deviations.
@@ -212,6 +219,8 @@ impl Reward for InDataSpace<'_> {
         self.reward.log_reward(z * row(&self.st.std) + row(&self.st.mean))
     }
 }
+
+type BoxedScore = Box<dyn ScoreModel>;
 
 /// The score models of a sweep: exact, trained, or a mix.
 struct Scores {
@@ -328,12 +337,11 @@ fn load_scores(cfg: &SampleConfig, mixture: Option<&GaussianMixture>, device: &D
         })?;
         Ok(Some(Box::new(MixtureScore::new(m.tilted(&r), schedule, device))))
     };
-    let (reweighted, residual): (Option<Box<dyn ScoreModel>>, Option<Box<dyn ScoreModel>>) =
-        match (reweighted, residual) {
-            (Some(r), _) => (Some(Box::new(r.score)), None),
-            (None, Some(r)) => (None, Some(Box::new(r.score))),
-            (None, None) => (exact_reweighted(mixture)?, None),
-        };
+    let (reweighted, residual): (Option<BoxedScore>, Option<BoxedScore>) = match (reweighted, residual) {
+        (Some(r), _) => (Some(Box::new(r.score)), None),
+        (None, Some(r)) => (None, Some(Box::new(r.score))),
+        (None, None) => (exact_reweighted(mixture)?, None),
+    };
     let classifier: Option<Box<dyn Classifier>> = match (classifier, cfg.guidance.kind) {
         (Some(c), _) => Some(Box::new(c.classifier)),
         (None, GuidanceKind::Classifier) => Some(Box::new(exact(mixture, "classifier")?)),
@@ -377,10 +385,10 @@ pub fn run(cfg: &SampleConfig, out: &Path, device: &Device) -> Result<Summary> {
     let scores = load_scores(cfg, mixture.as_ref(), device)?;
     let d = scores.dim;
     cfg.validate_for(d, scores.num_classes.max(mixture.as_ref().map_or(0, GaussianMixture::n_classes)))?;
-    if let Some(m) = &mixture {
-        if m.dim() != d {
-            bail!("mixture: dimension {} differs from the trained models' dimension {d}", m.dim());
-        }
+    if let Some(m) = &mixture
+        && m.dim() != d
+    {
+        bail!("mixture: dimension {} differs from the trained models' dimension {d}", m.dim());
     }
     let kind = cfg.guidance.kind;
     let reward = cfg.reward.as_ref().map(|r| r.build());

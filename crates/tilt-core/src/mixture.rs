@@ -285,9 +285,9 @@ impl GaussianMixture {
         let logs: Vec<f64> = (0..self.n_components())
             .map(|k| {
                 let mut l = self.weights[k].ln();
-                for j in 0..self.dim() {
-                    let v = a2 * self.stds[k][j].powi(2) + s2;
-                    let dx = x[j] - a * self.means[k][j];
+                for ((xj, mu), sd) in x.iter().zip(&self.means[k]).zip(&self.stds[k]) {
+                    let v = a2 * sd.powi(2) + s2;
+                    let dx = xj - a * mu;
                     l += -0.5 * (dx * dx / v + (2.0 * PI * v).ln());
                 }
                 l

@@ -9,6 +9,8 @@ use burn::prelude::*;
 
 /// What a score is conditioned on.
 #[derive(Clone, Debug)]
+// Conditions are passed by reference and live for one sampler run; boxing the labels would buy nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Condition {
     /// The unconditional score `grad log p_t(x)`.
     Unconditional,

@@ -7,6 +7,8 @@ use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution as _, StandardNormal};
 
 /// Where the sampler's Gaussian noise comes from.
+// One per sampler run, passed by `&mut`: boxing the host stream would buy nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum NoiseSource {
     /// A ChaCha8 stream on the host, uploaded each step: the same seed gives the same noise on every
     /// backend, so samples agree across backends to float rounding.

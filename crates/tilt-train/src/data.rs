@@ -121,16 +121,16 @@ impl Standardizer {
     pub fn apply(&self, x: &mut [f32]) {
         let d = self.mean.len();
         for row in x.chunks_exact_mut(d) {
-            for j in 0..d {
-                row[j] = ((row[j] as f64 - self.mean[j]) / self.std[j]) as f32;
+            for ((v, m), s) in row.iter_mut().zip(&self.mean).zip(&self.std) {
+                *v = ((*v as f64 - m) / s) as f32;
             }
         }
     }
     pub fn invert(&self, x: &mut [f32]) {
         let d = self.mean.len();
         for row in x.chunks_exact_mut(d) {
-            for j in 0..d {
-                row[j] = (row[j] as f64 * self.std[j] + self.mean[j]) as f32;
+            for ((v, m), s) in row.iter_mut().zip(&self.mean).zip(&self.std) {
+                *v = (*v as f64 * s + m) as f32;
             }
         }
     }

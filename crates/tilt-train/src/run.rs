@@ -182,7 +182,7 @@ impl TrainConfig {
         positive("checkpoint_every", self.checkpoint_every)?;
         positive("model.hidden", self.model.hidden)?;
         positive("model.time_dim", self.model.time_dim)?;
-        if self.model.time_dim % 2 != 0 {
+        if !self.model.time_dim.is_multiple_of(2) {
             bail!("model.time_dim: expected an even number, got {}", self.model.time_dim);
         }
         if !(0.0..0.9).contains(&self.test_fraction) {

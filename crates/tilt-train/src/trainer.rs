@@ -85,8 +85,8 @@ pub fn train_loop<M: Module>(
             let n = n.detach().inner();
             norm_acc = Some(norm_acc.map_or(n.clone(), |a| a + n));
         }
-        let at_checkpoint = st.step % settings.checkpoint_every == 0 || st.step == settings.total;
-        if st.step % settings.log_every == 0 || at_checkpoint {
+        let at_checkpoint = st.step.is_multiple_of(settings.checkpoint_every) || st.step == settings.total;
+        if st.step.is_multiple_of(settings.log_every) || at_checkpoint {
             let steps = (st.step - window_start.0) as f64;
             let loss = loss_acc.take().expect("at least one step").into_scalar::<f64>() / steps;
             let grad_norm = norm_acc.take().map_or(0.0, |n| n.into_scalar::<f64>() / steps);

@@ -9,6 +9,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::Deserialize;
 use std::path::Path;
+use tilt_core::metrics::{self, MeanSe};
 use tilt_core::{Condition, MixtureScore, MixtureSpec, ScoreModel};
 use tilt_sampler::guidance::CfgGuidance;
 use tilt_sampler::{GuidedScore, SamplerKind, WeightSchedule};
@@ -48,13 +49,15 @@ pub fn run(ctx: &Ctx, dir: &Path) -> Result<StageOutput> {
         cfg.seed,
     );
     let mut table = Table::new(
-        "E[1/p(c|Y)] (exact classifier) against the CFG strength w, with its light-tailed companions E[log p(c|Y)] and E[p(c|Y)]; 1/p(c) is the exact unguided value of the first, the row `reference` gives all three on exact samples of p(.|c)",
+        "E[1/p(c|Y)] (exact classifier) against the CFG strength w, with its light-tailed companions E[log p(c|Y)] and E[p(c|Y)]; 1/p(c) is the exact unguided value of the first, the row `reference` gives all three on exact samples of p(.|c). Every strength uses the same noise, so `paired_diff` = E[1/p(c|Y^w) - 1/p(c|Y^0)] is measured on paired samples, with its own, much smaller, standard error",
         &[
             "w",
             "scores",
             "mean_inv_class_prob",
             "se",
             "inv_class_prior",
+            "paired_diff",
+            "paired_se",
             "mean_log_class_prob",
             "log_se",
             "mean_class_prob",
@@ -67,12 +70,15 @@ pub fn run(ctx: &Ctx, dir: &Path) -> Result<StageOutput> {
             "p_q95",
         ],
     );
-    let row = |w: &str, name: &str, c: &ClassStats| {
+    let row = |w: &str, name: &str, c: &ClassStats, paired: Option<MeanSe>| {
         let q = c.class_prob_quantiles;
+        let paired = paired.unwrap_or(MeanSe { mean: f64::NAN, se: f64::NAN });
         let values = [
             c.mean_inv_class_prob.mean,
             c.mean_inv_class_prob.se,
             c.inv_class_prior,
+            paired.mean,
+            paired.se,
             c.mean_log_class_prob.mean,
             c.mean_log_class_prob.se,
             c.mean_class_prob.mean,
@@ -90,7 +96,7 @@ pub fn run(ctx: &Ctx, dir: &Path) -> Result<StageOutput> {
     let n_ref = 20 * n;
     let (exact_x, _) = mixture.conditional(cfg.class).sample(n_ref, &mut ChaCha8Rng::seed_from_u64(cfg.seed ^ 0x5eed));
     let reference = problem.class_stats(&exact_x, &ctx.device).expect("a class is set");
-    table.row(row("-", &format!("reference ({n_ref} exact samples)"), &reference));
+    table.row(row("-", &format!("reference ({n_ref} exact samples)"), &reference, None));
     let bar = ctx.bar("cfg_mixture", (2 * cfg.strengths.len()) as u64);
     let s = sampler(SamplerKind::default(), steps, Default::default());
     let mut curves: Vec<Series> = Vec::new();
@@ -98,15 +104,23 @@ pub fn run(ctx: &Ctx, dir: &Path) -> Result<StageOutput> {
         .iter()
         .map(|q| Series { name: format!("{:.0} % quantile of p(c|Y), exact", q * 100.0), points: vec![] })
         .collect();
-    let mut stats: Vec<(&str, f64, ClassStats)> = Vec::new();
+    let mut stats: Vec<Stat> = Vec::new();
     for (name, model) in sources {
         let mut pts = Vec::new();
-        for &w in &cfg.strengths {
+        let cfg_samples = |w: f64| {
             let mut g = GuidedScore::new(model, Condition::class(cfg.class, n, &ctx.device))
                 .with(CfgGuidance::new(), WeightSchedule::Constant(w));
             let x = draw(&s, &mut g, n, 2, cfg.seed, &ctx.device);
+            let inv: Vec<f64> =
+                problem.class_log_probs(&x, &ctx.device).expect("a class is set").iter().map(|l| (-l).exp()).collect();
+            (x, inv)
+        };
+        let (_, at_zero) = cfg_samples(0.0);
+        for &w in &cfg.strengths {
+            let (x, inv) = cfg_samples(w);
             let c = problem.class_stats(&x, &ctx.device).expect("a class is set");
-            table.row(row(&format!("{w}"), name, &c));
+            let paired = metrics::mean_se(&inv.iter().zip(&at_zero).map(|(a, b)| a - b).collect::<Vec<_>>());
+            table.row(row(&format!("{w}"), name, &c, Some(paired)));
             if w > 0.0 {
                 pts.push((w, c.mean_inv_class_prob.mean));
                 if name == "exact" {
@@ -115,14 +129,14 @@ pub fn run(ctx: &Ctx, dir: &Path) -> Result<StageOutput> {
                     }
                 }
             }
-            stats.push((name, w, c));
+            stats.push(Stat { name, w, class: c, paired });
             bar.inc(1);
         }
         curves.push(Series { name: format!("{name} scores"), points: pts });
     }
     bar.finish_and_clear();
     let inv_prior = 1.0 / mixture.class_prior(cfg.class);
-    let at = |name: &str, w: f64| stats.iter().find(|s| s.0 == name && s.1 == w).map(|s| &s.2);
+    let at = |name: &str, w: f64| stats.iter().find(|s| s.name == name && s.w == w).map(|s| &s.class);
     let mut refs = vec![("1/p(c), exact (= w = 0 in theory)".to_string(), inv_prior)];
     for name in ["exact", "trained"] {
         if let Some(c) = at(name, 0.0) {
@@ -167,53 +181,71 @@ pub fn run(ctx: &Ctx, dir: &Path) -> Result<StageOutput> {
     Ok(out)
 }
 
+/// One row of the sweep: a score source at one strength.
+struct Stat<'a> {
+    name: &'a str,
+    w: f64,
+    class: ClassStats,
+    /// `E[1/p(c|Y^w) - 1/p(c|Y^0)]` on samples that share their noise.
+    paired: MeanSe,
+}
+
 /// The stage's reading, every statement computed from the numbers it describes.
-fn reading(stats: &[(&str, f64, ClassStats)], reference: &ClassStats, inv_prior: f64, n: usize) -> String {
+fn reading(stats: &[Stat], reference: &ClassStats, inv_prior: f64, n: usize) -> String {
     let mut text = format!("The exact unguided value is 1/p(c) = {inv_prior:.4} ({n} samples per row).");
+    let list = |ws: &[f64]| {
+        if ws.is_empty() {
+            "none".to_string()
+        } else {
+            ws.iter().map(|w| format!("{w}")).collect::<Vec<_>>().join(", ")
+        }
+    };
     for name in ["exact", "trained"] {
-        let rows: Vec<&(&str, f64, ClassStats)> = stats.iter().filter(|s| s.0 == name).collect();
-        if let Some((_, _, c)) = rows.iter().find(|s| s.1 == 0.0) {
+        let rows: Vec<&Stat> = stats.iter().filter(|s| s.name == name).collect();
+        if let Some(s) = rows.iter().find(|s| s.w == 0.0) {
+            let c = &s.class;
             text += &format!(
-                " {name} scores at w = 0: E[1/p(c|Y)] = {}; the light-tailed companions against exact samples: E[log p(c|Y)] = {}, E[p(c|Y)] = {}.",
+                " With {name} scores at w = 0: E[1/p(c|Y)] = {}; the light-tailed companions against exact samples: E[log p(c|Y)] = {}, E[p(c|Y)] = {}.",
                 super::versus(c.mean_inv_class_prob, inv_prior),
                 super::versus(c.mean_log_class_prob, reference.mean_log_class_prob.mean),
                 super::versus(c.mean_class_prob, reference.mean_class_prob.mean),
             );
         }
-        let (mut below, mut level, mut above) = (Vec::new(), Vec::new(), Vec::new());
-        for (_, w, c) in rows.iter().filter(|s| s.1 > 0.0) {
-            let z = (c.mean_inv_class_prob.mean - inv_prior) / c.mean_inv_class_prob.se;
-            match z {
-                z if z < -2.0 => below.push(*w),
-                z if z > 2.0 => above.push(*w),
-                _ => level.push(*w),
-            }
-        }
-        let list = |ws: &[f64]| ws.iter().map(|w| format!("{w}")).collect::<Vec<_>>().join(", ");
-        text += &format!(
-            " With {name} scores E[1/p(c|Y)] lies more than 2 SE below 1/p(c) at w = {}",
-            if below.is_empty() { "none".into() } else { list(&below) }
-        );
+        let guided: Vec<&&Stat> = rows.iter().filter(|s| s.w > 0.0).collect();
+        let z_of = |m: MeanSe, target: f64| (m.mean - target) / m.se;
+        let ws = |f: &dyn Fn(&Stat) -> bool| guided.iter().filter(|s| f(s)).map(|s| s.w).collect::<Vec<_>>();
+        let below = ws(&|s| z_of(s.class.mean_inv_class_prob, inv_prior) < -2.0);
+        let level = ws(&|s| z_of(s.class.mean_inv_class_prob, inv_prior).abs() <= 2.0);
+        let above = ws(&|s| z_of(s.class.mean_inv_class_prob, inv_prior) > 2.0);
+        let paired_below = ws(&|s| z_of(s.paired, 0.0) < -2.0);
+        let paired_not = ws(&|s| z_of(s.paired, 0.0) >= -2.0);
+        text += &format!(" E[1/p(c|Y)] lies more than 2 SE below 1/p(c) at w = {}", list(&below));
         if !level.is_empty() {
-            text += &format!(
-                "; within 2 SE of it (no decrease detectable at this sample size and discretisation) at w = {}",
-                list(&level)
-            );
+            text += &format!("; within 2 SE of it at w = {}", list(&level));
         }
         if !above.is_empty() {
             text += &format!("; more than 2 SE ABOVE it at w = {}", list(&above));
         }
+        text += &format!(
+            ". On paired samples (the same noise at w and at 0) the decrease E[1/p(c|Y^w) - 1/p(c|Y^0)] is more than 2 SE below 0 at w = {}",
+            list(&paired_below)
+        );
+        if !paired_not.is_empty() {
+            text += &format!(", and NOT at w = {}", list(&paired_not));
+        }
         text += ".";
-        if let Some((_, w, c)) = rows.iter().filter(|s| s.1 > 0.0).max_by(|a, b| a.1.total_cmp(&b.1)) {
-            text += &format!(" At w = {w} it is {:.4} ± {:.4}.", c.mean_inv_class_prob.mean, c.mean_inv_class_prob.se);
+        if let Some(s) = guided.iter().max_by(|a, b| a.w.total_cmp(&b.w)) {
+            let m = s.class.mean_inv_class_prob;
+            text += &format!(" At w = {} E[1/p(c|Y)] = {:.4} ± {:.4}.", s.w, m.mean, m.se);
         }
     }
-    if let Some((_, w, c)) = stats.iter().filter(|s| s.0 == "exact" && s.1 > 0.0).max_by(|a, b| a.1.total_cmp(&b.1)) {
+    if let Some(s) = stats.iter().find(|s| s.name == "exact" && s.w == 1.0) {
+        let q = s.class.class_prob_quantiles;
         text += &format!(
-            " The quantiles of p(c|Y) (exact scores) show what the average hides: at w = {w} the 5 % quantile is {:.3} and the median {:.3}; CFG lowers the average of 1/p(c|Y), it does not lift every sample to the same level.",
-            c.class_prob_quantiles[0], c.class_prob_quantiles[2]
+            " The quantiles of p(c|Y) show what the average hides: at w = 1 (exact scores) the 5 % quantile is {:.3} and the median {:.3}, against {:.3} and {:.3} unguided; CFG lowers the average of 1/p(c|Y), it does not lift every sample.",
+            q[0], q[2], reference.class_prob_quantiles[0], reference.class_prob_quantiles[2]
         );
     }
-    text += " Caveat: 1/p(c|X) has no finite fourth moment on this mixture, so its standard error is itself noisy; the companions are the reliable check of the sampler.";
+    text += " Caveat: 1/p(c|X) has no finite fourth moment on this mixture, so its standard error is itself noisy; the companions and the paired differences are the reliable checks.";
     text
 }

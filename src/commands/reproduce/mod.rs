@@ -218,12 +218,12 @@ pub fn run(preset: Preset, only: &[String], out: &Path, force: bool, device: &De
     for name in &selected {
         overall.set_message(name.to_string());
         let dir = out.join(name);
-        if !ctx.force {
-            if let Some(s) = complete(&dir).filter(|s| s.preset == preset) {
-                outcomes.push(Outcome::Skipped(s));
-                overall.inc(1);
-                continue;
-            }
+        if !ctx.force
+            && let Some(s) = complete(&dir).filter(|s| s.preset == preset)
+        {
+            outcomes.push(Outcome::Skipped(s));
+            overall.inc(1);
+            continue;
         }
         std::fs::create_dir_all(&dir)?;
         let start = Instant::now();

@@ -310,9 +310,13 @@ pub fn draw(s: &Sampler, guided: &mut GuidedScore, n: usize, d: usize, seed: u64
 
 /// `E[r(Y)]` with standard error, for `log r` given as a reward.
 pub fn mean_reward(reward: &dyn tilt_core::Reward, x: &[f32], d: usize, device: &Device) -> tilt_core::metrics::MeanSe {
-    let n = x.len() / d;
-    let lr = tensor_ext::to_vec_f64(reward.log_reward(tensor_ext::matrix(x, n, d, device)));
-    tilt_core::metrics::mean_se(&lr.into_iter().map(f64::exp).collect::<Vec<_>>())
+    tilt_core::metrics::mean_se(&rewards(reward, x, d, device))
+}
+
+/// `r(y)` of every sample.
+pub fn rewards(reward: &dyn tilt_core::Reward, x: &[f32], d: usize, device: &Device) -> Vec<f64> {
+    let lr = tensor_ext::to_vec_f64(reward.log_reward(tensor_ext::matrix(x, x.len() / d, d, device)));
+    lr.into_iter().map(f64::exp).collect()
 }
 
 /// `m` against an exact value, in words computed from the numbers: `2.9020 ± 0.0230, +0.07 SE from 2.9005

@@ -155,7 +155,7 @@ pub fn run(ctx: &Ctx, dir: &Path) -> Result<StageOutput> {
     if let Some(m) = reward_at(1.0) {
         let gap = m.mean - exact_tilted.mean;
         checks += &format!(
-            " At w = 1, where exact scores would sample the tilted law p_r, E[r] = {} against E_p_r[r] (Monte Carlo, ± {:.4}): a gap of {gap:+.4} ({:+.1} %), the error of the trained base and residual networks.",
+            " At w = 1, where exact scores would sample the tilted law p_r, E[r] = {} against E_p_r[r] (Monte Carlo, ± {:.4}): a gap of {gap:+.4} ({:+.1} %). With exact scores the gap would be Monte Carlo noise and the sampler's small bias; what exceeds that is the error of the trained base and residual networks.",
             versus(m, exact_tilted.mean),
             exact_tilted.se,
             100.0 * gap / exact_tilted.mean

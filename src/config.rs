@@ -188,9 +188,6 @@ impl SampleConfig {
                 s.t_max
             );
         }
-        if self.schedule.alpha(s.t_max) <= 0.0 {
-            bail!("sampler.t_max: alpha({}) = 0 under this schedule; choose a smaller t_max", s.t_max);
-        }
         let g = &self.guidance;
         if g.strengths.is_empty() {
             bail!("guidance.strengths: expected at least one strength");

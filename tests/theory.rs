@@ -23,7 +23,7 @@ const Z: f64 = 4.0;
 fn variance_bias_at_200_steps(kind: SamplerKind) -> f64 {
     match kind {
         SamplerKind::SdeDpmSolver1 => 0.001,
-        SamplerKind::Heun => 0.007,
+        SamplerKind::Heun => 0.002,
         SamplerKind::EulerMaruyama => 0.030,
         SamplerKind::ExponentialIntegrator => 0.035,
         SamplerKind::Ddim => 0.023,
@@ -299,8 +299,9 @@ fn claim5_reward_improvement_identity_holds_along_the_trajectory() {
 #[test]
 fn claim7_the_reward_gain_degrades_smoothly_with_the_base_error() {
     // The exact guidance term on a smoothly perturbed base. The gain is measured on paired samples (w = 0 and
-    // w = 1 share their noise). With an exact base it is the exact gain; as the error grows it must stay clearly
-    // positive and move gradually: between neighbouring sizes it changes by less than half the exact gain.
+    // w = 1 share their noise). With an exact base it is the exact gain. Up to a relative score error of 0.4 it
+    // must stay within 3 % of it (the full preset measures at most 1.2 %; a base error that leaked into the gain
+    // one for one would cost 10-40 %), and move gradually: under 5 % of the exact gain between neighbouring sizes.
     let dev = device();
     let mix = overlapping();
     let reward = ExpLinearReward::new(vec![0.8, 0.4]);
@@ -322,18 +323,20 @@ fn claim7_the_reward_gain_degrades_smoothly_with_the_base_error() {
         let (r0, r1) = (at(0.0), at(1.0));
         mean_se(&r1.iter().zip(&r0).map(|(a, b)| a - b).collect::<Vec<_>>())
     };
+    // Known sampler bias at 100 steps: under 0.5 % of E_p_r[r] (docs/results.md, discretisation).
+    let sampler_bias = 0.005 * mix.tilted_mean_reward(&reward);
     let g0 = gain(&exact);
-    // Known bias at 100 steps: under 0.5 % of E_p_r[r] (docs/results.md, discretisation).
     assert!(
-        (g0.mean - exact_gain).abs() <= Z * g0.se + 0.005 * 2.9,
+        (g0.mean - exact_gain).abs() <= Z * g0.se + sampler_bias,
         "exact base: gain {g0:?} vs exact {exact_gain:.4}"
     );
     let mut prev = g0.mean;
     for eps in [0.05, 0.1, 0.2, 0.4] {
         let g = gain(&SmoothlyPerturbed { score: &exact, eps });
-        assert!(g.mean > Z * g.se, "eps = {eps}: the gain {g:?} must stay positive");
+        let tol = Z * g.se + sampler_bias + 0.03 * exact_gain;
+        assert!((g.mean - exact_gain).abs() <= tol, "eps = {eps}: the gain {g:?} left the exact {exact_gain:.4}");
         assert!(
-            (g.mean - prev).abs() < 0.5 * exact_gain,
+            (g.mean - prev).abs() < 0.05 * exact_gain,
             "eps = {eps}: the gain jumped from {prev:.4} to {:.4}",
             g.mean
         );

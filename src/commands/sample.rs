@@ -127,6 +127,11 @@ impl Problem {
 
     /// Exact-classifier statistics of samples `x` (data space) for the guided class.
     pub fn class_stats(&self, x: &[f32], device: &Device) -> Option<ClassStats> {
+        self.class_stats_and_log_probs(x, device).map(|(stats, _)| stats)
+    }
+
+    /// [`Problem::class_stats`] and `log p(c|y)` of every sample (for paired comparisons), from one classifier call.
+    pub fn class_stats_and_log_probs(&self, x: &[f32], device: &Device) -> Option<(ClassStats, Vec<f64>)> {
         let c = self.class?;
         let d = self.mixture.dim();
         let n = x.len() / d;
@@ -138,7 +143,7 @@ impl Problem {
         let logs: Vec<f64> = log_post.chunks_exact(k).map(|row| row[c]).collect();
         let hits = log_post.chunks_exact(k).filter(|row| argmax(row) == c).count();
         let q = metrics::quantiles(&probs, &QUANTILE_LEVELS);
-        Some(ClassStats {
+        let stats = ClassStats {
             class: c,
             mean_inv_class_prob: metrics::mean_se(&inv),
             inv_class_prior: 1.0 / self.mixture.class_prior(c),
@@ -146,16 +151,8 @@ impl Problem {
             mean_class_prob: metrics::mean_se(&probs),
             class_prob_quantiles: [q[0], q[1], q[2], q[3], q[4]],
             accuracy: hits as f64 / n as f64,
-        })
-    }
-
-    /// `log p(c|y)` of every sample for the guided class, with the exact classifier (for paired comparisons).
-    pub fn class_log_probs(&self, x: &[f32], device: &Device) -> Option<Vec<f64>> {
-        let c = self.class?;
-        let (d, k) = (self.mixture.dim(), self.mixture.n_classes());
-        let oracle = MixtureScore::new(self.mixture.clone(), Default::default(), device);
-        let log_post = oracle.class_log_posteriors(tensor_ext::matrix(x, x.len() / d, d, device), 0.0);
-        Some(tensor_ext::to_vec_f64(log_post).chunks_exact(k).map(|row| row[c]).collect())
+        };
+        Some((stats, logs))
     }
 
     /// A plotting window covering every component at 3.5 standard deviations.

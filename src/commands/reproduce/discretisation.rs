@@ -227,7 +227,10 @@ fn bias_table(ctx: &Ctx, cfg: &Config, mixture: &GaussianMixture, problem: &Prob
     let bar = ctx.bar("discretisation bias", (SamplerKind::ALL.len() * counts.len()) as u64);
     let mut series = Vec::new();
     // Per step count, the sampler closest to a variance ratio of 1, overall and among the stochastic ones.
-    let mut best: Vec<(usize, String, f64)> = counts.iter().map(|&c| (c, String::new(), f64::INFINITY)).collect();
+    let mut best: Vec<Closest> = counts
+        .iter()
+        .map(|&steps| Closest { steps, sampler: String::new(), deviation: f64::INFINITY, se: 0.0 })
+        .collect();
     let mut best_stochastic = best.clone();
     for kind in SamplerKind::ALL {
         let mut pts = Vec::new();
@@ -254,28 +257,37 @@ fn bias_table(ctx: &Ctx, cfg: &Config, mixture: &GaussianMixture, problem: &Prob
                 fmt(z(c.mean_log_class_prob, ref_stats.mean_log_class_prob), 2),
             ]);
             pts.push((steps as f64, ratio));
-            if (ratio - 1.0).abs() < best[i].2 {
-                best[i] = (steps, name(kind), (ratio - 1.0).abs());
+            let here = Closest { steps, sampler: name(kind), deviation: (ratio - 1.0).abs(), se: ratio_se };
+            if here.deviation < best[i].deviation {
+                best[i] = here.clone();
             }
-            if kind.is_stochastic() && (ratio - 1.0).abs() < best_stochastic[i].2 {
-                best_stochastic[i] = (steps, name(kind), (ratio - 1.0).abs());
+            if kind.is_stochastic() && here.deviation < best_stochastic[i].deviation {
+                best_stochastic[i] = here;
             }
             bar.inc(1);
         }
         series.push(Series { name: name(kind), points: pts });
     }
     bar.finish_and_clear();
-    let list = |b: &[(usize, String, f64)]| {
-        b.iter().map(|(steps, name, dev)| format!("{steps} steps: {name} ({dev:.4})")).collect::<Vec<_>>().join("; ")
+    let list = |b: &[Closest]| {
+        b.iter()
+            .map(|c| format!("{} steps: {} ({:.4} ± {:.4})", c.steps, c.sampler, c.deviation, c.se))
+            .collect::<Vec<_>>()
+            .join("; ")
     };
     let reading = format!(
-        "Bias table, the sampler whose variance ratio is closest to 1 (|ratio - 1| in brackets; its SE is about {:.4}): overall, {}. Among the stochastic samplers, {}. A ratio above 1 over-disperses, which inflates the heavy-tailed E[1/p(c|Y)] above 1/p(c) with no guidance at all; a ratio below 1 deflates it.",
-        best.iter()
-            .filter_map(|b| table.rows.iter().find(|r| r[0] == b.1 && r[1] == b.0.to_string()))
-            .filter_map(|r| r[3].parse::<f64>().ok())
-            .fold(0.0, f64::max),
+        "Bias table, the sampler whose variance ratio is closest to 1 (|ratio - 1| ± its SE in brackets): overall, {}. Among the stochastic samplers, {}. A ratio above 1 over-disperses, which inflates the heavy-tailed E[1/p(c|Y)] above 1/p(c) with no guidance at all; a ratio below 1 deflates it.",
         list(&best),
         list(&best_stochastic),
     );
-    Ok(Bias { table, series, reading, most_accurate: best.into_iter().map(|(s, n, _)| (s, n)).collect() })
+    Ok(Bias { table, series, reading, most_accurate: best.into_iter().map(|c| (c.steps, c.sampler)).collect() })
+}
+
+/// The sampler whose variance ratio is closest to 1 at one step count.
+#[derive(Clone)]
+struct Closest {
+    steps: usize,
+    sampler: String,
+    deviation: f64,
+    se: f64,
 }

@@ -126,8 +126,11 @@ pub fn run(ctx: &Ctx, dir: &Path) -> Result<StageOutput> {
                 let v = metrics::distance_to_exact(&x, &reference, &fresh, 2, cfg.seed);
                 // Every method shares the exact sampler's noise: the paired difference of the rewards has a far
                 // smaller standard error than either mean, so small biases become visible.
-                let exact_r = exact_at_one.get_or_insert_with(|| r.clone());
-                let paired = metrics::mean_se(&r.iter().zip(exact_r.iter()).map(|(a, b)| a - b).collect::<Vec<_>>());
+                if name == "exact" {
+                    exact_at_one = Some(r.clone());
+                }
+                let exact_r = exact_at_one.as_ref().expect("the exact sampler runs first");
+                let paired = metrics::mean_se(&r.iter().zip(exact_r).map(|(a, b)| a - b).collect::<Vec<_>>());
                 at_one.insert(
                     name.into(),
                     serde_json::json!({ "mean_reward": m.mean, "se": m.se, "z": (m.mean - target_mean) / m.se, "paired_vs_exact": paired, "distance": v }),

@@ -47,7 +47,7 @@ pub fn run(ctx: &Ctx, dir: &Path) -> Result<StageOutput> {
         cfg.seed,
     );
     let mut table = Table::new(
-        "E[1/p(c|Y)] (exact classifier) against the CFG strength w, with its light-tailed companions E[log p(c|Y)] and E[p(c|Y)]; 1/p(c) is the exact unguided value of the first, the row `reference` gives all three on exact samples of p(.|c). Every strength uses the same noise, so `paired_diff` = E[1/p(c|Y^w) - 1/p(c|Y^0)] is measured on paired samples, with its own, much smaller, standard error",
+        "E[1/p(c|Y)] (exact classifier) against the CFG strength w, with its light-tailed companions E[log p(c|Y)] and E[p(c|Y)]; 1/p(c) is the exact unguided value of the first, the row `reference` gives all three for a perfect sampler (exact samples of p(.|c) noised to t_min and denoised exactly). Every strength uses the same noise, so `paired_diff` = E[1/p(c|Y^w) - 1/p(c|Y^0)] is measured on paired samples, with its own, much smaller, standard error",
         &[
             "w",
             "scores",
@@ -214,7 +214,7 @@ fn reading(stats: &[Stat], reference: &ClassStats, inv_prior: f64, n: usize) -> 
         if let Some(s) = rows.iter().find(|s| s.w == 0.0) {
             let c = &s.class;
             text += &format!(
-                " With {name} scores at w = 0: E[1/p(c|Y)] = {}; the light-tailed companions against exact samples: E[log p(c|Y)] = {}, E[p(c|Y)] = {}.",
+                " With {name} scores at w = 0: E[1/p(c|Y)] = {}; the light-tailed companions against the perfect sampler: E[log p(c|Y)] = {}, E[p(c|Y)] = {}.",
                 super::versus(c.mean_inv_class_prob, inv_prior),
                 super::versus(c.mean_log_class_prob, reference.mean_log_class_prob.mean),
                 super::versus(c.mean_class_prob, reference.mean_class_prob.mean),

@@ -7,6 +7,11 @@ use tilt_core::{GaussianMixture, MixtureSpec, RewardSpec, Schedule};
 use tilt_sampler::guidance::Apg;
 use tilt_sampler::{SamplerKind, TimeGrid};
 
+/// Largest `sampler.batch`: 10^7 chains of a few coordinates and a few hidden layers already take gigabytes.
+pub const MAX_BATCH: usize = 10_000_000;
+/// Largest `sampler.steps` (the time grid is held in memory; 10^6 steps are far past any discretisation bias).
+pub const MAX_STEPS: usize = 1_000_000;
+
 /// `tilt sample` configuration. Every table rejects unknown fields.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -64,6 +69,10 @@ pub struct SamplerConfig {
     /// `host` (default): the same noise on every backend; `device`: the backend's RNG.
     #[serde(default)]
     pub noise: NoiseKind,
+    /// Chains run at once: larger sample counts are drawn in chunks of this many rows (host noise: stream `i`
+    /// of the seed for chunk `i`), which bounds the sampler's memory.
+    #[serde(default = "default_batch")]
+    pub batch: usize,
 }
 
 impl Default for SamplerConfig {
@@ -76,6 +85,7 @@ impl Default for SamplerConfig {
             t_min: default_t_min(),
             denoise_final: true,
             noise: NoiseKind::Host,
+            batch: default_batch(),
         }
     }
 }
@@ -88,6 +98,9 @@ pub enum NoiseKind {
     Device,
 }
 
+fn default_batch() -> usize {
+    100_000
+}
 fn default_steps() -> usize {
     200
 }
@@ -174,6 +187,12 @@ impl SampleConfig {
         let s = &self.sampler;
         if s.steps == 0 {
             bail!("sampler.steps: expected at least 1");
+        }
+        if s.steps > MAX_STEPS {
+            bail!("sampler.steps: expected at most {MAX_STEPS}, got {}", s.steps);
+        }
+        if !(1..=MAX_BATCH).contains(&s.batch) {
+            bail!("sampler.batch: expected 1 to {MAX_BATCH} chains at once, got {}", s.batch);
         }
         if !(s.t_max.is_finite() && s.t_max < 1.0) {
             bail!(

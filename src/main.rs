@@ -26,9 +26,12 @@ enum Command {
         /// TOML config (see configs/).
         #[arg(long)]
         config: PathBuf,
-        /// Output directory.
+        /// Output directory (absent or empty; an earlier `tilt sample` output is replaced only with --force).
         #[arg(long)]
         out: PathBuf,
+        /// Write into an --out that holds other files: files with the names this command writes are replaced.
+        #[arg(long)]
+        force: bool,
     },
     /// Train a score network, classifier or reward-weighted score (see configs/train_*.toml).
     Train {
@@ -40,6 +43,9 @@ enum Command {
         /// Continue the run in --out from its latest checkpoint.
         #[arg(long)]
         resume: bool,
+        /// Start a new run in an --out that holds other files (a run's own file names are replaced, others kept).
+        #[arg(long, conflicts_with = "resume")]
+        force: bool,
     },
     /// Run the papers' experiments and write a report (configs/experiments/).
     Reproduce {
@@ -50,7 +56,7 @@ enum Command {
         only: Vec<String>,
         #[arg(long, default_value = "out/reproduce")]
         out: PathBuf,
-        /// Re-run stages whose outputs are already complete.
+        /// Re-run stages whose outputs are already complete, and write into an --out that holds other files.
         #[arg(long)]
         force: bool,
     },
@@ -58,6 +64,9 @@ enum Command {
     Demo {
         #[arg(long, default_value = "out/demo")]
         out: PathBuf,
+        /// As `reproduce --force`.
+        #[arg(long)]
+        force: bool,
     },
     /// Export a checkpoint's EMA weights as SafeTensors.
     Export {
@@ -65,6 +74,9 @@ enum Command {
         checkpoint: PathBuf,
         #[arg(long)]
         out: PathBuf,
+        /// Replace an existing --out file.
+        #[arg(long)]
+        force: bool,
     },
     /// List the backends compiled into this binary.
     Devices,
@@ -73,17 +85,22 @@ enum Command {
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Sample { config, out } => {
+        Command::Sample { config, out, force } => {
             let cfg = SampleConfig::load(&config)?;
             let device = device::select(cli.device.as_deref())?;
             eprintln!("tilt sample: {} on {}", config.display(), device::describe(&device));
-            commands::sample::run(&cfg, &out, &device)?;
+            commands::sample::run(&cfg, &out, force, &device)?;
             eprintln!("wrote {}", out.join("summary.json").display());
         }
-        Command::Train { config, out, resume } => {
+        Command::Train { config, out, resume, force } => {
             let device = device::select(cli.device.as_deref())?;
             eprintln!("tilt train: {} on {}", config.display(), device::describe(&device));
-            let o = commands::train::run(&config, &out, resume, &device)?;
+            let start = match (resume, force) {
+                (true, _) => tilt_train::Start::Resume,
+                (false, true) => tilt_train::Start::NewOverwriting,
+                (false, false) => tilt_train::Start::New,
+            };
+            let o = commands::train::run(&config, &out, start, &device)?;
             eprintln!(
                 "trained {} steps in {:.1} s: final loss {:.4}{}; checkpoint {}",
                 o.steps,
@@ -96,10 +113,12 @@ fn main() -> Result<()> {
         Command::Reproduce { preset, only, out, force } => {
             reproduce(preset, &only, &out, force, cli.device.as_deref())?
         }
-        Command::Demo { out } => reproduce(commands::reproduce::Preset::Fast, &[], &out, false, cli.device.as_deref())?,
-        Command::Export { checkpoint, out } => {
+        Command::Demo { out, force } => {
+            reproduce(commands::reproduce::Preset::Fast, &[], &out, force, cli.device.as_deref())?
+        }
+        Command::Export { checkpoint, out, force } => {
             let device = device::select(cli.device.as_deref())?;
-            commands::train::export(&checkpoint, &out, &device)?;
+            commands::export::run(&checkpoint, &out, force, &device)?;
             eprintln!("wrote {}", out.display());
         }
         Command::Devices => println!("{}", device::compiled_backends().join("\n")),

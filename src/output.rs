@@ -2,16 +2,11 @@
 
 use crate::commands::sample::{Record, Summary};
 use crate::plot::{self, Series};
-use anyhow::{Context, Result};
+use anyhow::Result;
 use serde::Serialize;
 use std::path::Path;
 
-/// Write a file atomically: a sibling temporary file, then a rename, so a reader never sees half a file.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension(format!("{}.tmp", path.extension().and_then(|e| e.to_str()).unwrap_or("")));
-    std::fs::write(&tmp, bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot move {} into place", path.display()))
-}
+pub use tilt_train::write_atomic;
 
 pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
     write_atomic(path, serde_json::to_string_pretty(value)?.as_bytes())
@@ -29,7 +24,7 @@ pub fn write_samples_csv(path: &Path, x: &[f32], d: usize) -> Result<()> {
 
 /// A one-line digest of a record for the terminal.
 pub fn one_line(r: &Record) -> String {
-    let mut s = format!("w = {:<6} {:>6.2} s", r.w, r.seconds);
+    let mut s = format!("w = {:<6} {:>6.2} s", crate::commands::sample::w_label(r.w), r.seconds);
     if let Some(m) = &r.mean_reward {
         s += &format!("  E[r] = {:.4} ± {:.4}", m.mean, m.se);
         if let Some(t) = r.target_mean_reward {

@@ -50,6 +50,10 @@ pub fn scatter_over_density(
 ) -> Result<()> {
     ensure_font();
     let (x0, x1, y0, y1) = bounds;
+    if ![x0, x1, y0, y1].iter().all(|v| v.is_finite()) || x0 >= x1 || y0 >= y1 {
+        eprintln!("warning: {} not drawn: the plotting window {bounds:?} is not a finite rectangle", path.display());
+        return Ok(());
+    }
     let root = BitMapBackend::new(path, (640, 560)).into_drawing_area();
     root.fill(&WHITE).map_err(err(path))?;
     let mut chart = ChartBuilder::on(&root)
@@ -144,15 +148,17 @@ fn draw_curves(
         })
         .collect();
     let series = &finite[..];
+    let references: Vec<(String, f64)> = references.iter().filter(|r| r.1.is_finite()).cloned().collect();
     let all_x = series.iter().flat_map(|s| s.points.iter().map(|p| p.0));
     let all_y = series.iter().flat_map(|s| s.points.iter().map(|p| p.1)).chain(references.iter().map(|r| r.1));
     let (xmin, xmax) = min_max(all_x);
     let (ymin, ymax) = min_max(all_y);
-    let pad = |lo: f64, hi: f64| {
-        let p = ((hi - lo) * 0.06).max(1e-9);
-        (lo - p, hi + p)
-    };
-    let ((x0, x1), (y0, y1)) = (pad(xmin, xmax), pad(ymin, ymax));
+    let ((x0, x1), (y0, y1)) = (padded(xmin, xmax), padded(ymin, ymax));
+    // plotters' axis-label search never returns on a non-finite or empty range: skip the figure instead.
+    if ![x0, x1, y0, y1].iter().all(|v| v.is_finite()) || x0 >= x1 || y0 >= y1 {
+        eprintln!("warning: {} not drawn: {title} has no finite values to plot", path.display());
+        return Ok(());
+    }
     let root = BitMapBackend::new(path, (720, 480)).into_drawing_area();
     root.fill(&WHITE).map_err(err(path))?;
     let mut chart = ChartBuilder::on(&root)
@@ -198,6 +204,38 @@ fn draw_curves(
     Ok(())
 }
 
+/// `[lo, hi]` widened by 6 % of its span, and by at least a relative 1e-6 so that a single value (of any size)
+/// still gives a range that floating point can split into ticks.
+fn padded(lo: f64, hi: f64) -> (f64, f64) {
+    let p = ((hi - lo) * 0.06).max(1e-6 * lo.abs().max(hi.abs()).max(1.0));
+    (lo - p, hi + p)
+}
+
 fn min_max(it: impl Iterator<Item = f64>) -> (f64, f64) {
     it.filter(|v| v.is_finite()).fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| (a.min(v), b.max(v)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each of these once sent plotters' tick search into an endless loop; now the figure is skipped or drawn.
+    #[test]
+    fn degenerate_curves_return_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        type Case = (&'static str, Vec<(f64, f64)>, Vec<(String, f64)>);
+        let cases: [Case; 4] = [
+            ("all_nan", vec![(0.0, f64::NAN), (1.0, f64::NAN)], vec![]),
+            ("all_inf", vec![(0.0, f64::INFINITY), (1.0, f64::INFINITY)], vec![("ref".into(), f64::INFINITY)]),
+            ("one_huge_value", vec![(0.0, 1e12), (1.0, 1e12)], vec![]),
+            ("huge_span", vec![(0.0, -1e307), (1.0, 1e307)], vec![]),
+        ];
+        for (name, points, refs) in cases {
+            let path = dir.path().join(format!("{name}.png"));
+            let series = [Series { name: "s".into(), points }];
+            curves(&path, name, "w", "y", &series, &refs).unwrap();
+        }
+        assert!(!dir.path().join("all_nan.png").exists());
+        assert!(dir.path().join("one_huge_value.png").exists());
+    }
 }

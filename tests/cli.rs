@@ -129,7 +129,7 @@ fn shipped_configs_run_and_write_every_output() {
         cfg.samples = 300; // the shipped sizes are for people; the test checks the plumbing and the direction
         cfg.sampler.steps = 60;
         let dir = tempfile::tempdir().unwrap();
-        let summary = tilt::commands::sample::run(&cfg, dir.path(), &burn::prelude::Device::flex()).unwrap();
+        let summary = tilt::commands::sample::run(&cfg, dir.path(), false, &burn::prelude::Device::flex()).unwrap();
         assert_eq!(summary.records.len(), cfg.guidance.strengths.len());
         for w in &cfg.guidance.strengths {
             for ext in ["csv", "png"] {

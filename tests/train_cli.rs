@@ -120,7 +120,7 @@ fn divergence_stops_with_an_error_and_keeps_the_last_good_checkpoint() {
         + "[optim]\nlr = 0.9\nbeta1 = 0.0\nbeta2 = 0.0\nepsilon = 1e-30\n";
     let cfg = TrainConfig::parse(&text).unwrap();
     let run = dir.path().join("run");
-    let err = tilt_train::train(&cfg, &run, false, &common::device(), &mut |_| {}).unwrap_err();
+    let err = tilt_train::train(&cfg, &run, tilt_train::Start::New, &common::device(), &mut |_| {}).unwrap_err();
     let msg = format!("{err:#}");
     assert!(msg.contains("training diverged"), "{msg}");
     // The newest checkpoint is the last step whose loss was finite, and it verifies and loads.
@@ -167,7 +167,7 @@ fn csv_data_errors_name_line_and_column() {
     let read = |name: &str, text: &str, labelled: bool| {
         let p = dir.path().join(name);
         std::fs::write(&p, text).unwrap();
-        tilt_train::data::read_csv(&p, labelled).map_err(|e| format!("{e:#}"))
+        tilt_train::data::read_csv(&p, labelled, None).map_err(|e| format!("{e:#}"))
     };
     let ok = read("ok.csv", "x1,x2,label\n0.5,1.0,0\n-1,2,1\n", true).unwrap();
     assert_eq!((ok.len(), ok.dim, ok.num_classes), (2, 2, 2));
@@ -180,7 +180,26 @@ fn csv_data_errors_name_line_and_column() {
     let e = read("nan.csv", "1,2\n3,NaN\n", false).unwrap_err();
     assert!(e.contains("line 2, column 2: expected a finite number"), "{e}");
     assert!(read("empty.csv", "x1,x2\n", false).unwrap_err().contains("no data rows"));
-    let missing = tilt_train::data::read_csv(Path::new("/nonexistent/data.csv"), false).unwrap_err();
+    // Blank lines count: the bad value is on line 5 of the file.
+    let e = read("blank.csv", "x1,x2\n\n0.5,1.0\n\n0.1,abc\n", false).unwrap_err();
+    assert!(e.contains("blank.csv: line 5, column 2"), "{e}");
+    // 1e300 is finite in f64 but not in f32, where training runs.
+    let e = read("huge.csv", "1,2\n3,1e300\n", false).unwrap_err();
+    assert!(e.contains("line 2, column 2: expected a finite number within the f32 range"), "{e}");
+    // A stray label is an error, not a new class; a huge one is refused before anything is allocated.
+    let e = read("stray.csv", "1,2,0\n3,4,1\n5,6,7\n", true).unwrap_err();
+    assert!(e.contains("stray.csv: line 3: label 7, but class 2 has no rows"), "{e}");
+    let e = read("huge_label.csv", "1,2,0\n3,4,1000000000\n", true).unwrap_err();
+    assert!(e.contains("huge_label.csv: line 2, column 3: expected a class label"), "{e}");
+    let p = dir.path().join("declared.csv");
+    std::fs::write(&p, "1,2,0\n3,4,2\n").unwrap();
+    assert_eq!(tilt_train::data::read_csv(&p, true, Some(3)).unwrap().num_classes, 3);
+    let e = format!("{:#}", tilt_train::data::read_csv(&p, true, Some(2)).unwrap_err());
+    assert!(
+        e.contains("line 2, column 3: expected a class label (0, 1, ... below data.classes = 2), got \"2\""),
+        "{e}"
+    );
+    let missing = tilt_train::data::read_csv(Path::new("/nonexistent/data.csv"), false, None).unwrap_err();
     assert!(format!("{missing:#}").contains("cannot open data file /nonexistent/data.csv"));
 }
 

@@ -43,7 +43,7 @@ fn trained(name: &str, cfg: &TrainConfig) -> PathBuf {
     let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let dir = workdir().join(name);
     if !dir.join("checkpoints/latest").exists() {
-        let out = tilt_train::train(cfg, &dir, false, &device(), &mut |_| {}).unwrap();
+        let out = tilt_train::train(cfg, &dir, tilt_train::Start::New, &device(), &mut |_| {}).unwrap();
         eprintln!(
             "{name}: {} steps in {:.1} s, final loss {:.4}, test loss {:?}",
             out.steps, out.seconds, out.final_loss, out.test_loss
@@ -219,13 +219,13 @@ fn small(steps: usize) -> TrainConfig {
 fn resume_reproduces_an_uninterrupted_run_exactly() {
     let dir = tempfile::tempdir().unwrap();
     let straight = dir.path().join("straight");
-    tilt_train::train(&small(60), &straight, false, &device(), &mut |_| {}).unwrap();
+    tilt_train::train(&small(60), &straight, tilt_train::Start::New, &device(), &mut |_| {}).unwrap();
     let split = dir.path().join("split");
-    tilt_train::train(&small(40), &split, false, &device(), &mut |_| {}).unwrap();
+    tilt_train::train(&small(40), &split, tilt_train::Start::New, &device(), &mut |_| {}).unwrap();
     // Refused without --resume; then resumed to 60.
-    let again = tilt_train::train(&small(60), &split, false, &device(), &mut |_| {});
+    let again = tilt_train::train(&small(60), &split, tilt_train::Start::New, &device(), &mut |_| {});
     assert!(format!("{:#}", again.unwrap_err()).contains("pass --resume"));
-    let out = tilt_train::train(&small(60), &split, true, &device(), &mut |_| {}).unwrap();
+    let out = tilt_train::train(&small(60), &split, tilt_train::Start::Resume, &device(), &mut |_| {}).unwrap();
     assert_eq!(out.steps, 60);
     let (a, b) = (params(&straight), params(&split));
     let diff = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max);
@@ -233,14 +233,14 @@ fn resume_reproduces_an_uninterrupted_run_exactly() {
     // A changed config is refused on resume.
     let mut other = small(80);
     other.batch_size = 32;
-    let e = tilt_train::train(&other, &split, true, &device(), &mut |_| {}).unwrap_err();
+    let e = tilt_train::train(&other, &split, tilt_train::Start::Resume, &device(), &mut |_| {}).unwrap_err();
     assert!(format!("{e:#}").contains("`batch_size` differs"), "{e:#}");
 }
 
 fn corrupt_case(make: impl Fn(&Path), want: &str) {
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("run");
-    tilt_train::train(&small(20), &run, false, &device(), &mut |_| {}).unwrap();
+    tilt_train::train(&small(20), &run, tilt_train::Start::New, &device(), &mut |_| {}).unwrap();
     let ck = tilt_train::checkpoint::resolve(&run).unwrap();
     make(&ck);
     let err = match load_score(&run, "score-net", &device()) {
@@ -276,7 +276,7 @@ fn damaged_checkpoints_are_refused_with_the_file_named() {
     // Wrong kind: a score network loaded as a classifier.
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("run");
-    tilt_train::train(&small(20), &run, false, &device(), &mut |_| {}).unwrap();
+    tilt_train::train(&small(20), &run, tilt_train::Start::New, &device(), &mut |_| {}).unwrap();
     let e = load_classifier(&run, &device()).err().expect("kind mismatch must be refused");
     assert!(format!("{e:#}").contains("holds a score-net model, but a classifier model was expected"), "{e:#}");
     // Architecture mismatch (a state.json edited to another width), with the manifest re-signed: the shape check names the file.

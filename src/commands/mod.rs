@@ -1,5 +1,6 @@
 //! The `tilt` subcommands.
 
+pub mod export;
 pub mod reproduce;
 pub mod sample;
 pub mod train;

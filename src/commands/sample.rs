@@ -200,6 +200,29 @@ fn sample_bounds(x: &[f32], d: usize) -> plot::Bounds {
     (x0, x1, y0, y1)
 }
 
+/// `w` for file names and titles: as written when short, else in scientific notation (a strength of 1e300
+/// printed in full is a 301-character file name).
+pub fn w_label(w: f64) -> String {
+    let plain = format!("{w}");
+    if plain.len() <= 12 { plain } else { format!("{w:.4e}") }
+}
+
+/// Refuse a sweep whose results cannot be held in memory, before sampling: per sample the host keeps its
+/// coordinates, the exact reference draws for the distances and a few per-row metrics. The sampler itself runs
+/// in chunks of `sampler.batch` rows, so this is the only size that grows with `samples`.
+fn check_memory(n: usize, d: usize, classes: usize) -> Result<()> {
+    let per_row = d.checked_mul(16).and_then(|b| b.checked_add(8 * classes + 64));
+    let bytes = per_row.and_then(|p| p.checked_mul(n));
+    if bytes.is_some_and(|b| Vec::<u8>::new().try_reserve_exact(b).is_ok()) {
+        return Ok(());
+    }
+    bail!(
+        "samples: {n} samples of dimension {d} need about {} of memory for the samples and their metrics, which cannot \
+         be allocated here; lower samples",
+        bytes.map_or("more than 2^64 bytes".to_string(), |b| format!("{:.1} GB", b as f64 / 1e9))
+    )
+}
+
 /// `log r` of standardised coordinates: the reward lives in data space.
 struct InDataSpace<'a> {
     reward: &'a dyn Reward,
@@ -359,9 +382,10 @@ fn load_scores(cfg: &SampleConfig, mixture: Option<&GaussianMixture>, device: &D
     })
 }
 
-/// Run the sweep described by `cfg` and write everything into `out`.
-pub fn run(cfg: &SampleConfig, out: &Path, device: &Device) -> Result<Summary> {
-    std::fs::create_dir_all(out).with_context(|| format!("cannot create output directory {}", out.display()))?;
+/// Run the sweep described by `cfg` and write everything into `out`. `out` is claimed (locked, checked for
+/// foreign files) only once the models have loaded, so a failed load leaves nothing behind; an earlier sweep's
+/// results there are replaced only with `force`.
+pub fn run(cfg: &SampleConfig, out: &Path, force: bool, device: &Device) -> Result<Summary> {
     // The analytic data set: the config's, else the one the base network was trained on (if a mixture).
     let mixture = match cfg.built_mixture() {
         Some(m) => Some(m),
@@ -391,11 +415,28 @@ pub fn run(cfg: &SampleConfig, out: &Path, device: &Device) -> Result<Summary> {
     let reward = cfg.reward.as_ref().map(|r| r.build());
     let exp_linear = cfg.reward.as_ref().and_then(|r| r.exp_linear());
     let problem = mixture.map(|m| Problem::new(m, kind, cfg.class, exp_linear.clone()));
+    if let (Some(p), Some(r)) = (&problem, &exp_linear) {
+        let (base, tilted) = (p.base_law.mean_reward(r), p.base_law.tilted_mean_reward(r));
+        if !(base.is_finite() && tilted.is_finite()) {
+            bail!(
+                "reward.a: the reward overflows on this mixture (E_p[r] = {base:e}, E_p_r[r] = {tilted:e}); scale a down"
+            );
+        }
+    }
     let n = cfg.samples;
+    check_memory(n, d, scores.num_classes)?;
+    let dir = tilt_train::OutputDir::claim(out, tilt_train::OutputKind::Sample, force)?;
+    if *dir.prior() == tilt_train::Prior::Own && !force {
+        bail!(
+            "{}: holds the results of an earlier `tilt sample`; pass --force to replace them, or choose another --out",
+            out.display()
+        );
+    }
     let model_space_reward = reward.as_deref().map(|r| InDataSpace { reward: r, st: scores.standardizer.clone() });
 
-    let condition = match cfg.class {
-        Some(c) if kind != GuidanceKind::Classifier => Condition::class(c, n, device),
+    // Labels for `rows` chains (classifier guidance starts from the unconditional model).
+    let condition = |rows: usize| match cfg.class {
+        Some(c) if kind != GuidanceKind::Classifier => Condition::class(c, rows, device),
         _ => Condition::Unconditional,
     };
     let s = &cfg.sampler;
@@ -406,6 +447,7 @@ pub fn run(cfg: &SampleConfig, out: &Path, device: &Device) -> Result<Summary> {
         times: s.grid.times(s.steps, s.t_max, s.t_min, schedule),
         denoise_final: s.denoise_final,
     };
+    let chunks: Vec<usize> = (0..n.div_ceil(s.batch)).map(|i| s.batch.min(n - i * s.batch)).collect();
 
     let mut records = Vec::new();
     for &w in &cfg.guidance.strengths {
@@ -413,48 +455,60 @@ pub fn run(cfg: &SampleConfig, out: &Path, device: &Device) -> Result<Summary> {
             (Some(t_start), Some(t_end)) => WeightSchedule::Interval { w, t_start, t_end },
             _ => WeightSchedule::Constant(w),
         };
-        let mut guided = GuidedScore::new(scores.base.as_ref(), condition.clone()).with_rescale(cfg.guidance.rescale);
-        guided = match kind {
-            GuidanceKind::None => guided,
-            GuidanceKind::Reward => match (&scores.reweighted, &scores.residual) {
-                (Some(r), _) => guided.with(RewardGuidance::reweighted(r.as_ref()), weight),
-                (None, Some(r)) => guided.with(RewardGuidance::residual(r.as_ref()), weight),
-                (None, None) => unreachable!("load_scores provides a reward source"),
-            },
-            GuidanceKind::Cfg => match &cfg.guidance.apg {
-                Some(apg) => guided.with(CfgGuidance::with_apg(apg.clone()), weight),
-                None => guided.with(CfgGuidance::new(), weight),
-            },
-            GuidanceKind::Classifier => guided.with(
-                ClassifierGuidance::new(
-                    scores.classifier.as_deref().expect("load_scores provides a classifier"),
-                    cfg.class.expect("validated"),
+        // One guided score per chunk of chains: stateful terms (APG's momentum) start afresh with each chain.
+        let guided_for = |rows: usize| {
+            let weight = weight.clone();
+            let guided = GuidedScore::new(scores.base.as_ref(), condition(rows)).with_rescale(cfg.guidance.rescale);
+            match kind {
+                GuidanceKind::None => guided,
+                GuidanceKind::Reward => match (&scores.reweighted, &scores.residual) {
+                    (Some(r), _) => guided.with(RewardGuidance::reweighted(r.as_ref()), weight),
+                    (None, Some(r)) => guided.with(RewardGuidance::residual(r.as_ref()), weight),
+                    (None, None) => unreachable!("load_scores provides a reward source"),
+                },
+                GuidanceKind::Cfg => match &cfg.guidance.apg {
+                    Some(apg) => guided.with(CfgGuidance::with_apg(apg.clone()), weight),
+                    None => guided.with(CfgGuidance::new(), weight),
+                },
+                GuidanceKind::Classifier => guided.with(
+                    ClassifierGuidance::new(
+                        scores.classifier.as_deref().expect("load_scores provides a classifier"),
+                        cfg.class.expect("validated"),
+                    ),
+                    weight,
                 ),
-                weight,
-            ),
-            GuidanceKind::RewardGradient => {
-                guided.with(RewardGradientGuidance::new(model_space_reward.as_ref().expect("validated")), weight)
-            }
-            GuidanceKind::NegativeClass => {
-                guided.with(NegativeClassGuidance::new(cfg.guidance.negative_class.expect("validated")), weight)
+                GuidanceKind::RewardGradient => {
+                    guided.with(RewardGradientGuidance::new(model_space_reward.as_ref().expect("validated")), weight)
+                }
+                GuidanceKind::NegativeClass => {
+                    guided.with(NegativeClassGuidance::new(cfg.guidance.negative_class.expect("validated")), weight)
+                }
             }
         };
 
-        let bar = ProgressBar::new(sampler.steps() as u64).with_style(
+        let steps = sampler.steps();
+        let bar = ProgressBar::new((steps * chunks.len()) as u64).with_style(
             ProgressStyle::with_template("{prefix:>10} [{bar:30}] {pos}/{len} steps {elapsed_precise} eta {eta}")
                 .expect("static template")
                 .progress_chars("=> "),
         );
-        bar.set_prefix(format!("w = {w}"));
-        let mut noise = match s.noise {
-            NoiseKind::Host => NoiseSource::host(cfg.seed),
-            NoiseKind::Device => NoiseSource::device(cfg.seed, device),
-        };
+        bar.set_prefix(format!("w = {}", w_label(w)));
         let start = Instant::now();
-        let x = sampler.sample(&mut |x, t, k| guided.score(x, t, k), n, d, device, &mut noise, &mut |k, _, _| {
-            bar.set_position(k as u64)
-        });
-        let mut x = tensor_ext::to_vec(x);
+        let (mut x, mut model_calls) = (Vec::with_capacity(n * d), 0);
+        for (i, &rows) in chunks.iter().enumerate() {
+            let mut noise = match (s.noise, i) {
+                (NoiseKind::Host, _) => NoiseSource::host_stream(cfg.seed, i as u64),
+                (NoiseKind::Device, 0) => NoiseSource::device(cfg.seed, device),
+                (NoiseKind::Device, _) => NoiseSource::Device,
+            };
+            let mut guided = guided_for(rows);
+            let xc =
+                sampler.sample(&mut |x, t, k| guided.score(x, t, k), rows, d, device, &mut noise, &mut |k, _, _| {
+                    bar.set_position((i * steps + k) as u64)
+                });
+            x.extend(tensor_ext::to_vec(xc));
+            model_calls += guided.base_calls;
+        }
         let seconds = start.elapsed().as_secs_f64();
         bar.finish_and_clear();
         scores.standardizer.invert(&mut x);
@@ -464,12 +518,13 @@ pub fn run(cfg: &SampleConfig, out: &Path, device: &Device) -> Result<Summary> {
         let non_finite_samples = all - n;
         if non_finite_samples > 0 {
             eprintln!(
-                "warning: w = {w}: {non_finite_samples} of {all} samples are not finite (NaN or inf); the sampler diverged \
-                 (too few steps, or too strong a guidance). The metrics use the {n} finite samples."
+                "warning: w = {}: {non_finite_samples} of {all} samples are not finite (NaN or inf); the sampler diverged \
+                 (too few steps, or too strong a guidance). The metrics use the {n} finite samples.",
+                w_label(w)
             );
         }
         if n < 2 {
-            bail!("w = {w}: fewer than 2 finite samples ({n} of {all}); nothing to measure");
+            bail!("w = {}: fewer than 2 finite samples ({n} of {all}); nothing to measure", w_label(w));
         }
 
         let mean_reward = reward.as_ref().map(|r| {
@@ -487,7 +542,7 @@ pub fn run(cfg: &SampleConfig, out: &Path, device: &Device) -> Result<Summary> {
             w,
             samples: n,
             steps: sampler.steps(),
-            model_calls: guided.base_calls,
+            model_calls,
             seconds,
             sample_mean: metrics::column_means(&x, d),
             mean_reward,
@@ -503,10 +558,15 @@ pub fn run(cfg: &SampleConfig, out: &Path, device: &Device) -> Result<Summary> {
         };
         eprintln!("{}", output::one_line(&record));
 
-        let stem = format!("samples_w{w}");
+        let stem = format!("samples_w{}", w_label(w));
         output::write_samples_csv(&out.join(format!("{stem}.csv")), &x, d)?;
-        let title =
-            format!("{} guidance, w = {w}  ({n} samples, {} {} steps)", kebab(&kind), sampler.steps(), kebab(&s.kind));
+        let title = format!(
+            "{} guidance, w = {}  ({n} samples, {} {} steps)",
+            kebab(&kind),
+            w_label(w),
+            sampler.steps(),
+            kebab(&s.kind)
+        );
         let png = out.join(format!("{stem}.png"));
         match &problem {
             Some(p) => {

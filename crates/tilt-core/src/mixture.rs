@@ -57,6 +57,12 @@ impl MixtureSpec {
     }
 }
 
+/// Largest |mean| and standard deviation a mixture may have: the samplers and the exact oracle compute in f32,
+/// where squares of larger values lose all precision or overflow.
+pub const MAX_PARAMETER: f64 = 1e6;
+/// Smallest standard deviation: below it `(x - mean)^2 / std^2` overflows f32 for any x a sampler produces.
+pub const MIN_STD: f64 = 1e-6;
+
 /// Mixture parameters. Classes are sets of components; a component may belong to no class.
 #[derive(Clone, Debug, PartialEq)]
 pub struct GaussianMixture {
@@ -110,6 +116,11 @@ impl GaussianMixture {
             if let Some(v) = mu.iter().find(|v| !v.is_finite()) {
                 return Err(format!("means[{i}]: expected finite values, got {v}"));
             }
+            if let Some(v) = mu.iter().find(|v| v.abs() > MAX_PARAMETER) {
+                return Err(format!(
+                    "means[{i}]: expected values within ±{MAX_PARAMETER:e} (samplers and oracle compute in f32), got {v}"
+                ));
+            }
         }
         for (i, s) in self.stds.iter().enumerate() {
             if s.len() != d {
@@ -117,6 +128,12 @@ impl GaussianMixture {
             }
             if let Some((j, v)) = s.iter().enumerate().find(|(_, v)| !(v.is_finite() && **v > 0.0)) {
                 return Err(format!("stds[{i}][{j}]: expected a positive standard deviation, got {v}"));
+            }
+            if let Some((j, v)) = s.iter().enumerate().find(|(_, v)| !(MIN_STD..=MAX_PARAMETER).contains(*v)) {
+                return Err(format!(
+                    "stds[{i}][{j}]: expected a standard deviation in [{MIN_STD:e}, {MAX_PARAMETER:e}] (samplers and \
+                     oracle compute in f32: (x - mean)^2 / std^2 must stay finite), got {v}"
+                ));
             }
         }
         if self.classes.is_empty() {

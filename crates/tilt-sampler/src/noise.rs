@@ -19,7 +19,15 @@ pub enum NoiseSource {
 
 impl NoiseSource {
     pub fn host(seed: u64) -> Self {
-        NoiseSource::Host(ChaCha8Rng::seed_from_u64(seed))
+        Self::host_stream(seed, 0)
+    }
+
+    /// Stream `stream` of the host generator seeded with `seed` (stream 0 is [`NoiseSource::host`]): independent
+    /// noise for each chunk of a large sample, the same on every backend.
+    pub fn host_stream(seed: u64, stream: u64) -> Self {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        rng.set_stream(stream);
+        NoiseSource::Host(rng)
     }
 
     /// Seeds the device RNG (process-global per backend family, see docs/theory.md §8).

@@ -95,11 +95,30 @@ impl Artifact {
     }
     pub fn optimizer(optim: &ModuleOptimizer) -> Result<Self> {
         let bytes = optim.into_bytes().map_err(|e| anyhow!("cannot serialise optim.bpk: {e}"))?;
-        Ok(Self { name: "optim.bpk", kind: FileKind::Optimizer, bytes: bytes.to_vec(), shapes: vec![] })
+        let bytes = sorted_burnpack(bytes).map_err(|e| anyhow!("cannot serialise optim.bpk: {e}"))?;
+        Ok(Self { name: "optim.bpk", kind: FileKind::Optimizer, bytes, shapes: vec![] })
     }
     pub fn json<T: Serialize>(name: &'static str, value: &T) -> Result<Self> {
         Ok(Self { name, kind: FileKind::State, bytes: serde_json::to_vec_pretty(value)?, shapes: vec![] })
     }
+}
+
+/// A burnpack file with its tensors in name order. Burn writes an optimizer's state from a hash map, in an order
+/// that changes from run to run: the same state would give different bytes and checksums, and a resumed run could
+/// not be compared byte for byte with an uninterrupted one. The loader looks tensors up by name.
+fn sorted_burnpack(bytes: Bytes) -> Result<Vec<u8>, burn_pack::Error> {
+    let reader = burn_pack::Reader::from_bytes(bytes)?;
+    let (scalars, metadata) = (reader.scalars().clone(), reader.metadata().clone());
+    let mut tensors = reader.into_tensors()?;
+    tensors.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut writer = burn_pack::Writer::new(tensors);
+    for (key, value) in &scalars {
+        writer = writer.with_scalar(key, *value);
+    }
+    for (key, value) in &metadata {
+        writer = writer.with_metadata(key, value);
+    }
+    Ok(writer.into_bytes()?.to_vec())
 }
 
 pub fn checkpoints_dir(run: &Path) -> PathBuf {
@@ -108,6 +127,12 @@ pub fn checkpoints_dir(run: &Path) -> PathBuf {
 
 fn step_name(step: usize) -> String {
     format!("step-{step:06}")
+}
+
+/// The step of a checkpoint directory name `step-NNNNNN` (any number of digits), else `None`.
+pub fn step_of(name: &str) -> Option<usize> {
+    let digits = name.strip_prefix("step-")?;
+    (!digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())).then(|| digits.parse().ok()).flatten()
 }
 
 /// Write a complete checkpoint for `step` and make it the latest; keep the newest `keep` checkpoints.
@@ -119,7 +144,7 @@ pub fn save(run: &Path, model_kind: &str, step: usize, artifacts: &[Artifact], k
     if tmp.exists() {
         fs::remove_dir_all(&tmp).with_context(|| format!("cannot clear stale {}", tmp.display()))?;
     }
-    fs::create_dir_all(&tmp)?;
+    fs::create_dir_all(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
     let mut files = Vec::new();
     for a in artifacts {
         let path = tmp.join(a.name);
@@ -138,17 +163,20 @@ pub fn save(run: &Path, model_kind: &str, step: usize, artifacts: &[Artifact], k
     if dest.exists() {
         // Re-saving the same step (a resumed run): move the old one aside first, then drop it.
         let old = root.join(format!(".{name}.old"));
-        let _ = fs::remove_dir_all(&old);
-        fs::rename(&dest, &old)?;
-        fs::rename(&tmp, &dest)?;
-        let _ = fs::remove_dir_all(&old);
+        if old.exists() {
+            fs::remove_dir_all(&old).with_context(|| format!("cannot clear stale {}", old.display()))?;
+        }
+        fs::rename(&dest, &old).with_context(|| format!("cannot move {} aside", dest.display()))?;
+        fs::rename(&tmp, &dest).with_context(|| format!("cannot move checkpoint into {}", dest.display()))?;
+        fs::remove_dir_all(&old).with_context(|| format!("cannot remove {}", old.display()))?;
     } else {
         fs::rename(&tmp, &dest).with_context(|| format!("cannot move checkpoint into {}", dest.display()))?;
     }
     let latest_tmp = root.join(".latest.tmp");
     write_synced(&latest_tmp, name.as_bytes())?;
-    fs::rename(&latest_tmp, root.join("latest"))?;
-    prune(&root, keep)?;
+    let latest = root.join("latest");
+    fs::rename(&latest_tmp, &latest).with_context(|| format!("cannot update {}", latest.display()))?;
+    prune(&root, step, keep)?;
     Ok(dest)
 }
 
@@ -159,15 +187,34 @@ fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
     f.sync_all().with_context(|| format!("cannot sync {}", path.display()))
 }
 
-fn prune(root: &Path, keep: usize) -> Result<()> {
-    let mut steps: Vec<PathBuf> = fs::read_dir(root)?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.is_dir() && p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("step-")))
+/// Keep the newest `keep` checkpoints up to `current` (the one just written and named by `latest`), ordered by
+/// step number (not by name: `step-1000000` sorts before `step-999999`). Checkpoints with a higher step than
+/// `current` belong to an earlier run in the same folder and are left alone. A checkpoint is renamed to a hidden
+/// name before it is deleted, so a kill mid-deletion leaves no half-deleted `step-*` directory behind (hidden
+/// leftovers are cleared here on the next save).
+fn prune(root: &Path, current: usize, keep: usize) -> Result<()> {
+    let entries: Vec<(String, PathBuf)> = fs::read_dir(root)
+        .with_context(|| format!("cannot list {}", root.display()))?
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .filter_map(|e| Some((e.file_name().to_str()?.to_owned(), e.path())))
         .collect();
-    steps.sort();
-    let n = steps.len();
-    for old in steps.into_iter().take(n.saturating_sub(keep.max(1))) {
-        fs::remove_dir_all(&old).with_context(|| format!("cannot prune {}", old.display()))?;
+    for (name, path) in &entries {
+        if name.starts_with(".step-") && name.ends_with(".trash") {
+            fs::remove_dir_all(path).with_context(|| format!("cannot remove {}", path.display()))?;
+        }
+    }
+    let mut steps: Vec<(usize, PathBuf)> = entries
+        .into_iter()
+        .filter_map(|(name, path)| step_of(&name).map(|s| (s, path)))
+        .filter(|(s, _)| *s <= current)
+        .collect();
+    steps.sort_by_key(|(s, _)| std::cmp::Reverse(*s));
+    for (step, path) in steps.into_iter().skip(keep.max(1)) {
+        debug_assert!(step < current, "the checkpoint just written is always kept");
+        let trash = root.join(format!(".{}.trash", step_name(step)));
+        fs::rename(&path, &trash).with_context(|| format!("cannot prune {}", path.display()))?;
+        fs::remove_dir_all(&trash).with_context(|| format!("cannot prune {}", trash.display()))?;
     }
     Ok(())
 }
@@ -181,7 +228,12 @@ pub fn resolve(path: &Path) -> Result<PathBuf> {
     let name = fs::read_to_string(&latest).with_context(|| {
         format!("{}: no checkpoint found (expected {} or a manifest.json)", path.display(), latest.display())
     })?;
-    Ok(checkpoints_dir(path).join(name.trim()))
+    // `latest` names a sibling directory and nothing else (never `../..` or an absolute path).
+    let name = name.trim();
+    if step_of(name).is_none() {
+        bail!("{}: expected the name of a checkpoint directory (step-NNNNNN), got {name:?}", latest.display());
+    }
+    Ok(checkpoints_dir(path).join(name))
 }
 
 /// A checkpoint opened and verified: every file exists, has its recorded size and SHA-256.
@@ -193,6 +245,19 @@ pub struct Checkpoint {
 impl Checkpoint {
     /// Open `path` (a run or a checkpoint directory), check the format and the model kind, verify every file.
     pub fn open(path: &Path, expected_kind: &str) -> Result<Self> {
+        let ck = Self::open_any(path)?;
+        if ck.manifest.model_kind != expected_kind {
+            bail!(
+                "{}: this checkpoint holds a {} model, but a {expected_kind} model was expected",
+                ck.dir.display(),
+                ck.manifest.model_kind
+            );
+        }
+        Ok(ck)
+    }
+
+    /// Open and verify `path` whatever model kind it holds.
+    pub fn open_any(path: &Path) -> Result<Self> {
         let dir = resolve(path)?;
         let mpath = dir.join("manifest.json");
         let text = fs::read_to_string(&mpath).with_context(|| format!("cannot read {}", mpath.display()))?;
@@ -201,11 +266,13 @@ impl Checkpoint {
         if manifest.format != FORMAT {
             bail!("{}: format {:?} is not {FORMAT:?}", mpath.display(), manifest.format);
         }
-        if manifest.model_kind != expected_kind {
+        let dir_step = dir.file_name().and_then(|n| n.to_str()).and_then(step_of);
+        if dir_step.is_some_and(|s| s != manifest.step) {
             bail!(
-                "{}: this checkpoint holds a {} model, but a {expected_kind} model was expected",
-                dir.display(),
-                manifest.model_kind
+                "{}: the manifest is for step {}, but the directory is {}",
+                mpath.display(),
+                manifest.step,
+                dir.display()
             );
         }
         for f in &manifest.files {
@@ -273,5 +340,83 @@ impl Checkpoint {
         }
         let text = fs::read_to_string(&p).with_context(|| format!("cannot read {}", p.display()))?;
         serde_json::from_str(&text).with_context(|| format!("{}: malformed", p.display()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state_artifact(step: usize) -> Artifact {
+        Artifact {
+            name: "state.json",
+            kind: FileKind::State,
+            bytes: format!("{{\"step\":{step}}}").into(),
+            shapes: vec![],
+        }
+    }
+
+    fn step_dirs(run: &Path) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(checkpoints_dir(run))
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().to_str().map(str::to_owned))
+            .filter(|n| n != "latest")
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn pruning_goes_by_step_number_across_a_digit_boundary() {
+        let dir = tempfile::tempdir().unwrap();
+        for step in [999_980, 999_990, 1_000_000, 1_000_010] {
+            save(dir.path(), "score-net", step, &[state_artifact(step)], 1).unwrap();
+            let latest = Checkpoint::open(dir.path(), "score-net").unwrap();
+            assert_eq!(latest.manifest.step, step, "latest must name the checkpoint just written");
+        }
+        assert_eq!(step_dirs(dir.path()), ["step-1000010"]);
+    }
+
+    #[test]
+    fn checkpoints_of_an_earlier_run_with_higher_steps_are_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        for step in [40, 60] {
+            save(dir.path(), "score-net", step, &[state_artifact(step)], 2).unwrap();
+        }
+        fs::remove_file(checkpoints_dir(dir.path()).join("latest")).unwrap();
+        for step in [10, 20, 30] {
+            save(dir.path(), "score-net", step, &[state_artifact(step)], 2).unwrap();
+            assert_eq!(Checkpoint::open(dir.path(), "score-net").unwrap().manifest.step, step);
+        }
+        assert_eq!(step_dirs(dir.path()), ["step-000020", "step-000030", "step-000040", "step-000060"]);
+    }
+
+    #[test]
+    fn latest_must_name_a_sibling_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        save(dir.path(), "score-net", 5, &[state_artifact(5)], 1).unwrap();
+        fs::write(checkpoints_dir(dir.path()).join("latest"), "../../etc").unwrap();
+        let err = format!("{:#}", Checkpoint::open(dir.path(), "score-net").err().unwrap());
+        assert!(err.contains("expected the name of a checkpoint directory"), "{err}");
+    }
+
+    #[test]
+    fn a_manifest_for_another_step_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        save(dir.path(), "score-net", 5, &[state_artifact(5)], 1).unwrap();
+        let root = checkpoints_dir(dir.path());
+        fs::rename(root.join("step-000005"), root.join("step-000007")).unwrap();
+        fs::write(root.join("latest"), "step-000007").unwrap();
+        let err = format!("{:#}", Checkpoint::open(dir.path(), "score-net").err().unwrap());
+        assert!(err.contains("the manifest is for step 5"), "{err}");
+    }
+
+    #[test]
+    fn step_names_parse_only_digits() {
+        assert_eq!(step_of("step-000042"), Some(42));
+        assert_eq!(step_of("step-1000010"), Some(1_000_010));
+        assert_eq!(step_of("step-"), None);
+        assert_eq!(step_of("step-12a"), None);
+        assert_eq!(step_of("../step-1"), None);
     }
 }

@@ -45,6 +45,9 @@ pub enum DataSpec {
         /// Whether the last column is an integer class label.
         #[serde(default)]
         labelled: bool,
+        /// The number of classes, when some have no rows in the file; labels must be below it. Without it the
+        /// labels must be exactly 0, 1, ..., K-1, each present (a stray label is an error, not a new class).
+        classes: Option<usize>,
     },
 }
 
@@ -84,6 +87,29 @@ impl Dataset {
             dim: self.dim,
             num_classes: self.num_classes,
         }
+    }
+
+    /// SHA-256 of the rows and labels (hex): what `--resume` compares to refuse changed data.
+    pub fn sha256(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        h.update((self.dim as u64).to_le_bytes());
+        for v in &self.x {
+            h.update(v.to_le_bytes());
+        }
+        if let Some(l) = &self.labels {
+            h.update((self.num_classes as u64).to_le_bytes());
+            for c in l {
+                h.update((*c as u64).to_le_bytes());
+            }
+        }
+        h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// The first row with a coordinate beyond `limit` in magnitude: `(row index, value)`.
+    pub fn first_beyond(&self, limit: f64) -> Option<(usize, f32)> {
+        let i = self.x.iter().position(|v| (*v as f64).abs() > limit)?;
+        Some((i / self.dim, self.x[i]))
     }
 
     /// A seeded shuffle split into `(train, test)` with `test_fraction` of the rows in the test part.
@@ -136,9 +162,30 @@ impl Standardizer {
     }
 }
 
+/// The most classes a data set may declare (a class-embedding row each).
+pub const MAX_CLASSES: usize = 100_000;
+
 impl DataSpec {
+    /// Check what can be checked without reading files; errors name the `data.` field.
+    pub fn validate(&self) -> Result<()> {
+        match self {
+            DataSpec::Mixture { mixture } => mixture.build().map(|_| ()).map_err(|e| anyhow::anyhow!("data.{e}")),
+            DataSpec::Rings { rings: 0, .. } => bail!("data.rings: expected at least 1 ring"),
+            DataSpec::Csv { classes: Some(c), .. } if !(1..=MAX_CLASSES).contains(c) => {
+                bail!("data.classes: expected 1 to {MAX_CLASSES} classes, got {c}")
+            }
+            DataSpec::SwissRoll { noise } | DataSpec::TwoMoons { noise } | DataSpec::Rings { noise, .. }
+                if !(noise.is_finite() && *noise >= 0.0 && *noise <= 1e3) =>
+            {
+                bail!("data.noise: expected a value in [0, 1000], got {noise}")
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// `n` points (ignored for CSV, which gives its own rows), drawn with `seed`.
     pub fn generate(&self, n: usize, seed: u64) -> Result<Dataset> {
+        self.validate()?;
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let normal = |rng: &mut ChaCha8Rng| -> f64 { StandardNormal.sample(rng) };
         let two_d = |pts: Vec<[f64; 2]>, labels: Option<Vec<usize>>, classes: usize| Dataset {
@@ -191,9 +238,6 @@ impl DataSpec {
                 two_d(pts, None, 0)
             }
             DataSpec::Rings { rings, noise } => {
-                if *rings == 0 {
-                    bail!("data.rings: expected at least 1 ring");
-                }
                 let mut labels = Vec::with_capacity(n);
                 let pts = (0..n)
                     .map(|i| {
@@ -206,19 +250,25 @@ impl DataSpec {
                     .collect();
                 two_d(pts, Some(labels), *rings)
             }
-            DataSpec::Csv { path, labelled } => read_csv(path, *labelled)?,
+            DataSpec::Csv { path, labelled, classes } => read_csv(path, *labelled, *classes)?,
         })
     }
 }
 
-/// Read `x1,...,xd[,label]` rows; errors name the file, the line and the column.
-pub fn read_csv(path: &std::path::Path, labelled: bool) -> Result<Dataset> {
-    let file = std::fs::File::open(path).with_context(|| format!("cannot open data file {}", path.display()))?;
-    let mut reader = csv::ReaderBuilder::new().has_headers(false).flexible(true).trim(csv::Trim::All).from_reader(file);
+/// Read `x1,...,xd[,label]` rows; errors name the file, the line (as an editor counts it) and the column.
+pub fn read_csv(path: &std::path::Path, labelled: bool, classes: Option<usize>) -> Result<Dataset> {
+    let raw = std::fs::read(path).with_context(|| format!("cannot open data file {}", path.display()))?;
+    let mut reader =
+        csv::ReaderBuilder::new().has_headers(false).flexible(true).trim(csv::Trim::All).from_reader(raw.as_slice());
     let (mut x, mut labels, mut dim) = (Vec::new(), Vec::new(), None::<usize>);
+    let mut first_line_of = Vec::new();
     for (i, rec) in reader.records().enumerate() {
-        let line = i + 1;
-        let rec = rec.with_context(|| format!("{}: line {line}: unreadable CSV", path.display()))?;
+        let rec = rec.with_context(|| format!("{}: record {}: unreadable CSV", path.display(), i + 1))?;
+        // The csv reader skips blank lines, and a record's position is where the skipping began: add them.
+        let line = rec.position().map_or(i as u64 + 1, |p| {
+            let blank = raw[p.byte() as usize..].iter().take_while(|b| matches!(b, b'\n' | b'\r'));
+            p.line() + blank.filter(|b| **b == b'\n').count() as u64
+        });
         if rec.iter().all(|f| f.is_empty()) {
             continue;
         }
@@ -248,24 +298,51 @@ pub fn read_csv(path: &std::path::Path, labelled: bool) -> Result<Dataset> {
             let v: f64 = f.parse().map_err(|_| {
                 anyhow::anyhow!("{}: line {line}, column {}: expected a number, got {f:?}", path.display(), j + 1)
             })?;
-            if !v.is_finite() {
-                bail!("{}: line {line}, column {}: expected a finite number, got {f}", path.display(), j + 1);
+            // Training runs in f32: 1e300 is finite in f64 but not in f32.
+            if !(v as f32).is_finite() {
+                bail!(
+                    "{}: line {line}, column {}: expected a finite number within the f32 range (±3.4e38), got {f}",
+                    path.display(),
+                    j + 1
+                );
             }
             x.push(v as f32);
         }
         if labelled {
             let f = &rec[n_feat];
-            let c: usize = f.parse().map_err(|_| {
-                anyhow::anyhow!(
-                    "{}: line {line}, column {}: expected a class label (0, 1, ...), got {f:?}",
+            let what = || {
+                format!(
+                    "{}: line {line}, column {}: expected a class label (0, 1, ...{}), got {f:?}",
                     path.display(),
-                    n_feat + 1
+                    n_feat + 1,
+                    classes.map_or(String::new(), |k| format!(" below data.classes = {k}"))
                 )
-            })?;
+            };
+            let c: usize = f.parse().map_err(|_| anyhow::anyhow!(what()))?;
+            if c >= classes.unwrap_or(MAX_CLASSES) {
+                bail!("{}", what());
+            }
+            if c >= first_line_of.len() {
+                first_line_of.resize(c + 1, None);
+            }
+            first_line_of[c].get_or_insert(line);
             labels.push(c);
         }
     }
     let Some(dim) = dim else { bail!("{}: no data rows", path.display()) };
-    let num_classes = labels.iter().max().map_or(0, |m| m + 1);
+    let num_classes = match classes {
+        Some(k) => k,
+        None => {
+            if let Some(missing) = first_line_of.iter().position(Option::is_none) {
+                let (top, line) = (first_line_of.len() - 1, first_line_of.last().copied().flatten().unwrap_or(0));
+                bail!(
+                    "{}: line {line}: label {top}, but class {missing} has no rows; labels must be 0, 1, ..., K-1 \
+                     (set data.classes = K to declare classes without rows)",
+                    path.display()
+                );
+            }
+            first_line_of.len()
+        }
+    };
     Ok(Dataset { x, labels: labelled.then_some(labels), dim, num_classes })
 }

@@ -7,18 +7,22 @@
 //! With AdamW/Adam (explicit epsilon and weight decay), warm-up + cosine learning rate, global-norm clipping,
 //! EMA with warm-up, NaN/Inf detection, and verified atomic checkpoints that resume bit for bit.
 
+pub mod atomic;
 pub mod checkpoint;
 pub mod clip;
 pub mod data;
 pub mod ema;
 pub mod optim;
+pub mod output_dir;
 pub mod run;
 pub mod trainer;
 
+pub use atomic::write_atomic;
 pub use data::{DataSpec, Dataset, Standardizer};
 pub use optim::OptimConfig;
+pub use output_dir::{OutputDir, OutputKind, Prior};
 pub use run::{
-    LoadedClassifier, LoadedScore, ModelSpec, Objective, RewardForm, TrainConfig, TrainOutcome, load_classifier,
+    LoadedClassifier, LoadedScore, ModelSpec, Objective, RewardForm, Start, TrainConfig, TrainOutcome, load_classifier,
     load_score, train,
 };
 pub use trainer::{LossPoint, Progress};

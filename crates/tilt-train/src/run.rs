@@ -5,10 +5,11 @@ use crate::checkpoint::{self, Artifact, Checkpoint, FileKind};
 use crate::data::{DataSpec, Dataset, Standardizer};
 use crate::ema::Ema;
 use crate::optim::OptimConfig;
+use crate::output_dir::{OutputDir, OutputKind};
 use crate::trainer::{LoopSettings, LossPoint, Progress, TrainState, train_loop};
 use anyhow::{Context, Result, anyhow, bail};
 use burn::config::Config;
-use burn::module::Module;
+use burn::module::{Module, ModuleMapper, Param, ParamId};
 use burn::prelude::*;
 use burn::tensor::activation::log_softmax;
 use rand::Rng;
@@ -159,6 +160,11 @@ fn d_keep() -> usize {
     2
 }
 
+/// Limits checked before anything is allocated: a typo such as `batch_size = 1e11` must be a field error, not
+/// an 800 GB allocation that aborts the process.
+pub const MAX_BATCH_ROWS: usize = 1 << 20;
+pub const MAX_DATA_ROWS: usize = 1 << 26;
+
 impl TrainConfig {
     /// Parse TOML and validate; errors name the field.
     pub fn parse(text: &str) -> Result<Self> {
@@ -167,10 +173,12 @@ impl TrainConfig {
         Ok(cfg)
     }
 
-    pub fn load(path: &Path) -> Result<Self> {
+    /// Read and validate a config file; returns the text too (a run keeps it verbatim as `config.toml`).
+    pub fn load(path: &Path) -> Result<(Self, String)> {
         let text =
             std::fs::read_to_string(path).with_context(|| format!("cannot read config file {}", path.display()))?;
-        Self::parse(&text).with_context(|| format!("invalid config {}", path.display()))
+        let cfg = Self::parse(&text).with_context(|| format!("invalid config {}", path.display()))?;
+        Ok((cfg, text))
     }
 
     fn validate(&self) -> Result<()> {
@@ -193,6 +201,17 @@ impl TrainConfig {
         }
         self.schedule.validate().map_err(anyhow::Error::msg)?;
         self.optim.validate().map_err(anyhow::Error::msg)?;
+        self.data.validate()?;
+        if self.data_size > MAX_DATA_ROWS {
+            bail!("data_size: expected at most {MAX_DATA_ROWS} points, got {}", self.data_size);
+        }
+        if self.batch_size > MAX_BATCH_ROWS {
+            bail!(
+                "batch_size: expected at most {MAX_BATCH_ROWS} rows per step (batches are drawn with replacement, so \
+                 a larger batch only repeats rows), got {}",
+                self.batch_size
+            );
+        }
         match &self.objective {
             Objective::Dsm { p_uncond, .. } if !(0.0..1.0).contains(p_uncond) => {
                 bail!("objective.p_uncond: expected a probability in [0, 1), got {p_uncond}")
@@ -227,6 +246,22 @@ pub struct RunState {
     pub dim: usize,
     pub num_classes: usize,
     pub history: Vec<LossPoint>,
+    /// SHA-256 of the training data (before the split and standardisation): `--resume` refuses changed data.
+    /// Absent in checkpoints written before it existed.
+    #[serde(default)]
+    pub data_sha256: Option<String>,
+}
+
+/// How `train` treats the run directory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Start {
+    /// A new run: the folder must be absent, empty, or an earlier `tilt train` folder without a checkpoint.
+    New,
+    /// Continue the run in the folder from its latest checkpoint.
+    Resume,
+    /// A new run in a folder holding files tilt did not write (`--force`): files with the names a run writes
+    /// are replaced, the others are left alone.
+    NewOverwriting,
 }
 
 /// What a finished run reports.
@@ -340,21 +375,44 @@ impl RewardScale {
 
 /// Build a model from the device RNG seeded with `seed`. Burn's RNG is process-global per backend, so the
 /// seed-then-init pair is made atomic: concurrent runs (tests, threads) then still get reproducible weights.
-fn seeded_init<M>(device: &Device, seed: u64, init: impl FnOnce() -> M) -> M {
+fn seeded_init<M: Module>(device: &Device, seed: u64, init: impl FnOnce() -> M) -> M {
     static INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _guard = INIT.lock().unwrap_or_else(|e| e.into_inner());
     device.seed(seed);
-    init()
+    with_sequential_ids(init())
+}
+
+/// Number the parameters 1, 2, ... in visiting order. Burn draws a random id per parameter, and the ids are
+/// written into every model and optimizer file (they key the optimizer state): with random ids two identical
+/// runs, or a run and its resumed twin, write different bytes.
+fn with_sequential_ids<M: Module>(model: M) -> M {
+    struct Sequential(u64);
+    impl ModuleMapper for Sequential {
+        fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+            self.0 += 1;
+            let (_, value, mapper) = param.consume();
+            Param::from_mapped_value(ParamId::from(self.0), value, mapper)
+        }
+    }
+    model.map(&mut Sequential(0))
 }
 
 /// Train (or, with `resume`, continue) the run described by `cfg` in `run_dir`.
 pub fn train(
     cfg: &TrainConfig,
     run_dir: &Path,
-    resume: bool,
+    start: Start,
     device: &Device,
     progress: &mut dyn FnMut(&Progress),
 ) -> Result<TrainOutcome> {
+    let resume = start == Start::Resume;
+    // Everything that can fail on the config or the data fails before the run directory is touched.
+    let mut data = cfg.data.generate(cfg.data_size, cfg.seed)?;
+    let data_sha256 = data.sha256();
+    let standardizer = if cfg.standardize { Standardizer::fit(&data) } else { Standardizer::identity(data.dim) };
+    standardizer.apply(&mut data.x);
+    check_data_range(&data, cfg)?;
+    let dir = OutputDir::claim(run_dir, OutputKind::Train, start == Start::NewOverwriting)?;
     let has_run = checkpoint::resolve(run_dir).is_ok();
     if has_run && !resume {
         bail!(
@@ -365,12 +423,8 @@ pub fn train(
     if resume && !has_run {
         bail!("{}: --resume given but there is no checkpoint to resume from", run_dir.display());
     }
-    std::fs::create_dir_all(run_dir).with_context(|| format!("cannot create run directory {}", run_dir.display()))?;
-    let mut data = cfg.data.generate(cfg.data_size, cfg.seed)?;
-    let standardizer = if cfg.standardize { Standardizer::fit(&data) } else { Standardizer::identity(data.dim) };
-    standardizer.apply(&mut data.x);
     let (train_set, test_set) = data.split(cfg.test_fraction, cfg.seed);
-    let ctx = RunContext { cfg, run_dir, resume, device, standardizer, dim: data.dim };
+    let ctx = RunContext { cfg, run_dir, resume, device, standardizer, dim: data.dim, data_sha256, _dir: dir };
     let (b, sched, t_min) = (cfg.batch_size, cfg.schedule, cfg.t_min);
     let ad = device.clone().autodiff();
     let net_config = |spec: &ModelSpec, classes: usize| {
@@ -539,6 +593,9 @@ struct RunContext<'a> {
     device: &'a Device,
     standardizer: Standardizer,
     dim: usize,
+    data_sha256: String,
+    /// Holds the run directory's lock until the run ends.
+    _dir: OutputDir,
 }
 
 impl RunContext<'_> {
@@ -559,8 +616,24 @@ impl RunContext<'_> {
         let net_json = serde_json::to_value(net_cfg)?;
         let mut state = if self.resume {
             let ck = Checkpoint::open(self.run_dir, kind)?;
-            let saved: RunState = ck.load_json("state.json")?;
+            let saved = load_state(&ck)?;
             check_same_config(&saved.config, cfg)?;
+            if cfg.steps < saved.step {
+                bail!(
+                    "steps: {} is below the step of the checkpoint to resume ({}, in {}); give steps >= {}",
+                    cfg.steps,
+                    saved.step,
+                    ck.dir.display(),
+                    saved.step
+                );
+            }
+            if let Some(before) = saved.data_sha256.as_ref().filter(|d| **d != self.data_sha256) {
+                bail!(
+                    "--resume: the training data differ from the run's (data SHA-256 {before} in the checkpoint, \
+                     {} now); resuming would silently train on other data. Restore the data or start a new run",
+                    self.data_sha256
+                );
+            }
             if saved.net != net_json {
                 bail!("{}: the network config differs from the checkpoint's", self.run_dir.display());
             }
@@ -588,6 +661,7 @@ impl RunContext<'_> {
                 dim: self.dim,
                 num_classes,
                 history: st.history.clone(),
+                data_sha256: Some(self.data_sha256.clone()),
             };
             let artifacts = [
                 Artifact::model("model.bpk", FileKind::Model, &st.model)?,
@@ -623,6 +697,38 @@ impl RunContext<'_> {
     }
 }
 
+/// `state.json` of a verified checkpoint, cross-checked with the manifest's step.
+fn load_state(ck: &Checkpoint) -> Result<RunState> {
+    let state: RunState = ck.load_json("state.json")?;
+    if state.step != ck.manifest.step {
+        bail!(
+            "{}: state.json is at step {} but the manifest at step {}",
+            ck.dir.display(),
+            state.step,
+            ck.manifest.step
+        );
+    }
+    Ok(state)
+}
+
+/// Refuse data the forward process cannot noise to its N(0, I) prior: at the samplers' start `t_max` a VP
+/// schedule keeps `alpha(t_max)` of every coordinate, and the sampler starts from pure noise. Beyond
+/// `5 / alpha(t_max)` (1581 for the linear schedule) the data are unscaled; the cap 1e15 keeps f32 squares finite.
+fn check_data_range(data: &Dataset, cfg: &TrainConfig) -> Result<()> {
+    let alpha = cfg.schedule.alpha(tilt_sampler::DEFAULT_T_MAX);
+    let limit = (5.0 / alpha).min(1e15);
+    if let Some((row, v)) = data.first_beyond(limit) {
+        bail!(
+            "data: row {} has a coordinate of {v:e}{}: beyond ±{limit:.0}, which the forward process cannot noise to \
+             its N(0, I) prior (alpha(t_max) = {alpha:.2e}); {}",
+            row + 1,
+            if cfg.standardize { " after standardisation" } else { "" },
+            if cfg.standardize { "remove the outlier rows" } else { "set standardize = true or rescale the data" }
+        );
+    }
+    Ok(())
+}
+
 /// Refuse to resume under a different config (only `steps` may grow).
 fn check_same_config(saved: &TrainConfig, now: &TrainConfig) -> Result<()> {
     let (a, b) = (serde_json::to_value(saved)?, serde_json::to_value(now)?);
@@ -635,9 +741,6 @@ fn check_same_config(saved: &TrainConfig, now: &TrainConfig) -> Result<()> {
             }
         }
     }
-    if now.steps < saved.steps.min(now.steps) {
-        bail!("steps: cannot be lower than the checkpoint's step");
-    }
     Ok(())
 }
 
@@ -647,9 +750,7 @@ fn write_loss_csv(path: &Path, history: &[LossPoint]) -> Result<()> {
     for p in history {
         w.write_record([p.step.to_string(), p.loss.to_string(), p.lr.to_string(), p.grad_norm.to_string()])?;
     }
-    let tmp = path.with_extension("csv.tmp");
-    std::fs::write(&tmp, w.into_inner()?).with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
+    crate::write_atomic(path, &w.into_inner()?)
 }
 
 /// A trained score network (EMA weights) ready for the sampler.
@@ -663,7 +764,7 @@ pub struct LoadedScore {
 /// Load the EMA weights of a `score-net` or `residual` checkpoint (a run or checkpoint directory).
 pub fn load_score(path: &Path, kind: &str, device: &Device) -> Result<LoadedScore> {
     let ck = Checkpoint::open(path, kind)?;
-    let state: RunState = ck.load_json("state.json")?;
+    let state = load_state(&ck)?;
     let net_cfg: ScoreNetConfig = serde_json::from_value(state.net.clone())
         .with_context(|| format!("{}: state.json holds no score-network config", ck.dir.display()))?;
     let net = ck.load_model(FileKind::EmaModel, net_cfg.init(device))?;
@@ -684,7 +785,7 @@ pub struct LoadedClassifier {
 
 pub fn load_classifier(path: &Path, device: &Device) -> Result<LoadedClassifier> {
     let ck = Checkpoint::open(path, "classifier")?;
-    let state: RunState = ck.load_json("state.json")?;
+    let state = load_state(&ck)?;
     let net_cfg: NoisyClassifierConfig = serde_json::from_value(state.net.clone())
         .with_context(|| format!("{}: state.json holds no classifier config", ck.dir.display()))?;
     let net = ck.load_model(FileKind::EmaModel, net_cfg.init(device))?;

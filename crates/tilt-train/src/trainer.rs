@@ -70,6 +70,8 @@ pub fn train_loop<M: Module>(
 ) -> Result<()> {
     let (mut loss_acc, mut norm_acc): (Option<Tensor<1>>, Option<Tensor<1>>) = (None, None);
     let mut window_start = (st.step, Instant::now());
+    // A resumed run starts from a checkpoint; a new one has none until its first save.
+    let mut last_checkpoint = (st.step > 0).then_some(st.step);
     while st.step < settings.total {
         let mut rng = step_rng(settings.seed, st.step);
         let loss = loss_fn(&st.model, &mut rng);
@@ -91,12 +93,15 @@ pub fn train_loop<M: Module>(
             let loss = loss_acc.take().expect("at least one step").into_scalar::<f64>() / steps;
             let grad_norm = norm_acc.take().map_or(0.0, |n| n.into_scalar::<f64>() / steps);
             if !loss.is_finite() || !grad_norm.is_finite() {
+                let kept = match last_checkpoint {
+                    Some(s) => format!("the checkpoint of step {s} is kept"),
+                    None => "no checkpoint had been written yet".to_string(),
+                };
                 bail!(
                     "training diverged: the loss became {loss} (gradient norm {grad_norm}) between steps {} and {}; \
-                     no checkpoint was written after step {}, the last good one is kept. Lower optim.lr or set optim.clip_grad_norm.",
+                     {kept}. Lower optim.lr or set optim.clip_grad_norm.",
                     window_start.0 + 1,
                     st.step,
-                    window_start.0
                 );
             }
             let elapsed = window_start.1.elapsed().as_secs_f64().max(1e-9);
@@ -106,6 +111,7 @@ pub fn train_loop<M: Module>(
         }
         if at_checkpoint {
             save(st)?;
+            last_checkpoint = Some(st.step);
         }
     }
     Ok(())

@@ -82,7 +82,7 @@ pub fn run(ctx: &Ctx, dir: &Path) -> Result<StageOutput> {
     let start = Instant::now();
     let mut times = vec![(0usize, 0.0f64)];
     let (mut tf_peak, mut live_at) = (0usize, alloc::reset_peak());
-    tilt_train::train(&tf_cfg, &tf_dir, false, dev, &mut |pr| {
+    tilt_train::train(&tf_cfg, &tf_dir, tilt_train::Start::New, dev, &mut |pr| {
         tf_peak = tf_peak.max(alloc::peak().saturating_sub(live_at));
         live_at = alloc::reset_peak();
         times.push((pr.step, start.elapsed().as_secs_f64()));

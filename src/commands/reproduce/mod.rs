@@ -143,7 +143,7 @@ impl Ctx {
             std::fs::remove_dir_all(&dir).with_context(|| format!("cannot clear stale model run {}", dir.display()))?;
         }
         let bar = self.bar(&format!("train {name}"), cfg.steps as u64);
-        let r = tilt_train::train(cfg, &dir, false, &self.device, &mut |p| {
+        let r = tilt_train::train(cfg, &dir, tilt_train::Start::New, &self.device, &mut |p| {
             bar.set_position(p.step as u64);
             bar.set_message(format!("loss {:.4}", p.loss));
         });
@@ -203,7 +203,8 @@ pub fn run(preset: Preset, only: &[String], out: &Path, force: bool, device: &De
             bail!("--only {name}: unknown experiment; expected one of {}", STAGES.join(", "));
         }
     }
-    std::fs::create_dir_all(out).with_context(|| format!("cannot create output directory {}", out.display()))?;
+    // Locked for the whole run; an earlier reproduce here is continued (complete stages are skipped).
+    let _dir = tilt_train::OutputDir::claim(out, tilt_train::OutputKind::Reproduce, force)?;
     let ctx = Ctx { preset, device: device.clone(), out: out.to_path_buf(), progress: MultiProgress::new(), force };
     let selected: Vec<&str> =
         STAGES.iter().copied().filter(|s| only.is_empty() || only.iter().any(|o| o == s)).collect();
@@ -225,7 +226,7 @@ pub fn run(preset: Preset, only: &[String], out: &Path, force: bool, device: &De
             overall.inc(1);
             continue;
         }
-        std::fs::create_dir_all(&dir)?;
+        std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
         let start = Instant::now();
         // A panic inside a stage (a backend error, say) is a failed stage, not a failed report.
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_stage(name, &ctx, &dir)))

@@ -1,0 +1,63 @@
+//! `tilt export`: the EMA weights of a checkpoint as SafeTensors, byte for byte the same on every export.
+
+use anyhow::{Context, Result, anyhow, bail};
+use burn::prelude::*;
+use burn::store::{ModuleSnapshot, SafetensorsStore};
+use serde_json::Value;
+use std::path::Path;
+use tilt_train::checkpoint::Checkpoint;
+
+/// Write the EMA weights of `checkpoint` (a run or a checkpoint directory) to `out`. An existing `out` is
+/// replaced only with `force`; the file is written atomically.
+pub fn run(checkpoint: &Path, out: &Path, force: bool, device: &Device) -> Result<()> {
+    if out.is_dir() {
+        bail!("{}: is a directory; give the path of the .safetensors file to write", out.display());
+    }
+    if out.exists() && !force {
+        bail!("{}: already exists; pass --force to replace it, or choose another --out", out.display());
+    }
+    let ck = Checkpoint::open_any(checkpoint)?;
+    let kind = ck.manifest.model_kind.clone();
+    let mut store = SafetensorsStore::from_bytes(None)
+        .metadata("tilt_model_kind", kind.clone())
+        .metadata("step", ck.manifest.step.to_string());
+    let err = |e: burn::store::SafetensorsStoreError| anyhow!("cannot serialise {}: {e}", ck.dir.display());
+    match kind.as_str() {
+        "classifier" => {
+            tilt_train::load_classifier(&ck.dir, device)?.classifier.net.save_into(&mut store).map_err(err)?
+        }
+        kind => tilt_train::load_score(&ck.dir, kind, device)?.score.net.save_into(&mut store).map_err(err)?,
+    }
+    let bytes = store.get_bytes().map_err(err)?;
+    tilt_train::write_atomic(out, &canonical(&bytes).with_context(|| format!("cannot write {}", out.display()))?)
+}
+
+/// The same SafeTensors file with its JSON header's keys sorted: Burn writes the metadata from a hash map, whose
+/// order changes from run to run. Tensor data and their offsets (relative to the end of the header) are unchanged.
+fn canonical(bytes: &[u8]) -> Result<Vec<u8>> {
+    let n = bytes.get(..8).map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")) as usize);
+    let header = n.and_then(|n| bytes.get(8..8 + n)).ok_or_else(|| anyhow!("malformed SafeTensors header"))?;
+    let value: Value = serde_json::from_slice(header).context("malformed SafeTensors header")?;
+    let mut text = serde_json::to_string(&sorted(value))?;
+    // SafeTensors pads the header with spaces so the tensor data start 8-byte aligned.
+    while !text.len().is_multiple_of(8) {
+        text.push(' ');
+    }
+    let mut out = Vec::with_capacity(8 + text.len() + bytes.len());
+    out.extend_from_slice(&(text.len() as u64).to_le_bytes());
+    out.extend_from_slice(text.as_bytes());
+    out.extend_from_slice(&bytes[8 + header.len()..]);
+    Ok(out)
+}
+
+fn sorted(v: Value) -> Value {
+    match v {
+        Value::Object(m) => {
+            let mut entries: Vec<(String, Value)> = m.into_iter().collect();
+            entries.sort_by(|a, b| a.0.cmp(&b.0));
+            Value::Object(entries.into_iter().map(|(k, v)| (k, sorted(v))).collect())
+        }
+        Value::Array(a) => Value::Array(a.into_iter().map(sorted).collect()),
+        other => other,
+    }
+}

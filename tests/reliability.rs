@@ -306,6 +306,30 @@ fn a_second_writer_is_refused_while_the_first_runs() {
     first.wait().unwrap();
 }
 
+#[test]
+fn two_runs_started_at_once_leave_one_complete_run() {
+    let c = Case::new();
+    let cfg = c.file("t.toml", &TRAIN.replace("checkpoint_every = 20", "checkpoint_every = 5"));
+    let reference = c.path("reference");
+    succeeded(&["train", "--config", s(&cfg), "--out", s(&reference)]);
+    for trial in 0..3 {
+        let run = c.path(&format!("run{trial}"));
+        let args = ["train", "--config", s(&cfg), "--out", s(&run)];
+        let (a, b) = (spawn(&args), spawn(&args));
+        let outs = [a.wait_with_output().unwrap(), b.wait_with_output().unwrap()];
+        let ok = outs.iter().filter(|o| o.status.success()).count();
+        assert_eq!(ok, 1, "trial {trial}: {ok} of 2 runs succeeded");
+        let loser = outs.iter().find(|o| !o.status.success()).unwrap();
+        let err = String::from_utf8_lossy(&loser.stderr);
+        assert!(
+            err.contains("in use by another tilt process") || err.contains("already holds a training run"),
+            "trial {trial}: {err}"
+        );
+        assert_eq!(run_files(&reference).len(), run_files(&run).len(), "trial {trial}: stray files");
+        assert!(run_files(&reference) == run_files(&run), "trial {trial}: the surviving run differs");
+    }
+}
+
 /// Every file of a run directory (but the lock, which holds a pid), as bytes.
 fn run_files(run: &Path) -> Vec<(String, Vec<u8>)> {
     let mut files = Vec::new();

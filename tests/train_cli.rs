@@ -124,11 +124,11 @@ fn divergence_stops_with_an_error_and_keeps_the_last_good_checkpoint() {
     let msg = format!("{err:#}");
     assert!(msg.contains("training diverged"), "{msg}");
     // The newest checkpoint is the last step whose loss was finite, and it verifies and loads.
-    let ck = tilt_train::checkpoint::Checkpoint::open(&run, "score-net").unwrap();
-    let state: tilt_train::run::RunState = ck.load_json("state.json").unwrap();
+    let ck = tilt_train::checkpoint::Checkpoint::open(&run, tilt_train::ModelKind::ScoreNet).unwrap();
+    let state: tilt_train::RunState = ck.load_json("state.json").unwrap();
     assert!(state.history.iter().all(|p| p.loss.is_finite()));
     assert_eq!(state.step, state.history.last().unwrap().step);
-    assert!(tilt_train::load_score(&run, "score-net", &common::device()).is_ok());
+    assert!(tilt_train::load_score(&run, tilt_train::ModelKind::ScoreNet, &common::device()).is_ok());
 }
 
 #[test]

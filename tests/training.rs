@@ -63,7 +63,7 @@ fn relative_l2(model: &dyn ScoreModel, exact: &MixtureScore, cond: &dyn Fn(usize
 #[test]
 fn conditional_network_learns_both_scores_and_cfg_lowers_inverse_class_probability() {
     let dev = device();
-    let loaded = load_score(&base_run(), "score-net", &dev).unwrap();
+    let loaded = load_score(&base_run(), tilt_train::ModelKind::ScoreNet, &dev).unwrap();
     let mix = overlapping();
     let exact_uncond = MixtureScore::new(mix.clone(), Default::default(), &dev);
     let e_u = relative_l2(&loaded.score, &exact_uncond, &|_| Condition::Unconditional);
@@ -101,12 +101,16 @@ fn reward_weighted_check(form: &str, batch: usize, steps: usize, max_l2: f64) {
     let mut cfg = config(&objective, steps, "");
     cfg.batch_size = batch;
     let run = trained(&format!("rw_{form}_b{batch}"), &cfg);
-    let base_score = load_score(&base, "score-net", &dev).unwrap().score;
+    let base_score = load_score(&base, tilt_train::ModelKind::ScoreNet, &dev).unwrap().score;
     let mix = overlapping();
     let reward = ExpLinearReward::new(REWARD_A.to_vec());
     let exact_tilted = MixtureScore::new(mix.tilted(&reward), Default::default(), &dev);
     // The reweighted score the sampler will use: s_theta (full) or s_base + delta (residual).
-    let (kind, residual) = if form == "residual" { ("residual", true) } else { ("score-net", false) };
+    let (kind, residual) = if form == "residual" {
+        (tilt_train::ModelKind::Residual, true)
+    } else {
+        (tilt_train::ModelKind::ScoreNet, false)
+    };
     let learned = load_score(&run, kind, &dev).unwrap().score;
     let err = if residual {
         relative_l2(&tilt_core::ScoreCombination::sum(&base_score, &learned), &exact_tilted, &|_| {
@@ -194,7 +198,7 @@ fn trained_classifier_guidance_samples_the_class_at_w1() {
 }
 
 fn params(dir: &Path) -> Vec<f32> {
-    let loaded = load_score(dir, "score-net", &device()).unwrap();
+    let loaded = load_score(dir, tilt_train::ModelKind::ScoreNet, &device()).unwrap();
     let mut v = Vec::new();
     struct Grab<'a>(&'a mut Vec<f32>);
     impl burn::module::ModuleVisitor for Grab<'_> {
@@ -243,7 +247,7 @@ fn corrupt_case(make: impl Fn(&Path), want: &str) {
     tilt_train::train(&small(20), &run, tilt_train::Start::New, &device(), &mut |_| {}).unwrap();
     let ck = tilt_train::checkpoint::resolve(&run).unwrap();
     make(&ck);
-    let err = match load_score(&run, "score-net", &device()) {
+    let err = match load_score(&run, tilt_train::ModelKind::ScoreNet, &device()) {
         Ok(_) => panic!("a damaged checkpoint was accepted (expected: {want})"),
         Err(e) => format!("{e:#}"),
     };
@@ -282,7 +286,7 @@ fn damaged_checkpoints_are_refused_with_the_file_named() {
     // Architecture mismatch (a state.json edited to another width), with the manifest re-signed: the shape check names the file.
     let ck = tilt_train::checkpoint::resolve(&run).unwrap();
     let init = tilt_models::ScoreNetConfig::new(2).with_hidden(32).init(&device());
-    let opened = tilt_train::checkpoint::Checkpoint::open(&run, "score-net").unwrap();
+    let opened = tilt_train::checkpoint::Checkpoint::open(&run, tilt_train::ModelKind::ScoreNet).unwrap();
     let e = opened
         .load_model(tilt_train::checkpoint::FileKind::EmaModel, init)
         .expect_err("shape mismatch must be refused");
@@ -353,8 +357,8 @@ fn claim8_reward_guidance_on_the_swiss_roll_moves_mass_along_the_roll() {
             base.display()
         )),
     );
-    let base_score = load_score(&base, "score-net", &dev).unwrap().score;
-    let delta = load_score(&residual, "residual", &dev).unwrap().score;
+    let base_score = load_score(&base, tilt_train::ModelKind::ScoreNet, &dev).unwrap().score;
+    let delta = load_score(&residual, tilt_train::ModelKind::Residual, &dev).unwrap().score;
     let reward = tilt_core::RewardSpec::Bump { center: vec![0.0, 3.5], width: 1.0, height: 3.0 }.build();
     let roll = tilt_train::DataSpec::SwissRoll { noise: 0.05 }.generate(3000, 99).unwrap().x;
     let n = 3000;

@@ -5,6 +5,7 @@ use burn::prelude::*;
 use burn::store::{ModuleSnapshot, SafetensorsStore};
 use serde_json::Value;
 use std::path::Path;
+use tilt_train::ModelKind;
 use tilt_train::checkpoint::Checkpoint;
 
 /// Write the EMA weights of `checkpoint` (a run or a checkpoint directory) to `out`. An existing `out` is
@@ -17,16 +18,18 @@ pub fn run(checkpoint: &Path, out: &Path, force: bool, device: &Device) -> Resul
         bail!("{}: already exists; pass --force to replace it, or choose another --out", out.display());
     }
     let ck = Checkpoint::open_any(checkpoint)?;
-    let kind = ck.manifest.model_kind.clone();
+    let kind = ck.manifest.model_kind;
     let mut store = SafetensorsStore::from_bytes(None)
-        .metadata("tilt_model_kind", kind.clone())
+        .metadata("tilt_model_kind", kind.to_string())
         .metadata("step", ck.manifest.step.to_string());
     let err = |e: burn::store::SafetensorsStoreError| anyhow!("cannot serialise {}: {e}", ck.dir.display());
-    match kind.as_str() {
-        "classifier" => {
+    match kind {
+        ModelKind::Classifier => {
             tilt_train::load_classifier(&ck.dir, device)?.classifier.net.save_into(&mut store).map_err(err)?
         }
-        kind => tilt_train::load_score(&ck.dir, kind, device)?.score.net.save_into(&mut store).map_err(err)?,
+        ModelKind::ScoreNet | ModelKind::Residual => {
+            tilt_train::load_score(&ck.dir, kind, device)?.score.net.save_into(&mut store).map_err(err)?
+        }
     }
     let bytes = store.get_bytes().map_err(err)?;
     tilt_train::write_atomic(out, &canonical(&bytes).with_context(|| format!("cannot write {}", out.display()))?)

@@ -272,7 +272,7 @@ fn load_scores(cfg: &SampleConfig, mixture: Option<&GaussianMixture>, device: &D
     let mut description = Vec::new();
     let trained_base = match &models.base {
         Some(p) => {
-            let l = tilt_train::load_score(p, "score-net", device)
+            let l = tilt_train::load_score(p, tilt_train::ModelKind::ScoreNet, device)
                 .with_context(|| format!("models.base = {}", p.display()))?;
             agree(&l.standardizer, "base")?;
             description.push(format!("base: {}", p.display()));
@@ -280,11 +280,13 @@ fn load_scores(cfg: &SampleConfig, mixture: Option<&GaussianMixture>, device: &D
         }
         None => None,
     };
-    let load_net = |p: &Path, kind: &str, field: &str| -> Result<tilt_train::LoadedScore> {
+    let load_net = |p: &Path, kind: tilt_train::ModelKind, field: &str| -> Result<tilt_train::LoadedScore> {
         tilt_train::load_score(p, kind, device).with_context(|| format!("models.{field} = {}", p.display()))
     };
-    let reweighted = models.reweighted.as_deref().map(|p| load_net(p, "score-net", "reweighted")).transpose()?;
-    let residual = models.residual.as_deref().map(|p| load_net(p, "residual", "residual")).transpose()?;
+    let reweighted =
+        models.reweighted.as_deref().map(|p| load_net(p, tilt_train::ModelKind::ScoreNet, "reweighted")).transpose()?;
+    let residual =
+        models.residual.as_deref().map(|p| load_net(p, tilt_train::ModelKind::Residual, "residual")).transpose()?;
     for (l, what) in [(&reweighted, "reweighted"), (&residual, "residual")] {
         if let Some(l) = l {
             agree(&l.standardizer, what)?;
@@ -391,7 +393,7 @@ pub fn run(cfg: &SampleConfig, out: &Path, force: bool, device: &Device) -> Resu
         Some(m) => Some(m),
         None => match cfg.models.as_ref().and_then(|m| m.base.as_ref()) {
             Some(p) => {
-                let l = tilt_train::load_score(p, "score-net", device)
+                let l = tilt_train::load_score(p, tilt_train::ModelKind::ScoreNet, device)
                     .with_context(|| format!("models.base = {}", p.display()))?;
                 match &l.state.config.data {
                     tilt_train::DataSpec::Mixture { mixture } if !l.state.config.standardize => {

@@ -46,11 +46,32 @@ pub struct FileEntry {
     pub shapes: Vec<Vec<usize>>,
 }
 
+/// The kind of network a checkpoint holds, checked against what the loader expects.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ModelKind {
+    /// A noise-prediction score network (`dsm`, reward-weighted `full` and `resample`).
+    ScoreNet,
+    /// The `delta_theta` of reward-weighted `residual` training (a score network added to a frozen base).
+    Residual,
+    /// A noise-aware classifier.
+    Classifier,
+}
+
+impl std::fmt::Display for ModelKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ModelKind::ScoreNet => "score-net",
+            ModelKind::Residual => "residual",
+            ModelKind::Classifier => "classifier",
+        })
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Manifest {
     pub format: String,
-    /// The kind of network (e.g. `score-net`, `classifier`, `residual`), checked against what the loader expects.
-    pub model_kind: String,
+    pub model_kind: ModelKind,
     pub step: usize,
     pub files: Vec<FileEntry>,
 }
@@ -136,7 +157,7 @@ pub fn step_of(name: &str) -> Option<usize> {
 }
 
 /// Write a complete checkpoint for `step` and make it the latest; keep the newest `keep` checkpoints.
-pub fn save(run: &Path, model_kind: &str, step: usize, artifacts: &[Artifact], keep: usize) -> Result<PathBuf> {
+pub fn save(run: &Path, model_kind: ModelKind, step: usize, artifacts: &[Artifact], keep: usize) -> Result<PathBuf> {
     let root = checkpoints_dir(run);
     fs::create_dir_all(&root).with_context(|| format!("cannot create {}", root.display()))?;
     let name = step_name(step);
@@ -157,7 +178,7 @@ pub fn save(run: &Path, model_kind: &str, step: usize, artifacts: &[Artifact], k
             shapes: a.shapes.clone(),
         });
     }
-    let manifest = Manifest { format: FORMAT.into(), model_kind: model_kind.into(), step, files };
+    let manifest = Manifest { format: FORMAT.into(), model_kind, step, files };
     write_synced(&tmp.join("manifest.json"), &serde_json::to_vec_pretty(&manifest)?)?;
     let dest = root.join(&name);
     if dest.exists() {
@@ -244,7 +265,7 @@ pub struct Checkpoint {
 
 impl Checkpoint {
     /// Open `path` (a run or a checkpoint directory), check the format and the model kind, verify every file.
-    pub fn open(path: &Path, expected_kind: &str) -> Result<Self> {
+    pub fn open(path: &Path, expected_kind: ModelKind) -> Result<Self> {
         let ck = Self::open_any(path)?;
         if ck.manifest.model_kind != expected_kind {
             bail!(
@@ -370,8 +391,8 @@ mod tests {
     fn pruning_goes_by_step_number_across_a_digit_boundary() {
         let dir = tempfile::tempdir().unwrap();
         for step in [999_980, 999_990, 1_000_000, 1_000_010] {
-            save(dir.path(), "score-net", step, &[state_artifact(step)], 1).unwrap();
-            let latest = Checkpoint::open(dir.path(), "score-net").unwrap();
+            save(dir.path(), ModelKind::ScoreNet, step, &[state_artifact(step)], 1).unwrap();
+            let latest = Checkpoint::open(dir.path(), ModelKind::ScoreNet).unwrap();
             assert_eq!(latest.manifest.step, step, "latest must name the checkpoint just written");
         }
         assert_eq!(step_dirs(dir.path()), ["step-1000010"]);
@@ -381,12 +402,12 @@ mod tests {
     fn checkpoints_of_an_earlier_run_with_higher_steps_are_left_alone() {
         let dir = tempfile::tempdir().unwrap();
         for step in [40, 60] {
-            save(dir.path(), "score-net", step, &[state_artifact(step)], 2).unwrap();
+            save(dir.path(), ModelKind::ScoreNet, step, &[state_artifact(step)], 2).unwrap();
         }
         fs::remove_file(checkpoints_dir(dir.path()).join("latest")).unwrap();
         for step in [10, 20, 30] {
-            save(dir.path(), "score-net", step, &[state_artifact(step)], 2).unwrap();
-            assert_eq!(Checkpoint::open(dir.path(), "score-net").unwrap().manifest.step, step);
+            save(dir.path(), ModelKind::ScoreNet, step, &[state_artifact(step)], 2).unwrap();
+            assert_eq!(Checkpoint::open(dir.path(), ModelKind::ScoreNet).unwrap().manifest.step, step);
         }
         assert_eq!(step_dirs(dir.path()), ["step-000020", "step-000030", "step-000040", "step-000060"]);
     }
@@ -394,20 +415,20 @@ mod tests {
     #[test]
     fn latest_must_name_a_sibling_checkpoint() {
         let dir = tempfile::tempdir().unwrap();
-        save(dir.path(), "score-net", 5, &[state_artifact(5)], 1).unwrap();
+        save(dir.path(), ModelKind::ScoreNet, 5, &[state_artifact(5)], 1).unwrap();
         fs::write(checkpoints_dir(dir.path()).join("latest"), "../../etc").unwrap();
-        let err = format!("{:#}", Checkpoint::open(dir.path(), "score-net").err().unwrap());
+        let err = format!("{:#}", Checkpoint::open(dir.path(), ModelKind::ScoreNet).err().unwrap());
         assert!(err.contains("expected the name of a checkpoint directory"), "{err}");
     }
 
     #[test]
     fn a_manifest_for_another_step_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        save(dir.path(), "score-net", 5, &[state_artifact(5)], 1).unwrap();
+        save(dir.path(), ModelKind::ScoreNet, 5, &[state_artifact(5)], 1).unwrap();
         let root = checkpoints_dir(dir.path());
         fs::rename(root.join("step-000005"), root.join("step-000007")).unwrap();
         fs::write(root.join("latest"), "step-000007").unwrap();
-        let err = format!("{:#}", Checkpoint::open(dir.path(), "score-net").err().unwrap());
+        let err = format!("{:#}", Checkpoint::open(dir.path(), ModelKind::ScoreNet).err().unwrap());
         assert!(err.contains("the manifest is for step 5"), "{err}");
     }
 

@@ -10,19 +10,22 @@
 pub mod atomic;
 pub mod checkpoint;
 pub mod clip;
+pub mod config;
 pub mod data;
 pub mod ema;
+pub mod load;
+mod objectives;
 pub mod optim;
 pub mod output_dir;
 pub mod run;
 pub mod trainer;
 
 pub use atomic::write_atomic;
+pub use checkpoint::ModelKind;
+pub use config::{ModelSpec, Objective, RewardForm, TrainConfig};
 pub use data::{DataSpec, Dataset, Standardizer};
+pub use load::{LoadedClassifier, LoadedScore, RunState, load_classifier, load_score};
 pub use optim::OptimConfig;
 pub use output_dir::{OutputDir, OutputKind, Prior};
-pub use run::{
-    LoadedClassifier, LoadedScore, ModelSpec, Objective, RewardForm, Start, TrainConfig, TrainOutcome, load_classifier,
-    load_score, train,
-};
+pub use run::{Start, TrainOutcome, train};
 pub use trainer::{LossPoint, Progress};

@@ -1,256 +1,26 @@
-//! A training run: its TOML config, the objectives (DSM, classifier, reward-weighted score matching), the
-//! run directory with checkpoints and the loss curve, `--resume`, and loading trained models for sampling.
+//! A training run: the objectives (DSM, classifier, reward-weighted score matching) wired to the loop, the run
+//! directory with its checkpoints and loss curve, and `--resume`.
 
-use crate::checkpoint::{self, Artifact, Checkpoint, FileKind};
-use crate::data::{DataSpec, Dataset, Standardizer};
+use crate::checkpoint::{self, Artifact, Checkpoint, FileKind, ModelKind};
+use crate::config::{ModelSpec, Objective, RewardForm, TrainConfig};
+use crate::data::{Dataset, Standardizer};
 use crate::ema::Ema;
-use crate::optim::OptimConfig;
+use crate::load::{RunState, load_score, load_state};
+use crate::objectives::{
+    RewardScale, log_rewards, noised, seeded_init, uniform_indices, weighted_mse, weights_relative_to,
+};
 use crate::output_dir::{OutputDir, OutputKind};
 use crate::trainer::{LoopSettings, LossPoint, Progress, TrainState, train_loop};
 use anyhow::{Context, Result, anyhow, bail};
 use burn::config::Config;
-use burn::module::{Module, ModuleMapper, Param, ParamId};
+use burn::module::Module;
 use burn::prelude::*;
 use burn::tensor::activation::log_softmax;
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
-use rand_distr::{Distribution, StandardNormal};
-use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
-use tilt_core::{RewardSpec, Schedule, tensor_ext};
-use tilt_models::{
-    Activation, NetClassifier, NetScore, NoisyClassifier, NoisyClassifierConfig, ScoreNet, ScoreNetConfig,
-};
-
-/// Network size.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ModelSpec {
-    #[serde(default = "d_hidden")]
-    pub hidden: usize,
-    #[serde(default = "d_blocks")]
-    pub blocks: usize,
-    #[serde(default = "d_time_dim")]
-    pub time_dim: usize,
-    #[serde(default)]
-    pub activation: Activation,
-}
-
-fn d_hidden() -> usize {
-    128
-}
-fn d_blocks() -> usize {
-    3
-}
-fn d_time_dim() -> usize {
-    32
-}
-
-impl Default for ModelSpec {
-    fn default() -> Self {
-        Self { hidden: d_hidden(), blocks: d_blocks(), time_dim: d_time_dim(), activation: Activation::Silu }
-    }
-}
-
-/// The three forms of reward-weighted score matching (docs/theory.md §4).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum RewardForm {
-    /// A new score network for `p_r`, per-sample weights `r(x0) / mean(r)`, the mean taken over the whole
-    /// training set once (a per-batch mean fits a different law, biased by O(1/B): docs/theory.md §4).
-    Full,
-    /// Frozen base + small `delta_theta`; the guidance term is `delta` itself.
-    Residual,
-    /// Resample `x0 ∝ r(x0)` and run plain DSM (the same objective as `full` in expectation).
-    Resample,
-}
-
-/// What is trained.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
-pub enum Objective {
-    /// Denoising score matching. With labelled data and `conditional = true` the network is
-    /// class-conditional and learns the unconditional score under the null label with probability `p_uncond`.
-    Dsm {
-        #[serde(default = "d_true")]
-        conditional: bool,
-        #[serde(default = "d_p_uncond")]
-        p_uncond: f64,
-    },
-    /// A noise-aware classifier `p_t(c | x)` trained by cross-entropy on noised inputs.
-    Classifier,
-    /// The papers' trajectory-free reward-guided trainer.
-    RewardWeighted {
-        form: RewardForm,
-        reward: RewardSpec,
-        /// A trained unconditional score checkpoint: required by `residual` (the frozen base), optional
-        /// initialisation for `full` and `resample`.
-        base: Option<PathBuf>,
-        /// Size of `delta_theta` (residual form).
-        #[serde(default = "d_residual_model")]
-        residual_model: ModelSpec,
-    },
-}
-
-fn d_true() -> bool {
-    true
-}
-fn d_p_uncond() -> f64 {
-    0.1
-}
-fn d_residual_model() -> ModelSpec {
-    ModelSpec { hidden: 64, blocks: 2, ..ModelSpec::default() }
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TrainConfig {
-    pub objective: Objective,
-    pub data: DataSpec,
-    pub steps: usize,
-    #[serde(default)]
-    pub seed: u64,
-    #[serde(default = "d_batch")]
-    pub batch_size: usize,
-    /// Points drawn for generated data sets (CSV files give their own).
-    #[serde(default = "d_data_size")]
-    pub data_size: usize,
-    /// Fraction held out as a test split (its loss is reported at the end).
-    #[serde(default = "d_test_fraction")]
-    pub test_fraction: f64,
-    /// Train on standardised coordinates (statistics saved with the model, undone when sampling).
-    #[serde(default)]
-    pub standardize: bool,
-    #[serde(default)]
-    pub schedule: Schedule,
-    /// Training times are drawn from `U(t_min, 1)`.
-    #[serde(default = "d_t_min")]
-    pub t_min: f64,
-    #[serde(default)]
-    pub model: ModelSpec,
-    #[serde(default)]
-    pub optim: OptimConfig,
-    #[serde(default = "d_log_every")]
-    pub log_every: usize,
-    #[serde(default = "d_checkpoint_every")]
-    pub checkpoint_every: usize,
-    #[serde(default = "d_keep")]
-    pub keep_checkpoints: usize,
-}
-
-fn d_batch() -> usize {
-    512
-}
-fn d_data_size() -> usize {
-    20_000
-}
-fn d_test_fraction() -> f64 {
-    0.1
-}
-fn d_t_min() -> f64 {
-    1e-3
-}
-fn d_log_every() -> usize {
-    25
-}
-fn d_checkpoint_every() -> usize {
-    1000
-}
-fn d_keep() -> usize {
-    2
-}
-
-/// Limits checked before anything is allocated: a typo such as `batch_size = 1e11` must be a field error, not
-/// an 800 GB allocation that aborts the process.
-pub const MAX_BATCH_ROWS: usize = 1 << 20;
-pub const MAX_DATA_ROWS: usize = 1 << 26;
-
-impl TrainConfig {
-    /// Parse TOML and validate; errors name the field.
-    pub fn parse(text: &str) -> Result<Self> {
-        let cfg: TrainConfig = toml::from_str(text).map_err(|e| anyhow!("{}", e.to_string().trim_end()))?;
-        cfg.validate()?;
-        Ok(cfg)
-    }
-
-    /// Read and validate a config file; returns the text too (a run keeps it verbatim as `config.toml`).
-    pub fn load(path: &Path) -> Result<(Self, String)> {
-        let text =
-            std::fs::read_to_string(path).with_context(|| format!("cannot read config file {}", path.display()))?;
-        let cfg = Self::parse(&text).with_context(|| format!("invalid config {}", path.display()))?;
-        Ok((cfg, text))
-    }
-
-    fn validate(&self) -> Result<()> {
-        let positive = |name: &str, v: usize| if v == 0 { bail!("{name}: expected a positive number") } else { Ok(()) };
-        positive("steps", self.steps)?;
-        positive("batch_size", self.batch_size)?;
-        positive("data_size", self.data_size)?;
-        positive("log_every", self.log_every)?;
-        positive("checkpoint_every", self.checkpoint_every)?;
-        positive("model.hidden", self.model.hidden)?;
-        positive("model.time_dim", self.model.time_dim)?;
-        if !self.model.time_dim.is_multiple_of(2) {
-            bail!("model.time_dim: expected an even number, got {}", self.model.time_dim);
-        }
-        if !(0.0..0.9).contains(&self.test_fraction) {
-            bail!("test_fraction: expected a value in [0, 0.9), got {}", self.test_fraction);
-        }
-        if !(self.t_min > 0.0 && self.t_min < 0.5) {
-            bail!("t_min: expected a value in (0, 0.5), got {}", self.t_min);
-        }
-        self.schedule.validate().map_err(anyhow::Error::msg)?;
-        self.optim.validate().map_err(anyhow::Error::msg)?;
-        self.data.validate()?;
-        if self.data_size > MAX_DATA_ROWS {
-            bail!("data_size: expected at most {MAX_DATA_ROWS} points, got {}", self.data_size);
-        }
-        if self.batch_size > MAX_BATCH_ROWS {
-            bail!(
-                "batch_size: expected at most {MAX_BATCH_ROWS} rows per step (batches are drawn with replacement, so \
-                 a larger batch only repeats rows), got {}",
-                self.batch_size
-            );
-        }
-        match &self.objective {
-            Objective::Dsm { p_uncond, .. } if !(0.0..1.0).contains(p_uncond) => {
-                bail!("objective.p_uncond: expected a probability in [0, 1), got {p_uncond}")
-            }
-            Objective::RewardWeighted { form: RewardForm::Residual, base: None, .. } => {
-                bail!(
-                    "objective.base: the residual form needs the trained base score checkpoint (objective.base = \"runs/base\")"
-                )
-            }
-            _ => Ok(()),
-        }
-    }
-
-    fn model_kind(&self) -> &'static str {
-        match self.objective {
-            Objective::Classifier => "classifier",
-            Objective::RewardWeighted { form: RewardForm::Residual, .. } => "residual",
-            _ => "score-net",
-        }
-    }
-}
-
-/// Saved with every checkpoint (`state.json`).
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct RunState {
-    pub tilt_version: String,
-    pub step: usize,
-    pub config: TrainConfig,
-    /// The network's own config (`ScoreNetConfig` / `NoisyClassifierConfig` as JSON).
-    pub net: serde_json::Value,
-    pub standardizer: Standardizer,
-    pub dim: usize,
-    pub num_classes: usize,
-    pub history: Vec<LossPoint>,
-    /// SHA-256 of the training data (before the split and standardisation): `--resume` refuses changed data.
-    /// Absent in checkpoints written before it existed.
-    #[serde(default)]
-    pub data_sha256: Option<String>,
-}
+use tilt_core::tensor_ext;
+use tilt_models::{NoisyClassifier, NoisyClassifierConfig, ScoreNet, ScoreNetConfig};
 
 /// How `train` treats the run directory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -274,127 +44,6 @@ pub struct TrainOutcome {
     pub history: Vec<LossPoint>,
     pub checkpoint: PathBuf,
     pub seconds: f64,
-}
-
-/// A batch of noised clean samples: host draws, uploaded once.
-struct Noised {
-    x_t: Tensor<2>,
-    t: Tensor<1>,
-    z: Tensor<2>,
-    x0: Vec<f32>,
-    labels: Option<Vec<usize>>,
-}
-
-fn noised(data: &Dataset, idx: &[usize], sched: Schedule, t_min: f64, rng: &mut ChaCha8Rng, device: &Device) -> Noised {
-    let d = data.dim;
-    let b = idx.len();
-    let (mut x0, mut xt, mut z, mut ts) =
-        (Vec::with_capacity(b * d), Vec::with_capacity(b * d), Vec::with_capacity(b * d), Vec::with_capacity(b));
-    for &i in idx {
-        let t = t_min + (1.0 - t_min) * rng.random::<f64>();
-        let (a, s) = (sched.alpha(t), sched.sigma(t));
-        ts.push(t as f32);
-        for &v in data.row(i) {
-            let e: f64 = StandardNormal.sample(rng);
-            x0.push(v);
-            z.push(e as f32);
-            xt.push((a * v as f64 + s * e) as f32);
-        }
-    }
-    Noised {
-        x_t: tensor_ext::matrix(&xt, b, d, device),
-        t: Tensor::from_data(TensorData::new(ts, [b]), device),
-        z: tensor_ext::matrix(&z, b, d, device),
-        x0,
-        labels: data.labels.as_ref().map(|l| idx.iter().map(|&i| l[i]).collect()),
-    }
-}
-
-fn uniform_indices(n: usize, b: usize, rng: &mut ChaCha8Rng) -> Vec<usize> {
-    (0..b).map(|_| rng.random_range(0..n)).collect()
-}
-
-/// Per-row `mean_d (eps - z)^2`, weighted by `weights` (or 1), averaged over the batch.
-fn weighted_mse(eps: Tensor<2>, z: Tensor<2>, weights: Option<&[f32]>) -> Tensor<1> {
-    let [b, _] = eps.dims();
-    let per_row = (eps - z).square().mean_dim(1).reshape([b]);
-    match weights {
-        None => per_row.mean(),
-        Some(w) => {
-            let w = Tensor::<1>::from_data(TensorData::new(w.to_vec(), [b]), &per_row.device());
-            (per_row * w).mean()
-        }
-    }
-}
-
-/// `log r` of standardised rows, evaluated in data space.
-fn log_rewards(
-    reward: &dyn tilt_core::Reward,
-    rows: &[f32],
-    dim: usize,
-    st: &Standardizer,
-    device: &Device,
-) -> Vec<f64> {
-    let mut x = rows.to_vec();
-    st.invert(&mut x);
-    let n = x.len() / dim;
-    tensor_ext::to_vec_f64(reward.log_reward(tensor_ext::matrix(&x, n, dim, device)))
-}
-
-/// `ln mean_i r_i` from `log r`, without overflow.
-fn log_mean_reward(log_r: &[f64]) -> f64 {
-    let m = log_r.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-    m + (log_r.iter().map(|l| (l - m).exp()).sum::<f64>() / log_r.len() as f64).ln()
-}
-
-/// Weights `r_i / mean(r)` for a fixed `ln mean(r)`.
-fn weights_relative_to(log_r: &[f64], log_mean: f64) -> Vec<f32> {
-    log_r.iter().map(|l| (l - log_mean).exp() as f32).collect()
-}
-
-/// The reward normalisation of one fixed data set: `ln mean r` over all its rows, computed once.
-///
-/// Dividing by the mean within each minibatch instead is biased: the expected gradient is that of the law
-/// `∝ r E[1/(r + S_{B-1})] p`, which lowers the tilted mean reward by about `Var_{p_r}(r) / ((B-1) E_p[r])`
-/// (docs/theory.md §4). With the data-set mean the loss is exactly the empirical tilted objective.
-struct RewardScale {
-    train: f64,
-    test: f64,
-}
-
-impl RewardScale {
-    fn of(data: &Dataset, reward: &dyn tilt_core::Reward, st: &Standardizer, device: &Device) -> f64 {
-        log_mean_reward(&log_rewards(reward, &data.x, data.dim, st, device))
-    }
-
-    /// The scale of `data`, which is the training or the test set itself (compared by address, not by size).
-    fn for_set(&self, data: &Dataset, train_set: &Dataset) -> f64 {
-        if std::ptr::eq(data, train_set) { self.train } else { self.test }
-    }
-}
-
-/// Build a model from the device RNG seeded with `seed`. Burn's RNG is process-global per backend, so the
-/// seed-then-init pair is made atomic: concurrent runs (tests, threads) then still get reproducible weights.
-fn seeded_init<M: Module>(device: &Device, seed: u64, init: impl FnOnce() -> M) -> M {
-    static INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _guard = INIT.lock().unwrap_or_else(|e| e.into_inner());
-    device.seed(seed);
-    with_sequential_ids(init())
-}
-
-/// Number the parameters 1, 2, ... in visiting order. Burn draws a random id per parameter, and the ids are
-/// written into every model and optimizer file (they key the optimizer state): with random ids two identical
-/// runs, or a run and its resumed twin, write different bytes.
-fn with_sequential_ids<M: Module>(model: M) -> M {
-    struct Sequential(u64);
-    impl ModuleMapper for Sequential {
-        fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
-            self.0 += 1;
-            let (_, value, mapper) = param.consume();
-            Param::from_mapped_value(ParamId::from(self.0), value, mapper)
-        }
-    }
-    model.map(&mut Sequential(0))
 }
 
 /// Train (or, with `resume`, continue) the run described by `cfg` in `run_dir`.
@@ -479,7 +128,7 @@ pub fn train(
             let reward = reward.build();
             let base = match base {
                 Some(p) => {
-                    let loaded = load_score(p, "score-net", device)
+                    let loaded = load_score(p, ModelKind::ScoreNet, device)
                         .with_context(|| format!("objective.base = {}", p.display()))?;
                     if loaded.standardizer != ctx.standardizer {
                         bail!(
@@ -512,7 +161,8 @@ pub fn train(
                             let model = if resume {
                                 init
                             } else {
-                                Checkpoint::open(&base.path, "score-net")?.load_model(FileKind::EmaModel, init)?
+                                Checkpoint::open(&base.path, ModelKind::ScoreNet)?
+                                    .load_model(FileKind::EmaModel, init)?
                             };
                             (net_cfg, model)
                         }
@@ -697,20 +347,6 @@ impl RunContext<'_> {
     }
 }
 
-/// `state.json` of a verified checkpoint, cross-checked with the manifest's step.
-fn load_state(ck: &Checkpoint) -> Result<RunState> {
-    let state: RunState = ck.load_json("state.json")?;
-    if state.step != ck.manifest.step {
-        bail!(
-            "{}: state.json is at step {} but the manifest at step {}",
-            ck.dir.display(),
-            state.step,
-            ck.manifest.step
-        );
-    }
-    Ok(state)
-}
-
 /// Refuse data the forward process cannot noise to its N(0, I) prior: at the samplers' start `t_max` a VP
 /// schedule keeps `alpha(t_max)` of every coordinate, and the sampler starts from pure noise. Beyond
 /// `5 / alpha(t_max)` (1581 for the linear schedule) the data are unscaled; the cap 1e15 keeps f32 squares finite.
@@ -751,43 +387,4 @@ fn write_loss_csv(path: &Path, history: &[LossPoint]) -> Result<()> {
         w.write_record([p.step.to_string(), p.loss.to_string(), p.lr.to_string(), p.grad_norm.to_string()])?;
     }
     crate::write_atomic(path, &w.into_inner()?)
-}
-
-/// A trained score network (EMA weights) ready for the sampler.
-pub struct LoadedScore {
-    pub path: PathBuf,
-    pub score: NetScore,
-    pub standardizer: Standardizer,
-    pub state: RunState,
-}
-
-/// Load the EMA weights of a `score-net` or `residual` checkpoint (a run or checkpoint directory).
-pub fn load_score(path: &Path, kind: &str, device: &Device) -> Result<LoadedScore> {
-    let ck = Checkpoint::open(path, kind)?;
-    let state = load_state(&ck)?;
-    let net_cfg: ScoreNetConfig = serde_json::from_value(state.net.clone())
-        .with_context(|| format!("{}: state.json holds no score-network config", ck.dir.display()))?;
-    let net = ck.load_model(FileKind::EmaModel, net_cfg.init(device))?;
-    Ok(LoadedScore {
-        path: path.to_path_buf(),
-        score: NetScore::new(net, state.config.schedule, state.dim),
-        standardizer: state.standardizer.clone(),
-        state,
-    })
-}
-
-/// A trained noise-aware classifier (EMA weights).
-pub struct LoadedClassifier {
-    pub classifier: NetClassifier,
-    pub standardizer: Standardizer,
-    pub state: RunState,
-}
-
-pub fn load_classifier(path: &Path, device: &Device) -> Result<LoadedClassifier> {
-    let ck = Checkpoint::open(path, "classifier")?;
-    let state = load_state(&ck)?;
-    let net_cfg: NoisyClassifierConfig = serde_json::from_value(state.net.clone())
-        .with_context(|| format!("{}: state.json holds no classifier config", ck.dir.display()))?;
-    let net = ck.load_model(FileKind::EmaModel, net_cfg.init(device))?;
-    Ok(LoadedClassifier { classifier: NetClassifier { net }, standardizer: state.standardizer.clone(), state })
 }

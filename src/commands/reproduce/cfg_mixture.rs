@@ -35,7 +35,7 @@ pub fn run(ctx: &Ctx, dir: &Path) -> Result<StageOutput> {
         "mixture_conditional",
         &cfg.train.config(mixture_data(&cfg.mixture), dsm(true, cfg.train.p_uncond), p, cfg.seed),
     )?;
-    let trained = tilt_train::load_score(&run_dir, "score-net", &ctx.device)?;
+    let trained = tilt_train::load_score(&run_dir, tilt_train::ModelKind::ScoreNet, &ctx.device)?;
     let exact = MixtureScore::new(mixture.clone(), Default::default(), &ctx.device);
     let sources: [(&str, &dyn ScoreModel); 2] = [("exact", &exact), ("trained", &trained.score)];
 

@@ -58,7 +58,7 @@ pub fn run(ctx: &Ctx, dir: &Path) -> Result<StageOutput> {
         "mixture_conditional",
         &cfg.base_train.config(mixture_data(&cfg.mixture), dsm(true, cfg.base_train.p_uncond), p, cfg.seed),
     )?;
-    let base = tilt_train::load_score(&base_run, "score-net", dev)?.score;
+    let base = tilt_train::load_score(&base_run, tilt_train::ModelKind::ScoreNet, dev)?.score;
     let (steps, batch, evals) = (cfg.train_steps.get(p), cfg.batch_size.get(p), cfg.evaluations.max(1));
     let every = (steps / evals).max(1);
     let eval_sampler = sampler(SamplerKind::SdeDpmSolver1, cfg.sample_steps.get(p), Default::default());
@@ -101,7 +101,7 @@ pub fn run(ctx: &Ctx, dir: &Path) -> Result<StageOutput> {
         else {
             continue;
         };
-        let delta = tilt_train::load_score(&path, "residual", dev)?.score;
+        let delta = tilt_train::load_score(&path, tilt_train::ModelKind::Residual, dev)?.score;
         let secs = times.iter().find(|t| t.0 == step).map_or(tf_seconds, |t| t.1);
         tf_points.push(evaluate_residual(
             &base,
@@ -126,7 +126,8 @@ pub fn run(ctx: &Ctx, dir: &Path) -> Result<StageOutput> {
     let ad = dev.clone().autodiff();
     // The EMA weights were saved from a validation copy (no gradient tracking): mark every parameter as a
     // tracked leaf on the autodiff device.
-    let mut model = tilt_train::load_score(&base_run, "score-net", &ad)?.score.net.map(&mut Track).train();
+    let mut model =
+        tilt_train::load_score(&base_run, tilt_train::ModelKind::ScoreNet, &ad)?.score.net.map(&mut Track).train();
     let optim_cfg = tilt_train::OptimConfig { lr: cfg.draft_lr, clip_grad_norm: Some(1.0), ..Default::default() };
     let mut optim = optim_cfg.init();
     let start = Instant::now();

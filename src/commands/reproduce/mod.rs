@@ -130,14 +130,9 @@ impl Ctx {
     /// Train `cfg` into `_models/<name>` unless a finished run is there; returns the run directory.
     pub fn trained(&self, name: &str, cfg: &tilt_train::TrainConfig) -> Result<PathBuf> {
         let dir = self.models_dir().join(name);
-        if let Ok(ck) = tilt_train::checkpoint::resolve(&dir) {
-            let done = std::fs::read_to_string(ck.join("state.json"))
-                .ok()
-                .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok());
-            if done.is_some_and(|v| {
-                v["step"].as_u64() == Some(cfg.steps as u64)
-                    && v["config"] == serde_json::to_value(cfg).unwrap_or_default()
-            }) {
+        if tilt_train::checkpoint::resolve(&dir).is_ok() {
+            // Verified, finished and trained with this very config: reuse; anything else is retrained.
+            if tilt_train::load::run_state(&dir).is_ok_and(|s| s.step == cfg.steps && s.config == *cfg) {
                 return Ok(dir);
             }
             std::fs::remove_dir_all(&dir).with_context(|| format!("cannot clear stale model run {}", dir.display()))?;

@@ -76,9 +76,9 @@ pub fn run(ctx: &Ctx, dir: &Path) -> Result<StageOutput> {
             cfg.seed,
         ),
     )?;
-    let base_net = tilt_train::load_score(&base_run, "score-net", dev)?.score;
-    let full_net = tilt_train::load_score(&full_run, "score-net", dev)?.score;
-    let residual_net = tilt_train::load_score(&residual_run, "residual", dev)?.score;
+    let base_net = tilt_train::load_score(&base_run, tilt_train::ModelKind::ScoreNet, dev)?.score;
+    let full_net = tilt_train::load_score(&full_run, tilt_train::ModelKind::ScoreNet, dev)?.score;
+    let residual_net = tilt_train::load_score(&residual_run, tilt_train::ModelKind::Residual, dev)?.score;
     let exact = MixtureScore::new(mixture.clone(), Default::default(), dev);
     let tilted = mixture.tilted(&a);
     let exact_rw = MixtureScore::new(tilted.clone(), Default::default(), dev);

@@ -97,7 +97,7 @@ pub fn run(ctx: &Ctx, dir: &Path) -> Result<StageOutput> {
             &format!("mixture_unconditional_{k}"),
             &spec.config(mixture_data(&cfg.mixture), dsm(false, 0.0), p, cfg.seed),
         )?;
-        let net = tilt_train::load_score(&run, "score-net", dev)?.score;
+        let net = tilt_train::load_score(&run, tilt_train::ModelKind::ScoreNet, dev)?.score;
         trained.push(evaluate("under-trained network", format!("{k} steps"), &net));
     }
     let points = |v: &[(f64, f64, f64)]| v.iter().map(|p| (p.0, p.1)).collect::<Vec<_>>();

@@ -81,8 +81,8 @@ pub fn run(ctx: &Ctx, dir: &Path) -> Result<StageOutput> {
             cfg.seed,
         ),
     )?;
-    let base = tilt_train::load_score(&base_run, "score-net", dev)?.score;
-    let delta = tilt_train::load_score(&residual_run, "residual", dev)?.score;
+    let base = tilt_train::load_score(&base_run, tilt_train::ModelKind::ScoreNet, dev)?.score;
+    let delta = tilt_train::load_score(&residual_run, tilt_train::ModelKind::Residual, dev)?.score;
     let reward = cfg.reward.build();
     // Fresh points of the roll (another seed than training) as the manifold reference.
     let reference = data.generate(cfg.reference_points.get(p), cfg.seed + 1)?.x;

@@ -1,0 +1,224 @@
+//! The TOML config of `tilt train`: what is trained (`Objective`), on what data, with which network and
+//! optimiser, validated with errors that name the field.
+
+use crate::checkpoint::ModelKind;
+use crate::data::DataSpec;
+use crate::optim::OptimConfig;
+use anyhow::{Context, Result, anyhow, bail};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use tilt_core::{RewardSpec, Schedule};
+use tilt_models::Activation;
+
+/// Network size.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSpec {
+    #[serde(default = "d_hidden")]
+    pub hidden: usize,
+    #[serde(default = "d_blocks")]
+    pub blocks: usize,
+    #[serde(default = "d_time_dim")]
+    pub time_dim: usize,
+    #[serde(default)]
+    pub activation: Activation,
+}
+
+fn d_hidden() -> usize {
+    128
+}
+fn d_blocks() -> usize {
+    3
+}
+fn d_time_dim() -> usize {
+    32
+}
+
+impl Default for ModelSpec {
+    fn default() -> Self {
+        Self { hidden: d_hidden(), blocks: d_blocks(), time_dim: d_time_dim(), activation: Activation::Silu }
+    }
+}
+
+/// The three forms of reward-weighted score matching (docs/theory.md §4).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RewardForm {
+    /// A new score network for `p_r`, per-sample weights `r(x0) / mean(r)`, the mean taken over the whole
+    /// training set once (a per-batch mean fits a different law, biased by O(1/B): docs/theory.md §4).
+    Full,
+    /// Frozen base + small `delta_theta`; the guidance term is `delta` itself.
+    Residual,
+    /// Resample `x0 ∝ r(x0)` and run plain DSM (the same objective as `full` in expectation).
+    Resample,
+}
+
+/// What is trained.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum Objective {
+    /// Denoising score matching. With labelled data and `conditional = true` the network is
+    /// class-conditional and learns the unconditional score under the null label with probability `p_uncond`.
+    Dsm {
+        #[serde(default = "d_true")]
+        conditional: bool,
+        #[serde(default = "d_p_uncond")]
+        p_uncond: f64,
+    },
+    /// A noise-aware classifier `p_t(c | x)` trained by cross-entropy on noised inputs.
+    Classifier,
+    /// The papers' trajectory-free reward-guided trainer.
+    RewardWeighted {
+        form: RewardForm,
+        reward: RewardSpec,
+        /// A trained unconditional score checkpoint: required by `residual` (the frozen base), optional
+        /// initialisation for `full` and `resample`.
+        base: Option<PathBuf>,
+        /// Size of `delta_theta` (residual form).
+        #[serde(default = "d_residual_model")]
+        residual_model: ModelSpec,
+    },
+}
+
+fn d_true() -> bool {
+    true
+}
+fn d_p_uncond() -> f64 {
+    0.1
+}
+fn d_residual_model() -> ModelSpec {
+    ModelSpec { hidden: 64, blocks: 2, ..ModelSpec::default() }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    pub objective: Objective,
+    pub data: DataSpec,
+    pub steps: usize,
+    #[serde(default)]
+    pub seed: u64,
+    #[serde(default = "d_batch")]
+    pub batch_size: usize,
+    /// Points drawn for generated data sets (CSV files give their own).
+    #[serde(default = "d_data_size")]
+    pub data_size: usize,
+    /// Fraction held out as a test split (its loss is reported at the end).
+    #[serde(default = "d_test_fraction")]
+    pub test_fraction: f64,
+    /// Train on standardised coordinates (statistics saved with the model, undone when sampling).
+    #[serde(default)]
+    pub standardize: bool,
+    #[serde(default)]
+    pub schedule: Schedule,
+    /// Training times are drawn from `U(t_min, 1)`.
+    #[serde(default = "d_t_min")]
+    pub t_min: f64,
+    #[serde(default)]
+    pub model: ModelSpec,
+    #[serde(default)]
+    pub optim: OptimConfig,
+    #[serde(default = "d_log_every")]
+    pub log_every: usize,
+    #[serde(default = "d_checkpoint_every")]
+    pub checkpoint_every: usize,
+    #[serde(default = "d_keep")]
+    pub keep_checkpoints: usize,
+}
+
+fn d_batch() -> usize {
+    512
+}
+fn d_data_size() -> usize {
+    20_000
+}
+fn d_test_fraction() -> f64 {
+    0.1
+}
+fn d_t_min() -> f64 {
+    1e-3
+}
+fn d_log_every() -> usize {
+    25
+}
+fn d_checkpoint_every() -> usize {
+    1000
+}
+fn d_keep() -> usize {
+    2
+}
+
+/// Limits checked before anything is allocated: a typo such as `batch_size = 1e11` must be a field error, not
+/// an 800 GB allocation that aborts the process.
+pub const MAX_BATCH_ROWS: usize = 1 << 20;
+pub const MAX_DATA_ROWS: usize = 1 << 26;
+
+impl TrainConfig {
+    /// Parse TOML and validate; errors name the field.
+    pub fn parse(text: &str) -> Result<Self> {
+        let cfg: TrainConfig = toml::from_str(text).map_err(|e| anyhow!("{}", e.to_string().trim_end()))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Read and validate a config file; returns the text too (a run keeps it verbatim as `config.toml`).
+    pub fn load(path: &Path) -> Result<(Self, String)> {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("cannot read config file {}", path.display()))?;
+        let cfg = Self::parse(&text).with_context(|| format!("invalid config {}", path.display()))?;
+        Ok((cfg, text))
+    }
+
+    fn validate(&self) -> Result<()> {
+        let positive = |name: &str, v: usize| if v == 0 { bail!("{name}: expected a positive number") } else { Ok(()) };
+        positive("steps", self.steps)?;
+        positive("batch_size", self.batch_size)?;
+        positive("data_size", self.data_size)?;
+        positive("log_every", self.log_every)?;
+        positive("checkpoint_every", self.checkpoint_every)?;
+        positive("model.hidden", self.model.hidden)?;
+        positive("model.time_dim", self.model.time_dim)?;
+        if !self.model.time_dim.is_multiple_of(2) {
+            bail!("model.time_dim: expected an even number, got {}", self.model.time_dim);
+        }
+        if !(0.0..0.9).contains(&self.test_fraction) {
+            bail!("test_fraction: expected a value in [0, 0.9), got {}", self.test_fraction);
+        }
+        if !(self.t_min > 0.0 && self.t_min < 0.5) {
+            bail!("t_min: expected a value in (0, 0.5), got {}", self.t_min);
+        }
+        self.schedule.validate().map_err(anyhow::Error::msg)?;
+        self.optim.validate().map_err(anyhow::Error::msg)?;
+        self.data.validate()?;
+        if self.data_size > MAX_DATA_ROWS {
+            bail!("data_size: expected at most {MAX_DATA_ROWS} points, got {}", self.data_size);
+        }
+        if self.batch_size > MAX_BATCH_ROWS {
+            bail!(
+                "batch_size: expected at most {MAX_BATCH_ROWS} rows per step (batches are drawn with replacement, so \
+                 a larger batch only repeats rows), got {}",
+                self.batch_size
+            );
+        }
+        match &self.objective {
+            Objective::Dsm { p_uncond, .. } if !(0.0..1.0).contains(p_uncond) => {
+                bail!("objective.p_uncond: expected a probability in [0, 1), got {p_uncond}")
+            }
+            Objective::RewardWeighted { form: RewardForm::Residual, base: None, .. } => {
+                bail!(
+                    "objective.base: the residual form needs the trained base score checkpoint (objective.base = \"runs/base\")"
+                )
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The kind of network this config trains.
+    pub fn model_kind(&self) -> ModelKind {
+        match self.objective {
+            Objective::Classifier => ModelKind::Classifier,
+            Objective::RewardWeighted { form: RewardForm::Residual, .. } => ModelKind::Residual,
+            _ => ModelKind::ScoreNet,
+        }
+    }
+}

@@ -1,0 +1,88 @@
+//! Loading trained models: the run state saved with every checkpoint, and the EMA weights of a score network or
+//! a classifier, verified, ready for the sampler.
+
+use crate::checkpoint::{Checkpoint, FileKind, ModelKind};
+use crate::config::TrainConfig;
+use crate::data::Standardizer;
+use crate::trainer::LossPoint;
+use anyhow::{Context, Result, bail};
+use burn::prelude::*;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use tilt_models::{NetClassifier, NetScore, NoisyClassifierConfig, ScoreNetConfig};
+
+/// Saved with every checkpoint (`state.json`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RunState {
+    pub tilt_version: String,
+    pub step: usize,
+    pub config: TrainConfig,
+    /// The network's own config (`ScoreNetConfig` / `NoisyClassifierConfig` as JSON).
+    pub net: serde_json::Value,
+    pub standardizer: Standardizer,
+    pub dim: usize,
+    pub num_classes: usize,
+    pub history: Vec<LossPoint>,
+    /// SHA-256 of the training data (before the split and standardisation): `--resume` refuses changed data.
+    /// Absent in checkpoints written before it existed.
+    #[serde(default)]
+    pub data_sha256: Option<String>,
+}
+
+/// `state.json` of a verified checkpoint, cross-checked with the manifest's step.
+pub(crate) fn load_state(ck: &Checkpoint) -> Result<RunState> {
+    let state: RunState = ck.load_json("state.json")?;
+    if state.step != ck.manifest.step {
+        bail!(
+            "{}: state.json is at step {} but the manifest at step {}",
+            ck.dir.display(),
+            state.step,
+            ck.manifest.step
+        );
+    }
+    Ok(state)
+}
+
+/// The state of the newest checkpoint of a run (or of a checkpoint directory), every file verified.
+pub fn run_state(path: &Path) -> Result<RunState> {
+    load_state(&Checkpoint::open_any(path)?)
+}
+
+/// A trained score network (EMA weights) ready for the sampler.
+pub struct LoadedScore {
+    pub path: PathBuf,
+    pub score: NetScore,
+    pub standardizer: Standardizer,
+    pub state: RunState,
+}
+
+/// Load the EMA weights of a `score-net` or `residual` checkpoint (a run or checkpoint directory).
+pub fn load_score(path: &Path, kind: ModelKind, device: &Device) -> Result<LoadedScore> {
+    let ck = Checkpoint::open(path, kind)?;
+    let state = load_state(&ck)?;
+    let net_cfg: ScoreNetConfig = serde_json::from_value(state.net.clone())
+        .with_context(|| format!("{}: state.json holds no score-network config", ck.dir.display()))?;
+    let net = ck.load_model(FileKind::EmaModel, net_cfg.init(device))?;
+    Ok(LoadedScore {
+        path: path.to_path_buf(),
+        score: NetScore::new(net, state.config.schedule, state.dim),
+        standardizer: state.standardizer.clone(),
+        state,
+    })
+}
+
+/// A trained noise-aware classifier (EMA weights).
+pub struct LoadedClassifier {
+    pub classifier: NetClassifier,
+    pub standardizer: Standardizer,
+    pub state: RunState,
+}
+
+pub fn load_classifier(path: &Path, device: &Device) -> Result<LoadedClassifier> {
+    let ck = Checkpoint::open(path, ModelKind::Classifier)?;
+    let state = load_state(&ck)?;
+    let net_cfg: NoisyClassifierConfig = serde_json::from_value(state.net.clone())
+        .with_context(|| format!("{}: state.json holds no classifier config", ck.dir.display()))?;
+    let net = ck.load_model(FileKind::EmaModel, net_cfg.init(device))?;
+    Ok(LoadedClassifier { classifier: NetClassifier { net }, standardizer: state.standardizer.clone(), state })
+}

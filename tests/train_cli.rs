@@ -231,3 +231,34 @@ fn malformed_train_configs_name_the_field() {
     let e = TrainConfig::parse(&residual).unwrap_err();
     assert!(format!("{e:#}").contains("objective.base: the residual form needs"), "{e:#}");
 }
+
+#[test]
+fn idx_images_train_and_bad_idx_files_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // 24 images of 4 x 4 pixels in 3 classes, written as the IDX files of MNIST.
+    let pixels: Vec<u8> = (0..24 * 16).map(|i| ((i * 37) % 256) as u8).collect();
+    let labels: Vec<u8> = (0..24).map(|i| (i % 3) as u8).collect();
+    std::fs::write(d.join("img"), tilt_train::idx::encode(&[24, 4, 4], &pixels)).unwrap();
+    std::fs::write(d.join("lab"), tilt_train::idx::encode(&[24], &labels)).unwrap();
+    std::fs::write(d.join("lab_short"), tilt_train::idx::encode(&[20], &labels[..20])).unwrap();
+    let config = |labels: &str| {
+        let text = TINY.replace("data_size = 2000", "").replace(
+            "kind = \"mixture\"\nweights = [0.5, 0.5]\nmeans = [[-1.0, 0.0], [1.0, 0.0]]\nstd = [0.5, 0.5]",
+            &format!(
+                "kind = \"idx\"\nimages = \"{}\"\nlabels = \"{}\"\nlimit = 20",
+                d.join("img").display(),
+                d.join(labels).display()
+            ),
+        );
+        TrainConfig::parse(&text).unwrap()
+    };
+    let data = config("lab").data.generate(0, 0).unwrap();
+    assert_eq!((data.len(), data.dim, data.num_classes), (20, 16, 3));
+    assert!(data.x.iter().all(|v| (-1.0..=1.0).contains(v)));
+    assert_eq!(data.x[1], 37.0 / 127.5 - 1.0);
+    let out = tilt_train::train(&config("lab"), &d.join("run"), tilt_train::Start::New, &common::device(), &mut |_| {});
+    assert!(out.unwrap().final_loss.is_finite());
+    let e = format!("{:#}", config("lab_short").data.generate(0, 0).unwrap_err());
+    assert!(e.contains("lab_short: 20 labels for the 24 images"), "{e}");
+}

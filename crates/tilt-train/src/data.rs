@@ -49,6 +49,14 @@ pub enum DataSpec {
         /// labels must be exactly 0, 1, ..., K-1, each present (a stray label is an error, not a new class).
         classes: Option<usize>,
     },
+    /// Images of IDX files (MNIST, Fashion-MNIST; gzipped or raw), flattened to rows of `rows * cols` pixels
+    /// scaled from 0..255 to [-1, 1]; labelled by `labels` when given.
+    Idx {
+        images: PathBuf,
+        labels: Option<PathBuf>,
+        /// Use only the first `limit` images.
+        limit: Option<usize>,
+    },
 }
 
 fn d_noise() -> f64 {
@@ -171,6 +179,7 @@ impl DataSpec {
         match self {
             DataSpec::Mixture { mixture } => mixture.build().map(|_| ()).map_err(|e| anyhow::anyhow!("data.{e}")),
             DataSpec::Rings { rings: 0, .. } => bail!("data.rings: expected at least 1 ring"),
+            DataSpec::Idx { limit: Some(0), .. } => bail!("data.limit: expected at least 1 image"),
             DataSpec::Csv { classes: Some(c), .. } if !(1..=MAX_CLASSES).contains(c) => {
                 bail!("data.classes: expected 1 to {MAX_CLASSES} classes, got {c}")
             }
@@ -251,8 +260,20 @@ impl DataSpec {
                 two_d(pts, Some(labels), *rings)
             }
             DataSpec::Csv { path, labelled, classes } => read_csv(path, *labelled, *classes)?,
+            DataSpec::Idx { images, labels, limit } => read_idx(images, labels.as_deref(), *limit)?,
         })
     }
+}
+
+/// Read IDX images (and labels) as rows of pixels in [-1, 1].
+pub fn read_idx(images: &std::path::Path, labels: Option<&std::path::Path>, limit: Option<usize>) -> Result<Dataset> {
+    let set = crate::idx::read_images(images, labels)?;
+    let n = limit.map_or(set.count, |l| l.min(set.count));
+    let dim = set.rows * set.cols;
+    let x = set.pixels[..n * dim].iter().map(|&p| p as f32 / 127.5 - 1.0).collect();
+    let labels: Option<Vec<usize>> = set.labels.map(|l| l[..n].iter().map(|&c| c as usize).collect());
+    let num_classes = labels.as_ref().and_then(|l| l.iter().max()).map_or(0, |m| m + 1);
+    Ok(Dataset { x, labels, dim, num_classes })
 }
 
 /// Read `x1,...,xd[,label]` rows; errors name the file, the line (as an editor counts it) and the column.

@@ -13,6 +13,7 @@ pub mod clip;
 pub mod config;
 pub mod data;
 pub mod ema;
+pub mod idx;
 pub mod load;
 mod objectives;
 pub mod optim;

@@ -36,8 +36,8 @@ impl ScoreModel for Unbatched {
     fn schedule(&self) -> Schedule {
         self.0.schedule()
     }
-    fn dim(&self) -> usize {
-        self.0.dim()
+    fn shape(&self) -> Vec<usize> {
+        self.0.shape()
     }
 }
 

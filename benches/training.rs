@@ -91,15 +91,15 @@ impl ScoreModel for TwoCalls<'_> {
     fn schedule(&self) -> Schedule {
         Schedule::Linear
     }
-    fn dim(&self) -> usize {
-        2
+    fn shape(&self) -> Vec<usize> {
+        vec![2]
     }
 }
 
 fn sampling_bench(c: &mut Criterion) {
     let device = Device::flex();
     device.seed(0);
-    let net = NetScore::new(net_config(Activation::Silu, 2).init(&device), Schedule::Linear, 2);
+    let net = NetScore::new(net_config(Activation::Silu, 2).init(&device), Schedule::Linear, vec![2]);
     let two = TwoCalls(&net);
     let steps = 20;
     let n = 10_000;

@@ -166,8 +166,8 @@ impl ScoreModel for Counting<'_> {
     fn schedule(&self) -> Schedule {
         self.inner.schedule()
     }
-    fn dim(&self) -> usize {
-        2
+    fn shape(&self) -> Vec<usize> {
+        vec![2]
     }
 }
 

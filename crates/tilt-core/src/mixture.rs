@@ -446,8 +446,8 @@ impl ScoreModel for MixtureScore {
         self.schedule
     }
 
-    fn dim(&self) -> usize {
-        self.mixture.dim()
+    fn shape(&self) -> Vec<usize> {
+        vec![self.mixture.dim()]
     }
 }
 

@@ -58,8 +58,14 @@ pub trait ScoreModel {
     /// The schedule the score was defined (or trained) under.
     fn schedule(&self) -> Schedule;
 
-    /// Data dimension `d`.
-    fn dim(&self) -> usize;
+    /// The shape of one sample: `[d]` for points, `[channels, height, width]` for images. The sampler works on
+    /// rows of `shape.iter().product()` values; a caller reshapes them back into samples.
+    fn shape(&self) -> Vec<usize>;
+
+    /// Data dimension `d`: the number of values of one sample.
+    fn dim(&self) -> usize {
+        self.shape().iter().product()
+    }
 }
 
 /// A noise-aware classifier `p_t(c | x)` (for classifier guidance and metrics).
@@ -114,8 +120,8 @@ impl ScoreModel for ScoreCombination<'_> {
     fn schedule(&self) -> Schedule {
         self.a.schedule()
     }
-    fn dim(&self) -> usize {
-        self.a.dim()
+    fn shape(&self) -> Vec<usize> {
+        self.a.shape()
     }
 }
 
@@ -141,7 +147,7 @@ impl ScoreModel for SmoothlyPerturbed<'_> {
     fn schedule(&self) -> Schedule {
         self.score.schedule()
     }
-    fn dim(&self) -> usize {
-        self.score.dim()
+    fn shape(&self) -> Vec<usize> {
+        self.score.shape()
     }
 }

@@ -1,6 +1,7 @@
 //! Trained networks behind the sampler's interfaces.
 
 use crate::classifier::NoisyClassifier;
+use crate::noise_net::NoiseNet;
 use crate::score_net::ScoreNet;
 use burn::prelude::*;
 use burn::tensor::activation::log_softmax;
@@ -9,15 +10,16 @@ use tilt_core::{Classifier, Condition, Schedule, ScoreModel, tensor_ext};
 
 /// A noise-prediction network as a score model: `s = -eps / sigma(t)`.
 #[derive(Clone, Debug)]
-pub struct NetScore {
-    pub net: ScoreNet,
+pub struct NetScore<N: NoiseNet = ScoreNet> {
+    pub net: N,
     pub schedule: Schedule,
-    pub dim: usize,
+    /// The shape of one sample (the network sees it flattened).
+    pub shape: Vec<usize>,
 }
 
-impl NetScore {
-    pub fn new(net: ScoreNet, schedule: Schedule, dim: usize) -> Self {
-        Self { net, schedule, dim }
+impl<N: NoiseNet> NetScore<N> {
+    pub fn new(net: N, schedule: Schedule, shape: Vec<usize>) -> Self {
+        Self { net, schedule, shape }
     }
 
     /// `None` (unconditional: a conditional network uses its null label) or the labels of a conditional network.
@@ -35,11 +37,11 @@ impl NetScore {
     fn noise(&self, x: Tensor<2>, t: f64, labels: Option<Tensor<1, Int>>) -> Tensor<2> {
         let n = x.dims()[0];
         let tt = Tensor::<1>::full([n], t, &x.device());
-        self.net.forward(x, tt, labels)
+        self.net.predict_noise(x, tt, labels)
     }
 }
 
-impl ScoreModel for NetScore {
+impl<N: NoiseNet> ScoreModel for NetScore<N> {
     fn score(&self, x: Tensor<2>, t: f64, condition: &Condition) -> Tensor<2> {
         let labels = self.labels_for(condition);
         param::score_from_noise(self.noise(x, t, labels), self.schedule.sigma(t))
@@ -64,8 +66,8 @@ impl ScoreModel for NetScore {
         self.schedule
     }
 
-    fn dim(&self) -> usize {
-        self.dim
+    fn shape(&self) -> Vec<usize> {
+        self.shape.clone()
     }
 }
 

@@ -6,13 +6,16 @@
 //!   an optional class embedding that has an extra null label for classifier-free guidance; the small residual
 //!   term `delta_theta` of reward-weighted training is the same network with a zero-initialised output;
 //! - [`classifier`]: a noise-aware classifier `p_t(c | x)`;
-//! - [`adapters`]: [`adapters::NetScore`] and [`adapters::NetClassifier`].
+//! - [`noise_net`]: the [`NoiseNet`] trait every noise-prediction network implements;
+//! - [`adapters`]: [`adapters::NetScore`] (for any [`NoiseNet`]) and [`adapters::NetClassifier`].
 
 pub mod adapters;
 pub mod classifier;
 pub mod embedding;
+pub mod noise_net;
 pub mod score_net;
 
 pub use adapters::{NetClassifier, NetScore};
 pub use classifier::{NoisyClassifier, NoisyClassifierConfig};
+pub use noise_net::NoiseNet;
 pub use score_net::{Activation, ScoreNet, ScoreNetConfig};

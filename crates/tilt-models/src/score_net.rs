@@ -120,3 +120,13 @@ impl ScoreNet {
         self.num_classes
     }
 }
+
+impl crate::noise_net::NoiseNet for ScoreNet {
+    fn predict_noise(&self, x: Tensor<2>, t: Tensor<1>, labels: Option<Tensor<1, Int>>) -> Tensor<2> {
+        self.forward(x, t, labels)
+    }
+
+    fn null_label(&self) -> Option<usize> {
+        ScoreNet::null_label(self)
+    }
+}

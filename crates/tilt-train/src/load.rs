@@ -65,7 +65,7 @@ pub fn load_score(path: &Path, kind: ModelKind, device: &Device) -> Result<Loade
     let net = ck.load_model(FileKind::EmaModel, net_cfg.init(device))?;
     Ok(LoadedScore {
         path: path.to_path_buf(),
-        score: NetScore::new(net, state.config.schedule, state.dim),
+        score: NetScore::new(net, state.config.schedule, vec![state.dim]),
         standardizer: state.standardizer.clone(),
         state,
     })

@@ -140,11 +140,11 @@ pub fn run(ctx: &Ctx, dir: &Path) -> Result<StageOutput> {
     for step in 0..steps {
         let live = alloc::reset_peak();
         let mut noise = NoiseSource::host(cfg.seed.wrapping_add(1000 + step as u64));
-        let frozen = NetScore::new(model.valid(), base.schedule, 2);
+        let frozen = NetScore::new(model.valid(), base.schedule, vec![2]);
         let mut g = GuidedScore::new(&frozen, Condition::Unconditional);
         let x = head.sample(&mut |x, t, i| g.score(x, t, i), batch, 2, dev, &mut noise, &mut |_, _, _| {});
         let head_calls = g.base_calls;
-        let live_model = NetScore::new(model.clone(), base.schedule, 2);
+        let live_model = NetScore::new(model.clone(), base.schedule, vec![2]);
         let mut g = GuidedScore::new(&live_model, Condition::Unconditional);
         let x0 = tail.run(&mut |x, t, i| g.score(x, t, i), x.autodiff(), &mut noise, &mut |_, _, _| {});
         draft_calls = (head_calls + g.base_calls, g.base_calls);
@@ -156,7 +156,7 @@ pub fn run(ctx: &Ctx, dir: &Path) -> Result<StageOutput> {
         bar.inc(1);
         if (step + 1) % every == 0 || step + 1 == steps {
             let t0 = Instant::now();
-            let tuned = NetScore::new(model.valid(), base.schedule, 2);
+            let tuned = NetScore::new(model.valid(), base.schedule, vec![2]);
             let secs = start.elapsed().as_secs_f64() - eval_time;
             draft_points.push(evaluate_residual(
                 &tuned,

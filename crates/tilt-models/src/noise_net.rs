@@ -1,0 +1,15 @@
+//! The one interface every noise-prediction network implements, so that [`crate::NetScore`] (and through it the
+//! sampler) works for any of them.
+
+use burn::module::Module;
+use burn::prelude::*;
+
+/// A network that predicts the noise `eps(x_t, t[, c])` of a batch of flattened samples `x: [n, d]` at times
+/// `t: [n]`. A class-conditional network takes labels `[n]` and has one extra, null label (classifier-free
+/// guidance's unconditional score); an image network reshapes the rows into images itself.
+pub trait NoiseNet: Module + Clone + std::fmt::Debug {
+    fn predict_noise(&self, x: Tensor<2>, t: Tensor<1>, labels: Option<Tensor<1, Int>>) -> Tensor<2>;
+
+    /// The label that asks for the unconditional score, or `None` for an unconditional network.
+    fn null_label(&self) -> Option<usize>;
+}

@@ -5,6 +5,7 @@
 //! - [`score_net`]: residual MLP score network in the noise parametrisation, with a sinusoidal time embedding and
 //!   an optional class embedding that has an extra null label for classifier-free guidance; the small residual
 //!   term `delta_theta` of reward-weighted training is the same network with a zero-initialised output;
+//! - [`unet`]: a pixel-space U-Net for images (GroupNorm, SiLU, skips, optional self-attention);
 //! - [`classifier`]: a noise-aware classifier `p_t(c | x)`;
 //! - [`noise_net`]: the [`NoiseNet`] trait every noise-prediction network implements;
 //! - [`adapters`]: [`adapters::NetScore`] (for any [`NoiseNet`]) and [`adapters::NetClassifier`].
@@ -14,8 +15,10 @@ pub mod classifier;
 pub mod embedding;
 pub mod noise_net;
 pub mod score_net;
+pub mod unet;
 
 pub use adapters::{NetClassifier, NetScore};
 pub use classifier::{NoisyClassifier, NoisyClassifierConfig};
 pub use noise_net::NoiseNet;
 pub use score_net::{Activation, ScoreNet, ScoreNetConfig};
+pub use unet::{UNet, UNetConfig};

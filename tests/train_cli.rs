@@ -242,17 +242,17 @@ fn idx_images_train_and_bad_idx_files_are_named() {
     std::fs::write(d.join("img"), tilt_train::idx::encode(&[24, 4, 4], &pixels)).unwrap();
     std::fs::write(d.join("lab"), tilt_train::idx::encode(&[24], &labels)).unwrap();
     std::fs::write(d.join("lab_short"), tilt_train::idx::encode(&[20], &labels[..20])).unwrap();
-    let config = |labels: &str| {
-        let text = TINY.replace("data_size = 2000", "").replace(
+    let config_text = |labels: &str| {
+        TINY.replace("data_size = 2000", "").replace(
             "kind = \"mixture\"\nweights = [0.5, 0.5]\nmeans = [[-1.0, 0.0], [1.0, 0.0]]\nstd = [0.5, 0.5]",
             &format!(
                 "kind = \"idx\"\nimages = \"{}\"\nlabels = \"{}\"\nlimit = 20",
                 d.join("img").display(),
                 d.join(labels).display()
             ),
-        );
-        TrainConfig::parse(&text).unwrap()
+        )
     };
+    let config = |labels: &str| TrainConfig::parse(&config_text(labels)).unwrap();
     let data = config("lab").data.generate(0, 0).unwrap();
     assert_eq!((data.len(), data.dim, data.num_classes), (20, 16, 3));
     assert!(data.x.iter().all(|v| (-1.0..=1.0).contains(v)));
@@ -261,4 +261,28 @@ fn idx_images_train_and_bad_idx_files_are_named() {
     assert!(out.unwrap().final_loss.is_finite());
     let e = format!("{:#}", config("lab_short").data.generate(0, 0).unwrap_err());
     assert!(e.contains("lab_short: 20 labels for the 24 images"), "{e}");
+
+    // The pixel U-Net on the same images, class-conditional, through the binary: train, resume, export.
+    let unet = |steps: usize| {
+        config_text("lab").replace("steps = 40", &format!("steps = {steps}")).replace(
+            "hidden = 32\nblocks = 1",
+            "kind = \"unet\"\nchannels = 8\ngroups = 4\ntime_dim = 16\nattention = true",
+        )
+    };
+    std::fs::write(d.join("unet20.toml"), unet(20)).unwrap();
+    std::fs::write(d.join("unet40.toml"), unet(40)).unwrap();
+    let path = |n: &str| d.join(n).display().to_string();
+    let (ok, err) = tilt(&["train", "--config", &path("unet20.toml"), "--out", &path("unet")]);
+    assert!(ok, "{err}");
+    let (ok, err) = tilt(&["train", "--config", &path("unet40.toml"), "--out", &path("unet"), "--resume"]);
+    assert!(ok && err.contains("trained 40 steps"), "{err}");
+    let (score, state) = tilt_train::load_unet(&d.join("unet"), &common::device()).unwrap();
+    assert_eq!((score.shape.clone(), state.image), (vec![1, 4, 4], Some([1, 4, 4])));
+    assert_eq!(tilt_models::NoiseNet::null_label(&score.net), Some(3));
+    let (ok, err) = tilt(&["export", "--checkpoint", &path("unet"), "--out", &path("unet.safetensors")]);
+    assert!(ok, "{err}");
+    // A U-Net needs images: on points it is a named config error.
+    let points = TINY.replace("hidden = 32\nblocks = 1", "kind = \"unet\"");
+    let e = format!("{:#}", TrainConfig::parse(&points).unwrap_err());
+    assert!(e.contains("model.kind: the U-Net needs image data"), "{e}");
 }

@@ -5,8 +5,8 @@ use burn::prelude::*;
 use burn::store::{ModuleSnapshot, SafetensorsStore};
 use serde_json::Value;
 use std::path::Path;
-use tilt_train::ModelKind;
 use tilt_train::checkpoint::Checkpoint;
+use tilt_train::{ModelKind, NetKind};
 
 /// Write the EMA weights of `checkpoint` (a run or a checkpoint directory) to `out`. An existing `out` is
 /// replaced only with `force`; the file is written atomically.
@@ -26,6 +26,9 @@ pub fn run(checkpoint: &Path, out: &Path, force: bool, device: &Device) -> Resul
     match kind {
         ModelKind::Classifier => {
             tilt_train::load_classifier(&ck.dir, device)?.classifier.net.save_into(&mut store).map_err(err)?
+        }
+        ModelKind::ScoreNet if tilt_train::load::run_state(&ck.dir)?.config.model.kind == NetKind::Unet => {
+            tilt_train::load_unet(&ck.dir, device)?.0.net.save_into(&mut store).map_err(err)?
         }
         ModelKind::ScoreNet | ModelKind::Residual => {
             tilt_train::load_score(&ck.dir, kind, device)?.score.net.save_into(&mut store).map_err(err)?

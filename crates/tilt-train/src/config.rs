@@ -8,12 +8,25 @@ use anyhow::{Context, Result, anyhow, bail};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use tilt_core::{RewardSpec, Schedule};
-use tilt_models::Activation;
+use tilt_models::{Activation, UNetConfig};
 
-/// Network size.
+/// Which network is trained.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum NetKind {
+    /// The residual MLP (`hidden`, `blocks`, `activation`): points, or any data as flat rows.
+    #[default]
+    Mlp,
+    /// The pixel U-Net (`channels`, `channel_mults`, `blocks_per_level`, `groups`, `attention`): image data.
+    Unet,
+}
+
+/// Network architecture and size. `kind` picks the network; the fields of the other kind are ignored.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelSpec {
+    #[serde(default)]
+    pub kind: NetKind,
     #[serde(default = "d_hidden")]
     pub hidden: usize,
     #[serde(default = "d_blocks")]
@@ -22,6 +35,16 @@ pub struct ModelSpec {
     pub time_dim: usize,
     #[serde(default)]
     pub activation: Activation,
+    #[serde(default = "d_channels")]
+    pub channels: usize,
+    #[serde(default = "d_channel_mults")]
+    pub channel_mults: Vec<usize>,
+    #[serde(default = "d_blocks_per_level")]
+    pub blocks_per_level: usize,
+    #[serde(default = "d_groups")]
+    pub groups: usize,
+    #[serde(default)]
+    pub attention: bool,
 }
 
 fn d_hidden() -> usize {
@@ -33,10 +56,47 @@ fn d_blocks() -> usize {
 fn d_time_dim() -> usize {
     32
 }
+fn d_channels() -> usize {
+    32
+}
+fn d_channel_mults() -> Vec<usize> {
+    vec![1, 2]
+}
+fn d_blocks_per_level() -> usize {
+    1
+}
+fn d_groups() -> usize {
+    8
+}
 
 impl Default for ModelSpec {
     fn default() -> Self {
-        Self { hidden: d_hidden(), blocks: d_blocks(), time_dim: d_time_dim(), activation: Activation::Silu }
+        Self {
+            kind: NetKind::Mlp,
+            hidden: d_hidden(),
+            blocks: d_blocks(),
+            time_dim: d_time_dim(),
+            activation: Activation::Silu,
+            channels: d_channels(),
+            channel_mults: d_channel_mults(),
+            blocks_per_level: d_blocks_per_level(),
+            groups: d_groups(),
+            attention: false,
+        }
+    }
+}
+
+impl ModelSpec {
+    /// The U-Net of this spec for images of `image = [channels, height, width]`.
+    pub fn unet(&self, image: [usize; 3], num_classes: usize) -> UNetConfig {
+        UNetConfig::new(image)
+            .with_base_channels(self.channels)
+            .with_channel_mults(self.channel_mults.clone())
+            .with_blocks_per_level(self.blocks_per_level)
+            .with_groups(self.groups)
+            .with_time_dim(self.time_dim)
+            .with_num_classes(num_classes)
+            .with_attention(self.attention)
     }
 }
 
@@ -199,6 +259,21 @@ impl TrainConfig {
                  a larger batch only repeats rows), got {}",
                 self.batch_size
             );
+        }
+        if self.model.kind == NetKind::Unet {
+            if !matches!(self.objective, Objective::Dsm { .. }) {
+                bail!(
+                    "model.kind: the U-Net is trained with objective.kind = \"dsm\" (the other objectives use the MLP)"
+                );
+            }
+            if !matches!(self.data, DataSpec::Idx { .. }) {
+                bail!("model.kind: the U-Net needs image data (data.kind = \"idx\")");
+            }
+            if self.standardize {
+                bail!("standardize: images are already scaled to [-1, 1]; per-pixel standardisation is not supported");
+            }
+            // The image size is known once the data are read; everything else is checked here.
+            self.model.unet([1, 64, 64], 0).check().map_err(|e| anyhow!("model.{e}"))?;
         }
         match &self.objective {
             Objective::Dsm { p_uncond, .. } if !(0.0..1.0).contains(p_uncond) => {

@@ -73,6 +73,8 @@ pub struct Dataset {
     pub labels: Option<Vec<usize>>,
     pub dim: usize,
     pub num_classes: usize,
+    /// `[channels, height, width]` when the rows are flattened images (`dim` is their product).
+    pub image: Option<[usize; 3]>,
 }
 
 impl Dataset {
@@ -94,6 +96,7 @@ impl Dataset {
             labels: self.labels.as_ref().map(|l| idx.iter().map(|&i| l[i]).collect()),
             dim: self.dim,
             num_classes: self.num_classes,
+            image: self.image,
         }
     }
 
@@ -202,6 +205,7 @@ impl DataSpec {
             labels,
             dim: 2,
             num_classes: classes,
+            image: None,
         };
         Ok(match self {
             DataSpec::Mixture { mixture } => {
@@ -210,7 +214,7 @@ impl DataSpec {
                 let owner = m.component_class();
                 let labels =
                     owner.iter().all(Option::is_some).then(|| comps.iter().map(|&k| owner[k].unwrap()).collect());
-                Dataset { x, labels, dim: m.dim(), num_classes: m.n_classes() }
+                Dataset { x, labels, dim: m.dim(), num_classes: m.n_classes(), image: None }
             }
             DataSpec::SwissRoll { noise } => {
                 let pts = (0..n)
@@ -273,7 +277,7 @@ pub fn read_idx(images: &std::path::Path, labels: Option<&std::path::Path>, limi
     let x = set.pixels[..n * dim].iter().map(|&p| p as f32 / 127.5 - 1.0).collect();
     let labels: Option<Vec<usize>> = set.labels.map(|l| l[..n].iter().map(|&c| c as usize).collect());
     let num_classes = labels.as_ref().and_then(|l| l.iter().max()).map_or(0, |m| m + 1);
-    Ok(Dataset { x, labels, dim, num_classes })
+    Ok(Dataset { x, labels, dim, num_classes, image: Some([1, set.rows, set.cols]) })
 }
 
 /// Read `x1,...,xd[,label]` rows; errors name the file, the line (as an editor counts it) and the column.
@@ -365,5 +369,5 @@ pub fn read_csv(path: &std::path::Path, labelled: bool, classes: Option<usize>) 
             first_line_of.len()
         }
     };
-    Ok(Dataset { x, labels: labelled.then_some(labels), dim, num_classes })
+    Ok(Dataset { x, labels: labelled.then_some(labels), dim, num_classes, image: None })
 }

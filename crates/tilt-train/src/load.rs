@@ -9,7 +9,7 @@ use anyhow::{Context, Result, bail};
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
-use tilt_models::{NetClassifier, NetScore, NoisyClassifierConfig, ScoreNetConfig};
+use tilt_models::{NetClassifier, NetScore, NoisyClassifierConfig, ScoreNetConfig, UNet, UNetConfig};
 
 /// Saved with every checkpoint (`state.json`).
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -21,6 +21,9 @@ pub struct RunState {
     pub net: serde_json::Value,
     pub standardizer: Standardizer,
     pub dim: usize,
+    /// `[channels, height, width]` when the data are images.
+    #[serde(default)]
+    pub image: Option<[usize; 3]>,
     pub num_classes: usize,
     pub history: Vec<LossPoint>,
     /// SHA-256 of the training data (before the split and standardisation): `--resume` refuses changed data.
@@ -85,4 +88,14 @@ pub fn load_classifier(path: &Path, device: &Device) -> Result<LoadedClassifier>
         .with_context(|| format!("{}: state.json holds no classifier config", ck.dir.display()))?;
     let net = ck.load_model(FileKind::EmaModel, net_cfg.init(device))?;
     Ok(LoadedClassifier { classifier: NetClassifier { net }, standardizer: state.standardizer.clone(), state })
+}
+
+/// The EMA weights of a U-Net score checkpoint.
+pub fn load_unet(path: &Path, device: &Device) -> Result<(NetScore<UNet>, RunState)> {
+    let ck = Checkpoint::open(path, ModelKind::ScoreNet)?;
+    let state = load_state(&ck)?;
+    let net_cfg: UNetConfig = serde_json::from_value(state.net.clone())
+        .with_context(|| format!("{}: state.json holds no U-Net config", ck.dir.display()))?;
+    let net = ck.load_model(FileKind::EmaModel, net_cfg.init(device))?;
+    Ok((NetScore::new(net, state.config.schedule, net_cfg.image.to_vec()), state))
 }

@@ -2,7 +2,7 @@
 //! directory with its checkpoints and loss curve, and `--resume`.
 
 use crate::checkpoint::{self, Artifact, Checkpoint, FileKind, ModelKind};
-use crate::config::{ModelSpec, Objective, RewardForm, TrainConfig};
+use crate::config::{ModelSpec, NetKind, Objective, RewardForm, TrainConfig};
 use crate::data::{Dataset, Standardizer};
 use crate::ema::Ema;
 use crate::load::{RunState, load_score, load_state};
@@ -20,7 +20,17 @@ use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use std::path::{Path, PathBuf};
 use tilt_core::tensor_ext;
-use tilt_models::{NoisyClassifier, NoisyClassifierConfig, ScoreNet, ScoreNetConfig};
+use tilt_models::{NoiseNet, NoisyClassifier, NoisyClassifierConfig, ScoreNet, ScoreNetConfig, UNet};
+
+/// The fixed parameters of the denoising score matching loss.
+#[derive(Clone, Copy)]
+struct DsmSettings {
+    batch: usize,
+    schedule: tilt_core::Schedule,
+    t_min: f64,
+    classes: usize,
+    p_uncond: f64,
+}
 
 /// How `train` treats the run directory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -73,7 +83,17 @@ pub fn train(
         bail!("{}: --resume given but there is no checkpoint to resume from", run_dir.display());
     }
     let (train_set, test_set) = data.split(cfg.test_fraction, cfg.seed);
-    let ctx = RunContext { cfg, run_dir, resume, device, standardizer, dim: data.dim, data_sha256, _dir: dir };
+    let ctx = RunContext {
+        cfg,
+        run_dir,
+        resume,
+        device,
+        standardizer,
+        dim: data.dim,
+        image: data.image,
+        data_sha256,
+        _dir: dir,
+    };
     let (b, sched, t_min) = (cfg.batch_size, cfg.schedule, cfg.t_min);
     let ad = device.clone().autodiff();
     let net_config = |spec: &ModelSpec, classes: usize| {
@@ -87,24 +107,51 @@ pub fn train(
     match &cfg.objective {
         Objective::Dsm { conditional, p_uncond } => {
             let classes = if *conditional && train_set.labels.is_some() { train_set.num_classes } else { 0 };
-            let net_cfg = net_config(&cfg.model, classes);
             let p_uncond = *p_uncond;
-            let loss = move |m: &ScoreNet, data: &Dataset, rng: &mut ChaCha8Rng, dev: &Device| {
-                let idx = uniform_indices(data.len(), b, rng);
-                let batch = noised(data, &idx, sched, t_min, rng, dev);
-                let labels = (classes > 0).then(|| {
+            // One loss for every noise network: label dropout to the null label with probability `p_uncond`.
+            fn loss<N: NoiseNet>(
+                m: &N,
+                data: &Dataset,
+                rng: &mut ChaCha8Rng,
+                dev: &Device,
+                s: DsmSettings,
+            ) -> Tensor<1> {
+                let idx = uniform_indices(data.len(), s.batch, rng);
+                let batch = noised(data, &idx, s.schedule, s.t_min, rng, dev);
+                let labels = (s.classes > 0).then(|| {
                     let l: Vec<usize> = batch
                         .labels
                         .as_ref()
                         .expect("labelled")
                         .iter()
-                        .map(|&c| if rng.random::<f64>() < p_uncond { classes } else { c })
+                        .map(|&c| if rng.random::<f64>() < s.p_uncond { s.classes } else { c })
                         .collect();
                     tensor_ext::labels(&l, dev)
                 });
-                weighted_mse(m.forward(batch.x_t, batch.t, labels), batch.z, None)
-            };
-            ctx.run(seeded_init(&ad, cfg.seed, || net_cfg.init(&ad)), &net_cfg, &train_set, &test_set, loss, progress)
+                weighted_mse(m.predict_noise(batch.x_t, batch.t, labels), batch.z, None)
+            }
+            let s = DsmSettings { batch: b, schedule: sched, t_min, classes, p_uncond };
+            match cfg.model.kind {
+                NetKind::Mlp => {
+                    let net_cfg = net_config(&cfg.model, classes);
+                    let init = seeded_init(&ad, cfg.seed, || net_cfg.init(&ad));
+                    ctx.run(
+                        init,
+                        &net_cfg,
+                        &train_set,
+                        &test_set,
+                        |m: &ScoreNet, d, r, v| loss(m, d, r, v, s),
+                        progress,
+                    )
+                }
+                NetKind::Unet => {
+                    let image = data.image.ok_or_else(|| anyhow!("model.kind: the U-Net needs image data"))?;
+                    let net_cfg = cfg.model.unet(image, classes);
+                    net_cfg.check().map_err(|e| anyhow!("model.{e}"))?;
+                    let init = seeded_init(&ad, cfg.seed, || net_cfg.init(&ad));
+                    ctx.run(init, &net_cfg, &train_set, &test_set, |m: &UNet, d, r, v| loss(m, d, r, v, s), progress)
+                }
+            }
         }
         Objective::Classifier => {
             if train_set.labels.is_none() || train_set.num_classes < 2 {
@@ -243,6 +290,7 @@ struct RunContext<'a> {
     device: &'a Device,
     standardizer: Standardizer,
     dim: usize,
+    image: Option<[usize; 3]>,
     data_sha256: String,
     /// Holds the run directory's lock until the run ends.
     _dir: OutputDir,
@@ -309,6 +357,7 @@ impl RunContext<'_> {
                 net: net_json.clone(),
                 standardizer: self.standardizer.clone(),
                 dim: self.dim,
+                image: self.image,
                 num_classes,
                 history: st.history.clone(),
                 data_sha256: Some(self.data_sha256.clone()),

@@ -286,3 +286,47 @@ fn idx_images_train_and_bad_idx_files_are_named() {
     let e = format!("{:#}", TrainConfig::parse(&points).unwrap_err());
     assert!(e.contains("model.kind: the U-Net needs image data"), "{e}");
 }
+
+/// The evaluator learns a separable image task: class c is bright in quadrant c of a 4 x 4 image.
+#[test]
+fn the_evaluator_learns_to_classify_clean_images() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let n = 400;
+    let mut pixels = Vec::with_capacity(n * 16);
+    let mut labels = Vec::with_capacity(n);
+    for i in 0..n {
+        let c = i % 4;
+        labels.push(c as u8);
+        for p in 0..16 {
+            let (row, col) = (p / 4, p % 4);
+            let quadrant = (row / 2) * 2 + col / 2;
+            let noise = ((i * 131 + p * 17) % 61) as u8;
+            pixels.push(if quadrant == c { 190 + noise } else { 10 + noise });
+        }
+    }
+    std::fs::write(d.join("img"), tilt_train::idx::encode(&[n, 4, 4], &pixels)).unwrap();
+    std::fs::write(d.join("lab"), tilt_train::idx::encode(&[n], &labels)).unwrap();
+    let text = format!(
+        "steps = 150\nseed = 2\nbatch_size = 64\nlog_every = 50\ncheckpoint_every = 150\n[objective]\nkind = \"evaluator\"\n\
+         [model]\nchannels = 8\n[optim]\nlr = 5e-3\n[data]\nkind = \"idx\"\nimages = \"{}\"\nlabels = \"{}\"\n",
+        d.join("img").display(),
+        d.join("lab").display()
+    );
+    let cfg = TrainConfig::parse(&text).unwrap();
+    tilt_train::train(&cfg, &d.join("ev"), tilt_train::Start::New, &common::device(), &mut |_| {}).unwrap();
+    let (evaluator, state) = tilt_train::load_evaluator(&d.join("ev"), &common::device()).unwrap();
+    assert_eq!(state.image, Some([1, 4, 4]));
+    let data = cfg.data.generate(0, 0).unwrap();
+    let acc = tilt_train::load::accuracy(&evaluator, &data, &common::device());
+    assert!(acc > 0.95, "accuracy {acc}");
+    // The features are the penultimate layer: 4 x channels per image.
+    let x = tilt_core::tensor_ext::matrix(&data.x[..32], 2, 16, &common::device());
+    assert_eq!(evaluator.features(x).dims(), [2, 32]);
+    let points = text
+        .replace("kind = \"idx\"", "kind = \"two-moons\"\n#")
+        .replace("images =", "# images =")
+        .replace("labels =", "# labels =");
+    let e = format!("{:#}", TrainConfig::parse(&points).unwrap_err());
+    assert!(e.contains("the evaluator is trained on labelled images"), "{e}");
+}

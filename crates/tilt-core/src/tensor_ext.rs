@@ -12,6 +12,11 @@ pub fn to_vec<const D: usize>(t: Tensor<D>) -> Vec<f32> {
     t.into_data().try_into_vec_as::<f32>().expect("float tensor reads back as f32")
 }
 
+/// Copy an integer tensor (labels, argmax) to the host as `i64`.
+pub fn to_vec_i64<const D: usize>(t: Tensor<D, Int>) -> Vec<i64> {
+    t.into_data().try_into_vec_as::<i64>().expect("int tensor reads back as i64")
+}
+
 /// Copy a float tensor to the host as `f64`.
 pub fn to_vec_f64<const D: usize>(t: Tensor<D>) -> Vec<f64> {
     to_vec(t).into_iter().map(f64::from).collect()

@@ -7,18 +7,21 @@
 //!   term `delta_theta` of reward-weighted training is the same network with a zero-initialised output;
 //! - [`unet`]: a pixel-space U-Net for images (GroupNorm, SiLU, skips, optional self-attention);
 //! - [`classifier`]: a noise-aware classifier `p_t(c | x)`;
+//! - [`evaluator`]: the independent CNN that measures generated images (trained on clean images only);
 //! - [`noise_net`]: the [`NoiseNet`] trait every noise-prediction network implements;
 //! - [`adapters`]: [`adapters::NetScore`] (for any [`NoiseNet`]) and [`adapters::NetClassifier`].
 
 pub mod adapters;
 pub mod classifier;
 pub mod embedding;
+pub mod evaluator;
 pub mod noise_net;
 pub mod score_net;
 pub mod unet;
 
 pub use adapters::{NetClassifier, NetScore};
 pub use classifier::{NoisyClassifier, NoisyClassifierConfig};
+pub use evaluator::{Evaluator, EvaluatorConfig};
 pub use noise_net::NoiseNet;
 pub use score_net::{Activation, ScoreNet, ScoreNetConfig};
 pub use unet::{UNet, UNetConfig};

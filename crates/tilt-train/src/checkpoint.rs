@@ -56,6 +56,8 @@ pub enum ModelKind {
     Residual,
     /// A noise-aware classifier.
     Classifier,
+    /// The independent image evaluator (a classifier of clean images).
+    Evaluator,
 }
 
 impl std::fmt::Display for ModelKind {
@@ -64,6 +66,7 @@ impl std::fmt::Display for ModelKind {
             ModelKind::ScoreNet => "score-net",
             ModelKind::Residual => "residual",
             ModelKind::Classifier => "classifier",
+            ModelKind::Evaluator => "evaluator",
         })
     }
 }

@@ -127,6 +127,9 @@ pub enum Objective {
     },
     /// A noise-aware classifier `p_t(c | x)` trained by cross-entropy on noised inputs.
     Classifier,
+    /// The independent evaluator of generated images: a CNN classifier trained by cross-entropy on clean images
+    /// only (`model.channels` sets its width). Never used for guidance.
+    Evaluator,
     /// The papers' trajectory-free reward-guided trainer.
     RewardWeighted {
         form: RewardForm,
@@ -260,6 +263,10 @@ impl TrainConfig {
                 self.batch_size
             );
         }
+        if matches!(self.objective, Objective::Evaluator) && !matches!(self.data, DataSpec::Idx { labels: Some(_), .. })
+        {
+            bail!("objective.kind: the evaluator is trained on labelled images (data.kind = \"idx\" with data.labels)");
+        }
         if self.model.kind == NetKind::Unet {
             if !matches!(self.objective, Objective::Dsm { .. }) {
                 bail!(
@@ -292,6 +299,7 @@ impl TrainConfig {
     pub fn model_kind(&self) -> ModelKind {
         match self.objective {
             Objective::Classifier => ModelKind::Classifier,
+            Objective::Evaluator => ModelKind::Evaluator,
             Objective::RewardWeighted { form: RewardForm::Residual, .. } => ModelKind::Residual,
             _ => ModelKind::ScoreNet,
         }

@@ -3,13 +3,15 @@
 
 use crate::checkpoint::{Checkpoint, FileKind, ModelKind};
 use crate::config::TrainConfig;
-use crate::data::Standardizer;
+use crate::data::{Dataset, Standardizer};
 use crate::trainer::LossPoint;
 use anyhow::{Context, Result, bail};
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
-use tilt_models::{NetClassifier, NetScore, NoisyClassifierConfig, ScoreNetConfig, UNet, UNetConfig};
+use tilt_models::{
+    Evaluator, EvaluatorConfig, NetClassifier, NetScore, NoisyClassifierConfig, ScoreNetConfig, UNet, UNetConfig,
+};
 
 /// Saved with every checkpoint (`state.json`).
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -98,4 +100,27 @@ pub fn load_unet(path: &Path, device: &Device) -> Result<(NetScore<UNet>, RunSta
         .with_context(|| format!("{}: state.json holds no U-Net config", ck.dir.display()))?;
     let net = ck.load_model(FileKind::EmaModel, net_cfg.init(device))?;
     Ok((NetScore::new(net, state.config.schedule, net_cfg.image.to_vec()), state))
+}
+
+/// The EMA weights of an evaluator checkpoint.
+pub fn load_evaluator(path: &Path, device: &Device) -> Result<(Evaluator, RunState)> {
+    let ck = Checkpoint::open(path, ModelKind::Evaluator)?;
+    let state = load_state(&ck)?;
+    let net_cfg: EvaluatorConfig = serde_json::from_value(state.net.clone())
+        .with_context(|| format!("{}: state.json holds no evaluator config", ck.dir.display()))?;
+    Ok((ck.load_model(FileKind::EmaModel, net_cfg.init(device))?, state))
+}
+
+/// The fraction of `data`'s rows the evaluator classifies as their label, in batches of 1000.
+pub fn accuracy(evaluator: &Evaluator, data: &Dataset, device: &Device) -> f64 {
+    let labels = data.labels.as_ref().expect("labelled data");
+    let mut hits = 0usize;
+    for start in (0..data.len()).step_by(1000) {
+        let n = 1000.min(data.len() - start);
+        let rows = &data.x[start * data.dim..(start + n) * data.dim];
+        let logits = evaluator.forward(tilt_core::tensor_ext::matrix(rows, n, data.dim, device));
+        let predicted = tilt_core::tensor_ext::to_vec_i64(logits.argmax(1).reshape([n]));
+        hits += predicted.iter().zip(&labels[start..start + n]).filter(|(p, l)| **p as usize == **l).count();
+    }
+    hits as f64 / data.len() as f64
 }

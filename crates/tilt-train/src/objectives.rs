@@ -136,3 +136,10 @@ fn with_sequential_ids<M: Module>(model: M) -> M {
     }
     model.map(&mut Sequential(0))
 }
+
+/// The clean rows `idx` of `data` as a tensor, and their labels.
+pub(crate) fn clean_batch(data: &Dataset, idx: &[usize], device: &Device) -> (Tensor<2>, Option<Vec<usize>>) {
+    let rows: Vec<f32> = idx.iter().flat_map(|&i| data.row(i).iter().copied()).collect();
+    let labels = data.labels.as_ref().map(|l| idx.iter().map(|&i| l[i]).collect());
+    (tensor_ext::matrix(&rows, idx.len(), data.dim, device), labels)
+}

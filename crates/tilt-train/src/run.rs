@@ -7,7 +7,7 @@ use crate::data::{Dataset, Standardizer};
 use crate::ema::Ema;
 use crate::load::{RunState, load_score, load_state};
 use crate::objectives::{
-    RewardScale, log_rewards, noised, seeded_init, uniform_indices, weighted_mse, weights_relative_to,
+    RewardScale, clean_batch, log_rewards, noised, seeded_init, uniform_indices, weighted_mse, weights_relative_to,
 };
 use crate::output_dir::{OutputDir, OutputKind};
 use crate::trainer::{LoopSettings, LossPoint, Progress, TrainState, train_loop};
@@ -20,7 +20,9 @@ use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use std::path::{Path, PathBuf};
 use tilt_core::tensor_ext;
-use tilt_models::{NoiseNet, NoisyClassifier, NoisyClassifierConfig, ScoreNet, ScoreNetConfig, UNet};
+use tilt_models::{
+    Evaluator, EvaluatorConfig, NoiseNet, NoisyClassifier, NoisyClassifierConfig, ScoreNet, ScoreNetConfig, UNet,
+};
 
 /// The fixed parameters of the denoising score matching loss.
 #[derive(Clone, Copy)]
@@ -167,6 +169,19 @@ pub fn train(
                 let batch = noised(data, &idx, sched, t_min, rng, dev);
                 let labels = tensor_ext::labels(batch.labels.as_ref().expect("labelled"), dev);
                 log_softmax(m.forward(batch.x_t, batch.t), 1).gather(1, labels.reshape([b, 1])).mean().neg()
+            };
+            ctx.run(seeded_init(&ad, cfg.seed, || net_cfg.init(&ad)), &net_cfg, &train_set, &test_set, loss, progress)
+        }
+        Objective::Evaluator => {
+            let image = data.image.ok_or_else(|| anyhow!("objective.kind: the evaluator needs image data"))?;
+            if train_set.num_classes < 2 {
+                bail!("data: the evaluator needs labelled images with at least 2 classes");
+            }
+            let net_cfg = EvaluatorConfig::new(image, train_set.num_classes).with_channels(cfg.model.channels);
+            let loss = move |m: &Evaluator, data: &Dataset, rng: &mut ChaCha8Rng, dev: &Device| {
+                let (x, labels) = clean_batch(data, &uniform_indices(data.len(), b, rng), dev);
+                let labels = tensor_ext::labels(&labels.expect("labelled"), dev);
+                log_softmax(m.forward(x), 1).gather(1, labels.reshape([b, 1])).mean().neg()
             };
             ctx.run(seeded_init(&ad, cfg.seed, || net_cfg.init(&ad)), &net_cfg, &train_set, &test_set, loss, progress)
         }

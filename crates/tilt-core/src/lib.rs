@@ -4,10 +4,12 @@
 //! - [`score`]: the score-model abstraction the samplers call, and the score / noise / clean conversions;
 //! - [`mixture`]: Gaussian mixtures with exact noised scores, class posteriors and exponential tilts;
 //! - [`reward`]: positive weights `r(x)` written as differentiable `log r(x)`;
-//! - [`metrics`]: host-side statistics (mean and standard error, quantiles, MMD, sliced Wasserstein).
+//! - [`metrics`]: host-side statistics (mean and standard error, quantiles, MMD, sliced Wasserstein);
+//! - [`frechet`]: the Fréchet distance between Gaussians fitted to features (the FID formula).
 //!
 //! No backend is named here: every tensor lives on the `Device` the caller passes.
 
+pub mod frechet;
 pub mod metrics;
 pub mod mixture;
 pub mod reward;

@@ -24,6 +24,9 @@ pub fn run(checkpoint: &Path, out: &Path, force: bool, device: &Device) -> Resul
         .metadata("step", ck.manifest.step.to_string());
     let err = |e: burn::store::SafetensorsStoreError| anyhow!("cannot serialise {}: {e}", ck.dir.display());
     match kind {
+        ModelKind::Autoencoder => {
+            tilt_train::load_autoencoder(&ck.dir, device)?.0.save_into(&mut store).map_err(err)?
+        }
         ModelKind::Evaluator => tilt_train::load_evaluator(&ck.dir, device)?.0.save_into(&mut store).map_err(err)?,
         ModelKind::Classifier => {
             tilt_train::load_classifier(&ck.dir, device)?.classifier.net.save_into(&mut store).map_err(err)?

@@ -6,12 +6,14 @@
 //!   an optional class embedding that has an extra null label for classifier-free guidance; the small residual
 //!   term `delta_theta` of reward-weighted training is the same network with a zero-initialised output;
 //! - [`unet`]: a pixel-space U-Net for images (GroupNorm, SiLU, skips, optional self-attention);
+//! - [`autoencoder`]: an MLP autoencoder to a small latent code (latent diffusion on the CPU);
 //! - [`classifier`]: a noise-aware classifier `p_t(c | x)`;
 //! - [`evaluator`]: the independent CNN that measures generated images (trained on clean images only);
 //! - [`noise_net`]: the [`NoiseNet`] trait every noise-prediction network implements;
 //! - [`adapters`]: [`adapters::NetScore`] (for any [`NoiseNet`]) and [`adapters::NetClassifier`].
 
 pub mod adapters;
+pub mod autoencoder;
 pub mod classifier;
 pub mod embedding;
 pub mod evaluator;
@@ -20,6 +22,7 @@ pub mod score_net;
 pub mod unet;
 
 pub use adapters::{NetClassifier, NetScore};
+pub use autoencoder::{Autoencoder, AutoencoderConfig};
 pub use classifier::{NoisyClassifier, NoisyClassifierConfig};
 pub use evaluator::{Evaluator, EvaluatorConfig};
 pub use noise_net::NoiseNet;

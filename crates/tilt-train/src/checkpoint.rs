@@ -58,6 +58,8 @@ pub enum ModelKind {
     Classifier,
     /// The independent image evaluator (a classifier of clean images).
     Evaluator,
+    /// An autoencoder (latent diffusion).
+    Autoencoder,
 }
 
 impl std::fmt::Display for ModelKind {
@@ -67,6 +69,7 @@ impl std::fmt::Display for ModelKind {
             ModelKind::Residual => "residual",
             ModelKind::Classifier => "classifier",
             ModelKind::Evaluator => "evaluator",
+            ModelKind::Autoencoder => "autoencoder",
         })
     }
 }

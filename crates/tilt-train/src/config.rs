@@ -127,6 +127,12 @@ pub enum Objective {
     },
     /// A noise-aware classifier `p_t(c | x)` trained by cross-entropy on noised inputs.
     Classifier,
+    /// An autoencoder to a `latent`-dimensional code (`model.hidden` wide), trained by reconstruction error on
+    /// clean rows; the test loss is the held-out mean squared error per value.
+    Autoencoder {
+        #[serde(default = "d_latent")]
+        latent: usize,
+    },
     /// The independent evaluator of generated images: a CNN classifier trained by cross-entropy on clean images
     /// only (`model.channels` sets its width). Never used for guidance.
     Evaluator,
@@ -143,6 +149,9 @@ pub enum Objective {
     },
 }
 
+fn d_latent() -> usize {
+    16
+}
 fn d_true() -> bool {
     true
 }
@@ -283,6 +292,12 @@ impl TrainConfig {
             self.model.unet([1, 64, 64], 0).check().map_err(|e| anyhow!("model.{e}"))?;
         }
         match &self.objective {
+            Objective::Autoencoder { latent } if *latent == 0 || *latent >= self.model.hidden => {
+                bail!(
+                    "objective.latent: expected a code smaller than model.hidden = {}, got {latent}",
+                    self.model.hidden
+                )
+            }
             Objective::Dsm { p_uncond, .. } if !(0.0..1.0).contains(p_uncond) => {
                 bail!("objective.p_uncond: expected a probability in [0, 1), got {p_uncond}")
             }
@@ -300,6 +315,7 @@ impl TrainConfig {
         match self.objective {
             Objective::Classifier => ModelKind::Classifier,
             Objective::Evaluator => ModelKind::Evaluator,
+            Objective::Autoencoder { .. } => ModelKind::Autoencoder,
             Objective::RewardWeighted { form: RewardForm::Residual, .. } => ModelKind::Residual,
             _ => ModelKind::ScoreNet,
         }

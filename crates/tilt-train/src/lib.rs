@@ -25,7 +25,9 @@ pub use atomic::write_atomic;
 pub use checkpoint::ModelKind;
 pub use config::{ModelSpec, NetKind, Objective, RewardForm, TrainConfig};
 pub use data::{DataSpec, Dataset, Standardizer};
-pub use load::{LoadedClassifier, LoadedScore, RunState, load_classifier, load_evaluator, load_score, load_unet};
+pub use load::{
+    LoadedClassifier, LoadedScore, RunState, load_autoencoder, load_classifier, load_evaluator, load_score, load_unet,
+};
 pub use optim::OptimConfig;
 pub use output_dir::{OutputDir, OutputKind, Prior};
 pub use run::{Start, TrainOutcome, train};

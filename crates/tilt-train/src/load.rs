@@ -10,7 +10,8 @@ use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use tilt_models::{
-    Evaluator, EvaluatorConfig, NetClassifier, NetScore, NoisyClassifierConfig, ScoreNetConfig, UNet, UNetConfig,
+    Autoencoder, AutoencoderConfig, Evaluator, EvaluatorConfig, NetClassifier, NetScore, NoisyClassifierConfig,
+    ScoreNetConfig, UNet, UNetConfig,
 };
 
 /// Saved with every checkpoint (`state.json`).
@@ -123,4 +124,13 @@ pub fn accuracy(evaluator: &Evaluator, data: &Dataset, device: &Device) -> f64 {
         hits += predicted.iter().zip(&labels[start..start + n]).filter(|(p, l)| **p as usize == **l).count();
     }
     hits as f64 / data.len() as f64
+}
+
+/// The EMA weights of an autoencoder checkpoint.
+pub fn load_autoencoder(path: &Path, device: &Device) -> Result<(Autoencoder, RunState)> {
+    let ck = Checkpoint::open(path, ModelKind::Autoencoder)?;
+    let state = load_state(&ck)?;
+    let net_cfg: AutoencoderConfig = serde_json::from_value(state.net.clone())
+        .with_context(|| format!("{}: state.json holds no autoencoder config", ck.dir.display()))?;
+    Ok((ck.load_model(FileKind::EmaModel, net_cfg.init(device))?, state))
 }

@@ -21,7 +21,8 @@ use rand_chacha::ChaCha8Rng;
 use std::path::{Path, PathBuf};
 use tilt_core::tensor_ext;
 use tilt_models::{
-    Evaluator, EvaluatorConfig, NoiseNet, NoisyClassifier, NoisyClassifierConfig, ScoreNet, ScoreNetConfig, UNet,
+    Autoencoder, AutoencoderConfig, Evaluator, EvaluatorConfig, NoiseNet, NoisyClassifier, NoisyClassifierConfig,
+    ScoreNet, ScoreNetConfig, UNet,
 };
 
 /// The fixed parameters of the denoising score matching loss.
@@ -169,6 +170,14 @@ pub fn train(
                 let batch = noised(data, &idx, sched, t_min, rng, dev);
                 let labels = tensor_ext::labels(batch.labels.as_ref().expect("labelled"), dev);
                 log_softmax(m.forward(batch.x_t, batch.t), 1).gather(1, labels.reshape([b, 1])).mean().neg()
+            };
+            ctx.run(seeded_init(&ad, cfg.seed, || net_cfg.init(&ad)), &net_cfg, &train_set, &test_set, loss, progress)
+        }
+        Objective::Autoencoder { latent } => {
+            let net_cfg = AutoencoderConfig::new(data.dim).with_latent(*latent).with_hidden(cfg.model.hidden);
+            let loss = move |m: &Autoencoder, data: &Dataset, rng: &mut ChaCha8Rng, dev: &Device| {
+                let (x, _) = clean_batch(data, &uniform_indices(data.len(), b, rng), dev);
+                (m.forward(x.clone()) - x).square().mean()
             };
             ctx.run(seeded_init(&ad, cfg.seed, || net_cfg.init(&ad)), &net_cfg, &train_set, &test_set, loss, progress)
         }

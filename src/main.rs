@@ -51,7 +51,7 @@ enum Command {
     Reproduce {
         #[arg(long, value_enum, default_value = "fast")]
         preset: commands::reproduce::Preset,
-        /// Run only these experiments (cfg_mixture, reward_mixture, swiss_roll, robustness, efficiency, discretisation).
+        /// Run only these experiments (cfg_mixture, reward_mixture, swiss_roll, robustness, efficiency, discretisation, image_cfg).
         #[arg(long, num_args = 1..)]
         only: Vec<String>,
         #[arg(long, default_value = "out/reproduce")]

@@ -8,6 +8,7 @@
 mod cfg_mixture;
 mod discretisation;
 mod efficiency;
+mod image_cfg;
 mod report;
 mod reward_mixture;
 mod robustness;
@@ -149,8 +150,8 @@ impl Ctx {
 }
 
 /// The experiments, in report order.
-pub const STAGES: [&str; 6] =
-    ["cfg_mixture", "reward_mixture", "swiss_roll", "robustness", "efficiency", "discretisation"];
+pub const STAGES: [&str; 7] =
+    ["cfg_mixture", "reward_mixture", "swiss_roll", "robustness", "efficiency", "discretisation", "image_cfg"];
 
 fn run_stage(name: &str, ctx: &Ctx, dir: &Path) -> Result<StageOutput> {
     match name {
@@ -160,6 +161,7 @@ fn run_stage(name: &str, ctx: &Ctx, dir: &Path) -> Result<StageOutput> {
         "robustness" => robustness::run(ctx, dir),
         "efficiency" => efficiency::run(ctx, dir),
         "discretisation" => discretisation::run(ctx, dir),
+        "image_cfg" => image_cfg::run(ctx, dir),
         other => bail!("--only {other}: unknown experiment; expected one of {}", STAGES.join(", ")),
     }
 }

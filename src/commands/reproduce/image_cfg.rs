@@ -1,0 +1,445 @@
+//! Experiment: classifier-free and classifier guidance on Fashion-MNIST, in the latent space of an autoencoder,
+//! measured by an independent CNN evaluator (the papers' ImageNet experiment, with the evaluator in the role of
+//! Inception-v3): `E[1/p_eval(c|Y)]` per strength (the theorem: it falls with `w` and stays below its `w = 0`
+//! value), the quantiles of `p_eval(c|Y)` (not every sample rises), accuracy, and a Fréchet distance in the
+//! evaluator's features against held-out images (the fidelity cost of strong guidance), beside its noise floor.
+
+use super::{Ctx, PerPreset, StageOutput, Table, fmt, sampler, stage_config};
+use crate::commands::sample::QUANTILE_LEVELS;
+use crate::plot::{self, Series};
+use anyhow::{Context, Result, bail};
+use burn::prelude::*;
+use burn::tensor::activation::log_softmax;
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+use tilt_core::metrics::{self, MeanSe};
+use tilt_core::{Condition, ScoreModel, tensor_ext};
+use tilt_sampler::guidance::{CfgGuidance, ClassifierGuidance};
+use tilt_sampler::{GuidedScore, NoiseSource, SamplerKind, WeightSchedule};
+use tilt_train::{DataSpec, Dataset, ModelKind, Objective};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub seed: u64,
+    pub images: PerPreset<String>,
+    pub labels: PerPreset<String>,
+    pub held_out_images: PerPreset<String>,
+    pub held_out_labels: PerPreset<String>,
+    pub train_images: PerPreset<usize>,
+    pub held_out: PerPreset<usize>,
+    pub per_class: PerPreset<usize>,
+    pub steps: PerPreset<usize>,
+    pub strengths: Vec<f64>,
+    pub grid_per_strength: usize,
+    pub autoencoder: AutoencoderSpec,
+    pub diffusion: NetSpec,
+    pub classifier: NetSpec,
+    pub evaluator: EvaluatorSpec,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AutoencoderSpec {
+    pub latent: usize,
+    pub hidden: usize,
+    pub steps: PerPreset<usize>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetSpec {
+    pub steps: PerPreset<usize>,
+    pub hidden: PerPreset<usize>,
+    #[serde(default = "three")]
+    pub blocks: usize,
+    #[serde(default)]
+    pub p_uncond: f64,
+}
+
+fn three() -> usize {
+    3
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvaluatorSpec {
+    pub steps: PerPreset<usize>,
+    pub channels: usize,
+}
+
+/// A training config with this experiment's optimiser settings.
+fn train_config(
+    data: DataSpec,
+    objective: Objective,
+    steps: usize,
+    seed: u64,
+    standardize: bool,
+) -> tilt_train::TrainConfig {
+    let spec = super::TrainSpec {
+        steps: PerPreset::One(steps),
+        hidden: PerPreset::One(0),
+        blocks: 3,
+        batch_size: 256,
+        p_uncond: 0.0,
+        lr: 2e-3,
+    };
+    let mut cfg = spec.config(data, objective, super::Preset::Fast, seed);
+    cfg.standardize = standardize;
+    cfg
+}
+
+fn idx(images: &str, labels: &str, limit: usize) -> DataSpec {
+    DataSpec::Idx { images: PathBuf::from(images), labels: Some(PathBuf::from(labels)), limit: Some(limit) }
+}
+
+/// One guidance kind at one strength: the evaluator's verdict on the decoded samples.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ImageStat {
+    pub guidance: String,
+    pub w: f64,
+    pub mean_inv_prob: MeanSe,
+    pub mean_prob: MeanSe,
+    pub quantiles: [f64; 5],
+    pub accuracy: f64,
+    pub frechet: f64,
+}
+
+pub fn run(ctx: &Ctx, dir: &Path) -> Result<StageOutput> {
+    let (cfg, raw): (Config, _) =
+        stage_config("image_cfg", include_str!("../../../configs/experiments/image_cfg.toml"))?;
+    let p = ctx.preset;
+    let dev = &ctx.device;
+    let (images, labels) = (cfg.images.get(p), cfg.labels.get(p));
+    if !Path::new(&images).exists() {
+        bail!(
+            "{images}: not found; the {p:?} preset reads Fashion-MNIST from Debian's package: sudo apt-get install dataset-fashion-mnist"
+        );
+    }
+    let (n_train, n_held) = (cfg.train_images.get(p), cfg.held_out.get(p));
+    // Held-out images: after the training ones in the same file, or a file of their own (full preset).
+    let held = match cfg.held_out_images.get(p) {
+        path if path.is_empty() => {
+            let all = tilt_train::data::read_idx(images.as_ref(), Some(labels.as_ref()), Some(n_train + n_held))?;
+            if all.len() < n_train + n_held {
+                bail!("{images}: {} images, the {p:?} preset needs {} + {}", all.len(), n_train, n_held);
+            }
+            all.subset(&(n_train..n_train + n_held).collect::<Vec<_>>())
+        }
+        path => tilt_train::data::read_idx(path.as_ref(), Some(cfg.held_out_labels.get(p).as_ref()), Some(n_held))?,
+    };
+    let classes = held.num_classes;
+    let train_data = idx(&images, &labels, n_train);
+
+    // The models: autoencoder and evaluator on the images; latent score network and classifier on the codes.
+    let ae_cfg = {
+        let mut c = train_config(
+            train_data.clone(),
+            Objective::Autoencoder { latent: cfg.autoencoder.latent },
+            cfg.autoencoder.steps.get(p),
+            cfg.seed,
+            false,
+        );
+        c.model.hidden = cfg.autoencoder.hidden;
+        c
+    };
+    let ae_run = ctx.trained("image_autoencoder", &ae_cfg)?;
+    let (autoencoder, ae_state) = tilt_train::load_autoencoder(&ae_run, dev)?;
+    let ev_cfg = {
+        let mut c = train_config(train_data.clone(), Objective::Evaluator, cfg.evaluator.steps.get(p), cfg.seed, false);
+        c.model.channels = cfg.evaluator.channels;
+        c.batch_size = 64; // convolutions are the slow part on the CPU (docs/results.md)
+        c.optim.lr = 3e-3;
+        c
+    };
+    let (evaluator, _) = tilt_train::load_evaluator(&ctx.trained("image_evaluator", &ev_cfg)?, dev)?;
+    let held_accuracy = tilt_train::load::accuracy(&evaluator, &held, dev);
+
+    // Latent codes of the training images, written once as a labelled CSV (full f32 precision).
+    let latents = ctx.models_dir().join("image_latents.csv");
+    let train_set = train_data.generate(0, 0)?;
+    let codes = encode(&autoencoder, &train_set, dev);
+    let mut csv = String::new();
+    for (row, label) in codes.chunks_exact(cfg.autoencoder.latent).zip(train_set.labels.as_ref().expect("labelled")) {
+        csv += &row.iter().map(|v| v.to_string()).chain([label.to_string()]).collect::<Vec<_>>().join(",");
+        csv.push('\n');
+    }
+    tilt_train::write_atomic(&latents, csv.as_bytes())?;
+    let latent_data = DataSpec::Csv { path: latents, labelled: true, classes: Some(classes) };
+    let net = |spec: &NetSpec, objective: Objective| {
+        let mut c = train_config(latent_data.clone(), objective, spec.steps.get(p), cfg.seed, true);
+        c.model.hidden = spec.hidden.get(p);
+        c.model.blocks = spec.blocks;
+        c
+    };
+    let dsm = Objective::Dsm { conditional: true, p_uncond: cfg.diffusion.p_uncond };
+    let diffusion =
+        tilt_train::load_score(&ctx.trained("image_latent_dsm", &net(&cfg.diffusion, dsm))?, ModelKind::ScoreNet, dev)?;
+    let classifier = tilt_train::load_classifier(
+        &ctx.trained("image_latent_classifier", &net(&cfg.classifier, Objective::Classifier))?,
+        dev,
+    )?;
+    if diffusion.standardizer != classifier.standardizer {
+        bail!("the latent score network and classifier were standardised differently");
+    }
+    let st = diffusion.standardizer.clone();
+
+    // Reference values on held-out real images, and the Fréchet noise floor at the sample size.
+    let per_class = cfg.per_class.get(p);
+    let n_samples = per_class * classes;
+    let dim = held.dim;
+    let held_features = features(&evaluator, &held.x, dim, dev);
+    let f = held_features.len() / held.len();
+    let held_probs = class_probs(&evaluator, &held.x, dim, held.labels.as_ref().expect("labelled"), dev);
+    let real = metrics::mean_se(&held_probs.iter().map(|p| 1.0 / p).collect::<Vec<_>>());
+    let floor_rows = n_samples.min(held.len() / 2);
+    let frechet_floor =
+        tilt_core::frechet::frechet_distance(&held_features[..floor_rows * f], &held_features[floor_rows * f..], f);
+
+    // The sweep: for each guidance kind and strength, `per_class` samples of every class, decoded and evaluated.
+    let s = sampler(SamplerKind::default(), cfg.steps.get(p), diffusion.score.schedule);
+    let d = cfg.autoencoder.latent;
+    let bar = ctx.bar("image_cfg", (2 * cfg.strengths.len() * classes) as u64);
+    let mut stats = Vec::new();
+    let mut grid: Vec<Vec<f32>> = Vec::new();
+    for kind in ["cfg", "classifier"] {
+        for &w in &cfg.strengths {
+            let (mut images, mut probs, mut labels_all) = (Vec::new(), Vec::new(), Vec::new());
+            for c in 0..classes {
+                let mut noise = NoiseSource::host_stream(cfg.seed, c as u64);
+                let weight = WeightSchedule::Constant(w);
+                let base: &dyn ScoreModel = &diffusion.score;
+                let mut g = match kind {
+                    "cfg" => {
+                        GuidedScore::new(base, Condition::class(c, per_class, dev)).with(CfgGuidance::new(), weight)
+                    }
+                    _ => GuidedScore::new(base, Condition::Unconditional)
+                        .with(ClassifierGuidance::new(&classifier.classifier, c), weight),
+                };
+                let z = s.sample(&mut |x, t, k| g.score(x, t, k), per_class, d, dev, &mut noise, &mut |_, _, _| {});
+                let mut z = tensor_ext::to_vec(z);
+                st.invert(&mut z);
+                let x = tensor_ext::to_vec(autoencoder.decode(tensor_ext::matrix(&z, per_class, d, dev)));
+                probs.extend(class_probs(&evaluator, &x, dim, &vec![c; per_class], dev));
+                labels_all.extend(vec![c; per_class]);
+                if kind == "cfg" {
+                    grid.push(x[..cfg.grid_per_strength.min(per_class) * dim].to_vec());
+                }
+                images.extend(x);
+                bar.inc(1);
+            }
+            let sample_features = features(&evaluator, &images, dim, dev);
+            let q = metrics::quantiles(&probs, &QUANTILE_LEVELS);
+            let hits = accuracy_of(&evaluator, &images, dim, &labels_all, dev);
+            stats.push(ImageStat {
+                guidance: kind.into(),
+                w,
+                mean_inv_prob: metrics::mean_se(&probs.iter().map(|p| 1.0 / p).collect::<Vec<_>>()),
+                mean_prob: metrics::mean_se(&probs),
+                quantiles: [q[0], q[1], q[2], q[3], q[4]],
+                accuracy: hits,
+                frechet: tilt_core::frechet::frechet_distance(&sample_features, &held_features, f),
+            });
+        }
+    }
+    bar.finish_and_clear();
+
+    // Figures: the CFG sample grid (rows = classes, columns = strengths) and the curves.
+    let image = ae_state.image.unwrap_or([1, 28, 28]);
+    write_grid(
+        &dir.join("samples_cfg.png"),
+        &grid,
+        classes,
+        cfg.strengths.len(),
+        cfg.grid_per_strength.min(per_class),
+        image,
+    )?;
+    let curve = |kind: &str, get: &dyn Fn(&ImageStat) -> f64| Series {
+        name: format!("{kind} guidance"),
+        points: stats.iter().filter(|s| s.guidance == kind).map(|s| (s.w, get(s))).collect(),
+    };
+    plot::curves(
+        &dir.join("inv_class_prob.png"),
+        "Fashion-MNIST: E[1/p_eval(c|Y)] against w",
+        "w",
+        "E[1/p_eval(c|Y)]",
+        &[curve("cfg", &|s| s.mean_inv_prob.mean), curve("classifier", &|s| s.mean_inv_prob.mean)],
+        &[("held-out real images".to_string(), real.mean)],
+    )?;
+    plot::curves(
+        &dir.join("frechet.png"),
+        "Fashion-MNIST: Fréchet distance to held-out images (evaluator features)",
+        "w",
+        "Fréchet distance",
+        &[curve("cfg", &|s| s.frechet), curve("classifier", &|s| s.frechet)],
+        &[("noise floor (real vs real, same size)".to_string(), frechet_floor)],
+    )?;
+
+    let mut out = StageOutput::new(
+        "image_cfg",
+        "Guidance on Fashion-MNIST (latent diffusion, independent evaluator)",
+        ctx,
+        raw,
+        cfg.seed,
+    );
+    let mut table = Table::new(
+        &format!(
+            "{per_class} samples per class and strength ({n_samples} per row), decoded and measured by the independent evaluator (held-out accuracy {held_accuracy:.3}; E[1/p_eval(c|x)] on held-out real images {:.4} ± {:.4}). frechet: Fréchet distance of evaluator features to the {} held-out images (noise floor at this sample size {frechet_floor:.4})",
+            real.mean,
+            real.se,
+            held.len()
+        ),
+        &[
+            "guidance",
+            "w",
+            "mean_inv_prob",
+            "se",
+            "mean_prob",
+            "prob_se",
+            "p_q05",
+            "p_q25",
+            "p_q50",
+            "p_q75",
+            "p_q95",
+            "accuracy",
+            "frechet",
+        ],
+    );
+    for s in &stats {
+        let q = s.quantiles;
+        table.row(
+            [s.guidance.clone(), format!("{}", s.w)]
+                .into_iter()
+                .chain(
+                    [
+                        s.mean_inv_prob.mean,
+                        s.mean_inv_prob.se,
+                        s.mean_prob.mean,
+                        s.mean_prob.se,
+                        q[0],
+                        q[1],
+                        q[2],
+                        q[3],
+                        q[4],
+                        s.accuracy,
+                        s.frechet,
+                    ]
+                    .iter()
+                    .map(|v| fmt(*v, 4)),
+                )
+                .collect(),
+        );
+    }
+    out.tables = vec![table];
+    out.figures = vec![
+        (
+            "samples_cfg.png".into(),
+            "CFG samples: rows are the 10 classes, column groups the strengths w (left to right)".into(),
+        ),
+        ("inv_class_prob.png".into(), "E[1/p_eval(c|Y)] against w for CFG and classifier guidance".into()),
+        ("frechet.png".into(), "Fréchet distance to held-out images against w, with its noise floor".into()),
+    ];
+    out.reading = reading(&stats, frechet_floor, held_accuracy);
+    out.headline = serde_json::json!({
+        "held_out_accuracy": held_accuracy,
+        "real_mean_inv_prob": real,
+        "frechet_floor": frechet_floor,
+        "autoencoder_test_mse": ae_state.history.last().map(|h| h.loss),
+        "stats": stats,
+    });
+    Ok(out)
+}
+
+/// Latent codes of every row of `data`, in batches.
+fn encode(ae: &tilt_models::Autoencoder, data: &Dataset, dev: &Device) -> Vec<f32> {
+    batched(&data.x, data.dim, |x| ae.encode(x), dev)
+}
+
+fn features(ev: &tilt_models::Evaluator, x: &[f32], dim: usize, dev: &Device) -> Vec<f32> {
+    batched(x, dim, |x| ev.features(x), dev)
+}
+
+/// `f` over `[n, d]` rows in batches of 1000, concatenated on the host.
+fn batched(x: &[f32], d: usize, f: impl Fn(Tensor<2>) -> Tensor<2>, dev: &Device) -> Vec<f32> {
+    x.chunks(1000 * d)
+        .flat_map(|rows| tensor_ext::to_vec(f(tensor_ext::matrix(rows, rows.len() / d, d, dev))))
+        .collect()
+}
+
+/// `p_eval(label_i | x_i)` of every row.
+fn class_probs(ev: &tilt_models::Evaluator, x: &[f32], dim: usize, labels: &[usize], dev: &Device) -> Vec<f64> {
+    let logp = batched(x, dim, |x| log_softmax(ev.forward(x), 1), dev);
+    let k = logp.len() / labels.len();
+    labels.iter().enumerate().map(|(i, &c)| (logp[i * k + c] as f64).exp()).collect()
+}
+
+fn accuracy_of(ev: &tilt_models::Evaluator, x: &[f32], dim: usize, labels: &[usize], dev: &Device) -> f64 {
+    let data = Dataset { x: x.to_vec(), labels: Some(labels.to_vec()), dim, num_classes: 0, image: None };
+    tilt_train::load::accuracy(ev, &data, dev)
+}
+
+/// Rows = classes, columns = `per` images for each strength, with a 2-pixel gap between strengths.
+fn write_grid(
+    path: &Path,
+    grid: &[Vec<f32>],
+    classes: usize,
+    strengths: usize,
+    per: usize,
+    image: [usize; 3],
+) -> Result<()> {
+    let [_, h, w] = image;
+    let gap = 2;
+    let (width, height) = (strengths * (per * w + gap), classes * h);
+    let mut img = image::GrayImage::from_pixel(width as u32, height as u32, image::Luma([255]));
+    // `grid` is in sweep order: for each strength, for each class, `per` images.
+    for (k, block) in grid.iter().enumerate() {
+        let (si, c) = (k / classes, k % classes);
+        for (j, pixels) in block.chunks_exact(h * w).enumerate() {
+            for (p, v) in pixels.iter().enumerate() {
+                let (x, y) = (si * (per * w + gap) + j * w + p % w, c * h + p / w);
+                img.put_pixel(x as u32, y as u32, image::Luma([((v + 1.0) * 127.5).round().clamp(0.0, 255.0) as u8]));
+            }
+        }
+    }
+    let mut bytes = Vec::new();
+    img.write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png)
+        .with_context(|| format!("cannot encode {}", path.display()))?;
+    tilt_train::write_atomic(path, &bytes)
+}
+
+/// The reading, computed from the numbers.
+fn reading(stats: &[ImageStat], floor: f64, held_accuracy: f64) -> String {
+    let mut parts =
+        vec![format!("The evaluator classifies {:.1} % of held-out real images correctly.", 100.0 * held_accuracy)];
+    for kind in ["cfg", "classifier"] {
+        let rows: Vec<&ImageStat> = stats.iter().filter(|s| s.guidance == kind).collect();
+        let Some(zero) = rows.iter().find(|s| s.w == 0.0) else { continue };
+        let above: Vec<String> = rows
+            .iter()
+            .filter(|s| s.w > 0.0 && s.mean_inv_prob.mean > zero.mean_inv_prob.mean)
+            .map(|s| format!("{}", s.w))
+            .collect();
+        let last = rows.last().expect("at least one strength");
+        parts.push(format!(
+            "{kind}: E[1/p_eval(c|Y)] goes from {:.3} ± {:.3} at w = 0 to {:.3} ± {:.3} at w = {}; {}. The 5 % quantile of p_eval(c|Y) is {:.3} at w = 0 and {:.3} at w = {}, accuracy {:.3} -> {:.3}; the Fréchet distance goes from {:.3} to {:.3} (noise floor {floor:.3}).",
+            zero.mean_inv_prob.mean,
+            zero.mean_inv_prob.se,
+            last.mean_inv_prob.mean,
+            last.mean_inv_prob.se,
+            last.w,
+            if above.is_empty() {
+                "every w > 0 stays below the w = 0 value".to_string()
+            } else {
+                format!("w = {} lie above the w = 0 value", above.join(", "))
+            },
+            zero.quantiles[0],
+            last.quantiles[0],
+            last.w,
+            zero.accuracy,
+            last.accuracy,
+            zero.frechet,
+            last.frechet,
+        ));
+    }
+    parts.join(" ")
+}

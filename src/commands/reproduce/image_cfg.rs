@@ -284,7 +284,7 @@ pub fn run(ctx: &Ctx, dir: &Path) -> Result<StageOutput> {
     );
     let mut table = Table::new(
         &format!(
-            "{per_class} samples per class and strength ({n_samples} per row), decoded and measured by the independent evaluator (held-out accuracy {held_accuracy:.3}; E[1/p_eval(c|x)] on held-out real images {:.4} ± {:.4}). frechet: Fréchet distance of evaluator features to the {} held-out images (noise floor at this sample size {frechet_floor:.4})",
+            "{per_class} samples per class and strength ({n_samples} per row; classifier guidance at w = 0 is the unconditional model, CFG at w = 0 the conditional one), decoded and measured by the independent evaluator (held-out accuracy {held_accuracy:.3}; E[1/p_eval(c|x)] on held-out real images {:.4} ± {:.4}). frechet: Fréchet distance of evaluator features to the {} held-out images (noise floor at this sample size {frechet_floor:.4})",
             real.mean,
             real.se,
             held.len()
@@ -420,13 +420,17 @@ fn reading(stats: &[ImageStat], floor: f64, held_accuracy: f64) -> String {
             .map(|s| format!("{}", s.w))
             .collect();
         let last = rows.last().expect("at least one strength");
+        let min = rows.iter().min_by(|a, b| a.mean_inv_prob.mean.total_cmp(&b.mean_inv_prob.mean)).expect("rows");
         parts.push(format!(
-            "{kind}: E[1/p_eval(c|Y)] goes from {:.3} ± {:.3} at w = 0 to {:.3} ± {:.3} at w = {}; {}. The 5 % quantile of p_eval(c|Y) is {:.3} at w = 0 and {:.3} at w = {}, accuracy {:.3} -> {:.3}; the Fréchet distance goes from {:.3} to {:.3} (noise floor {floor:.3}).",
+            "{kind}: E[1/p_eval(c|Y)] goes from {:.3} ± {:.3} at w = 0 to {:.3} ± {:.3} at w = {} (lowest {:.3} ± {:.3} at w = {}); {}. The 5 % quantile of p_eval(c|Y) is {:.3} at w = 0 and {:.3} at w = {}, accuracy {:.3} -> {:.3}; the Fréchet distance goes from {:.3} to {:.3} (noise floor {floor:.3}).",
             zero.mean_inv_prob.mean,
             zero.mean_inv_prob.se,
             last.mean_inv_prob.mean,
             last.mean_inv_prob.se,
             last.w,
+            min.mean_inv_prob.mean,
+            min.mean_inv_prob.se,
+            min.w,
             if above.is_empty() {
                 "every w > 0 stays below the w = 0 value".to_string()
             } else {

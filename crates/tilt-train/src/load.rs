@@ -54,6 +54,20 @@ pub fn run_state(path: &Path) -> Result<RunState> {
     load_state(&Checkpoint::open_any(path)?)
 }
 
+/// A verified checkpoint of `kind`, its run state, and the network config saved in `state.json` (`what` names
+/// the expected network in the error).
+fn open_with_config<C: serde::de::DeserializeOwned>(
+    path: &Path,
+    kind: ModelKind,
+    what: &str,
+) -> Result<(Checkpoint, RunState, C)> {
+    let ck = Checkpoint::open(path, kind)?;
+    let state = load_state(&ck)?;
+    let net_cfg = serde_json::from_value(state.net.clone())
+        .with_context(|| format!("{}: state.json holds no {what} config", ck.dir.display()))?;
+    Ok((ck, state, net_cfg))
+}
+
 /// A trained score network (EMA weights) ready for the sampler.
 pub struct LoadedScore {
     pub path: PathBuf,
@@ -64,10 +78,7 @@ pub struct LoadedScore {
 
 /// Load the EMA weights of a `score-net` or `residual` checkpoint (a run or checkpoint directory).
 pub fn load_score(path: &Path, kind: ModelKind, device: &Device) -> Result<LoadedScore> {
-    let ck = Checkpoint::open(path, kind)?;
-    let state = load_state(&ck)?;
-    let net_cfg: ScoreNetConfig = serde_json::from_value(state.net.clone())
-        .with_context(|| format!("{}: state.json holds no score-network config", ck.dir.display()))?;
+    let (ck, state, net_cfg): (_, _, ScoreNetConfig) = open_with_config(path, kind, "score-network")?;
     let net = ck.load_model(FileKind::EmaModel, net_cfg.init(device))?;
     Ok(LoadedScore {
         path: path.to_path_buf(),
@@ -85,30 +96,22 @@ pub struct LoadedClassifier {
 }
 
 pub fn load_classifier(path: &Path, device: &Device) -> Result<LoadedClassifier> {
-    let ck = Checkpoint::open(path, ModelKind::Classifier)?;
-    let state = load_state(&ck)?;
-    let net_cfg: NoisyClassifierConfig = serde_json::from_value(state.net.clone())
-        .with_context(|| format!("{}: state.json holds no classifier config", ck.dir.display()))?;
+    let (ck, state, net_cfg): (_, _, NoisyClassifierConfig) =
+        open_with_config(path, ModelKind::Classifier, "classifier")?;
     let net = ck.load_model(FileKind::EmaModel, net_cfg.init(device))?;
     Ok(LoadedClassifier { classifier: NetClassifier { net }, standardizer: state.standardizer.clone(), state })
 }
 
 /// The EMA weights of a U-Net score checkpoint.
 pub fn load_unet(path: &Path, device: &Device) -> Result<(NetScore<UNet>, RunState)> {
-    let ck = Checkpoint::open(path, ModelKind::ScoreNet)?;
-    let state = load_state(&ck)?;
-    let net_cfg: UNetConfig = serde_json::from_value(state.net.clone())
-        .with_context(|| format!("{}: state.json holds no U-Net config", ck.dir.display()))?;
+    let (ck, state, net_cfg): (_, _, UNetConfig) = open_with_config(path, ModelKind::ScoreNet, "U-Net")?;
     let net = ck.load_model(FileKind::EmaModel, net_cfg.init(device))?;
     Ok((NetScore::new(net, state.config.schedule, net_cfg.image.to_vec()), state))
 }
 
 /// The EMA weights of an evaluator checkpoint.
 pub fn load_evaluator(path: &Path, device: &Device) -> Result<(Evaluator, RunState)> {
-    let ck = Checkpoint::open(path, ModelKind::Evaluator)?;
-    let state = load_state(&ck)?;
-    let net_cfg: EvaluatorConfig = serde_json::from_value(state.net.clone())
-        .with_context(|| format!("{}: state.json holds no evaluator config", ck.dir.display()))?;
+    let (ck, state, net_cfg): (_, _, EvaluatorConfig) = open_with_config(path, ModelKind::Evaluator, "evaluator")?;
     Ok((ck.load_model(FileKind::EmaModel, net_cfg.init(device))?, state))
 }
 
@@ -128,9 +131,7 @@ pub fn accuracy(evaluator: &Evaluator, data: &Dataset, device: &Device) -> f64 {
 
 /// The EMA weights of an autoencoder checkpoint.
 pub fn load_autoencoder(path: &Path, device: &Device) -> Result<(Autoencoder, RunState)> {
-    let ck = Checkpoint::open(path, ModelKind::Autoencoder)?;
-    let state = load_state(&ck)?;
-    let net_cfg: AutoencoderConfig = serde_json::from_value(state.net.clone())
-        .with_context(|| format!("{}: state.json holds no autoencoder config", ck.dir.display()))?;
+    let (ck, state, net_cfg): (_, _, AutoencoderConfig) =
+        open_with_config(path, ModelKind::Autoencoder, "autoencoder")?;
     Ok((ck.load_model(FileKind::EmaModel, net_cfg.init(device))?, state))
 }

@@ -398,7 +398,8 @@ pub fn run(ctx: &Ctx, dir: &Path) -> Result<StageOutput> {
     out.reading = format!(
         "{} Reward guidance with the trajectory-free trainer at w = 1: {}; unguided E_data[r] = {:.4}.",
         reading(&stats, frechet_floor, held_accuracy),
-        super::versus(sampled, target.mean),
+        // The target is itself an estimate: the z-score uses both standard errors.
+        super::versus(MeanSe { mean: sampled.mean, se: sampled.se.hypot(target.se) }, target.mean),
         data_mean.mean
     );
     out.headline = serde_json::json!({

@@ -1,0 +1,51 @@
+//! The tilt side of the paired benchmark against PyTorch (`bash benches/compare-pytorch.sh` drives both).
+//!
+//! `paired <train|sample|cfg> <repeats>` runs one workload of `benches/workloads` on Flex (threads from
+//! `RAYON_NUM_THREADS`): one untimed warm-up, then `repeats` timed runs, and prints one JSON line
+//! `{"workload": ..., "seconds": [...], "checksum": ...}`. The PyTorch twin prints the same line.
+
+mod workloads;
+
+use burn::prelude::*;
+use std::time::Instant;
+use tilt_models::Activation;
+use workloads::{Guidance, Sampling, TrainStep};
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
+    let (Some(workload), Some(repeats)) = (args.first(), args.get(1).and_then(|r| r.parse::<usize>().ok())) else {
+        eprintln!("usage: paired <train|sample|cfg> <repeats>");
+        std::process::exit(2);
+    };
+    let device = Device::flex();
+    let mut seconds = Vec::with_capacity(repeats);
+    let checksum: f64 = match workload.as_str() {
+        "train" => {
+            let mut w = TrainStep::new(Activation::Silu, &device);
+            w.step();
+            for _ in 0..repeats {
+                let start = Instant::now();
+                w.step();
+                seconds.push(start.elapsed().as_secs_f64());
+            }
+            w.output().iter().map(|v| *v as f64).sum()
+        }
+        "sample" | "cfg" => {
+            let w = Sampling::new(&device);
+            let guidance = if workload == "cfg" { Guidance::Cfg } else { Guidance::Plain };
+            let mut out = w.run(guidance);
+            for _ in 0..repeats {
+                let start = Instant::now();
+                out = w.run(guidance);
+                seconds.push(start.elapsed().as_secs_f64());
+            }
+            out.iter().map(|v| *v as f64).sum()
+        }
+        other => {
+            eprintln!("paired: unknown workload {other:?}; expected train, sample or cfg");
+            std::process::exit(2);
+        }
+    };
+    let list: Vec<String> = seconds.iter().map(|s| format!("{s:.6}")).collect();
+    println!("{{\"workload\": \"{workload}\", \"seconds\": [{}], \"checksum\": {checksum:.6e}}}", list.join(", "));
+}

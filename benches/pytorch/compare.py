@@ -1,0 +1,72 @@
+"""Paired benchmark: tilt (Flex) against its PyTorch twin, interleaved on the same machine.
+
+Run through `bash benches/compare-pytorch.sh`, which installs PyTorch and builds the tilt side. For each thread
+count (1 and 2) and each of `--rounds` rounds, every workload runs once as tilt and once as PyTorch, in
+alternating order, each in a fresh process with one untimed warm-up; the table reports the median time per
+repeat over all rounds and the tilt / PyTorch ratio of the medians. The last line is the 1-thread ratios.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+WORKLOADS = {  # name: (repeats per process, description)
+    "train": (30, "training step, batch 1024 (forward, backward, AdamW)"),
+    "sample": (3, "sampling 10,000 points x 20 steps, plain"),
+    "cfg": (3, "sampling with CFG (cond + uncond in one batch)"),
+}
+
+
+def run(cmd, env_extra):
+    env = dict(os.environ, **env_extra)
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if out.returncode != 0:
+        sys.exit(f"{' '.join(cmd)} failed ({out.returncode}):\n{out.stderr}")
+    line = [l for l in out.stdout.splitlines() if l.startswith("{")][-1]
+    return json.loads(line)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--tilt", required=True, help="the built benches/paired.rs executable")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    args = ap.parse_args()
+    twin = [sys.executable, os.path.join(HERE, "twin.py")]
+    times = {}
+    for threads in args.threads:
+        env = {"RAYON_NUM_THREADS": str(threads), "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+        for r in range(args.rounds):
+            for name, (repeats, _) in WORKLOADS.items():
+                sides = [("tilt", [args.tilt, name, str(repeats)]), ("pytorch", twin + [name, str(repeats)])]
+                if r % 2:
+                    sides.reverse()
+                for side, cmd in sides:
+                    res = run(cmd, env)
+                    times.setdefault((threads, name, side), []).extend(res["seconds"])
+                print(f"threads {threads} round {r + 1}/{args.rounds} {name}: done", file=sys.stderr, flush=True)
+    import torch
+
+    print(f"\nPyTorch {torch.__version__}, tilt Flex; median per repeat over {args.rounds} interleaved rounds\n")
+    print("| workload | threads | tilt (Flex) | PyTorch | tilt / PyTorch |")
+    print("|---|---|---|---|---|")
+    ratios = {}
+    for name, (_, desc) in WORKLOADS.items():
+        for threads in args.threads:
+            t = statistics.median(times[(threads, name, "tilt")])
+            p = statistics.median(times[(threads, name, "pytorch")])
+            ratios[(threads, name)] = t / p
+            fmt = (lambda s: f"{s * 1e3:.1f} ms") if name == "train" else (lambda s: f"{s:.3f} s")
+            print(f"| {desc} | {threads} | {fmt(t)} | {fmt(p)} | {t / p:.2f} |")
+    for threads in args.threads[1:]:
+        print(f"ratio@{threads}threads " + " ".join(f"{n}={ratios[(threads, n)]:.2f}" for n in WORKLOADS))
+    first = args.threads[0]
+    print("ratio " + " ".join(f"{n}={ratios[(first, n)]:.2f}" for n in WORKLOADS))
+
+
+if __name__ == "__main__":
+    main()

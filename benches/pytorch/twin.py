@@ -1,0 +1,144 @@
+"""The PyTorch twin of tilt's 2-D score-network benchmarks (benches/workloads/mod.rs), the way a PyTorch user
+would write it: the same network, sizes, optimizer and sampler arithmetic, eager mode.
+
+    python twin.py <train|sample|cfg> <repeats>
+
+One untimed warm-up, then `repeats` timed runs; prints one JSON line like `benches/paired.rs`. Threads: the
+driver sets OMP_NUM_THREADS and torch.set_num_threads to the same count it gives tilt (RAYON_NUM_THREADS).
+"""
+
+import json
+import math
+import os
+import sys
+import time
+
+import torch
+from torch import nn
+
+TRAIN_BATCH = 1024
+SAMPLE_N = 10_000
+SAMPLE_STEPS = 20
+CFG_STRENGTH = 2.0
+T_MAX, T_MIN = 1.0 - 1e-5, 1e-3
+
+
+def time_embedding(t, dim):
+    """[sin(1000 t f_i), cos(1000 t f_i)], f_i = 10000^(-i/half) (tilt-models embedding.rs)."""
+    half = dim // 2
+    freqs = torch.exp(torch.arange(half, dtype=torch.float32) * (-math.log(10000.0) / half))
+    args = (t * 1000.0)[:, None] * freqs[None, :]
+    return torch.cat([args.sin(), args.cos()], dim=1)
+
+
+class ScoreNet(nn.Module):
+    """tilt-models ScoreNet: hidden 128, one residual block, time_dim 32, SiLU."""
+
+    def __init__(self, dim=2, hidden=128, blocks=1, time_dim=32, num_classes=0):
+        super().__init__()
+        self.time_dim, self.num_classes = time_dim, num_classes
+        self.input = nn.Linear(dim, hidden)
+        self.time_mlp = nn.Linear(time_dim, hidden)
+        self.class_emb = nn.Embedding(num_classes + 1, hidden) if num_classes > 0 else None
+        self.blocks = nn.ModuleList(
+            nn.ModuleDict({"lin1": nn.Linear(hidden, hidden), "lin2": nn.Linear(hidden, hidden),
+                           "cond": nn.Linear(hidden, hidden)}) for _ in range(blocks))
+        self.output = nn.Linear(hidden, dim)
+        self.act = nn.SiLU()
+
+    def forward(self, x, t, labels=None):
+        emb = self.time_mlp(time_embedding(t, self.time_dim))
+        if self.class_emb is not None:
+            if labels is None:
+                labels = torch.full((x.shape[0],), self.num_classes, dtype=torch.long)
+            emb = emb + self.class_emb(labels)
+        emb = self.act(emb)
+        h = self.input(x)
+        for b in self.blocks:
+            inner = b["lin1"](self.act(h)) + b["cond"](emb)
+            h = h + b["lin2"](self.act(inner))
+        return self.output(self.act(h))
+
+
+def train(repeats):
+    torch.manual_seed(0)
+    model = ScoreNet()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, eps=1e-8, weight_decay=0.0)
+    n = TRAIN_BATCH
+    x0, z = torch.randn(n, 2), torch.randn(n, 2)
+    t = (torch.arange(n, dtype=torch.float32) + 0.5) / n
+    xt = x0 * (1 - t).sqrt()[:, None] + z * t.sqrt()[:, None]
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        loss = (model(xt, t) - z).square().mean()
+        loss.backward()
+        opt.step()
+
+    step()
+    seconds = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        step()
+        seconds.append(time.perf_counter() - start)
+    with torch.no_grad():
+        return seconds, float(model(xt, t).sum())
+
+
+def log_snr_grid(steps):
+    """tilt's default time grid (linear schedule, uniform in log-SNR), as (alpha, sigma) per time."""
+    lam = lambda t: math.log((1 - t) / t)
+    l0, l1 = lam(T_MAX), lam(T_MIN)
+    ts = [1.0 / (1.0 + math.exp(l0 + (l1 - l0) * k / steps)) for k in range(steps + 1)]
+    return [(math.sqrt(1 - t), math.sqrt(t), t) for t in ts]
+
+
+@torch.no_grad()
+def sample(model, cfg):
+    """SDE-DPM-Solver-1 (tilt-sampler samplers.rs `sde_dpm_solver_1`), class 0, 20 steps, no final denoise."""
+    torch.manual_seed(0)
+    n = SAMPLE_N
+    grid = log_snr_grid(SAMPLE_STEPS)
+    x = torch.randn(n, 2)
+    labels = torch.zeros(n, dtype=torch.long)
+    both = torch.cat([labels, torch.full((n,), model.num_classes, dtype=torch.long)])
+    for (a, s, t), (a2, s2, _) in zip(grid, grid[1:]):
+        tt = torch.full((n,), t)
+        if cfg:
+            out = model(torch.cat([x, x]), torch.cat([tt, tt]), both)
+            eps_c, eps_u = out[:n], out[n:]
+            eps = eps_c + CFG_STRENGTH * (eps_c - eps_u)
+        else:
+            eps = model(x, tt, labels)
+        e = (a2 * s) / (s2 * a)
+        x = x * (a2 / a) - eps * (2 * s2 * (e - 1)) + torch.randn(n, 2) * (s2 * math.sqrt(max(e * e - 1, 0.0)))
+    return x
+
+
+def sampling(repeats, cfg):
+    torch.manual_seed(0)
+    model = ScoreNet(num_classes=2).eval()
+    sample(model, cfg)
+    seconds = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        x = sample(model, cfg)
+        seconds.append(time.perf_counter() - start)
+    return seconds, float(x.sum())
+
+
+def main():
+    workload, repeats = sys.argv[1], int(sys.argv[2])
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    if workload == "train":
+        seconds, checksum = train(repeats)
+    elif workload in ("sample", "cfg"):
+        seconds, checksum = sampling(repeats, workload == "cfg")
+    else:
+        sys.exit(f"twin.py: unknown workload {workload!r}; expected train, sample or cfg")
+    params = sum(p.numel() for p in ScoreNet(num_classes=0 if workload == "train" else 2).parameters())
+    print(json.dumps({"workload": workload, "seconds": seconds, "checksum": checksum, "parameters": params}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,118 @@
+//! The workloads of the 2-D score-network benchmarks, shared by `benches/training.rs` (criterion) and
+//! `benches/paired.rs` (the tilt side of the paired run against the PyTorch twin in `benches/pytorch/twin.py`).
+//!
+//! Network: x (2) -> Linear(128); time: 32-d sinusoidal embedding -> Linear(128); one residual block
+//! (Linear(128,128), Linear(128,128), conditioning Linear(128,128)); output Linear(128, 2). 54,402 parameters
+//! without classes (the training step), 54,786 with the 3-row class embedding (2 classes + null; sampling).
+#![allow(dead_code)] // each bench uses its own part
+
+use burn::optim::GradientsParams;
+use burn::optim::ModuleOptimizer;
+use burn::prelude::*;
+use tilt_core::{Condition, Schedule, tensor_ext};
+use tilt_models::{Activation, NetScore, ScoreNet, ScoreNetConfig};
+use tilt_sampler::guidance::CfgGuidance;
+use tilt_sampler::{GuidedScore, NoiseSource, Sampler, SamplerKind, TimeGrid, WeightSchedule};
+
+pub const TRAIN_BATCH: usize = 1024;
+pub const SAMPLE_N: usize = 10_000;
+pub const SAMPLE_STEPS: usize = 20;
+pub const CFG_STRENGTH: f64 = 2.0;
+
+pub fn net_config(act: Activation, classes: usize) -> ScoreNetConfig {
+    ScoreNetConfig::new(2)
+        .with_hidden(128)
+        .with_blocks(1)
+        .with_time_dim(32)
+        .with_activation(act)
+        .with_num_classes(classes)
+}
+
+/// One DSM training step at batch 1024 on fixed inputs: forward, loss, backward, AdamW (PyTorch's defaults but
+/// `eps = 1e-8` and no weight decay, as `tilt_train::OptimConfig::default()`).
+pub struct TrainStep {
+    model: Option<ScoreNet>,
+    optim: ModuleOptimizer,
+    xt: Tensor<2>,
+    t: Tensor<1>,
+    z: Tensor<2>,
+}
+
+impl TrainStep {
+    pub fn new(act: Activation, device: &Device) -> Self {
+        let ad = device.clone().autodiff();
+        ad.seed(0);
+        let model = net_config(act, 0).init(&ad);
+        let mut noise = NoiseSource::host(1);
+        let x0 = noise.normal(TRAIN_BATCH, 2, &ad);
+        let z = noise.normal(TRAIN_BATCH, 2, &ad);
+        let n = TRAIN_BATCH;
+        let t =
+            Tensor::<1>::from_data(TensorData::new((0..n).map(|i| (i as f32 + 0.5) / n as f32).collect(), [n]), &ad);
+        let a = t.clone().neg().add_scalar(1.0).sqrt().reshape([n, 1]);
+        let s = t.clone().sqrt().reshape([n, 1]);
+        let xt = x0 * a + z.clone() * s;
+        Self { model: Some(model), optim: tilt_train::OptimConfig::default().init(), xt, t, z }
+    }
+
+    pub fn step(&mut self) {
+        let model = self.model.take().expect("model");
+        let loss = (model.forward(self.xt.clone(), self.t.clone(), None) - self.z.clone()).square().mean();
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        self.model = Some(self.optim.step(1e-3, model, grads));
+    }
+
+    /// The model's output on the training inputs (forces any pending work).
+    pub fn output(&self) -> Vec<f32> {
+        let m = self.model.as_ref().expect("model");
+        tensor_ext::to_vec(m.forward(self.xt.clone().inner(), self.t.clone().inner(), None).inner())
+    }
+}
+
+/// Sampling 10,000 points with 20 SDE-DPM-Solver-1 steps (the default sampler), plain or with CFG.
+pub struct Sampling {
+    pub net: NetScore,
+    sampler: Sampler,
+    cond: Condition,
+    device: Device,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Guidance {
+    /// The conditional score alone: one network row per point and step.
+    Plain,
+    /// Classifier-free guidance at w = 2, conditional and unconditional rows in one forward.
+    Cfg,
+}
+
+impl Sampling {
+    pub fn new(device: &Device) -> Self {
+        device.seed(0);
+        let net = NetScore::new(net_config(Activation::Silu, 2).init(device), Schedule::Linear, vec![2]);
+        let mut sampler = Sampler::new(SamplerKind::SdeDpmSolver1, Schedule::Linear, TimeGrid::LogSnr, SAMPLE_STEPS);
+        sampler.denoise_final = false;
+        Self { net, sampler, cond: Condition::class(0, SAMPLE_N, device), device: device.clone() }
+    }
+
+    /// One sampling run with `score` as the base model; returns the samples.
+    pub fn run_with(&self, base: &dyn tilt_core::ScoreModel, guidance: Guidance) -> Vec<f32> {
+        let mut g = GuidedScore::new(base, self.cond.clone());
+        if guidance == Guidance::Cfg {
+            g = g.with(CfgGuidance::new(), WeightSchedule::Constant(CFG_STRENGTH));
+        }
+        let mut noise = NoiseSource::host(0);
+        let x = self.sampler.sample(
+            &mut |x, t, k| g.score(x, t, k),
+            SAMPLE_N,
+            2,
+            &self.device,
+            &mut noise,
+            &mut |_, _, _| {},
+        );
+        tensor_ext::to_vec(x)
+    }
+
+    pub fn run(&self, guidance: Guidance) -> Vec<f32> {
+        self.run_with(&self.net, guidance)
+    }
+}

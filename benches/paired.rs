@@ -1,6 +1,6 @@
 //! The tilt side of the paired benchmark against PyTorch (`bash benches/compare-pytorch.sh` drives both).
 //!
-//! `paired <train|sample|cfg> <repeats>` runs one workload of `benches/workloads` on Flex (threads from
+//! `paired <train|sample|cfg|matmul> <repeats>` runs one workload of `benches/workloads` on Flex (threads from
 //! `RAYON_NUM_THREADS`): one untimed warm-up, then `repeats` timed runs, and prints one JSON line
 //! `{"workload": ..., "seconds": [...], "checksum": ...}`. The PyTorch twin prints the same line.
 
@@ -14,7 +14,7 @@ use workloads::{Guidance, Sampling, TrainStep};
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
     let (Some(workload), Some(repeats)) = (args.first(), args.get(1).and_then(|r| r.parse::<usize>().ok())) else {
-        eprintln!("usage: paired <train|sample|cfg> <repeats>");
+        eprintln!("usage: paired <train|sample|cfg|matmul> <repeats>");
         std::process::exit(2);
     };
     let device = Device::flex();
@@ -41,8 +41,18 @@ fn main() {
             }
             out.iter().map(|v| *v as f64).sum()
         }
+        "matmul" => {
+            let (a, b) = workloads::matmul_operands(&device);
+            let mut out = a.clone().matmul(b.clone());
+            for _ in 0..repeats {
+                let start = Instant::now();
+                out = a.clone().matmul(b.clone());
+                seconds.push(start.elapsed().as_secs_f64());
+            }
+            tilt_core::tensor_ext::to_vec(out).iter().map(|v| *v as f64).sum()
+        }
         other => {
-            eprintln!("paired: unknown workload {other:?}; expected train, sample or cfg");
+            eprintln!("paired: unknown workload {other:?}; expected train, sample, cfg or matmul");
             std::process::exit(2);
         }
     };

@@ -18,7 +18,10 @@ WORKLOADS = {  # name: (repeats per process, description)
     "train": (30, "training step, batch 1024 (forward, backward, AdamW)"),
     "sample": (3, "sampling 10,000 points x 20 steps, plain"),
     "cfg": (3, "sampling with CFG (cond + uncond in one batch)"),
+    "matmul": (200, "one hidden-layer product [1024,128] x [128,128] (the GEMM floor)"),
 }
+
+HEADLINE = ["train", "sample", "cfg"]  # the ratios of the last line; matmul is the floor beside them
 
 
 def run(cmd, env_extra):
@@ -60,12 +63,12 @@ def main():
             t = statistics.median(times[(threads, name, "tilt")])
             p = statistics.median(times[(threads, name, "pytorch")])
             ratios[(threads, name)] = t / p
-            fmt = (lambda s: f"{s * 1e3:.1f} ms") if name == "train" else (lambda s: f"{s:.3f} s")
+            fmt = {"train": lambda s: f"{s * 1e3:.2f} ms", "matmul": lambda s: f"{s * 1e6:.0f} us"}.get(name, lambda s: f"{s:.3f} s")
             print(f"| {desc} | {threads} | {fmt(t)} | {fmt(p)} | {t / p:.2f} |")
     for threads in args.threads[1:]:
-        print(f"ratio@{threads}threads " + " ".join(f"{n}={ratios[(threads, n)]:.2f}" for n in WORKLOADS))
+        print(f"ratio@{threads}threads " + " ".join(f"{n}={ratios[(threads, n)]:.2f}" for n in HEADLINE))
     first = args.threads[0]
-    print("ratio " + " ".join(f"{n}={ratios[(first, n)]:.2f}" for n in WORKLOADS))
+    print("ratio " + " ".join(f"{n}={ratios[(first, n)]:.2f}" for n in HEADLINE))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """The PyTorch twin of tilt's 2-D score-network benchmarks (benches/workloads/mod.rs), the way a PyTorch user
 would write it: the same network, sizes, optimizer and sampler arithmetic, eager mode.
 
-    python twin.py <train|sample|cfg> <repeats>
+    python twin.py <train|sample|cfg|matmul> <repeats>
 
 One untimed warm-up, then `repeats` timed runs; prints one JSON line like `benches/paired.rs`. Threads: the
 driver sets OMP_NUM_THREADS and torch.set_num_threads to the same count it gives tilt (RAYON_NUM_THREADS).
@@ -127,15 +127,30 @@ def sampling(repeats, cfg):
     return seconds, float(x.sum())
 
 
+def matmul(repeats):
+    """The hidden-layer product of the training step, [1024, 128] x [128, 128], alone."""
+    torch.manual_seed(2)
+    a, b = torch.randn(TRAIN_BATCH, 128), torch.randn(128, 128)
+    out = a @ b
+    seconds = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        out = a @ b
+        seconds.append(time.perf_counter() - start)
+    return seconds, float(out.sum())
+
+
 def main():
     workload, repeats = sys.argv[1], int(sys.argv[2])
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     if workload == "train":
         seconds, checksum = train(repeats)
+    elif workload == "matmul":
+        seconds, checksum = matmul(repeats)
     elif workload in ("sample", "cfg"):
         seconds, checksum = sampling(repeats, workload == "cfg")
     else:
-        sys.exit(f"twin.py: unknown workload {workload!r}; expected train, sample or cfg")
+        sys.exit(f"twin.py: unknown workload {workload!r}; expected train, sample, cfg or matmul")
     params = sum(p.numel() for p in ScoreNet(num_classes=0 if workload == "train" else 2).parameters())
     print(json.dumps({"workload": workload, "seconds": seconds, "checksum": checksum, "parameters": params}))
 

@@ -116,3 +116,10 @@ impl Sampling {
         self.run_with(&self.net, guidance)
     }
 }
+
+/// The shape of the network's hidden layers in the training step, `[1024, 128] x [128, 128]`: the matrix
+/// product alone, to separate the GEMM library's speed from everything around it.
+pub fn matmul_operands(device: &Device) -> (Tensor<2>, Tensor<2>) {
+    let mut noise = NoiseSource::host(2);
+    (noise.normal(TRAIN_BATCH, 128, device), noise.normal(128, 128, device))
+}

@@ -35,9 +35,7 @@ impl<N: NoiseNet> NetScore<N> {
     }
 
     fn noise(&self, x: Tensor<2>, t: f64, labels: Option<Tensor<1, Int>>) -> Tensor<2> {
-        let n = x.dims()[0];
-        let tt = Tensor::<1>::full([n], t, &x.device());
-        self.net.predict_noise(x, tt, labels)
+        self.net.predict_noise_at(x, t, labels)
     }
 }
 

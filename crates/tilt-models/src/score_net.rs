@@ -94,9 +94,22 @@ impl ScoreNet {
     /// (`num_classes` is the null label). `None` means unconditional: the null label for a conditional
     /// network, nothing for an unconditional one.
     pub fn forward(&self, x: Tensor<2>, t: Tensor<1>, labels: Option<Tensor<1, Int>>) -> Tensor<2> {
+        let time = self.time_mlp.forward(time_embedding(t, self.time_dim));
+        self.forward_embedded(x, time, labels)
+    }
+
+    /// [`ScoreNet::forward`] with every row at time `t`: the time embedding and its layer run on one row and
+    /// broadcast (for an unconditional network, the conditioning layers too).
+    pub fn forward_at(&self, x: Tensor<2>, t: f64, labels: Option<Tensor<1, Int>>) -> Tensor<2> {
+        let time = self.time_mlp.forward(time_embedding(Tensor::<1>::full([1], t, &x.device()), self.time_dim));
+        self.forward_embedded(x, time, labels)
+    }
+
+    /// The network after the time layer: `time` is `[n, hidden]` or `[1, hidden]` (broadcast over the rows).
+    fn forward_embedded(&self, x: Tensor<2>, time: Tensor<2>, labels: Option<Tensor<1, Int>>) -> Tensor<2> {
         let act = self.activation;
         let n = x.dims()[0];
-        let mut emb = self.time_mlp.forward(time_embedding(t, self.time_dim));
+        let mut emb = time;
         if let Some(e) = &self.class_emb {
             let l = labels.unwrap_or_else(|| Tensor::<1, Int>::full([n], self.num_classes as i64, &x.device()));
             let h = emb.dims()[1];
@@ -124,6 +137,10 @@ impl ScoreNet {
 impl crate::noise_net::NoiseNet for ScoreNet {
     fn predict_noise(&self, x: Tensor<2>, t: Tensor<1>, labels: Option<Tensor<1, Int>>) -> Tensor<2> {
         self.forward(x, t, labels)
+    }
+
+    fn predict_noise_at(&self, x: Tensor<2>, t: f64, labels: Option<Tensor<1, Int>>) -> Tensor<2> {
+        self.forward_at(x, t, labels)
     }
 
     fn null_label(&self) -> Option<usize> {

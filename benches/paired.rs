@@ -1,6 +1,6 @@
 //! The tilt side of the paired benchmark against PyTorch (`bash benches/compare-pytorch.sh` drives both).
 //!
-//! `paired <train|sample|cfg|matmul> <repeats>` runs one workload of `benches/workloads` on Flex (threads from
+//! `paired <train|sample|cfg|cfg_sweep5|matmul> <repeats>` runs one workload of `benches/workloads` on Flex (threads from
 //! `RAYON_NUM_THREADS`): one untimed warm-up, then `repeats` timed runs, and prints one JSON line
 //! `{"workload": ..., "seconds": [...], "checksum": ...}`. The PyTorch twin prints the same line.
 
@@ -14,7 +14,7 @@ use workloads::{Guidance, Sampling, TrainStep};
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
     let (Some(workload), Some(repeats)) = (args.first(), args.get(1).and_then(|r| r.parse::<usize>().ok())) else {
-        eprintln!("usage: paired <train|sample|cfg|matmul> <repeats>");
+        eprintln!("usage: paired <train|sample|cfg|cfg_sweep5|matmul> <repeats>");
         std::process::exit(2);
     };
     let device = Device::flex();
@@ -41,6 +41,17 @@ fn main() {
             }
             out.iter().map(|v| *v as f64).sum()
         }
+        // Five strengths of a CFG sweep as one batch of 50,000 chains, against five runs of 10,000 ("cfg").
+        "cfg_sweep5" => {
+            let w = workloads::Sampling::with_rows(&device, 5 * workloads::SAMPLE_N);
+            let mut out = w.run(Guidance::Cfg);
+            for _ in 0..repeats {
+                let start = Instant::now();
+                out = w.run(Guidance::Cfg);
+                seconds.push(start.elapsed().as_secs_f64());
+            }
+            out.iter().map(|v| *v as f64).sum()
+        }
         "matmul" => {
             let (a, b) = workloads::matmul_operands(&device);
             let mut out = a.clone().matmul(b.clone());
@@ -52,7 +63,7 @@ fn main() {
             tilt_core::tensor_ext::to_vec(out).iter().map(|v| *v as f64).sum()
         }
         other => {
-            eprintln!("paired: unknown workload {other:?}; expected train, sample, cfg or matmul");
+            eprintln!("paired: unknown workload {other:?}; expected train, sample, cfg, cfg_sweep5 or matmul");
             std::process::exit(2);
         }
     };

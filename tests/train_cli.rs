@@ -203,6 +203,24 @@ fn csv_data_errors_name_line_and_column() {
     assert!(format!("{missing:#}").contains("cannot open data file /nonexistent/data.csv"));
 }
 
+/// Every shipped training config parses and validates (configs/train_*.toml), the GPU-sized U-Net one included.
+#[test]
+fn shipped_train_configs_are_valid() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs");
+    let mut names: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.starts_with("train_") && n.ends_with(".toml"))
+        .collect();
+    names.sort();
+    assert!(names.len() >= 10, "{names:?}");
+    for name in &names {
+        let (cfg, _) = TrainConfig::load(&dir.join(name)).unwrap_or_else(|e| panic!("{name}: {e:#}"));
+        assert!(cfg.steps > 0, "{name}");
+    }
+    assert!(names.contains(&"train_unet_fashion.toml".to_string()));
+}
+
 #[test]
 fn malformed_train_configs_name_the_field() {
     let cases: &[(&str, &str, &str)] = &[

@@ -69,12 +69,13 @@ impl TrainStep {
     }
 }
 
-/// Sampling 10,000 points with 20 SDE-DPM-Solver-1 steps (the default sampler), plain or with CFG.
+/// Sampling 10,000 points (or `n`) with 20 SDE-DPM-Solver-1 steps (the default sampler), plain or with CFG.
 pub struct Sampling {
     pub net: NetScore,
     sampler: Sampler,
     cond: Condition,
     device: Device,
+    n: usize,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -87,11 +88,16 @@ pub enum Guidance {
 
 impl Sampling {
     pub fn new(device: &Device) -> Self {
+        Self::with_rows(device, SAMPLE_N)
+    }
+
+    /// The same chains with `n` rows (a sweep of `n / 10,000` strengths batched into one run costs this).
+    pub fn with_rows(device: &Device, n: usize) -> Self {
         device.seed(0);
         let net = NetScore::new(net_config(Activation::Silu, 2).init(device), Schedule::Linear, vec![2]);
         let mut sampler = Sampler::new(SamplerKind::SdeDpmSolver1, Schedule::Linear, TimeGrid::LogSnr, SAMPLE_STEPS);
         sampler.denoise_final = false;
-        Self { net, sampler, cond: Condition::class(0, SAMPLE_N, device), device: device.clone() }
+        Self { net, sampler, cond: Condition::class(0, n, device), device: device.clone(), n }
     }
 
     /// One sampling run with `score` as the base model; returns the samples.
@@ -103,7 +109,7 @@ impl Sampling {
         let mut noise = NoiseSource::host(0);
         let x = self.sampler.sample(
             &mut |x, t, k| g.score(x, t, k),
-            SAMPLE_N,
+            self.n,
             2,
             &self.device,
             &mut noise,

@@ -44,6 +44,8 @@ pub struct Config {
 pub struct RewardPart {
     pub beta: f64,
     pub steps: PerPreset<usize>,
+    /// Guidance strengths for the trained term and the reward-gradient baseline (w = 0 is the unguided base).
+    pub strengths: Vec<f64>,
 }
 
 #[derive(Deserialize)]
@@ -123,6 +125,9 @@ pub fn run(ctx: &Ctx, dir: &Path) -> Result<StageOutput> {
         bail!(
             "{images}: not found; the {p:?} preset reads Fashion-MNIST from Debian's package: sudo apt-get install dataset-fashion-mnist"
         );
+    }
+    if !cfg.reward.strengths.contains(&1.0) || cfg.reward.strengths.iter().any(|w| !(w.is_finite() && *w > 0.0)) {
+        bail!("reward.strengths: expected positive strengths including 1 (where the trained term targets p r)");
     }
     let (n_train, n_held) = (cfg.train_images.get(p), cfg.held_out.get(p));
     // Held-out images: after the training ones in the same file, or a file of their own (full preset).
@@ -274,15 +279,70 @@ pub fn run(ctx: &Ctx, dir: &Path) -> Result<StageOutput> {
         tilt_train::load_score(&ctx.trained("image_latent_reward_full", &rw_cfg)?, ModelKind::ScoreNet, dev)?;
     let reward = reward_spec.build();
     let r_data = super::rewards(reward.as_ref(), &codes, d, dev);
-    let target = ratio_of_means(&r_data);
     let n_reward = n_samples;
-    let mut g = GuidedScore::new(&diffusion.score as &dyn ScoreModel, Condition::Unconditional)
-        .with(tilt_sampler::guidance::RewardGuidance::reweighted(&reweighted.score), WeightSchedule::Constant(1.0));
-    let mut noise = NoiseSource::host_stream(cfg.seed, 1000);
-    let z = s.sample(&mut |x, t, k| g.score(x, t, k), n_reward, d, dev, &mut noise, &mut |_, _, _| {});
-    let mut z = tensor_ext::to_vec(z);
-    st.invert(&mut z);
-    let sampled = super::mean_reward(reward.as_ref(), &z, d, dev);
+    // The same reward in the sampler's standardised coordinates (for its gradient): exp(a_1 (m_1 + s_1 y_1)) is
+    // exp(a_1 s_1 y_1) up to a constant factor, which the gradient of log r does not see.
+    let mut a_std = vec![0.0; d];
+    a_std[0] = cfg.reward.beta / sd * st.std[0];
+    let reward_std = tilt_core::ExpLinearReward::new(a_std);
+    let unguided = |w: f64| w == 0.0;
+    // A sample "left the data" when a latent coordinate is not finite or lies beyond the training codes' range by
+    // more than the range itself: a diverged chain, whose reward is not a sample of any tilted law.
+    let (lo, hi): (Vec<f32>, Vec<f32>) = (0..d)
+        .map(|j| {
+            codes.iter().skip(j).step_by(d).fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), v| (a.min(*v), b.max(*v)))
+        })
+        .unzip();
+    let off_data = |z: &[f32]| {
+        let off = z
+            .chunks_exact(d)
+            .filter(|row| {
+                row.iter().enumerate().any(|(j, v)| {
+                    let span = hi[j] - lo[j];
+                    !v.is_finite() || *v < lo[j] - span || *v > hi[j] + span
+                })
+            })
+            .count();
+        off as f64 / (z.len() / d) as f64
+    };
+    let mut reward_rows: Vec<RewardRow> = Vec::new();
+    for method in [RewardMethod::TrajectoryFree, RewardMethod::Gradient] {
+        for &w in std::iter::once(&0.0).chain(&cfg.reward.strengths) {
+            if unguided(w) && method == RewardMethod::Gradient {
+                continue; // one unguided row serves both
+            }
+            let mut g = GuidedScore::new(&diffusion.score as &dyn ScoreModel, Condition::Unconditional);
+            g = match method {
+                RewardMethod::TrajectoryFree => g.with(
+                    tilt_sampler::guidance::RewardGuidance::reweighted(&reweighted.score),
+                    WeightSchedule::Constant(w),
+                ),
+                RewardMethod::Gradient => g.with(
+                    tilt_sampler::guidance::RewardGradientGuidance::new(&reward_std),
+                    WeightSchedule::Constant(w),
+                ),
+            };
+            // The same noise for every row: differences between rows are not sampling noise.
+            let mut noise = NoiseSource::host_stream(cfg.seed, 1000);
+            let z = s.sample(&mut |x, t, k| g.score(x, t, k), n_reward, d, dev, &mut noise, &mut |_, _, _| {});
+            let mut z = tensor_ext::to_vec(z);
+            st.invert(&mut z);
+            let x = tensor_ext::to_vec(autoencoder.decode(tensor_ext::matrix(&z, n_reward, d, dev)));
+            reward_rows.push(RewardRow {
+                method: if unguided(w) { "unguided" } else { method.name() },
+                w,
+                sampled: super::mean_reward(reward.as_ref(), &z, d, dev),
+                off_data: off_data(&z),
+                tilted: tilted_mean(&r_data, w),
+                frechet: tilt_core::frechet::frechet_distance(&features(&evaluator, &x, dim, dev), &held_features, f),
+            });
+        }
+    }
+    let target = tilted_mean(&r_data, 1.0);
+    let at_w1 = |m: &str| reward_rows.iter().find(|r| r.method == m && r.w == 1.0).expect("strengths include w = 1");
+    let (trained_row, gradient_row) =
+        (at_w1(RewardMethod::TrajectoryFree.name()), at_w1(RewardMethod::Gradient.name()));
+    let (sampled, gradient_w1) = (trained_row.sampled, gradient_row.sampled);
     let data_mean = metrics::mean_se(&r_data);
 
     // Figures: the CFG sample grid (rows = classes, columns = strengths) and the curves.
@@ -373,18 +433,25 @@ pub fn run(ctx: &Ctx, dir: &Path) -> Result<StageOutput> {
     }
     let mut reward_table = Table::new(
         &format!(
-            "The trajectory-free reward trainer on images: r(z) = exp({} z_1 / sd(z_1)) on the latent code, full form trained from the latent base, reward guidance at w = 1 ({n_reward} samples) against E_data[r^2] / E_data[r] over the {} training codes (the mean reward of the tilted law p_r, with a delta-method SE)",
+            "Reward guidance on images: r(z) = exp({} z_1 / sd(z_1)) on the latent code; the trajectory-free trainer (full form from the latent base, no reward gradient) against the reward-gradient (DPS-style) baseline, {n_reward} samples per row with the same noise. tilted: E_data[r^(w+1)] / E_data[r^w] over the {} training codes, the mean reward of the law p r^w (delta-method SE); the trained term targets p r exactly at w = 1 only. off_data: fraction of samples with a latent coordinate beyond the training codes' range by more than the range (diverged chains). frechet: as above (noise floor {frechet_floor:.4})",
             cfg.reward.beta,
             first.len()
         ),
-        &["quantity", "value", "se"],
+        &["method", "w", "mean_reward", "se", "tilted", "tilted_se", "z", "off_data", "frechet"],
     );
-    for (name, m) in [
-        ("E_data[r] (w = 0 target)", data_mean),
-        ("E_data[r^2]/E_data[r] (w = 1 target)", target),
-        ("sampled, w = 1", sampled),
-    ] {
-        reward_table.row(vec![name.to_string(), fmt(m.mean, 4), fmt(m.se, 4)]);
+    for r in &reward_rows {
+        let z = (r.sampled.mean - r.tilted.mean) / r.sampled.se.hypot(r.tilted.se);
+        reward_table.row(vec![
+            r.method.to_string(),
+            format!("{}", r.w),
+            fmt(r.sampled.mean, 4),
+            fmt(r.sampled.se, 4),
+            fmt(r.tilted.mean, 4),
+            fmt(r.tilted.se, 4),
+            format!("{z:+.2}"),
+            fmt(r.off_data, 4),
+            fmt(r.frechet, 4),
+        ]);
     }
     out.tables = vec![table, reward_table];
     out.figures = vec![
@@ -395,32 +462,101 @@ pub fn run(ctx: &Ctx, dir: &Path) -> Result<StageOutput> {
         ("inv_class_prob.png".into(), "E[1/p_eval(c|Y)] against w for CFG and classifier guidance".into()),
         ("frechet.png".into(), "Fréchet distance to held-out images against w, with its noise floor".into()),
     ];
+    // The target is itself an estimate: the z-scores use both standard errors.
+    // A row with diverged chains has no meaningful mean or standard error: it is named as such, never "consistent".
+    let against_target = |r: &RewardRow| {
+        if r.off_data > 0.0 {
+            format!(
+                "diverged: {:.1} % of its samples left the data (mean reward {:.3e})",
+                100.0 * r.off_data,
+                r.sampled.mean
+            )
+        } else {
+            super::versus(MeanSe { mean: r.sampled.mean, se: r.sampled.se.hypot(target.se) }, target.mean)
+        }
+    };
     out.reading = format!(
-        "{} Reward guidance with the trajectory-free trainer at w = 1: {}; unguided E_data[r] = {:.4}.",
+        "{} Reward guidance at w = 1 against E_data[r^2]/E_data[r]: the trajectory-free trainer {}; the reward-gradient baseline {}; unguided E_data[r] = {:.4}. {}",
         reading(&stats, frechet_floor, held_accuracy),
-        // The target is itself an estimate: the z-score uses both standard errors.
-        super::versus(MeanSe { mean: sampled.mean, se: sampled.se.hypot(target.se) }, target.mean),
-        data_mean.mean
+        against_target(trained_row),
+        against_target(gradient_row),
+        data_mean.mean,
+        reward_cost_reading(&reward_rows, frechet_floor)
     );
     out.headline = serde_json::json!({
         "held_out_accuracy": held_accuracy,
         "real_mean_inv_prob": real,
         "frechet_floor": frechet_floor,
         "autoencoder_test_mse": ae_state.history.last().map(|h| h.loss),
-        "reward_w1": sampled, "reward_target": target, "reward_data_mean": data_mean,
+        "reward_w1": sampled, "reward_gradient_w1": gradient_w1, "reward_target": target, "reward_data_mean": data_mean,
+        "reward_rows": reward_rows,
         "stats": stats,
     });
     Ok(out)
 }
 
-/// `E[r^2] / E[r]` with a delta-method standard error: `Var(r^2 - R r) / (n E[r]^2)`.
-fn ratio_of_means(r: &[f64]) -> MeanSe {
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum RewardMethod {
+    /// The papers' trainer: reward-weighted DSM on clean codes, guidance term `s_r - s_base`.
+    TrajectoryFree,
+    /// `grad log r(x0_hat)` through the base model's denoise (DPS-style), no training.
+    Gradient,
+}
+
+impl RewardMethod {
+    fn name(self) -> &'static str {
+        match self {
+            RewardMethod::TrajectoryFree => "trajectory-free",
+            RewardMethod::Gradient => "reward-gradient",
+        }
+    }
+}
+
+#[derive(serde::Serialize)]
+struct RewardRow {
+    method: &'static str,
+    w: f64,
+    sampled: MeanSe,
+    /// `E_data[r^(w+1)] / E_data[r^w]`: the mean reward of `p r^w`.
+    tilted: MeanSe,
+    /// Fraction of samples that left the data (see `off_data` in `run`).
+    off_data: f64,
+    frechet: f64,
+}
+
+/// `E[r^(w+1)] / E[r^w]` with a delta-method standard error: `Var(r^(w+1) - R r^w) / (n E[r^w]^2)`.
+fn tilted_mean(r: &[f64], w: f64) -> MeanSe {
     let n = r.len() as f64;
-    let (m1, m2) = (r.iter().sum::<f64>() / n, r.iter().map(|v| v * v).sum::<f64>() / n);
-    let ratio = m2 / m1;
-    let resid: Vec<f64> = r.iter().map(|v| v * v - ratio * v).collect();
-    let var = resid.iter().map(|e| e * e).sum::<f64>() / (n - 1.0);
-    MeanSe { mean: ratio, se: (var / n).sqrt() / m1 }
+    let (den, num): (Vec<f64>, Vec<f64>) = r.iter().map(|v| (v.powf(w), v.powf(w + 1.0))).unzip();
+    let (m_den, m_num) = (den.iter().sum::<f64>() / n, num.iter().sum::<f64>() / n);
+    let ratio = m_num / m_den;
+    let var = num.iter().zip(&den).map(|(a, b)| (a - ratio * b).powi(2)).sum::<f64>() / (n - 1.0);
+    MeanSe { mean: ratio, se: (var / n).sqrt() / m_den }
+}
+
+/// Which method reaches a higher mean reward at each strength, and the fidelity it costs (Fréchet distance).
+fn reward_cost_reading(rows: &[RewardRow], floor: f64) -> String {
+    let base = rows.iter().find(|r| r.method == "unguided");
+    let mut parts = Vec::new();
+    for m in [RewardMethod::TrajectoryFree.name(), RewardMethod::Gradient.name()] {
+        let cells: Vec<String> = rows
+            .iter()
+            .filter(|r| r.method == m)
+            .map(|r| match r.off_data {
+                0.0 => format!("w = {}: E[r] {:.3}, Fréchet {:.3}", r.w, r.sampled.mean, r.frechet),
+                off => format!("w = {}: {:.1} % diverged, Fréchet {:.3}", r.w, 100.0 * off, r.frechet),
+            })
+            .collect();
+        parts.push(format!("{m}: {}", cells.join("; ")));
+    }
+    match base {
+        Some(b) => format!(
+            "Cost in fidelity (Fréchet distance; unguided {:.3}, noise floor {floor:.3}): {}.",
+            b.frechet,
+            parts.join(". ")
+        ),
+        None => parts.join(". "),
+    }
 }
 
 /// Latent codes of every row of `data`, in batches.

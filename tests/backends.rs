@@ -100,7 +100,7 @@ fn ulps(a: f32, b: f32) -> u64 {
 
 /// Flex's `exp` and `sigmoid` are the vectorised kernels of the patched burn-flex
 /// (docs/upstream/burn-flex-simd-exp-sigmoid.md): within 2 ULP of libm's `expf` and of the scalar stable
-/// sigmoid on 2 million values spread over the whole range, and exact at the edges (NaN, infinities, overflow,
+/// sigmoid on 1.1 million values spread over the whole range, and exact at the edges (NaN, infinities, overflow,
 /// underflow to zero). The shared-input path (`x * sigmoid(x)`, where the input is not unique) is the same.
 #[test]
 fn flex_exp_and_sigmoid_match_libm() {

@@ -12,6 +12,7 @@ use tilt_models::Activation;
 use workloads::{Guidance, Sampling, TrainStep};
 
 fn main() {
+    tilt::alloc::keep_freed_memory();
     let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
     let (Some(workload), Some(repeats)) = (args.first(), args.get(1).and_then(|r| r.parse::<usize>().ok())) else {
         eprintln!("usage: paired <train|sample|cfg|cfg_sweep5|matmul> <repeats>");

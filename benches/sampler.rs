@@ -48,6 +48,7 @@ fn run(sampler: &Sampler, guided: &mut GuidedScore, n: usize, device: &Device) {
 }
 
 fn bench(c: &mut Criterion) {
+    tilt::alloc::keep_freed_memory(); // as the tilt binary does (src/alloc.rs)
     let device = Device::flex();
     let mix = mixture();
     let reward = ExpLinearReward::new(vec![1.0, 0.5]);

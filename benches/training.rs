@@ -18,6 +18,7 @@ use workloads::{Guidance, SAMPLE_N, SAMPLE_STEPS, Sampling, TrainStep};
 static ALLOC: tilt::alloc::PeakAlloc = tilt::alloc::PeakAlloc;
 
 fn train_step_bench(c: &mut Criterion) {
+    tilt::alloc::keep_freed_memory(); // as the tilt binary does (src/alloc.rs)
     let device = Device::flex();
     let mut group = c.benchmark_group("train_step_b1024");
     group.sample_size(20).throughput(Throughput::Elements(1));

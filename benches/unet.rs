@@ -60,6 +60,7 @@ fn inputs(n: usize, device: &Device) -> (Tensor<2>, Tensor<2>, Tensor<1>, Tensor
 }
 
 fn train_step_bench(c: &mut Criterion) {
+    tilt::alloc::keep_freed_memory(); // as the tilt binary does (src/alloc.rs)
     let (device, size) = setup();
     let ad = device.clone().autodiff();
     ad.seed(0);

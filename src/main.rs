@@ -83,6 +83,7 @@ enum Command {
 }
 
 fn main() -> Result<()> {
+    tilt::alloc::keep_freed_memory();
     let cli = Cli::parse();
     match cli.command {
         Command::Sample { config, out, force } => {

@@ -1,7 +1,7 @@
 //! The tilt side of the paired benchmark against PyTorch (`bash benches/compare-pytorch.sh` drives both).
 //!
 //! `paired <train|sample|cfg|cfg_sweep5|matmul> <repeats>` runs one workload of `benches/workloads` on Flex (threads from
-//! `RAYON_NUM_THREADS`): one untimed warm-up, then `repeats` timed runs, and prints one JSON line
+//! `RAYON_NUM_THREADS`): an untimed warm-up (10 training steps, or one run), then `repeats` timed runs, and prints one JSON line
 //! `{"workload": ..., "seconds": [...], "checksum": ...}`. The PyTorch twin prints the same line.
 
 mod workloads;
@@ -23,7 +23,9 @@ fn main() {
     let checksum: f64 = match workload.as_str() {
         "train" => {
             let mut w = TrainStep::new(Activation::Silu, &device);
-            w.step();
+            for _ in 0..10 {
+                w.step(); // the same warm-up as the PyTorch twin
+            }
             for _ in 0..repeats {
                 let start = Instant::now();
                 w.step();

@@ -3,7 +3,7 @@ would write it: the same network, sizes, optimizer and sampler arithmetic, eager
 
     python twin.py <train|sample|cfg|matmul> <repeats>
 
-One untimed warm-up, then `repeats` timed runs; prints one JSON line like `benches/paired.rs`. Threads: the
+Untimed warm-up (10 training steps, or one run), then `repeats` timed runs; prints one JSON line like `benches/paired.rs`. Threads: the
 driver sets OMP_NUM_THREADS and torch.set_num_threads to the same count it gives tilt (RAYON_NUM_THREADS).
 """
 
@@ -21,6 +21,7 @@ SAMPLE_N = 10_000
 SAMPLE_STEPS = 20
 CFG_STRENGTH = 2.0
 T_MAX, T_MIN = 1.0 - 1e-5, 1e-3
+WARMUP_STEPS = 10  # untimed training steps first (PyTorch's first steps set up its kernels); tilt does the same
 
 
 def time_embedding(t, dim):
@@ -75,7 +76,8 @@ def train(repeats):
         loss.backward()
         opt.step()
 
-    step()
+    for _ in range(WARMUP_STEPS):
+        step()
     seconds = []
     for _ in range(repeats):
         start = time.perf_counter()

@@ -132,8 +132,13 @@ impl Ctx {
     pub fn trained(&self, name: &str, cfg: &tilt_train::TrainConfig) -> Result<PathBuf> {
         let dir = self.models_dir().join(name);
         if tilt_train::checkpoint::resolve(&dir).is_ok() {
-            // Verified, finished and trained with this very config: reuse; anything else is retrained.
-            if tilt_train::load::run_state(&dir).is_ok_and(|s| s.step == cfg.steps && s.config == *cfg) {
+            // Verified, finished, trained with this very config and on these very data: reuse; anything else is
+            // retrained. The data matter beside the config: a data file written by an earlier stage (latent codes)
+            // can change under the same path.
+            let data_sha256 = cfg.data.generate(cfg.data_size, cfg.seed)?.sha256();
+            if tilt_train::load::run_state(&dir).is_ok_and(|s| {
+                s.step == cfg.steps && s.config == *cfg && s.data_sha256.as_deref() == Some(data_sha256.as_str())
+            }) {
                 return Ok(dir);
             }
             std::fs::remove_dir_all(&dir).with_context(|| format!("cannot clear stale model run {}", dir.display()))?;

@@ -62,3 +62,43 @@ fn every_experiment_runs_and_the_report_is_complete() {
     let e = reproduce::run(Preset::Tiny, &["nope".into()], out, false, &common::device()).err().unwrap();
     assert!(format!("{e}").contains("--only nope: unknown experiment"));
 }
+
+/// A cached shared model is reused only when its config and its training data are unchanged: a data file rewritten
+/// under the same path (as `image_cfg` rewrites its latent codes) retrains the model instead of reusing a model of
+/// other data.
+#[test]
+fn cached_models_are_retrained_when_their_data_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("data.csv");
+    let rows = |shift: f64| {
+        (0..64).map(|i| format!("{},{}\n", (i as f64 * 0.1).sin() + shift, (i % 7) as f64 * 0.2)).collect::<String>()
+    };
+    std::fs::write(&csv, rows(0.0)).unwrap();
+    let text = format!(
+        "steps = 5\nseed = 0\nbatch_size = 16\nlog_every = 5\ncheckpoint_every = 5\n[objective]\nkind = \"dsm\"\n\
+         [model]\nhidden = 8\nblocks = 1\n[data]\nkind = \"csv\"\npath = \"{}\"\n",
+        csv.display()
+    );
+    let cfg = tilt_train::TrainConfig::parse(&text).unwrap();
+    let ctx = reproduce::Ctx {
+        preset: Preset::Tiny,
+        device: common::device(),
+        out: dir.path().join("out"),
+        progress: indicatif::MultiProgress::with_draw_target(indicatif::ProgressDrawTarget::hidden()),
+        force: false,
+    };
+    let sha = |c: &tilt_train::TrainConfig| c.data.generate(c.data_size, c.seed).unwrap().sha256();
+    let trained_on = |run: &std::path::Path| tilt_train::load::run_state(run).unwrap().data_sha256.unwrap();
+    let run = ctx.trained("m", &cfg).unwrap();
+    assert_eq!(trained_on(&run), sha(&cfg));
+    let model = run.join("checkpoints");
+    let stamp = |p: &std::path::Path| std::fs::metadata(p).unwrap().modified().unwrap();
+    let before = stamp(&model);
+    // The same data: reused, nothing rewritten.
+    assert_eq!(ctx.trained("m", &cfg).unwrap(), run);
+    assert_eq!(stamp(&model), before);
+    // Other data under the same path: retrained on them.
+    std::fs::write(&csv, rows(0.5)).unwrap();
+    ctx.trained("m", &cfg).unwrap();
+    assert_eq!(trained_on(&run), sha(&cfg));
+}

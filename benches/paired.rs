@@ -19,51 +19,25 @@ fn main() {
         std::process::exit(2);
     };
     let device = Device::flex();
-    let mut seconds = Vec::with_capacity(repeats);
-    let checksum: f64 = match workload.as_str() {
+    let (seconds, checksum) = match workload.as_str() {
         "train" => {
             let mut w = TrainStep::new(Activation::Silu, &device);
             for _ in 0..10 {
                 w.step(); // the same warm-up as the PyTorch twin
             }
-            for _ in 0..repeats {
-                let start = Instant::now();
-                w.step();
-                seconds.push(start.elapsed().as_secs_f64());
-            }
-            w.output().iter().map(|v| *v as f64).sum()
+            let seconds = timed(repeats, || w.step());
+            (seconds, sum(&w.output()))
         }
         "sample" | "cfg" => {
-            let w = Sampling::new(&device);
             let guidance = if workload == "cfg" { Guidance::Cfg } else { Guidance::Plain };
-            let mut out = w.run(guidance);
-            for _ in 0..repeats {
-                let start = Instant::now();
-                out = w.run(guidance);
-                seconds.push(start.elapsed().as_secs_f64());
-            }
-            out.iter().map(|v| *v as f64).sum()
+            sampling(&Sampling::new(&device), guidance, repeats)
         }
         // Five strengths of a CFG sweep as one batch of 50,000 chains, against five runs of 10,000 ("cfg").
-        "cfg_sweep5" => {
-            let w = workloads::Sampling::with_rows(&device, 5 * workloads::SAMPLE_N);
-            let mut out = w.run(Guidance::Cfg);
-            for _ in 0..repeats {
-                let start = Instant::now();
-                out = w.run(Guidance::Cfg);
-                seconds.push(start.elapsed().as_secs_f64());
-            }
-            out.iter().map(|v| *v as f64).sum()
-        }
+        "cfg_sweep5" => sampling(&Sampling::with_rows(&device, 5 * workloads::SAMPLE_N), Guidance::Cfg, repeats),
         "matmul" => {
             let (a, b) = workloads::matmul_operands(&device);
-            let mut out = a.clone().matmul(b.clone());
-            for _ in 0..repeats {
-                let start = Instant::now();
-                out = a.clone().matmul(b.clone());
-                seconds.push(start.elapsed().as_secs_f64());
-            }
-            tilt_core::tensor_ext::to_vec(out).iter().map(|v| *v as f64).sum()
+            let seconds = timed(repeats, || drop(a.clone().matmul(b.clone())));
+            (seconds, sum(&tilt_core::tensor_ext::to_vec(a.matmul(b))))
         }
         other => {
             eprintln!("paired: unknown workload {other:?}; expected train, sample, cfg, cfg_sweep5 or matmul");
@@ -72,4 +46,26 @@ fn main() {
     };
     let list: Vec<String> = seconds.iter().map(|s| format!("{s:.6}")).collect();
     println!("{{\"workload\": \"{workload}\", \"seconds\": [{}], \"checksum\": {checksum:.6e}}}", list.join(", "));
+}
+
+/// Wall-clock seconds of each of `repeats` calls of `f` (Flex runs every operation before it returns).
+fn timed(repeats: usize, mut f: impl FnMut()) -> Vec<f64> {
+    (0..repeats)
+        .map(|_| {
+            let start = Instant::now();
+            f();
+            start.elapsed().as_secs_f64()
+        })
+        .collect()
+}
+
+/// One untimed sampling run, then `repeats` timed ones; the checksum is of the last samples.
+fn sampling(w: &Sampling, guidance: Guidance, repeats: usize) -> (Vec<f64>, f64) {
+    let mut out = w.run(guidance);
+    let seconds = timed(repeats, || out = w.run(guidance));
+    (seconds, sum(&out))
+}
+
+fn sum(values: &[f32]) -> f64 {
+    values.iter().map(|v| *v as f64).sum()
 }

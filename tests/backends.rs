@@ -115,8 +115,11 @@ fn flex_exp_and_sigmoid_match_libm() {
     let edges = [f32::INFINITY, f32::NEG_INFINITY, 89.0, -200.0];
     x.extend(edges);
     let n = x.len();
-    let input = Tensor::<1>::from_data(TensorData::new(x.clone(), [n]), &dev);
-    let exp = tensor_ext::to_vec(input.clone().exp().unsqueeze_dim::<2>(0));
+    // `exp` on a tensor nobody else holds (the in-place path), `sigmoid` on one that is also held elsewhere (the
+    // copy path, as in `x * sigmoid(x)`).
+    let fresh = || Tensor::<1>::from_data(TensorData::new(x.clone(), [n]), &dev);
+    let exp = tensor_ext::to_vec(fresh().exp().unsqueeze_dim::<2>(0));
+    let input = fresh();
     let shared = input.clone();
     let sig = tensor_ext::to_vec(burn::tensor::activation::sigmoid(input).unsqueeze_dim::<2>(0));
     drop(shared);

@@ -440,7 +440,11 @@ pub fn run(ctx: &Ctx, dir: &Path) -> Result<StageOutput> {
         &["method", "w", "mean_reward", "se", "tilted", "tilted_se", "z", "off_data", "frechet"],
     );
     for r in &reward_rows {
-        let z = (r.sampled.mean - r.tilted.mean) / r.sampled.se.hypot(r.tilted.se);
+        // Diverged chains have no meaningful mean or SE, so no z-score either.
+        let z = match r.off_data {
+            0.0 => format!("{:+.2}", (r.sampled.mean - r.tilted.mean) / r.sampled.se.hypot(r.tilted.se)),
+            _ => "diverged".to_string(),
+        };
         reward_table.row(vec![
             r.method.to_string(),
             format!("{}", r.w),
@@ -448,7 +452,7 @@ pub fn run(ctx: &Ctx, dir: &Path) -> Result<StageOutput> {
             fmt(r.sampled.se, 4),
             fmt(r.tilted.mean, 4),
             fmt(r.tilted.se, 4),
-            format!("{z:+.2}"),
+            z,
             fmt(r.off_data, 4),
             fmt(r.frechet, 4),
         ]);

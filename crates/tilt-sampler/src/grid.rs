@@ -18,7 +18,13 @@ pub enum TimeGrid {
     /// docs/results.md, discretisation).
     #[default]
     LogSnr,
+    /// Karras et al. 2022 (EDM): equal steps in `sigma_ve^(1/rho)`, `rho = 7`, where `sigma_ve = sigma/alpha` is the
+    /// noise level of the variance-exploding form; denser near `t = 0` than the log-SNR grid.
+    Karras,
 }
+
+/// EDM's `rho`: the grid is uniform in `sigma_ve^(1/rho)`.
+const KARRAS_RHO: f64 = 7.0;
 
 impl TimeGrid {
     /// `steps + 1` decreasing, finite times, `t[0] = t_max`, `t[steps] = t_min`.
@@ -45,6 +51,13 @@ impl TimeGrid {
                     let lambda = l0 + (l1 - l0) * frac(k);
                     schedule.t_from_ou((-lambda).exp().ln_1p())
                 }
+                TimeGrid::Karras => {
+                    let ve = |t: f64| (1.0 / schedule.alpha_sq(t) - 1.0).sqrt();
+                    let (r0, r1) = (ve(t_max).powf(1.0 / KARRAS_RHO), ve(t_min).powf(1.0 / KARRAS_RHO));
+                    let sigma_ve = (r0 + (r1 - r0) * frac(k)).powf(KARRAS_RHO);
+                    // alpha^2 = 1 / (1 + sigma_ve^2), so u = ln(1 + sigma_ve^2).
+                    schedule.t_from_ou(sigma_ve.powi(2).ln_1p())
+                }
             })
             .collect();
         assert!(
@@ -66,7 +79,7 @@ mod tests {
 
     #[test]
     fn grids_run_from_t_max_to_t_min_monotonically() {
-        for g in [TimeGrid::UniformT, TimeGrid::UniformU, TimeGrid::Geometric, TimeGrid::LogSnr] {
+        for g in [TimeGrid::UniformT, TimeGrid::UniformU, TimeGrid::Geometric, TimeGrid::LogSnr, TimeGrid::Karras] {
             for s in [Schedule::Linear, Schedule::cosine()] {
                 let ts = g.times(10, 0.99, 1e-3, s);
                 assert_eq!(ts.len(), 11);
@@ -79,5 +92,11 @@ mod tests {
         let ts = TimeGrid::UniformU.times(4, 0.9, 0.01, s);
         let hs: Vec<f64> = ts.windows(2).map(|w| s.ou_time(w[0]) - s.ou_time(w[1])).collect();
         assert!(hs.iter().all(|h| (h - hs[0]).abs() < 1e-9));
+        // Karras: equal steps in sigma_ve^(1/7).
+        let ts = TimeGrid::Karras.times(5, 0.99, 0.01, Schedule::cosine());
+        let r: Vec<f64> =
+            ts.iter().map(|&t| (1.0 / Schedule::cosine().alpha_sq(t) - 1.0).sqrt().powf(1.0 / KARRAS_RHO)).collect();
+        let dr: Vec<f64> = r.windows(2).map(|w| w[1] - w[0]).collect();
+        assert!(dr.iter().all(|x| (x - dr[0]).abs() < 1e-9 && *x < 0.0), "{dr:?}");
     }
 }

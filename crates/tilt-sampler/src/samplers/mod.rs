@@ -1,18 +1,11 @@
-//! Backward samplers, k-diffusion style: each sampler is one short step function over a score closure,
-//! and one loop ([`Sampler::run`]) drives them all.
+//! Backward samplers, k-diffusion style: each sampler is a short step over a score closure ([`Solver`]), and one
+//! loop ([`Sampler::run`]) drives them all.
 //!
-//! The steps are written in OU time `u = -ln alpha^2`, where every VP schedule is the same process
-//! `dX = -X/2 du + dW`; with `h = u_k - u_{k+1} > 0` and `s` the (guided) score at `(x, t_k)`:
-//! - Euler-Maruyama of the reverse SDE: `x + h (x/2 + s) + sqrt(h) xi`;
-//! - exponential integrator of the same SDE with the score frozen: `e^{h/2} x + 2 (e^{h/2} - 1) s + sqrt(e^h - 1) xi`.
-//!   The score holds the stiff part `-x/sigma^2`, so this step over-disperses (docs/theory.md §2);
-//! - SDE-DPM-Solver-1 (the default): the same SDE integrated exactly with the noise prediction `eps_hat` frozen;
-//!   on the half log-SNR `lambda = ln(alpha/sigma)`, `x' = (alpha'/alpha) x - 2 sigma' (e^{dl} - 1) eps_hat
-//!   + sigma' sqrt(e^{2 dl} - 1) xi` with `dl = lambda' - lambda`;
-//! - DDPM ancestral: a draw from the Gaussian posterior `q(x_{t'} | x_t, x0_hat)`, which is the exact step of the
-//!   SDE with the denoise `x0_hat` frozen;
-//! - probability-flow ODE `dx/dv = (x + s)/2`, Heun's second-order method;
-//! - DDIM: the exact step of that ODE when the noise prediction is held fixed.
+//! - [`single_step`]: Euler-Maruyama, exponential integrator, SDE-DPM-Solver-1, DDPM ancestral, Heun, DDIM;
+//! - [`dpm_solver_pp`]: the multistep DPM-Solver++ 2M and 2M SDE, which keep the previous denoise.
+
+mod dpm_solver_pp;
+mod single_step;
 
 use crate::noise::NoiseSource;
 use burn::prelude::*;
@@ -45,16 +38,24 @@ pub enum SamplerKind {
     Ddpm,
     Heun,
     Ddim,
+    /// DPM-Solver++ 2M: second-order multistep on the probability-flow ODE, in the data prediction.
+    #[serde(rename = "dpm-solver++-2m")]
+    DpmSolverPp2M,
+    /// DPM-Solver++ 2M SDE: the same multistep denoise estimate on the reverse SDE.
+    #[serde(rename = "dpm-solver++-2m-sde")]
+    DpmSolverPp2MSde,
 }
 
 impl SamplerKind {
-    pub const ALL: [SamplerKind; 6] = [
+    pub const ALL: [SamplerKind; 8] = [
         SamplerKind::EulerMaruyama,
         SamplerKind::ExponentialIntegrator,
         SamplerKind::SdeDpmSolver1,
         SamplerKind::Ddpm,
         SamplerKind::Heun,
         SamplerKind::Ddim,
+        SamplerKind::DpmSolverPp2M,
+        SamplerKind::DpmSolverPp2MSde,
     ];
 
     /// Score evaluations per step (Heun evaluates twice).
@@ -63,17 +64,21 @@ impl SamplerKind {
     }
 
     pub fn is_stochastic(&self) -> bool {
-        !matches!(self, SamplerKind::Heun | SamplerKind::Ddim)
+        !matches!(self, SamplerKind::Heun | SamplerKind::Ddim | SamplerKind::DpmSolverPp2M)
     }
 
-    fn step_fn(&self) -> StepFn {
+    /// A fresh solver for one run of `steps` steps.
+    pub fn solver(&self, steps: usize) -> Box<dyn Solver> {
+        use single_step::*;
         match self {
-            SamplerKind::EulerMaruyama => euler_maruyama,
-            SamplerKind::ExponentialIntegrator => exponential_integrator,
-            SamplerKind::SdeDpmSolver1 => sde_dpm_solver_1,
-            SamplerKind::Ddpm => ddpm_ancestral,
-            SamplerKind::Heun => heun,
-            SamplerKind::Ddim => ddim,
+            SamplerKind::EulerMaruyama => Box::new(Memoryless(euler_maruyama)),
+            SamplerKind::ExponentialIntegrator => Box::new(Memoryless(exponential_integrator)),
+            SamplerKind::SdeDpmSolver1 => Box::new(Memoryless(sde_dpm_solver_1)),
+            SamplerKind::Ddpm => Box::new(Memoryless(ddpm_ancestral)),
+            SamplerKind::Heun => Box::new(Memoryless(heun)),
+            SamplerKind::Ddim => Box::new(Memoryless(ddim)),
+            SamplerKind::DpmSolverPp2M => Box::new(dpm_solver_pp::DpmSolverPp2M::new(false, steps)),
+            SamplerKind::DpmSolverPp2MSde => Box::new(dpm_solver_pp::DpmSolverPp2M::new(true, steps)),
         }
     }
 }
@@ -90,62 +95,15 @@ pub struct StepPoint {
     pub sigma: f64,
     pub alpha_next: f64,
     pub sigma_next: f64,
+    /// Half log-SNR `lambda = ln(alpha / sigma)` at both ends (increasing along the chain).
+    pub lambda: f64,
+    pub lambda_next: f64,
 }
 
-type StepFn = fn(&StepPoint, &mut ScoreFn, Tensor<2>, &mut NoiseSource) -> Tensor<2>;
-
-fn noise_like(x: &Tensor<2>, noise: &mut NoiseSource) -> Tensor<2> {
-    let [n, d] = x.dims();
-    noise.normal(n, d, &x.device())
-}
-
-fn euler_maruyama(p: &StepPoint, score: &mut ScoreFn, x: Tensor<2>, noise: &mut NoiseSource) -> Tensor<2> {
-    let s = score(x.clone(), p.t, p.k);
-    let xi = noise_like(&x, noise);
-    x.clone() + (x.mul_scalar(0.5) + s).mul_scalar(p.h) + xi.mul_scalar(p.h.sqrt())
-}
-
-fn exponential_integrator(p: &StepPoint, score: &mut ScoreFn, x: Tensor<2>, noise: &mut NoiseSource) -> Tensor<2> {
-    let s = score(x.clone(), p.t, p.k);
-    let xi = noise_like(&x, noise);
-    let e = (p.h / 2.0).exp();
-    x.mul_scalar(e) + s.mul_scalar(2.0 * (e - 1.0)) + xi.mul_scalar(p.h.exp_m1().sqrt())
-}
-
-fn sde_dpm_solver_1(p: &StepPoint, score: &mut ScoreFn, x: Tensor<2>, noise: &mut NoiseSource) -> Tensor<2> {
-    let eps = param::noise_from_score(score(x.clone(), p.t, p.k), p.sigma);
-    let xi = noise_like(&x, noise);
-    // e^{dl} = (alpha'/sigma') / (alpha/sigma) > 1 on a decreasing grid.
-    let e = (p.alpha_next * p.sigma) / (p.sigma_next * p.alpha);
-    x.mul_scalar(p.alpha_next / p.alpha) - eps.mul_scalar(2.0 * p.sigma_next * (e - 1.0))
-        + xi.mul_scalar(p.sigma_next * (e * e - 1.0).max(0.0).sqrt())
-}
-
-fn ddpm_ancestral(p: &StepPoint, score: &mut ScoreFn, x: Tensor<2>, noise: &mut NoiseSource) -> Tensor<2> {
-    let s = score(x.clone(), p.t, p.k);
-    let x0 = param::clean_from_score(x.clone(), s, p.alpha, p.sigma);
-    // q(x_{t'} | x_t, x0): alpha_{t|t'} = alpha / alpha', sigma_{t|t'}^2 = sigma^2 - alpha_{t|t'}^2 sigma'^2.
-    let (s2, sn2) = (p.sigma * p.sigma, p.sigma_next * p.sigma_next);
-    let a_ts = p.alpha / p.alpha_next;
-    let var_ts = s2 - a_ts * a_ts * sn2;
-    let mean = x.clone().mul_scalar(a_ts * sn2 / s2) + x0.mul_scalar(p.alpha_next * var_ts / s2);
-    let std = (var_ts * sn2 / s2).max(0.0).sqrt();
-    mean + noise_like(&x, noise).mul_scalar(std)
-}
-
-fn heun(p: &StepPoint, score: &mut ScoreFn, x: Tensor<2>, _noise: &mut NoiseSource) -> Tensor<2> {
-    let drift = |x: Tensor<2>, s: Tensor<2>| (x + s).mul_scalar(0.5);
-    let d1 = drift(x.clone(), score(x.clone(), p.t, p.k));
-    let x_euler = x.clone() + d1.clone().mul_scalar(p.h);
-    let d2 = drift(x_euler.clone(), score(x_euler, p.t_next, p.k + 1));
-    x + (d1 + d2).mul_scalar(p.h / 2.0)
-}
-
-fn ddim(p: &StepPoint, score: &mut ScoreFn, x: Tensor<2>, _noise: &mut NoiseSource) -> Tensor<2> {
-    let s = score(x.clone(), p.t, p.k);
-    let eps = param::noise_from_score(s.clone(), p.sigma);
-    let x0 = param::clean_from_score(x, s, p.alpha, p.sigma);
-    x0.mul_scalar(p.alpha_next) + eps.mul_scalar(p.sigma_next)
+/// One step of a backward chain. `&mut self` holds what a multistep method carries between steps; a fresh
+/// solver is made for every run ([`SamplerKind::solver`]), so nothing leaks from one chain into the next.
+pub trait Solver {
+    fn step(&mut self, p: &StepPoint, score: &mut ScoreFn, x: Tensor<2>, noise: &mut NoiseSource) -> Tensor<2>;
 }
 
 /// A configured backward chain.
@@ -178,8 +136,9 @@ impl Sampler {
         noise: &mut NoiseSource,
         observe: &mut dyn FnMut(usize, f64, &Tensor<2>),
     ) -> Tensor<2> {
-        let step = self.kind.step_fn();
+        let mut solver = self.kind.solver(self.steps());
         let sched = self.schedule;
+        let half_log_snr = |t: f64| (sched.alpha(t) / sched.sigma(t)).ln();
         for (k, w) in self.times.windows(2).enumerate() {
             let (t, t_next) = (w[0], w[1]);
             let p = StepPoint {
@@ -191,9 +150,11 @@ impl Sampler {
                 sigma: sched.sigma(t),
                 alpha_next: sched.alpha(t_next),
                 sigma_next: sched.sigma(t_next),
+                lambda: half_log_snr(t),
+                lambda_next: half_log_snr(t_next),
             };
             observe(k, t, &x);
-            x = step(&p, score, x, noise);
+            x = solver.step(&p, score, x, noise);
         }
         let (n_steps, t_min) = (self.steps(), *self.times.last().expect("non-empty grid"));
         observe(n_steps, t_min, &x);
@@ -202,6 +163,18 @@ impl Sampler {
             x = param::clean_from_score(x, s, sched.alpha(t_min), sched.sigma(t_min));
         }
         x
+    }
+
+    /// Draw `n` rows of dimension `d` under a guided score: [`Sampler::sample`] with no observer.
+    pub fn draw(
+        &self,
+        guided: &mut crate::GuidedScore,
+        n: usize,
+        d: usize,
+        device: &Device,
+        noise: &mut NoiseSource,
+    ) -> Tensor<2> {
+        self.sample(&mut |x, t, k| guided.score(x, t, k), n, d, device, noise, &mut |_, _, _| {})
     }
 
     /// Draw `x ~ N(0, I)` of shape `[n, d]` from `noise`, then [`Sampler::run`].

@@ -73,6 +73,9 @@ pub struct SamplerConfig {
     /// of the seed for chunk `i`), which bounds the sampler's memory.
     #[serde(default = "default_batch")]
     pub batch: usize,
+    /// TFG's recurrence (FreeDoM's time travel): take every step this many times, noising back in between.
+    #[serde(default = "default_recurrence")]
+    pub recurrence: usize,
 }
 
 impl Default for SamplerConfig {
@@ -86,6 +89,7 @@ impl Default for SamplerConfig {
             denoise_final: true,
             noise: NoiseKind::Host,
             batch: default_batch(),
+            recurrence: default_recurrence(),
         }
     }
 }
@@ -100,6 +104,9 @@ pub enum NoiseKind {
 
 fn default_batch() -> usize {
     100_000
+}
+fn default_recurrence() -> usize {
+    1
 }
 fn default_steps() -> usize {
     200
@@ -193,6 +200,15 @@ impl SampleConfig {
         }
         if !(1..=MAX_BATCH).contains(&s.batch) {
             bail!("sampler.batch: expected 1 to {MAX_BATCH} chains at once, got {}", s.batch);
+        }
+        if !(1..=100).contains(&s.recurrence) {
+            bail!("sampler.recurrence: expected 1 (no time travel) to 100, got {}", s.recurrence);
+        }
+        if s.recurrence > 1 && s.kind.is_multistep() {
+            bail!(
+                "sampler.recurrence: {:?} is a multistep solver, whose history cannot be rewound; use recurrence = 1 or a one-step sampler",
+                s.kind
+            );
         }
         if !(s.t_max.is_finite() && s.t_max < 1.0) {
             bail!(

@@ -10,7 +10,7 @@ use tilt_core::metrics::mean_se;
 use tilt_core::score::param;
 use tilt_core::{Classifier, Condition, ExpLinearReward, MixtureScore, Reward, Schedule, ScoreModel, tensor_ext};
 use tilt_sampler::guidance::{
-    Apg, BaseEval, CfgGuidance, ClassifierGuidance, GuidanceTerm, NegativeClassGuidance, RewardGradientGuidance,
+    Apg, BaseEval, CfgGuidance, ClassifierGuidance, GuidanceTerm, NegativeClassGuidance, TrainingFreeGuidance,
     RewardGuidance, input_gradient,
 };
 use tilt_sampler::{GuidedScore, SamplerKind, WeightSchedule};
@@ -123,7 +123,7 @@ fn reward_gradient_term_matches_finite_differences_through_the_denoiser() {
     let x = points();
     let cond = Condition::Unconditional;
     let eval = base_eval(&oracle, &cond, &x, t);
-    let g = tensor_ext::to_vec(RewardGradientGuidance::new(&reward).term(&x, t, &eval));
+    let g = tensor_ext::to_vec(TrainingFreeGuidance::reward_gradient(&reward).term(&x, t, &eval));
     let f = |x: Tensor<2>| {
         let s = oracle.score(x.clone(), t, &cond);
         tensor_ext::to_vec_f64(reward.log_reward(param::clean_from_score(x, s, alpha, sigma)))

@@ -28,6 +28,8 @@ fn variance_bias_at_200_steps(kind: SamplerKind) -> f64 {
         SamplerKind::ExponentialIntegrator => 0.035,
         SamplerKind::Ddim => 0.023,
         SamplerKind::Ddpm => 0.045,
+        // Second-order multistep: below the Monte Carlo resolution of this test at 200 steps.
+        SamplerKind::DpmSolverPp2M | SamplerKind::DpmSolverPp2MSde => 0.002,
     }
 }
 

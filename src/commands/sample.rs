@@ -20,7 +20,7 @@ use tilt_core::{
     Classifier, Condition, ExpLinearReward, GaussianMixture, MixtureScore, Reward, ScoreModel, tensor_ext,
 };
 use tilt_sampler::guidance::{
-    CfgGuidance, ClassifierGuidance, NegativeClassGuidance, RewardGradientGuidance, RewardGuidance,
+    CfgGuidance, ClassifierGuidance, NegativeClassGuidance, TrainingFreeGuidance, RewardGuidance,
 };
 use tilt_sampler::{GuidedScore, NoiseSource, Sampler, WeightSchedule};
 use tilt_train::Standardizer;
@@ -448,6 +448,7 @@ pub fn run(cfg: &SampleConfig, out: &Path, force: bool, device: &Device) -> Resu
         schedule,
         times: s.grid.times(s.steps, s.t_max, s.t_min, schedule),
         denoise_final: s.denoise_final,
+        recurrence: s.recurrence,
     };
     let chunks: Vec<usize> = (0..n.div_ceil(s.batch)).map(|i| s.batch.min(n - i * s.batch)).collect();
 
@@ -480,7 +481,7 @@ pub fn run(cfg: &SampleConfig, out: &Path, force: bool, device: &Device) -> Resu
                     weight,
                 ),
                 GuidanceKind::RewardGradient => {
-                    guided.with(RewardGradientGuidance::new(model_space_reward.as_ref().expect("validated")), weight)
+                    guided.with(TrainingFreeGuidance::reward_gradient(model_space_reward.as_ref().expect("validated")), weight)
                 }
                 GuidanceKind::NegativeClass => {
                     guided.with(NegativeClassGuidance::new(cfg.guidance.negative_class.expect("validated")), weight)

@@ -1,8 +1,10 @@
 //! tilt-sampler: backward samplers and guidance terms.
 //!
-//! - [`samplers`]: Euler-Maruyama, exponential integrator, DDPM ancestral, probability-flow Heun and DDIM, each a
-//!   small step function over one `score(x, t, step)` closure, driven by one loop;
+//! - [`samplers`]: Euler-Maruyama, exponential integrator, SDE-DPM-Solver-1, DDPM ancestral, probability-flow Heun
+//!   and DDIM, DPM-Solver++ 2M and 2M SDE, each a small [`samplers::Solver`] over one `score(x, t, step)` closure,
+//!   driven by one loop;
 //! - [`grid`]: time grids (uniform in `t`, uniform in OU time, geometric near 0);
+//! - [`smc`]: sequential Monte Carlo steering toward `p r^w` (particles, reward potentials, resampling);
 //! - [`noise`]: seeded Gaussian noise, from a host RNG (same numbers on every backend) or the device RNG;
 //! - [`guidance`]: the one rule `s_base + sum_i w_i(t) g_i` and its terms (reward, CFG, classifier,
 //!   reward gradient, negative class).
@@ -12,8 +14,10 @@ pub mod grid;
 pub mod guidance;
 pub mod noise;
 pub mod samplers;
+pub mod smc;
 
 pub use grid::TimeGrid;
 pub use guidance::{GuidanceTerm, GuidedScore, WeightSchedule};
 pub use noise::NoiseSource;
 pub use samplers::{DEFAULT_T_MAX, DEFAULT_T_MIN, Sampler, SamplerKind};
+pub use smc::{Smc, SmcOutput};

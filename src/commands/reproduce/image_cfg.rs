@@ -318,7 +318,7 @@ pub fn run(ctx: &Ctx, dir: &Path) -> Result<StageOutput> {
                     WeightSchedule::Constant(w),
                 ),
                 RewardMethod::Gradient => g.with(
-                    tilt_sampler::guidance::RewardGradientGuidance::new(&reward_std),
+                    tilt_sampler::guidance::TrainingFreeGuidance::reward_gradient(&reward_std),
                     WeightSchedule::Constant(w),
                 ),
             };

@@ -10,7 +10,7 @@ use serde::Deserialize;
 use std::path::Path;
 use tilt_core::metrics::{self, MeanSe};
 use tilt_core::{Condition, MixtureScore, MixtureSpec, RewardSpec, ScoreModel};
-use tilt_sampler::guidance::{GuidanceTerm, RewardGradientGuidance, RewardGuidance};
+use tilt_sampler::guidance::{GuidanceTerm, TrainingFreeGuidance, RewardGuidance};
 use tilt_sampler::{GuidedScore, SamplerKind, WeightSchedule};
 
 #[derive(Deserialize)]
@@ -116,7 +116,7 @@ pub fn run(ctx: &Ctx, dir: &Path) -> Result<StageOutput> {
                 "exact" => (&exact, Box::new(RewardGuidance::reweighted(&exact_rw))),
                 "trained full" => (&base_net, Box::new(RewardGuidance::reweighted(&full_net))),
                 "trained residual" => (&base_net, Box::new(RewardGuidance::residual(&residual_net))),
-                _ => (&exact, Box::new(RewardGradientGuidance::new(reward.as_ref()))),
+                _ => (&exact, Box::new(TrainingFreeGuidance::reward_gradient(reward.as_ref()))),
             };
             let mut g = GuidedScore::new(base, Condition::Unconditional).with_boxed(term, WeightSchedule::Constant(w));
             let x = draw(&s, &mut g, n, 2, cfg.seed, dev);

@@ -12,13 +12,13 @@ mod cfg;
 mod classifier;
 mod negative;
 mod reward;
-mod reward_gradient;
+mod training_free;
 
 pub use cfg::{Apg, CfgGuidance};
 pub use classifier::ClassifierGuidance;
 pub use negative::NegativeClassGuidance;
 pub use reward::RewardGuidance;
-pub use reward_gradient::RewardGradientGuidance;
+pub use training_free::{TrainingFreeGuidance, TrainingFreeParams, TrainingFreePreset};
 
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -45,6 +45,11 @@ pub trait GuidanceTerm {
     /// conditional one in a single model call.
     fn needs_unconditional(&self) -> bool {
         false
+    }
+    /// Score-model evaluations the term makes per call, in forward-pass equivalents (a backward pass counts
+    /// two): the cost that [`GuidedScore::model_evaluations`] adds up.
+    fn model_evaluations(&self) -> f64 {
+        0.0
     }
     /// `g(x, t)`, shape `[n, d]`.
     fn term(&mut self, x: &Tensor<2>, t: f64, base: &BaseEval) -> Tensor<2>;
@@ -86,11 +91,14 @@ pub struct GuidedScore<'a> {
     rescale: f64,
     /// Model calls made so far (one per [`GuidedScore::score`] for the base, plus the terms' own).
     pub base_calls: usize,
+    /// Score-model evaluations so far per row, in forward-pass equivalents: the base (two when the
+    /// unconditional score rides along) plus what every active term reports.
+    pub model_evaluations: f64,
 }
 
 impl<'a> GuidedScore<'a> {
     pub fn new(base: &'a dyn ScoreModel, condition: Condition) -> Self {
-        Self { base, condition, terms: Vec::new(), rescale: 0.0, base_calls: 0 }
+        Self { base, condition, terms: Vec::new(), rescale: 0.0, base_calls: 0, model_evaluations: 0.0 }
     }
 
     /// Add a term with its weight schedule.
@@ -120,6 +128,7 @@ impl<'a> GuidedScore<'a> {
         let active = |i: usize| weights[i] != 0.0;
         let need_uncond = self.terms.iter().enumerate().any(|(i, (g, _))| active(i) && g.needs_unconditional());
         self.base_calls += 1;
+        self.model_evaluations += if need_uncond { 2.0 } else { 1.0 };
         let (score, unconditional) = if need_uncond {
             let (c, u) = self.base.score_and_unconditional(x.clone(), t, &self.condition);
             (c, Some(u))
@@ -130,6 +139,7 @@ impl<'a> GuidedScore<'a> {
         let mut guided = eval.score.clone();
         for (i, (term, _)) in self.terms.iter_mut().enumerate() {
             if active(i) {
+                self.model_evaluations += term.model_evaluations();
                 guided = guided + term.term(&x, t, &eval).mul_scalar(weights[i]);
             }
         }

@@ -30,6 +30,9 @@ impl GuidanceTerm for RewardGuidance<'_> {
     fn name(&self) -> &'static str {
         "reward"
     }
+    fn model_evaluations(&self) -> f64 {
+        1.0
+    }
     fn term(&mut self, x: &Tensor<2>, t: f64, base: &BaseEval) -> Tensor<2> {
         match self.source {
             Source::Reweighted(m) => m.score(x.clone(), t, base.condition) - base.score.clone(),

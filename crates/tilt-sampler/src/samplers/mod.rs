@@ -67,6 +67,11 @@ impl SamplerKind {
         !matches!(self, SamplerKind::Heun | SamplerKind::Ddim | SamplerKind::DpmSolverPp2M)
     }
 
+    /// Whether the solver carries state from step to step.
+    pub fn is_multistep(&self) -> bool {
+        matches!(self, SamplerKind::DpmSolverPp2M | SamplerKind::DpmSolverPp2MSde)
+    }
+
     /// A fresh solver for one run of `steps` steps.
     pub fn solver(&self, steps: usize) -> Box<dyn Solver> {
         use single_step::*;
@@ -115,12 +120,21 @@ pub struct Sampler {
     pub times: Vec<f64>,
     /// Return the Tweedie denoise `E[X_0 | X_{t_min} = x]` instead of the last `x`.
     pub denoise_final: bool,
+    /// TFG's recurrence (FreeDoM's "time travel"): every step is taken `recurrence` times, the state noised back
+    /// from `t_next` to `t` by the exact forward kernel in between. 1 is the plain chain. Only for one-step solvers.
+    pub recurrence: usize,
 }
 
 impl Sampler {
     /// `kind` with `steps` on `grid`, from [`DEFAULT_T_MAX`] to [`DEFAULT_T_MIN`], ending in the Tweedie denoise.
     pub fn new(kind: SamplerKind, schedule: Schedule, grid: crate::TimeGrid, steps: usize) -> Self {
-        Self { kind, schedule, times: grid.times(steps, DEFAULT_T_MAX, DEFAULT_T_MIN, schedule), denoise_final: true }
+        let times = grid.times(steps, DEFAULT_T_MAX, DEFAULT_T_MIN, schedule);
+        Self { kind, schedule, times, denoise_final: true, recurrence: 1 }
+    }
+
+    /// The same chain with every step repeated `recurrence` times ([`Sampler::recurrence`]).
+    pub fn with_recurrence(self, recurrence: usize) -> Self {
+        Self { recurrence, ..self }
     }
 
     pub fn steps(&self) -> usize {
@@ -132,10 +146,31 @@ impl Sampler {
     pub fn run(
         &self,
         score: &mut ScoreFn,
-        mut x: Tensor<2>,
+        x: Tensor<2>,
         noise: &mut NoiseSource,
         observe: &mut dyn FnMut(usize, f64, &Tensor<2>),
     ) -> Tensor<2> {
+        self.run_with(score, x, noise, &mut |k, t, x| {
+            observe(k, t, &x);
+            x
+        })
+    }
+
+    /// [`Sampler::run`] where `between(k, t_k, x_k)` may replace the state before every step and before the final
+    /// denoise (particle resampling does).
+    pub fn run_with(
+        &self,
+        score: &mut ScoreFn,
+        mut x: Tensor<2>,
+        noise: &mut NoiseSource,
+        between: &mut dyn FnMut(usize, f64, Tensor<2>) -> Tensor<2>,
+    ) -> Tensor<2> {
+        assert!(
+            self.recurrence >= 1 && (self.recurrence == 1 || !self.kind.is_multistep()),
+            "recurrence {} with {:?}: a multistep solver's history cannot be rewound (callers validate this)",
+            self.recurrence,
+            self.kind
+        );
         let mut solver = self.kind.solver(self.steps());
         let sched = self.schedule;
         let half_log_snr = |t: f64| (sched.alpha(t) / sched.sigma(t)).ln();
@@ -153,11 +188,18 @@ impl Sampler {
                 lambda: half_log_snr(t),
                 lambda_next: half_log_snr(t_next),
             };
-            observe(k, t, &x);
+            x = between(k, t, x);
+            for _ in 1..self.recurrence {
+                // x_t = (alpha/alpha') x_{t'} + sqrt(sigma^2 - (alpha/alpha')^2 sigma'^2) xi: q(x_t | x_{t'}).
+                let back = p.alpha / p.alpha_next;
+                let std = (p.sigma * p.sigma - back * back * p.sigma_next * p.sigma_next).max(0.0).sqrt();
+                let stepped = solver.step(&p, score, x, noise);
+                x = stepped.clone().mul_scalar(back) + single_step::noise_like(&stepped, noise).mul_scalar(std);
+            }
             x = solver.step(&p, score, x, noise);
         }
         let (n_steps, t_min) = (self.steps(), *self.times.last().expect("non-empty grid"));
-        observe(n_steps, t_min, &x);
+        x = between(n_steps, t_min, x);
         if self.denoise_final {
             let s = score(x.clone(), t_min, n_steps);
             x = param::clean_from_score(x, s, sched.alpha(t_min), sched.sigma(t_min));

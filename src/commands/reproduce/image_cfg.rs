@@ -440,16 +440,20 @@ pub fn run(ctx: &Ctx, dir: &Path) -> Result<StageOutput> {
         &["method", "w", "mean_reward", "se", "tilted", "tilted_se", "z", "off_data", "frechet"],
     );
     for r in &reward_rows {
-        // Diverged chains have no meaningful mean or SE, so no z-score either.
-        let z = match r.off_data {
-            0.0 => format!("{:+.2}", (r.sampled.mean - r.tilted.mean) / r.sampled.se.hypot(r.tilted.se)),
-            _ => "diverged".to_string(),
+        // Diverged chains have no meaningful mean or SE, so no z-score either: all three say so.
+        let (mean, se, z) = match r.off_data {
+            0.0 => (
+                fmt(r.sampled.mean, 4),
+                fmt(r.sampled.se, 4),
+                format!("{:+.2}", (r.sampled.mean - r.tilted.mean) / r.sampled.se.hypot(r.tilted.se)),
+            ),
+            _ => ("diverged".to_string(), "—".to_string(), "diverged".to_string()),
         };
         reward_table.row(vec![
             r.method.to_string(),
             format!("{}", r.w),
-            fmt(r.sampled.mean, 4),
-            fmt(r.sampled.se, 4),
+            mean,
+            se,
             fmt(r.tilted.mean, 4),
             fmt(r.tilted.se, 4),
             z,

@@ -10,8 +10,8 @@ use tilt_core::metrics::mean_se;
 use tilt_core::score::param;
 use tilt_core::{Classifier, Condition, ExpLinearReward, MixtureScore, Reward, Schedule, ScoreModel, tensor_ext};
 use tilt_sampler::guidance::{
-    Apg, BaseEval, CfgGuidance, ClassifierGuidance, GuidanceTerm, NegativeClassGuidance, TrainingFreeGuidance,
-    RewardGuidance, input_gradient,
+    Apg, BaseEval, CfgGuidance, CfgVariant, ClassifierGuidance, GuidanceTerm, NegativeClassGuidance, RewardGuidance,
+    TrainingFreeGuidance, input_gradient,
 };
 use tilt_sampler::{GuidedScore, SamplerKind, WeightSchedule};
 
@@ -345,4 +345,79 @@ fn classifier_guidance_at_w1_on_unconditional_base_samples_the_class() {
     }
     let inv = mean_se(&got.iter().map(|l| (-l).exp()).collect::<Vec<_>>());
     assert_within("E[1/p(0|Y)] under classifier guidance w = 1", inv.mean, 1.0 / mix.class_prior(0), inv.se, 4.0);
+}
+
+#[test]
+fn cfg_variants_match_their_formulas_row_by_row() {
+    // c = s(x|c), u = s(x) of the exact mixture; each variant recomputed on the host in f64.
+    let dev = device();
+    let oracle = MixtureScore::new(overlapping(), Schedule::Linear, &dev);
+    let cond = Condition::class(0, 5, &dev);
+    let (x, t) = (points(), 0.4);
+    let eval = base_eval(&oracle, &cond, &x, t);
+    let c = tensor_ext::to_vec_f64(eval.score.clone());
+    let u = tensor_ext::to_vec_f64(eval.unconditional.clone().unwrap());
+    let dot = |a: &[f64], b: &[f64]| a[0] * b[0] + a[1] * b[1];
+    let check = |variant: CfgVariant, want: &dyn Fn(&[f64], &[f64]) -> [f64; 2]| {
+        let got = tensor_ext::to_vec(CfgGuidance::variant(variant).term(&x, t, &eval));
+        for i in 0..5 {
+            let (ci, ui) = (&c[2 * i..2 * i + 2], &u[2 * i..2 * i + 2]);
+            let w = want(ci, ui);
+            for j in 0..2 {
+                let g = got[2 * i + j] as f64;
+                assert!((g - w[j]).abs() < 1e-4 * (1.0 + w[j].abs()), "{variant:?} row {i}: {g} vs {}", w[j]);
+            }
+        }
+    };
+    check(CfgVariant::Plain, &|c, u| [c[0] - u[0], c[1] - u[1]]);
+    check(CfgVariant::ZeroStar, &|c, u| {
+        let a = dot(c, u) / dot(u, u);
+        [c[0] - a * u[0], c[1] - a * u[1]]
+    });
+    check(CfgVariant::MagnitudeAware { alpha: 8.0 }, &|c, u| {
+        let d = [c[0] - u[0], c[1] - u[1]];
+        let k = (-8.0 * dot(&d, &d).sqrt() / dot(u, u).sqrt()).exp();
+        [k * d[0], k * d[1]]
+    });
+    // TCFG: the first right-singular vector of [c; u] by power iteration on M^T M (2 x 2), then u' = (u.v) v.
+    check(CfgVariant::Tangential, &|c, u| {
+        let m = [[c[0] * c[0] + u[0] * u[0], c[0] * c[1] + u[0] * u[1]], [0.0, c[1] * c[1] + u[1] * u[1]]];
+        let mtm = [[m[0][0], m[0][1]], [m[0][1], m[1][1]]];
+        let mut v = [1.0, 0.3];
+        for _ in 0..500 {
+            let nv = [mtm[0][0] * v[0] + mtm[0][1] * v[1], mtm[1][0] * v[0] + mtm[1][1] * v[1]];
+            let n = dot(&nv, &nv).sqrt();
+            v = [nv[0] / n, nv[1] / n];
+        }
+        let k = dot(u, &v);
+        [c[0] - k * v[0], c[1] - k * v[1]]
+    });
+    // APG-Mix: plain CFG before its start step while the momentum fills; APG (here D + beta buffer) after.
+    let apg = Apg { eta: 1.0, norm_threshold: 0.0, momentum: 0.5 };
+    let mut mix = CfgGuidance::apg_mix(apg, 2);
+    let plain: Vec<f32> = c.iter().zip(&u).map(|(c, u)| (c - u) as f32).collect();
+    let mut at = |step: usize| {
+        let mut e = base_eval(&oracle, &cond, &x, t);
+        e.step = step;
+        tensor_ext::to_vec(mix.term(&x, t, &e))
+    };
+    assert!(max_abs(&at(0), &plain) < 1e-4 && max_abs(&at(1), &plain) < 1e-4, "before the start: plain CFG");
+    // Buffer after steps 0, 1: D, 1.5 D; at step 2: D + 0.5 * 1.5 D.
+    let want: Vec<f32> = plain.iter().map(|v| v * 1.75).collect();
+    assert!(max_abs(&at(2), &want) < 1e-4, "from the start step: APG with the momentum fed since step 0");
+}
+
+#[test]
+fn zero_init_returns_zero_scores_without_a_model_call_then_guides() {
+    let dev = device();
+    let oracle = MixtureScore::new(overlapping(), Schedule::Linear, &dev);
+    let mut g = GuidedScore::new(&oracle, Condition::class(0, 5, &dev))
+        .with(CfgGuidance::variant(CfgVariant::ZeroStar), WeightSchedule::Constant(2.0))
+        .with_zero_init(2);
+    for step in 0..2 {
+        assert!(tensor_ext::to_vec(g.score(points(), 0.5, step)).iter().all(|v| *v == 0.0));
+    }
+    assert_eq!(g.base_calls, 0);
+    assert!(tensor_ext::to_vec(g.score(points(), 0.5, 2)).iter().any(|v| *v != 0.0));
+    assert_eq!((g.base_calls, g.model_evaluations), (1, 2.0), "one batched call of two rows per chain");
 }

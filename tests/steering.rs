@@ -118,7 +118,8 @@ fn smc_converges_to_the_tilt_of_its_base_sampler() {
     let a = ExpLinearReward::new(vec![0.8, 0.4]);
     let oracle = MixtureScore::new(mix.clone(), Schedule::Linear, &dev);
     let s = sampler(SamplerKind::SdeDpmSolver1, 50);
-    let r_of = |x: &[f32]| -> Vec<f64> { x.chunks_exact(2).map(|r| (0.8 * r[0] as f64 + 0.4 * r[1] as f64).exp()).collect() };
+    let r_of =
+        |x: &[f32]| -> Vec<f64> { x.chunks_exact(2).map(|r| (0.8 * r[0] as f64 + 0.4 * r[1] as f64).exp()).collect() };
     let mut g = GuidedScore::new(&oracle, Condition::Unconditional);
     let plain = r_of(&draw(&s, &mut g, 200_000, 2, 11));
     let (m1, m2) = (mean_se(&plain), mean_se(&plain.iter().map(|r| r * r).collect::<Vec<_>>()));

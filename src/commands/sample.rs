@@ -20,7 +20,7 @@ use tilt_core::{
     Classifier, Condition, ExpLinearReward, GaussianMixture, MixtureScore, Reward, ScoreModel, tensor_ext,
 };
 use tilt_sampler::guidance::{
-    CfgGuidance, ClassifierGuidance, NegativeClassGuidance, TrainingFreeGuidance, RewardGuidance,
+    CfgGuidance, ClassifierGuidance, NegativeClassGuidance, RewardGuidance, TrainingFreeGuidance,
 };
 use tilt_sampler::{GuidedScore, NoiseSource, Sampler, WeightSchedule};
 use tilt_train::Standardizer;
@@ -480,9 +480,10 @@ pub fn run(cfg: &SampleConfig, out: &Path, force: bool, device: &Device) -> Resu
                     ),
                     weight,
                 ),
-                GuidanceKind::RewardGradient => {
-                    guided.with(TrainingFreeGuidance::reward_gradient(model_space_reward.as_ref().expect("validated")), weight)
-                }
+                GuidanceKind::RewardGradient => guided.with(
+                    TrainingFreeGuidance::reward_gradient(model_space_reward.as_ref().expect("validated")),
+                    weight,
+                ),
                 GuidanceKind::NegativeClass => {
                     guided.with(NegativeClassGuidance::new(cfg.guidance.negative_class.expect("validated")), weight)
                 }

@@ -10,7 +10,7 @@ use serde::Deserialize;
 use std::path::Path;
 use tilt_core::metrics::{self, MeanSe};
 use tilt_core::{Condition, MixtureScore, MixtureSpec, RewardSpec, ScoreModel};
-use tilt_sampler::guidance::{GuidanceTerm, TrainingFreeGuidance, RewardGuidance};
+use tilt_sampler::guidance::{GuidanceTerm, RewardGuidance, TrainingFreeGuidance};
 use tilt_sampler::{GuidedScore, SamplerKind, WeightSchedule};
 
 #[derive(Deserialize)]

@@ -1,7 +1,15 @@
 //! Classifier-free guidance: `g = s(x | c) - s(x)`, so `s_base + w g` is `s(x|c) + w (s(x|c) - s(x))`.
 //!
-//! In the unified view this is reward guidance with the cost `r = 1/p(c|x)` at strength `-w`. Optional
-//! adaptive projected guidance (APG, Sadat et al. 2024) reshapes the difference in the clean-sample space.
+//! In the unified view this is reward guidance with the cost `r = 1/p(c|x)` at strength `-w`. The variants, with
+//! `c = s(x|c)` and `u = s(x)` per row (the formulas of diffusers' guiders, in the papers' `w = guidance_scale - 1`):
+//! - APG (Sadat et al. 2024) reshapes the difference in the clean-sample space ([`Apg`]); APG-Mix runs plain CFG
+//!   until a step, then APG, with the momentum buffer fed from the first step;
+//! - CFG-Zero* (Fan et al. 2025): `g = c - a u`, `a = <c, u> / |u|^2` (the optimised scale); its zero-init is
+//!   [`crate::GuidedScore::with_zero_init`];
+//! - tangential CFG (TCFG, Kwon et al. 2025): `u` keeps only its component along the first right-singular vector of
+//!   the 2 x d matrix `[c; u]`, dropping the direction in which `c` and `u` disagree;
+//! - MAMBO-G (magnitude-aware): `g = e^{-alpha |c - u| / |u|} (c - u)`, which damps guidance where the
+//!   difference is large relative to the unconditional score (early, noisy steps).
 
 use super::{BaseEval, GuidanceTerm};
 use burn::prelude::*;
@@ -67,9 +75,27 @@ impl Momentum {
     }
 }
 
+/// How the unconditional score enters the difference (the CFG variants other than APG).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "variant", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum CfgVariant {
+    /// `g = c - u`.
+    #[default]
+    Plain,
+    /// CFG-Zero*'s optimised scale: `g = c - a u`, `a = <c, u> / |u|^2` per row.
+    ZeroStar,
+    /// Tangential CFG: `u` projected on the first right-singular vector of `[c; u]`.
+    Tangential,
+    /// MAMBO-G: `g = e^{-alpha |c - u| / |u|} (c - u)` (diffusers' default `alpha = 8`).
+    MagnitudeAware { alpha: f64 },
+}
+
 #[derive(Default)]
 pub struct CfgGuidance {
+    variant: CfgVariant,
     apg: Option<Apg>,
+    /// APG-Mix: the first step at which APG replaces plain CFG (0: APG throughout).
+    apg_start_step: usize,
     momentum: Momentum,
 }
 
@@ -78,7 +104,49 @@ impl CfgGuidance {
         Self::default()
     }
     pub fn with_apg(apg: Apg) -> Self {
-        Self { apg: Some(apg), momentum: Momentum::default() }
+        Self { apg: Some(apg), ..Self::default() }
+    }
+    /// APG-Mix: plain CFG before `start_step`, APG from it on (the momentum runs from step 0).
+    pub fn apg_mix(apg: Apg, start_step: usize) -> Self {
+        Self { apg: Some(apg), apg_start_step: start_step, ..Self::default() }
+    }
+    pub fn variant(variant: CfgVariant) -> Self {
+        Self { variant, ..Self::default() }
+    }
+}
+
+/// Row-wise dot product, `[n, 1]`.
+fn dot(a: &Tensor<2>, b: &Tensor<2>) -> Tensor<2> {
+    (a.clone() * b.clone()).sum_dim(1)
+}
+
+/// `c - u'` for the variant's `u'`.
+fn difference(variant: CfgVariant, c: &Tensor<2>, u: Tensor<2>) -> Tensor<2> {
+    match variant {
+        CfgVariant::Plain => c.clone() - u,
+        CfgVariant::ZeroStar => {
+            let a = dot(c, &u) / (dot(&u, &u) + 1e-8);
+            c.clone() - u * a
+        }
+        CfgVariant::Tangential => {
+            // The top eigenvector (p, q) of the Gram matrix [[cc, cu], [cu, uu]] gives the first right-singular
+            // vector v ∝ p c + q u; of its two closed forms, (l - uu, cu) is nonzero when cc >= uu and (cu, l - cc)
+            // when uu >= cc.
+            let (cc, cu, uu) = (dot(c, c), dot(c, &u), dot(&u, &u));
+            let half_gap = (cc.clone() - uu.clone()).mul_scalar(0.5);
+            let l = (cc.clone() + uu.clone()).mul_scalar(0.5) + (half_gap.square() + cu.clone().square()).sqrt();
+            let first = cc.clone().greater_equal(uu.clone());
+            let p = cu.clone().mask_where(first.clone(), l.clone() - uu);
+            let q = (l - cc).mask_where(first, cu);
+            let v = c.clone() * p + u.clone() * q;
+            let along = dot(&u, &v) / (dot(&v, &v) + 1e-30);
+            c.clone() - v * along
+        }
+        CfgVariant::MagnitudeAware { alpha } => {
+            let d = c.clone() - u.clone();
+            let ratio = dot(&d, &d).sqrt() / dot(&u, &u).sqrt().clamp_min(1e-12);
+            d * ratio.mul_scalar(-alpha).exp()
+        }
     }
 }
 
@@ -91,15 +159,19 @@ impl GuidanceTerm for CfgGuidance {
     }
     fn term(&mut self, x: &Tensor<2>, t: f64, base: &BaseEval) -> Tensor<2> {
         let uncond = base.unconditional.clone().expect("GuidedScore computes the unconditional score for CFG");
-        let diff = base.score.clone() - uncond;
+        let diff = difference(self.variant, &base.score, uncond);
         let Some(apg) = &self.apg else { return diff };
         // Work in clean-sample space: x0 = (x + sigma^2 s) / alpha, so D0 = (sigma^2 / alpha) diff.
         let sched = base.model.schedule();
         let (alpha, sigma2) = (sched.alpha(t), 1.0 - sched.alpha_sq(t));
         let to_x0 = sigma2 / alpha;
-        let mut d0 = diff.mul_scalar(to_x0);
+        let mut d0 = diff.clone().mul_scalar(to_x0);
         if apg.momentum != 0.0 {
             d0 = self.momentum.apply(d0, apg.momentum, base.step);
+        }
+        if base.step < self.apg_start_step {
+            // APG-Mix before its start: plain CFG (the momentum above has been fed all the same).
+            return diff;
         }
         if apg.norm_threshold > 0.0 {
             let norm = d0.clone().square().sum_dim(1).sqrt();

@@ -14,7 +14,7 @@ mod negative;
 mod reward;
 mod training_free;
 
-pub use cfg::{Apg, CfgGuidance};
+pub use cfg::{Apg, CfgGuidance, CfgVariant};
 pub use classifier::ClassifierGuidance;
 pub use negative::NegativeClassGuidance;
 pub use reward::RewardGuidance;
@@ -89,6 +89,8 @@ pub struct GuidedScore<'a> {
     /// deviation of the base score, mixed with weight `phi`; 0 turns it off. Meant for CFG: on reward guidance
     /// it would break the exactness of `w = 1` (`tilt sample` refuses it there).
     rescale: f64,
+    /// CFG-Zero*'s zero-init: the guided score is 0 (the model output "noise prediction 0") on steps below this.
+    zero_init_steps: usize,
     /// Model calls made so far (one per [`GuidedScore::score`] for the base, plus the terms' own).
     pub base_calls: usize,
     /// Score-model evaluations so far per row, in forward-pass equivalents: the base (two when the
@@ -98,7 +100,15 @@ pub struct GuidedScore<'a> {
 
 impl<'a> GuidedScore<'a> {
     pub fn new(base: &'a dyn ScoreModel, condition: Condition) -> Self {
-        Self { base, condition, terms: Vec::new(), rescale: 0.0, base_calls: 0, model_evaluations: 0.0 }
+        Self {
+            base,
+            condition,
+            terms: Vec::new(),
+            rescale: 0.0,
+            zero_init_steps: 0,
+            base_calls: 0,
+            model_evaluations: 0.0,
+        }
     }
 
     /// Add a term with its weight schedule.
@@ -118,12 +128,21 @@ impl<'a> GuidedScore<'a> {
         self
     }
 
+    /// CFG-Zero*'s zero-init: return 0 for the first `steps` sampler steps (no model call is made).
+    pub fn with_zero_init(mut self, steps: usize) -> Self {
+        self.zero_init_steps = steps;
+        self
+    }
+
     pub fn condition(&self) -> &Condition {
         &self.condition
     }
 
     /// The guided score at `(x, t)` on sampler step `step`.
     pub fn score(&mut self, x: Tensor<2>, t: f64, step: usize) -> Tensor<2> {
+        if step < self.zero_init_steps {
+            return x.zeros_like();
+        }
         let weights: Vec<f64> = self.terms.iter().map(|(_, w)| w.at(t, step)).collect();
         let active = |i: usize| weights[i] != 0.0;
         let need_uncond = self.terms.iter().enumerate().any(|(i, (g, _))| active(i) && g.needs_unconditional());

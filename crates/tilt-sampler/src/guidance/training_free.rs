@@ -167,9 +167,8 @@ impl GuidanceTerm for TrainingFreeGuidance<'_> {
         let sched = base.model.schedule();
         let (alpha, sigma) = (sched.alpha(t), sched.sigma(t));
         let [n, d] = x.dims();
-        let xi = (p.smoothing > 0.0).then(|| {
-            self.noise.normal(p.smoothing_samples * n, d, &x.device()).mul_scalar(p.smoothing * sigma)
-        });
+        let xi = (p.smoothing > 0.0)
+            .then(|| self.noise.normal(p.smoothing_samples * n, d, &x.device()).mul_scalar(p.smoothing * sigma));
         let mut g = x.zeros_like();
         if p.rho > 0.0 {
             let grad = input_gradient(x, |xa| {

@@ -51,8 +51,8 @@ enum Command {
     Reproduce {
         #[arg(long, value_enum, default_value = "fast")]
         preset: commands::reproduce::Preset,
-        /// Run only these experiments (cfg_mixture, reward_mixture, swiss_roll, robustness, efficiency, discretisation, image_cfg).
-        #[arg(long, num_args = 1..)]
+        #[arg(long, num_args = 1..,
+              help = format!("Run only these experiments ({})", commands::reproduce::stage_names()))]
         only: Vec<String>,
         #[arg(long, default_value = "out/reproduce")]
         out: PathBuf,

@@ -171,7 +171,7 @@ impl Problem {
 }
 
 /// The config spelling of an enum value (`reward-gradient`, `exponential-integrator`).
-fn kebab<T: Serialize>(v: &T) -> String {
+pub fn kebab<T: Serialize>(v: &T) -> String {
     serde_json::to_value(v).ok().and_then(|j| j.as_str().map(str::to_owned)).unwrap_or_default()
 }
 

@@ -6,8 +6,8 @@
 //! - [`grid`]: time grids (uniform in `t`, uniform in OU time, geometric near 0);
 //! - [`smc`]: sequential Monte Carlo steering toward `p r^w` (particles, reward potentials, resampling);
 //! - [`noise`]: seeded Gaussian noise, from a host RNG (same numbers on every backend) or the device RNG;
-//! - [`guidance`]: the one rule `s_base + sum_i w_i(t) g_i` and its terms (reward, CFG, classifier,
-//!   reward gradient, negative class).
+//! - [`guidance`]: the one rule `s_base + sum_i w_i(t) g_i` and its terms (reward, CFG and its variants,
+//!   classifier, the training-free family, autoguidance, negative class).
 
 pub mod diagnostics;
 pub mod grid;

@@ -27,7 +27,7 @@ pub struct Config {
 }
 
 fn name(k: SamplerKind) -> String {
-    serde_json::to_value(k).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
+    crate::commands::sample::kebab(&k)
 }
 
 pub fn run(ctx: &Ctx, dir: &Path) -> Result<StageOutput> {

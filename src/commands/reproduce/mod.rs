@@ -8,6 +8,7 @@
 mod cfg_mixture;
 mod discretisation;
 mod efficiency;
+mod guidance_zoo;
 mod image_cfg;
 mod report;
 mod reward_mixture;
@@ -154,21 +155,27 @@ impl Ctx {
     }
 }
 
-/// The experiments, in report order.
-pub const STAGES: [&str; 7] =
-    ["cfg_mixture", "reward_mixture", "swiss_roll", "robustness", "efficiency", "discretisation", "image_cfg"];
+/// One experiment: its name (`--only`, the output folder) and the function that runs it.
+pub struct Stage {
+    pub name: &'static str,
+    run: fn(&Ctx, &Path) -> Result<StageOutput>,
+}
 
-fn run_stage(name: &str, ctx: &Ctx, dir: &Path) -> Result<StageOutput> {
-    match name {
-        "cfg_mixture" => cfg_mixture::run(ctx, dir),
-        "reward_mixture" => reward_mixture::run(ctx, dir),
-        "swiss_roll" => swiss_roll::run(ctx, dir),
-        "robustness" => robustness::run(ctx, dir),
-        "efficiency" => efficiency::run(ctx, dir),
-        "discretisation" => discretisation::run(ctx, dir),
-        "image_cfg" => image_cfg::run(ctx, dir),
-        other => bail!("--only {other}: unknown experiment; expected one of {}", STAGES.join(", ")),
-    }
+/// The experiments, in report order: the one registry of `reproduce`.
+pub const STAGES: &[Stage] = &[
+    Stage { name: "cfg_mixture", run: cfg_mixture::run },
+    Stage { name: "reward_mixture", run: reward_mixture::run },
+    Stage { name: "swiss_roll", run: swiss_roll::run },
+    Stage { name: "robustness", run: robustness::run },
+    Stage { name: "efficiency", run: efficiency::run },
+    Stage { name: "discretisation", run: discretisation::run },
+    Stage { name: "guidance_zoo", run: guidance_zoo::run },
+    Stage { name: "image_cfg", run: image_cfg::run },
+];
+
+/// The stage names, comma-separated (for help and errors).
+pub fn stage_names() -> String {
+    STAGES.iter().map(|s| s.name).collect::<Vec<_>>().join(", ")
 }
 
 /// Read a stage's experiment config: `configs/experiments/<name>.toml` under the working directory if present,
@@ -201,15 +208,14 @@ pub enum Outcome {
 /// Run the selected stages and write the report; returns the outcomes (the command fails if any stage failed).
 pub fn run(preset: Preset, only: &[String], out: &Path, force: bool, device: &Device) -> Result<Vec<Outcome>> {
     for name in only {
-        if !STAGES.contains(&name.as_str()) {
-            bail!("--only {name}: unknown experiment; expected one of {}", STAGES.join(", "));
+        if !STAGES.iter().any(|s| s.name == name) {
+            bail!("--only {name}: unknown experiment; expected one of {}", stage_names());
         }
     }
     // Locked for the whole run; an earlier reproduce here is continued (complete stages are skipped).
     let _dir = tilt_train::OutputDir::claim(out, tilt_train::OutputKind::Reproduce, force)?;
     let ctx = Ctx { preset, device: device.clone(), out: out.to_path_buf(), progress: MultiProgress::new(), force };
-    let selected: Vec<&str> =
-        STAGES.iter().copied().filter(|s| only.is_empty() || only.iter().any(|o| o == s)).collect();
+    let selected: Vec<&Stage> = STAGES.iter().filter(|s| only.is_empty() || only.iter().any(|o| o == s.name)).collect();
     let overall = ctx.progress.add(ProgressBar::new(selected.len() as u64));
     overall.set_style(
         ProgressStyle::with_template("{prefix:>16} [{bar:28}] {pos}/{len} stages {msg}")
@@ -218,7 +224,8 @@ pub fn run(preset: Preset, only: &[String], out: &Path, force: bool, device: &De
     );
     overall.set_prefix("reproduce");
     let mut outcomes = Vec::new();
-    for name in &selected {
+    for stage in selected {
+        let name = stage.name;
         overall.set_message(name.to_string());
         let dir = out.join(name);
         if !ctx.force
@@ -231,8 +238,8 @@ pub fn run(preset: Preset, only: &[String], out: &Path, force: bool, device: &De
         std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
         let start = Instant::now();
         // A panic inside a stage (a backend error, say) is a failed stage, not a failed report.
-        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_stage(name, &ctx, &dir)))
-            .unwrap_or_else(|p| {
+        let result =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (stage.run)(&ctx, &dir))).unwrap_or_else(|p| {
                 Err(anyhow::anyhow!(
                     "panicked: {}",
                     p.downcast_ref::<String>()

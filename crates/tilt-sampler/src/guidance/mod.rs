@@ -8,12 +8,14 @@
 //! `p_r ∝ r p`; for CFG `s_cfg = s(x|c) + w (s(x|c) - s(x))`, which other libraries write as
 //! `guidance_scale = 1 + w`.
 
+mod autoguidance;
 mod cfg;
 mod classifier;
 mod negative;
 mod reward;
 mod training_free;
 
+pub use autoguidance::AutoGuidance;
 pub use cfg::{Apg, CfgGuidance, CfgVariant};
 pub use classifier::ClassifierGuidance;
 pub use negative::NegativeClassGuidance;

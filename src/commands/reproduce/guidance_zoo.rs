@@ -1,0 +1,491 @@
+//! Experiment 8: the guidance menu against exact answers (configs/experiments/guidance_zoo.toml).
+//!
+//! Part 1 puts every reward-steering method on the exact reward mixture at matched cost; part 2 puts CFG, its
+//! variants and autoguidance on the trained conditional network toward one class.
+
+use super::{Ctx, PerPreset, StageOutput, Table, TrainSpec, dsm, fmt, mixture_data, rewards, sampler, stage_config};
+use crate::commands::sample::Problem;
+use crate::config::GuidanceKind;
+use crate::plot::{self, Series};
+use anyhow::Result;
+use burn::prelude::Device;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde::Deserialize;
+use std::path::Path;
+use std::time::Instant;
+use tilt_core::metrics::{self, MeanSe};
+use tilt_core::{Condition, ExpLinearReward, GaussianMixture, MixtureScore, MixtureSpec, RewardSpec, tensor_ext};
+use tilt_sampler::guidance::{
+    Apg, AutoGuidance, CfgGuidance, CfgVariant, GuidanceTerm, RewardGuidance, TrainingFreeGuidance, TrainingFreePreset,
+};
+use tilt_sampler::{GuidedScore, NoiseSource, SamplerKind, Smc, WeightSchedule};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub seed: u64,
+    pub samples: PerPreset<usize>,
+    pub budget: PerPreset<usize>,
+    pub budgets: PerPreset<Vec<usize>>,
+    pub strengths: Vec<f64>,
+    pub smc_groups: usize,
+    pub reward: RewardSpec,
+    pub class: usize,
+    pub class_strengths: Vec<f64>,
+    pub class_steps: PerPreset<usize>,
+    pub weak_train: TrainSpec,
+    pub mixture: MixtureSpec,
+}
+
+/// A reward-steering method of part 1.
+#[derive(Clone, Copy, PartialEq)]
+enum RewardMethod {
+    /// The papers' rule with the exact reweighted score: `g = s_r - s`.
+    ExactTilt,
+    TrainingFree(TrainingFreePreset),
+    /// SMC with the base sampler as proposal and reward potentials.
+    Smc,
+}
+
+impl RewardMethod {
+    fn all() -> Vec<RewardMethod> {
+        let mut m = vec![RewardMethod::ExactTilt];
+        m.extend(TrainingFreePreset::ALL.iter().map(|p| RewardMethod::TrainingFree(*p)));
+        m.push(RewardMethod::Smc);
+        m
+    }
+
+    fn label(&self) -> String {
+        match self {
+            RewardMethod::ExactTilt => "exact tilt (papers' rule)".into(),
+            RewardMethod::TrainingFree(p) => format!("{} (TFG)", crate::commands::sample::kebab(p)),
+            RewardMethod::Smc => "SMC (base proposal)".into(),
+        }
+    }
+
+    /// Model evaluations per sampler step (forward-pass equivalents).
+    fn cost_per_step(&self) -> f64 {
+        match self {
+            RewardMethod::ExactTilt => 2.0,
+            RewardMethod::TrainingFree(p) => (1.0 + p.params().model_evaluations()) * p.recurrence() as f64,
+            RewardMethod::Smc => 1.0,
+        }
+    }
+
+    /// Steps so that `(steps + 1) * cost` (the chain plus the final denoise) is about `budget`.
+    fn steps_for(&self, budget: usize) -> usize {
+        ((budget as f64 / self.cost_per_step()).round() as usize).saturating_sub(1).max(2)
+    }
+}
+
+/// One run of a reward method: the samples (resampled for SMC), `E[r]` with its SE, evaluations per sample.
+struct RewardRun {
+    x: Vec<f32>,
+    reward: MeanSe,
+    /// Fraction of samples beyond [`Problem1::limit`]: chains that left the data (their rewards are not samples of
+    /// any tilted law, and a few of them dominate the mean).
+    diverged: f64,
+    evaluations: f64,
+    seconds: f64,
+    /// SMC: the mean final ESS / n over its groups.
+    ess: Option<f64>,
+}
+
+struct Problem1<'a> {
+    exact: &'a MixtureScore,
+    exact_rw: &'a MixtureScore,
+    reward: &'a dyn tilt_core::Reward,
+    a: &'a ExpLinearReward,
+    n: usize,
+    groups: usize,
+    seed: u64,
+    /// `max_k (|mean_k|_inf + 8 max std_k)`: no exact sample of the data or of a tilt by w <= 2 reaches it.
+    limit: f64,
+}
+
+impl Problem1<'_> {
+    fn diverged(&self, x: &[f32]) -> f64 {
+        let beyond = x.chunks_exact(2).filter(|r| r.iter().any(|v| !v.is_finite() || v.abs() as f64 > self.limit));
+        beyond.count() as f64 / (x.len() / 2) as f64
+    }
+
+    fn run(&self, method: RewardMethod, w: f64, budget: usize, dev: &Device) -> RewardRun {
+        let steps = method.steps_for(budget);
+        let start = Instant::now();
+        let s = sampler(SamplerKind::SdeDpmSolver1, steps, Default::default());
+        let mut noise = NoiseSource::host(self.seed);
+        if method == RewardMethod::Smc {
+            // Independent groups give the standard error of the self-normalised estimate.
+            let per = self.n / self.groups;
+            let (mut estimates, mut xs, mut ess, mut evals) = (Vec::new(), Vec::new(), 0.0, 0.0);
+            let a_w = ExpLinearReward::new(self.a.a.iter().map(|v| v * w).collect());
+            for grp in 0..self.groups {
+                let mut g = GuidedScore::new(self.exact, Condition::Unconditional);
+                let smc = Smc { strength: 1.0, ess_threshold: 0.5, seed: self.seed + grp as u64 };
+                let out = smc.run(&s, &mut g, &a_w, per, 2, dev, &mut noise);
+                let x = tensor_ext::to_vec(out.particles.clone());
+                let r = rewards(self.reward, &x, 2, dev);
+                estimates.push(r.iter().zip(&out.weights).map(|(r, w)| r * w).sum::<f64>());
+                ess += out.final_ess() / self.groups as f64;
+                evals = g.model_evaluations;
+                xs.extend(tensor_ext::to_vec(out.resampled(self.seed + 1000 + grp as u64)));
+            }
+            return RewardRun {
+                diverged: self.diverged(&xs),
+                x: xs,
+                reward: metrics::mean_se(&estimates),
+                evaluations: evals,
+                seconds: start.elapsed().as_secs_f64(),
+                ess: Some(ess),
+            };
+        }
+        let term: Box<dyn GuidanceTerm> = match method {
+            RewardMethod::ExactTilt => Box::new(RewardGuidance::reweighted(self.exact_rw)),
+            RewardMethod::TrainingFree(p) => Box::new(TrainingFreeGuidance::preset(self.reward, p, self.seed)),
+            RewardMethod::Smc => unreachable!("handled above"),
+        };
+        let recurrence = match method {
+            RewardMethod::TrainingFree(p) => p.recurrence(),
+            _ => 1,
+        };
+        let s = s.with_recurrence(recurrence);
+        let mut g =
+            GuidedScore::new(self.exact, Condition::Unconditional).with_boxed(term, WeightSchedule::Constant(w));
+        let x = tensor_ext::to_vec(s.draw(&mut g, self.n, 2, dev, &mut noise));
+        let r = rewards(self.reward, &x, 2, dev);
+        // Rewards of diverged chains are not finite: they make the mean infinite, which the table then shows.
+        RewardRun {
+            diverged: self.diverged(&x),
+            x,
+            reward: metrics::mean_se(&r),
+            evaluations: g.model_evaluations,
+            seconds: start.elapsed().as_secs_f64(),
+            ess: None,
+        }
+    }
+}
+
+/// `E_{p r^w}[r]` for `r = exp(a.x)`: the tilt of `p` by `r^w` is the tilt by `w a`.
+fn tilted_mean_reward(m: &GaussianMixture, a: &ExpLinearReward, w: f64) -> f64 {
+    m.tilted(&ExpLinearReward::new(a.a.iter().map(|v| v * w).collect())).mean_reward(a)
+}
+
+pub fn run(ctx: &Ctx, dir: &Path) -> Result<StageOutput> {
+    let (cfg, raw): (Config, _) =
+        stage_config("guidance_zoo", include_str!("../../../configs/experiments/guidance_zoo.toml"))?;
+    let p = ctx.preset;
+    let dev = &ctx.device;
+    let mixture = super::experiment_mixture(&cfg.mixture)?;
+    let a = super::exact_reward(&cfg.reward)?;
+    let reward = cfg.reward.build();
+    let exact = MixtureScore::new(mixture.clone(), Default::default(), dev);
+    let tilted = mixture.tilted(&a);
+    let exact_rw = MixtureScore::new(tilted.clone(), Default::default(), dev);
+    let n = cfg.samples.get(p);
+    let (budget, budgets) = (cfg.budget.get(p), cfg.budgets.get(p));
+    if cfg.smc_groups == 0 || n / cfg.smc_groups < 2 {
+        anyhow::bail!("smc_groups: expected 1 to samples / 2 groups, got {}", cfg.smc_groups);
+    }
+    let problem = Problem1 {
+        exact: &exact,
+        exact_rw: &exact_rw,
+        reward: reward.as_ref(),
+        a: &a,
+        n,
+        groups: cfg.smc_groups,
+        seed: cfg.seed,
+        limit: (0..mixture.n_components())
+            .map(|k| {
+                let m = mixture.means[k].iter().fold(0.0f64, |a, v| a.max(v.abs()));
+                m + 8.0 * mixture.stds[k].iter().fold(0.0f64, |a, v| a.max(*v))
+            })
+            .fold(0.0, f64::max),
+    };
+    let methods = RewardMethod::all();
+    let class_methods = ClassMethod::all();
+    let bar = ctx.bar(
+        "guidance_zoo",
+        (methods.len() * (cfg.strengths.len() + budgets.len()) + class_methods.len() * cfg.class_strengths.len() + 2)
+            as u64,
+    );
+
+    // Part 1: strengths at the main budget.
+    let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ 0x200);
+    let (reference, _) = tilted.sample(n.max(2000), &mut rng);
+    let (fresh, _) = tilted.sample(n, &mut rng);
+    let target = mixture.tilted_mean_reward(&a);
+    let mut table = Table::new(
+        &format!(
+            "Reward steering on the exact mixture, r(x) = exp(a.x), exact base score, {budget} model evaluations per sample (forward-pass equivalents; a gradient through the denoiser counts 3); {n} samples per row, the same noise for every method. target: the exact E[r] of p r^w (at w = 1, p_r: {target:.4}); z = (mean - target) / se. sw_to_p_r: sliced Wasserstein to exact draws of p_r (w = 1 rows), beside the floor an exact sample of the same size scores. SMC: {} independent groups (its SE is their spread); ess: final effective sample size / particles",
+            cfg.smc_groups
+        ),
+        &[
+            "method",
+            "w",
+            "steps",
+            "evals_per_sample",
+            "mean_reward",
+            "se",
+            "target",
+            "z",
+            "sw_to_p_r",
+            "sw_floor",
+            "ess",
+            "seconds",
+        ],
+    );
+    let mut at_one = Vec::new();
+    let mut headline = serde_json::Map::new();
+    for &m in &methods {
+        for &w in &cfg.strengths {
+            let run = problem.run(m, w, budget, dev);
+            let t = tilted_mean_reward(&mixture, &a, w);
+            let finite = run.diverged == 0.0;
+            let z = (run.reward.mean - t) / run.reward.se;
+            let (sw, floor) = if w == 1.0 && finite {
+                let d = metrics::distance_to_exact(&run.x, &reference, &fresh, 2, cfg.seed);
+                (fmt(d.sliced_wasserstein, 4), fmt(d.sliced_wasserstein_floor, 4))
+            } else {
+                (String::new(), String::new())
+            };
+            table.row(vec![
+                m.label(),
+                format!("{w}"),
+                m.steps_for(budget).to_string(),
+                fmt(run.evaluations, 0),
+                if finite { fmt(run.reward.mean, 4) } else { format!("diverged ({:.1} %)", 100.0 * run.diverged) },
+                if finite { fmt(run.reward.se, 4) } else { "—".into() },
+                fmt(t, 4),
+                if finite { format!("{z:+.2}") } else { "diverged".into() },
+                sw.clone(),
+                floor.clone(),
+                run.ess.map(|e| fmt(e, 3)).unwrap_or_default(),
+                fmt(run.seconds, 2),
+            ]);
+            if w == 1.0 {
+                headline.insert(
+                    m.label(),
+                    serde_json::json!({ "mean_reward": run.reward.mean, "se": run.reward.se, "z": z, "sliced_wasserstein": sw, "evaluations": run.evaluations }),
+                );
+                let reward = if finite { run.reward } else { MeanSe { mean: f64::NAN, se: f64::NAN } };
+                at_one.push((m, reward, sw.parse::<f64>().ok(), floor.parse::<f64>().ok()));
+            }
+            bar.inc(1);
+        }
+    }
+
+    // Part 1, figure: |bias| at w = 1 against the budget.
+    let mut cost_table = Table::new(
+        "Bias of E[r] at w = 1 against the budget (model evaluations per sample): mean - E_p_r[r] and its SE; diverged: the fraction of samples that left the data (beyond 8 standard deviations of every component), whose mean has no meaning",
+        &["method", "budget", "steps", "evals_per_sample", "bias", "se"],
+    );
+    let mut series = Vec::new();
+    for &m in &methods {
+        let mut pts = Vec::new();
+        for &b in &budgets {
+            let run = problem.run(m, 1.0, b, dev);
+            let bias = run.reward.mean - target;
+            let diverged = run.diverged > 0.0;
+            cost_table.row(vec![
+                m.label(),
+                b.to_string(),
+                m.steps_for(b).to_string(),
+                fmt(run.evaluations, 0),
+                if diverged { format!("diverged ({:.1} %)", 100.0 * run.diverged) } else { fmt(bias, 4) },
+                if diverged { "—".into() } else { fmt(run.reward.se, 4) },
+            ]);
+            if !diverged {
+                pts.push((run.evaluations, bias.abs()));
+            }
+            bar.inc(1);
+        }
+        series.push(Series { name: m.label(), points: pts });
+    }
+    plot::curves_scaled(
+        &dir.join("reward_vs_cost.png"),
+        "Reward steering at w = 1: |E[r] - E_p_r[r]| against model evaluations per sample",
+        "model evaluations per sample (log10)",
+        "|bias of E[r]|",
+        &series,
+        &[],
+        true,
+    )?;
+
+    // Part 2: class guidance on the trained conditional network.
+    let (rm, _): (super::reward_mixture::Config, _) =
+        stage_config("reward_mixture", include_str!("../../../configs/experiments/reward_mixture.toml"))?;
+    let good_run = ctx.trained(
+        "mixture_conditional",
+        &rm.base_train.config(mixture_data(&rm.mixture), dsm(true, rm.base_train.p_uncond), p, rm.seed),
+    )?;
+    let weak_run = ctx.trained(
+        "mixture_conditional_weak",
+        &cfg.weak_train.config(mixture_data(&cfg.mixture), dsm(true, cfg.weak_train.p_uncond), p, cfg.seed),
+    )?;
+    let good = tilt_train::load_score(&good_run, tilt_train::ModelKind::ScoreNet, dev)?.score;
+    let weak = tilt_train::load_score(&weak_run, tilt_train::ModelKind::ScoreNet, dev)?.score;
+    bar.inc(1);
+    let class_problem = Problem::new(mixture.clone(), GuidanceKind::Cfg, Some(cfg.class), None);
+    let conditional = mixture.conditional(cfg.class);
+    let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ 0x300);
+    let (class_reference, _) = conditional.sample(n.max(2000), &mut rng);
+    let (class_fresh, _) = conditional.sample(n.max(2000), &mut rng);
+    let log_density = |x: &[f32]| -> Vec<f64> {
+        x.chunks_exact(2)
+            .map(|r| conditional.log_density_at(&[r[0] as f64, r[1] as f64], 0.0, Default::default()))
+            .collect()
+    };
+    // "Outside the data": below the 1 % quantile of exact draws' log density (an exact sampler: 1 %).
+    let threshold = metrics::quantiles(&log_density(&class_fresh), &[0.01])[0];
+    let outside = |x: &[f32]| log_density(x).iter().filter(|l| **l < threshold).count() as f64 / (x.len() / 2) as f64;
+    let steps = cfg.class_steps.get(p);
+    let s = sampler(SamplerKind::SdeDpmSolver1, steps, Default::default());
+    let mut class_table = Table::new(
+        &format!(
+            "Class guidance toward class {} on the trained conditional network ({steps} steps, {n} samples per row, the same noise for every row). outside: fraction with exact log p(x|c) below the 1 % quantile of exact draws (an exact sampler scores 0.01); sw_to_p_c: sliced Wasserstein to exact draws of p(x|c), beside its floor. Autoguidance's guide is a smaller network trained 1/8 as long",
+            cfg.class
+        ),
+        &["method", "w", "outside", "mean_log_class_prob", "se", "sw_to_p_c", "sw_floor"],
+    );
+    let mut class_rows: Vec<ClassRow> = Vec::new();
+    let floor = metrics::sliced_wasserstein(&class_fresh[..n * 2], &class_reference, 2, 64, cfg.seed);
+    for &m in &class_methods {
+        let strengths: Vec<f64> = if m == ClassMethod::Unguided { vec![0.0] } else { cfg.class_strengths.clone() };
+        for w in strengths {
+            let term: Box<dyn GuidanceTerm> = match m {
+                ClassMethod::Cfg(v) => Box::new(CfgGuidance::variant(v)),
+                ClassMethod::Apg => {
+                    Box::new(CfgGuidance::with_apg(Apg { eta: 0.0, norm_threshold: 0.0, momentum: 0.0 }))
+                }
+                ClassMethod::Autoguidance => Box::new(AutoGuidance::new(&weak)),
+                ClassMethod::Unguided => Box::new(CfgGuidance::new()),
+            };
+            let mut g = GuidedScore::new(&good, Condition::class(cfg.class, n, dev))
+                .with_boxed(term, WeightSchedule::Constant(w));
+            let x = tensor_ext::to_vec(s.draw(&mut g, n, 2, dev, &mut NoiseSource::host(cfg.seed)));
+            let stats = class_problem.class_stats(&x, dev).expect("class set");
+            let out = outside(&x);
+            let sw = metrics::sliced_wasserstein(&x, &class_reference, 2, 64, cfg.seed);
+            class_table.row(vec![
+                m.label(),
+                format!("{w}"),
+                fmt(out, 4),
+                fmt(stats.mean_log_class_prob.mean, 4),
+                fmt(stats.mean_log_class_prob.se, 4),
+                fmt(sw, 4),
+                fmt(floor, 4),
+            ]);
+            class_rows.push(ClassRow { method: m, w, outside: out, sw, floor });
+            bar.inc(1);
+        }
+    }
+    bar.finish_and_clear();
+
+    let reading = reading(&at_one, target, &class_rows, budget);
+    headline.insert(
+        "class".into(),
+        serde_json::json!(class_rows.iter().map(|r| (r.method.label(), r.w, r.outside, r.sw)).collect::<Vec<_>>()),
+    );
+    let mut out = StageOutput::new("guidance_zoo", "The guidance menu against exact answers", ctx, raw, cfg.seed);
+    out.tables = vec![table, cost_table, class_table];
+    out.figures = vec![(
+        "reward_vs_cost.png".into(),
+        "Reward steering at w = 1: absolute bias of E[r] against model evaluations per sample".into(),
+    )];
+    out.reading = reading;
+    out.headline = serde_json::Value::Object(headline);
+    Ok(out)
+}
+
+/// One row of part 2.
+struct ClassRow {
+    method: ClassMethod,
+    w: f64,
+    outside: f64,
+    sw: f64,
+    floor: f64,
+}
+
+/// A class-guidance method of part 2.
+#[derive(Clone, Copy, PartialEq)]
+enum ClassMethod {
+    /// The conditional network alone (w = 0).
+    Unguided,
+    Cfg(CfgVariant),
+    Apg,
+    Autoguidance,
+}
+
+impl ClassMethod {
+    fn all() -> Vec<ClassMethod> {
+        vec![
+            ClassMethod::Unguided,
+            ClassMethod::Cfg(CfgVariant::Plain),
+            ClassMethod::Cfg(CfgVariant::ZeroStar),
+            ClassMethod::Cfg(CfgVariant::Tangential),
+            ClassMethod::Cfg(CfgVariant::MagnitudeAware { alpha: 8.0 }),
+            ClassMethod::Apg,
+            ClassMethod::Autoguidance,
+        ]
+    }
+
+    fn label(&self) -> String {
+        match self {
+            ClassMethod::Unguided => "unguided (conditional network)".into(),
+            ClassMethod::Cfg(CfgVariant::Plain) => "cfg".into(),
+            ClassMethod::Cfg(CfgVariant::ZeroStar) => "cfg-zero* (scale)".into(),
+            ClassMethod::Cfg(CfgVariant::Tangential) => "tangential cfg".into(),
+            ClassMethod::Cfg(CfgVariant::MagnitudeAware { alpha }) => format!("mambo-g (alpha {alpha})"),
+            ClassMethod::Apg => "apg (eta 0)".into(),
+            ClassMethod::Autoguidance => "autoguidance".into(),
+        }
+    }
+}
+
+/// The reading, computed from the rows.
+fn reading(
+    at_one: &[(RewardMethod, MeanSe, Option<f64>, Option<f64>)],
+    target: f64,
+    class_rows: &[ClassRow],
+    budget: usize,
+) -> String {
+    let mut consistent = Vec::new();
+    let mut differs = Vec::new();
+    for (m, r, sw, floor) in at_one {
+        let z = (r.mean - target) / r.se;
+        let sw_text = match (sw, floor) {
+            (Some(s), Some(f)) if *s > 1.5 * f => format!("SW {s:.4}, above its floor {f:.4}"),
+            (Some(s), Some(f)) => format!("SW {s:.4}, at its floor {f:.4}"),
+            _ => "no distance (diverged)".into(),
+        };
+        let entry = format!("{} ({:.4} ± {:.4}, {z:+.1} SE; {sw_text})", m.label(), r.mean, r.se);
+        if z.is_finite() && z.abs() <= 2.0 {
+            consistent.push(entry);
+        } else {
+            differs.push(entry);
+        }
+    }
+    let list = |v: &[String]| if v.is_empty() { "none".to_string() } else { v.join("; ") };
+    let mut text = format!(
+        "At w = 1 and {budget} model evaluations per sample, against the exact E_p_r[r] = {target:.4}: consistent within 2 SE: {}. Differs: {}.",
+        list(&consistent),
+        list(&differs)
+    );
+    let strengths = class_rows.iter().filter(|r| r.method == ClassMethod::Autoguidance).map(|r| r.w);
+    for w in strengths {
+        let at = |m: ClassMethod| class_rows.iter().find(|r| r.method == m && r.w == w);
+        if let (Some(cfg), Some(auto)) = (at(ClassMethod::Cfg(CfgVariant::Plain)), at(ClassMethod::Autoguidance)) {
+            let closer = if auto.sw < cfg.sw { "closer to" } else { "not closer to" };
+            text.push_str(&format!(
+                " Class guidance at w = {w}: autoguidance {:.1} % of samples outside the data, CFG {:.1} % (an exact sampler: 1 %); sliced Wasserstein to p(x|c): autoguidance {:.4}, CFG {:.4} (floor {:.4}): autoguidance is {closer} the class law.",
+                100.0 * auto.outside,
+                100.0 * cfg.outside,
+                auto.sw,
+                cfg.sw,
+                auto.floor,
+            ));
+        }
+    }
+    text
+}

@@ -4,7 +4,7 @@ use anyhow::{Context, Result, bail};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use tilt_core::{GaussianMixture, MixtureSpec, RewardSpec, Schedule};
-use tilt_sampler::guidance::Apg;
+use tilt_sampler::guidance::{Apg, CfgVariant, TrainingFreeParams, TrainingFreePreset};
 use tilt_sampler::{SamplerKind, TimeGrid};
 
 /// Largest `sampler.batch`: 10^7 chains of a few coordinates and a few hidden layers already take gigabytes.
@@ -136,24 +136,186 @@ pub enum GuidanceKind {
     RewardGradient,
     /// Steer away from `negative_class`.
     NegativeClass,
+    /// Several terms (`[[guidance.terms]]`): no single exact target.
+    Composite,
+}
+
+/// How `guidance.strengths` are written: the papers' `w` (`s(x|c) + w (s(x|c) - s(x))`, 0 = no guidance), or
+/// diffusers' `guidance_scale = 1 + w` (`s(x) + scale (s(x|c) - s(x))`, 1 = no guidance).
+#[derive(Clone, Copy, Debug, Default, Deserialize, serde::Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum StrengthConvention {
+    #[default]
+    Papers,
+    Diffusers,
 }
 
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GuidanceConfig {
-    pub kind: GuidanceKind,
-    /// Strengths `w` to sweep (papers' convention; CFG `guidance_scale = 1 + w`).
+    /// The single-term form: one term of this kind, swept over `strengths`. Give `kind` or `terms`, not both.
+    pub kind: Option<GuidanceKind>,
+    /// The sweep axis: the strength of every term with `sweep = true` (papers' convention unless `convention`).
     pub strengths: Vec<f64>,
-    /// Optional guidance interval `[t_start, t_end]` (both or neither).
+    #[serde(default)]
+    pub convention: StrengthConvention,
+    /// Optional guidance interval `[t_start, t_end]` (both or neither), single-term form.
     pub t_start: Option<f64>,
     pub t_end: Option<f64>,
     /// Guidance rescale `phi` in [0, 1].
     #[serde(default)]
     pub rescale: f64,
-    /// Adaptive projected guidance (CFG only).
+    /// Adaptive projected guidance (CFG only), single-term form.
     pub apg: Option<Apg>,
-    /// The class to steer away from (negative-class guidance).
+    /// The class to steer away from (negative-class guidance), single-term form.
     pub negative_class: Option<usize>,
+    /// CFG-Zero*'s zero-init: the first this many sampler steps return a zero score.
+    #[serde(default)]
+    pub zero_init_steps: usize,
+    /// The list form: several terms, each with its own weight and schedule, added to the base score.
+    #[serde(default)]
+    pub terms: Vec<TermConfig>,
+}
+
+/// One guidance term of `[[guidance.terms]]`. Its weight at strength `w` of the sweep is `weight * w` when
+/// `sweep = true`, else `weight`; `t_start`/`t_end` restrict it to a time interval.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(try_from = "toml::Table")]
+pub struct TermConfig {
+    pub kind: TermKind,
+    pub weight: f64,
+    pub sweep: bool,
+    pub t_start: Option<f64>,
+    pub t_end: Option<f64>,
+}
+
+impl TryFrom<toml::Table> for TermConfig {
+    type Error = String;
+
+    /// The common fields first, then the rest as the `kind`'s own table (which rejects unknown fields): serde's
+    /// `flatten` cannot do this with `deny_unknown_fields`.
+    fn try_from(mut table: toml::Table) -> Result<Self, String> {
+        let mut number = |field: &str| -> Result<Option<f64>, String> {
+            match table.remove(field) {
+                None => Ok(None),
+                Some(toml::Value::Float(v)) => Ok(Some(v)),
+                Some(toml::Value::Integer(v)) => Ok(Some(v as f64)),
+                Some(other) => Err(format!("{field}: expected a number, got {other}")),
+            }
+        };
+        let (weight, t_start, t_end) = (number("weight")?, number("t_start")?, number("t_end")?);
+        let sweep = match table.remove("sweep") {
+            None => false,
+            Some(toml::Value::Boolean(b)) => b,
+            Some(other) => return Err(format!("sweep: expected true or false, got {other}")),
+        };
+        let kind =
+            TermKind::deserialize(toml::Value::Table(table)).map_err(|e| e.to_string().trim_end().to_string())?;
+        Ok(Self { kind, weight: weight.unwrap_or(1.0), sweep, t_start, t_end })
+    }
+}
+
+/// What a term computes.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum TermKind {
+    /// Reward guidance: the exact reweighted mixture, or `models.reweighted` / `models.residual`.
+    Reward,
+    /// Classifier-free guidance toward `class`, with a variant (`plain`, `zero-star`, `tangential`,
+    /// `magnitude-aware` with `alpha`) and optional APG (`apg`, from `apg_start_step` on: APG-Mix).
+    Cfg {
+        #[serde(default)]
+        variant: Option<CfgVariant>,
+        apg: Option<Apg>,
+        #[serde(default)]
+        apg_start_step: usize,
+    },
+    /// Classifier guidance toward `class` (exact noised classifier or `models.classifier`).
+    Classifier,
+    /// The training-free family: a named `preset` (reward-gradient, dps, freedom, mpgd, ugd, lgd), or `params`.
+    TrainingFree { preset: Option<TrainingFreePreset>, params: Option<TrainingFreeParams> },
+    /// Steer away from `class`.
+    NegativeClass { class: usize },
+    /// Autoguidance with the weaker network `model` (a `score-net` run of the same task).
+    Autoguidance { model: PathBuf },
+}
+
+impl TermKind {
+    /// The single-term kind this term corresponds to (for messages and exact targets).
+    pub fn guidance_kind(&self) -> GuidanceKind {
+        match self {
+            TermKind::Reward => GuidanceKind::Reward,
+            TermKind::Cfg { .. } => GuidanceKind::Cfg,
+            TermKind::Classifier => GuidanceKind::Classifier,
+            TermKind::TrainingFree { .. } => GuidanceKind::RewardGradient,
+            TermKind::NegativeClass { .. } => GuidanceKind::NegativeClass,
+            TermKind::Autoguidance { .. } => GuidanceKind::Composite,
+        }
+    }
+}
+
+impl GuidanceConfig {
+    /// The kind of the sweep: the single-term kind, the kind of a one-term list (a training-free term with the
+    /// plain reward-gradient parameters is `reward-gradient`), or `composite`.
+    pub fn kind(&self) -> GuidanceKind {
+        match (self.kind, self.terms.as_slice()) {
+            (Some(k), _) => k,
+            (None, [t]) => match &t.kind {
+                TermKind::TrainingFree { preset: None | Some(TrainingFreePreset::RewardGradient), params: None }
+                    if t.sweep && t.weight == 1.0 && t.t_start.is_none() =>
+                {
+                    GuidanceKind::RewardGradient
+                }
+                TermKind::Reward
+                | TermKind::Cfg { variant: None | Some(CfgVariant::Plain), apg: None, .. }
+                | TermKind::Classifier
+                | TermKind::NegativeClass { .. }
+                    if t.sweep && t.weight == 1.0 && t.t_start.is_none() =>
+                {
+                    t.kind.guidance_kind()
+                }
+                _ => GuidanceKind::Composite,
+            },
+            (None, []) => GuidanceKind::None,
+            (None, _) => GuidanceKind::Composite,
+        }
+    }
+
+    /// The terms of the sweep: the list form as given, or the single-term form as a one-term list.
+    pub fn term_list(&self) -> Vec<TermConfig> {
+        if !self.terms.is_empty() {
+            return self.terms.clone();
+        }
+        let kind = match self.kind {
+            None | Some(GuidanceKind::None) | Some(GuidanceKind::Composite) => return Vec::new(),
+            Some(GuidanceKind::Reward) => TermKind::Reward,
+            Some(GuidanceKind::Cfg) => TermKind::Cfg { variant: None, apg: self.apg.clone(), apg_start_step: 0 },
+            Some(GuidanceKind::Classifier) => TermKind::Classifier,
+            Some(GuidanceKind::RewardGradient) => TermKind::TrainingFree { preset: None, params: None },
+            Some(GuidanceKind::NegativeClass) => {
+                TermKind::NegativeClass { class: self.negative_class.expect("validated: negative_class given") }
+            }
+        };
+        vec![TermConfig { kind, weight: 1.0, sweep: true, t_start: self.t_start, t_end: self.t_end }]
+    }
+
+    /// The papers' `w` of a strength as written.
+    pub fn papers_w(&self, strength: f64) -> f64 {
+        match self.convention {
+            StrengthConvention::Papers => strength,
+            StrengthConvention::Diffusers => strength - 1.0,
+        }
+    }
+
+    /// Whether any term is of this kind.
+    pub fn has(&self, pred: impl Fn(&TermKind) -> bool) -> bool {
+        self.term_list().iter().any(|t| pred(&t.kind))
+    }
+}
+
+/// The config spelling of an enum value (`reward-gradient`, `exponential-integrator`).
+pub fn kebab<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_value(v).ok().and_then(|j| j.as_str().map(str::to_owned)).unwrap_or_default()
 }
 
 impl SampleConfig {
@@ -233,57 +395,131 @@ impl SampleConfig {
         if !(0.0..=1.0).contains(&g.rescale) {
             bail!("guidance.rescale: expected a value in [0, 1], got {}", g.rescale);
         }
-        if g.rescale > 0.0 && g.kind != GuidanceKind::Cfg {
+        let list_form = !g.terms.is_empty();
+        match (g.kind, list_form) {
+            (Some(_), true) => {
+                bail!(
+                    "guidance.kind, guidance.terms: give one term (kind = ...) or a list ([[guidance.terms]]), not both"
+                )
+            }
+            (None, false) => {
+                bail!("guidance.kind: missing; give kind = \"cfg\" (or another kind), or a list of [[guidance.terms]]")
+            }
+            _ => {}
+        }
+        if list_form {
+            for (field, given) in [
+                ("t_start", g.t_start.is_some()),
+                ("t_end", g.t_end.is_some()),
+                ("apg", g.apg.is_some()),
+                ("negative_class", g.negative_class.is_some()),
+            ] {
+                if given {
+                    bail!(
+                        "guidance.{field}: belongs to the single-term form; with [[guidance.terms]] give it inside the term"
+                    );
+                }
+            }
+            if !g.terms.iter().any(|t| t.sweep) && g.strengths.len() > 1 {
+                bail!(
+                    "guidance.terms: no term has sweep = true, so guidance.strengths would change nothing; mark the term(s) the strengths scale"
+                );
+            }
+        }
+        let kind = g.kind();
+        if g.rescale > 0.0 && !g.has(|k| matches!(k, TermKind::Cfg { .. })) {
             bail!(
                 "guidance.rescale: applies to guidance.kind = \"cfg\" only (it changes the guided score's scale, which would break e.g. the exactness of reward guidance at w = 1)"
             );
         }
-        if g.t_start.is_some() != g.t_end.is_some() {
-            bail!("guidance.t_start, guidance.t_end: give both ends of the interval or neither");
+        if g.zero_init_steps > 0 && !g.has(|k| matches!(k, TermKind::Cfg { .. })) {
+            bail!("guidance.zero_init_steps: CFG-Zero*'s zero-init applies with a cfg term only");
         }
-        for (field, v) in [("t_start", g.t_start), ("t_end", g.t_end)] {
-            if let Some(v) = v.filter(|v| !(0.0..=1.0).contains(v)) {
-                bail!("guidance.{field}: expected a time in [0, 1], got {v}");
-            }
+        if g.zero_init_steps > 0 && g.zero_init_steps >= s.steps {
+            bail!(
+                "guidance.zero_init_steps: expected fewer than sampler.steps = {}, got {}",
+                s.steps,
+                g.zero_init_steps
+            );
         }
-        if let Some(apg) = &g.apg {
-            apg.validate("guidance.apg").map_err(anyhow::Error::msg)?;
-        }
-        let needs_reward = matches!(g.kind, GuidanceKind::Reward | GuidanceKind::RewardGradient);
-        if needs_reward && self.reward.is_none() {
-            bail!("reward: guidance.kind = {:?} needs a [reward] table", g.kind);
+        if kind == GuidanceKind::NegativeClass && g.negative_class.is_none() && !list_form {
+            bail!("guidance.negative_class: guidance.kind = \"negative-class\" needs the class to steer away from");
         }
         let models = self.models.clone().unwrap_or_default();
         let trained_reward = models.reweighted.is_some() || models.residual.is_some();
         if models.reweighted.is_some() && models.residual.is_some() {
             bail!("models.reweighted, models.residual: give one source for the reward term, not both");
         }
-        if let (Some(c), GuidanceKind::Reward, true) = (self.class, g.kind, trained_reward) {
-            bail!(
-                "class: class = {c} with a trained reward term is not supported: the trained reweighted/residual networks are unconditional, so their term is not the conditional tilt of class {c}; leave `class` out, or use the exact mixture"
-            );
-        }
-        if g.kind == GuidanceKind::Reward
-            && !trained_reward
-            && self.reward.as_ref().and_then(RewardSpec::exp_linear).is_none()
-        {
-            bail!(
-                "reward.kind: exact reward guidance needs kind = \"exp-linear\" (the closed-form tilt), or a trained models.reweighted / models.residual"
-            );
-        }
-        match g.kind {
-            GuidanceKind::Cfg if self.class.is_none() => {
-                bail!("class: guidance.kind = \"cfg\" needs the class to guide toward")
+        for (i, t) in g.term_list().iter().enumerate() {
+            // Names relative to the form the user wrote.
+            let field = |name: &str| {
+                if list_form { format!("guidance.terms[{i}].{name}") } else { format!("guidance.{name}") }
+            };
+            let what = if list_form {
+                format!("guidance.terms[{i}] (kind = \"{}\")", crate::config::kebab(&t.kind.guidance_kind()))
+            } else {
+                format!("guidance.kind = {:?}", crate::config::kebab(&kind))
+            };
+            if !t.weight.is_finite() {
+                bail!("{}: expected a finite weight, got {}", field("weight"), t.weight);
             }
-            GuidanceKind::Classifier if self.class.is_none() => {
-                bail!("class: guidance.kind = \"classifier\" needs the class to guide toward")
+            if t.t_start.is_some() != t.t_end.is_some() {
+                bail!("{}, {}: give both ends of the interval or neither", field("t_start"), field("t_end"));
             }
-            GuidanceKind::NegativeClass if g.negative_class.is_none() => {
-                bail!("guidance.negative_class: guidance.kind = \"negative-class\" needs the class to steer away from")
+            for (name, v) in [("t_start", t.t_start), ("t_end", t.t_end)] {
+                if let Some(v) = v.filter(|v| !(0.0..=1.0).contains(v)) {
+                    bail!("{}: expected a time in [0, 1], got {v}", field(name));
+                }
             }
-            _ => {}
+            let needs_class = |what: &str| -> Result<()> {
+                if self.class.is_none() {
+                    bail!("class: {what} needs the class to guide toward");
+                }
+                Ok(())
+            };
+            match &t.kind {
+                TermKind::Reward => {
+                    if self.reward.is_none() {
+                        bail!("reward: {what} needs a [reward] table");
+                    }
+                    if let (Some(c), true) = (self.class, trained_reward) {
+                        bail!(
+                            "class: class = {c} with a trained reward term is not supported: the trained reweighted/residual networks are unconditional, so their term is not the conditional tilt of class {c}; leave `class` out, or use the exact mixture"
+                        );
+                    }
+                    if !trained_reward && self.reward.as_ref().and_then(RewardSpec::exp_linear).is_none() {
+                        bail!(
+                            "reward.kind: exact reward guidance needs kind = \"exp-linear\" (the closed-form tilt), or a trained models.reweighted / models.residual"
+                        );
+                    }
+                }
+                TermKind::Cfg { variant, apg, .. } => {
+                    needs_class(&what)?;
+                    if let Some(apg) = apg {
+                        apg.validate(&field("apg")).map_err(anyhow::Error::msg)?;
+                    }
+                    if let Some(CfgVariant::MagnitudeAware { alpha }) = variant
+                        && !(alpha.is_finite() && *alpha >= 0.0)
+                    {
+                        bail!("{}: expected a finite alpha >= 0, got {alpha}", field("variant.alpha"));
+                    }
+                }
+                TermKind::Classifier => needs_class(&what)?,
+                TermKind::TrainingFree { preset, params } => {
+                    if self.reward.is_none() {
+                        bail!("reward: {what} needs a [reward] table");
+                    }
+                    if preset.is_some() && params.is_some() {
+                        bail!("{}, {}: give a preset or explicit params, not both", field("preset"), field("params"));
+                    }
+                    if let Some(p) = params {
+                        p.validate(&field("params")).map_err(anyhow::Error::msg)?;
+                    }
+                }
+                TermKind::NegativeClass { .. } | TermKind::Autoguidance { .. } => {}
+            }
         }
-        if g.apg.is_some() && g.kind != GuidanceKind::Cfg {
+        if g.apg.is_some() && kind != GuidanceKind::Cfg {
             bail!("guidance.apg: adaptive projected guidance applies to guidance.kind = \"cfg\" only");
         }
         Ok(())
@@ -303,6 +539,11 @@ impl SampleConfig {
         }
         if let Some(c) = self.guidance.negative_class {
             check_class("guidance.negative_class", c)?;
+        }
+        for (i, t) in self.guidance.terms.iter().enumerate() {
+            if let TermKind::NegativeClass { class } = t.kind {
+                check_class(&format!("guidance.terms[{i}].class"), class)?;
+            }
         }
         if let Some(r) = &self.reward {
             r.validate(dim).map_err(|e| anyhow::anyhow!("reward.{e}"))?;

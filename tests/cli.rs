@@ -84,6 +84,121 @@ fn malformed_configs_name_the_field() {
     }
 }
 
+const TERMS: &str = r#"
+seed = 1
+samples = 100
+class = 0
+[mixture]
+weights = [0.5, 0.5]
+means = [[-1.0, 0.0], [1.0, 0.0]]
+std = [0.5, 0.5]
+classes = [[0], [1]]
+[reward]
+kind = "exp-linear"
+a = [1.0, 0.0]
+[guidance]
+strengths = [0.0, 1.0]
+[[guidance.terms]]
+kind = "cfg"
+sweep = true
+[[guidance.terms]]
+kind = "training-free"
+preset = "dps"
+weight = 0.5
+"#;
+
+#[test]
+fn guidance_term_lists_name_the_term_and_the_field() {
+    assert!(SampleConfig::parse(TERMS).is_ok());
+    let cases: &[(&str, &str, &str)] = &[
+        ("weight = 0.5", "weight = nan", "guidance.terms[1].weight: expected a finite weight"),
+        ("weight = 0.5", "weight = 0.5\nt_start = 0.3", "guidance.terms[1].t_start, guidance.terms[1].t_end"),
+        ("preset = \"dps\"", "preset = \"dpss\"", "unknown variant `dpss`"),
+        ("preset = \"dps\"", "preset = \"dps\"\nrho = 1.0", "unknown field `rho`"),
+        ("sweep = true\n", "", "guidance.terms: no term has sweep = true"),
+        ("strengths = [0.0, 1.0]", "strengths = [0.0, 1.0]\nkind = \"cfg\"", "give one term (kind = ...) or a list"),
+        (
+            "strengths = [0.0, 1.0]",
+            "strengths = [0.0, 1.0]\napg = { eta = 0.0 }",
+            "guidance.apg: belongs to the single-term form",
+        ),
+        ("class = 0\n", "", "class: guidance.terms[0] (kind = \"cfg\") needs the class"),
+        (
+            "kind = \"cfg\"\nsweep",
+            "kind = \"cfg\"\napg = { norm_threshold = -1.0 }\nsweep",
+            "guidance.terms[0].apg.norm_threshold: expected a value >= 0",
+        ),
+        (
+            "kind = \"cfg\"\nsweep",
+            "kind = \"cfg\"\nvariant = { variant = \"magnitude-aware\", alpha = -1.0 }\nsweep",
+            "guidance.terms[0].variant.alpha",
+        ),
+        (
+            "[reward]\nkind = \"exp-linear\"\na = [1.0, 0.0]\n",
+            "",
+            "reward: guidance.terms[1] (kind = \"reward-gradient\") needs a [reward] table",
+        ),
+    ];
+    for (from, to, want) in cases {
+        assert!(TERMS.contains(from), "bad test case: {from}");
+        let msg = error_of(&TERMS.replacen(from, to, 1));
+        assert!(msg.contains(want), "for `{to}`: expected an error containing {want:?}, got:\n{msg}");
+    }
+}
+
+/// Run a config on the exact mixture and return each strength's samples.
+fn samples_of(cfg: &SampleConfig) -> Vec<Vec<f32>> {
+    let dir = tempfile::tempdir().unwrap();
+    let summary = tilt::commands::sample::run(cfg, dir.path(), false, &burn::prelude::Device::flex()).unwrap();
+    summary
+        .records
+        .iter()
+        .map(|r| {
+            let csv = std::fs::read_to_string(dir.path().join(format!("samples_w{}.csv", r.w))).unwrap();
+            csv.lines()
+                .skip(1)
+                .flat_map(|l| l.split(',').map(|v| v.parse::<f32>().unwrap()).collect::<Vec<_>>())
+                .collect()
+        })
+        .collect()
+}
+
+#[test]
+fn a_one_term_list_is_the_single_term_form_and_the_diffusers_scale_is_one_plus_w() {
+    let single = SampleConfig::parse(GOOD).unwrap();
+    let listed = SampleConfig::parse(&GOOD.replace(
+        "[guidance]\nkind = \"cfg\"\nstrengths = [0.0, 1.0]",
+        "[guidance]\nstrengths = [0.0, 1.0]\n[[guidance.terms]]\nkind = \"cfg\"\nsweep = true",
+    ))
+    .unwrap();
+    assert_eq!(listed.guidance.kind(), tilt::config::GuidanceKind::Cfg);
+    let diffusers = SampleConfig::parse(
+        &GOOD.replace("strengths = [0.0, 1.0]", "strengths = [1.0, 2.0]\nconvention = \"diffusers\""),
+    )
+    .unwrap();
+    let (a, b, c) = (samples_of(&single), samples_of(&listed), samples_of(&diffusers));
+    assert_eq!(a, b, "the list form of one CFG term must sample exactly as kind = \"cfg\"");
+    assert_eq!(a, c, "guidance_scale 1 and 2 (diffusers) must be w = 0 and 1");
+    assert_ne!(a[0], a[1]);
+}
+
+#[test]
+fn a_config_with_three_terms_runs_and_each_term_moves_the_samples() {
+    let mut cfg = SampleConfig::parse(&shipped("composite_terms.toml")).unwrap();
+    cfg.samples = 2000;
+    assert_eq!(cfg.guidance.kind(), tilt::config::GuidanceKind::Composite);
+    let all = samples_of(&cfg);
+    let mean_x = |x: &[f32]| x.chunks_exact(2).map(|r| r[0] as f64).sum::<f64>() / (x.len() / 2) as f64;
+    // CFG toward class 0 (mean x -0.8) pulls left as w grows; the fixed reward term (a = [0.8, 0.4]) and the
+    // negative class 1 act at every strength, so w = 0 is not the conditional law: take the reward term out and
+    // the samples move left.
+    assert!(mean_x(&all[2]) < mean_x(&all[1]) && mean_x(&all[1]) < mean_x(&all[0]), "CFG sweep");
+    let mut no_reward = cfg.clone();
+    no_reward.guidance.terms.remove(1);
+    let without = samples_of(&no_reward);
+    assert!(mean_x(&without[0]) < mean_x(&all[0]) - 0.05, "the fixed reward term must act at w = 0");
+}
+
 #[test]
 fn the_binary_reports_errors_without_a_panic() {
     let dir = tempfile::tempdir().unwrap();

@@ -27,7 +27,7 @@ pub struct Config {
 }
 
 fn name(k: SamplerKind) -> String {
-    crate::commands::sample::kebab(&k)
+    crate::config::kebab(&k)
 }
 
 pub fn run(ctx: &Ctx, dir: &Path) -> Result<StageOutput> {

@@ -59,7 +59,7 @@ impl RewardMethod {
     fn label(&self) -> String {
         match self {
             RewardMethod::ExactTilt => "exact tilt (papers' rule)".into(),
-            RewardMethod::TrainingFree(p) => format!("{} (TFG)", crate::commands::sample::kebab(p)),
+            RewardMethod::TrainingFree(p) => format!("{} (TFG)", crate::config::kebab(p)),
             RewardMethod::Smc => "SMC (base proposal)".into(),
         }
     }

@@ -113,6 +113,10 @@ impl CfgGuidance {
     pub fn variant(variant: CfgVariant) -> Self {
         Self { variant, ..Self::default() }
     }
+    /// The same guidance with the unconditional score entering as `variant` says.
+    pub fn with_variant(self, variant: CfgVariant) -> Self {
+        Self { variant, ..self }
+    }
 }
 
 /// Row-wise dot product, `[n, 1]`.

@@ -1,0 +1,262 @@
+//! `tilt sample`: sweep a guidance strength and write numbers and pictures.
+//!
+//! The scores are exact (a Gaussian mixture) or trained checkpoints (`[models]`); the metrics are exact
+//! whenever the data set is an analytic mixture. Output in `<out>/`: `summary.json` (one record per strength),
+//! `samples_w<w>.csv` and `samples_w<w>.png` (samples over the density contours of the base law), and
+//! `curve.png` (the headline metric against `w`).
+
+mod problem;
+mod record;
+mod scores;
+mod terms;
+
+pub use problem::{ClassStats, Problem, QUANTILE_LEVELS};
+pub use record::{Record, Summary};
+
+use crate::config::{GuidanceKind, NoiseKind, SampleConfig, StrengthConvention, TermKind, kebab};
+use crate::{device, output, plot};
+use anyhow::{Context, Result, bail};
+use burn::prelude::*;
+use indicatif::{ProgressBar, ProgressStyle};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use scores::{InDataSpace, load_scores};
+use std::path::Path;
+use std::time::Instant;
+use tilt_core::metrics;
+use tilt_core::{Condition, GaussianMixture, tensor_ext};
+use tilt_sampler::{NoiseSource, Sampler};
+
+/// The rows of `[n, d]` samples whose coordinates are all finite.
+fn finite_rows(x: Vec<f32>, d: usize) -> Vec<f32> {
+    if x.iter().all(|v| v.is_finite()) {
+        return x;
+    }
+    x.chunks_exact(d).filter(|r| r.iter().all(|v| v.is_finite())).flatten().copied().collect()
+}
+
+/// A plotting window from the samples themselves (1 % and 99 % quantiles, padded).
+fn sample_bounds(x: &[f32], d: usize) -> plot::Bounds {
+    let span = |j: usize| {
+        let col: Vec<f64> = x.chunks_exact(d).map(|r| r[j] as f64).collect();
+        let q = metrics::quantiles(&col, &[0.01, 0.99]);
+        let pad = 0.15 * (q[1] - q[0]).max(1e-3);
+        (q[0] - pad, q[1] + pad)
+    };
+    let (x0, x1) = span(0);
+    let (y0, y1) = if d > 1 { span(1) } else { (-1.0, 1.0) };
+    (x0, x1, y0, y1)
+}
+
+/// `w` for file names and titles: as written when short, else in scientific notation (a strength of 1e300
+/// printed in full is a 301-character file name).
+pub fn w_label(w: f64) -> String {
+    let plain = format!("{w}");
+    if plain.len() <= 12 { plain } else { format!("{w:.4e}") }
+}
+
+/// Refuse a sweep whose results cannot be held in memory, before sampling: per sample the host keeps its
+/// coordinates, the exact reference draws for the distances and a few per-row metrics. The sampler itself runs
+/// in chunks of `sampler.batch` rows, so this is the only size that grows with `samples`.
+fn check_memory(n: usize, d: usize, classes: usize) -> Result<()> {
+    let per_row = d.checked_mul(16).and_then(|b| b.checked_add(8 * classes + 64));
+    let bytes = per_row.and_then(|p| p.checked_mul(n));
+    if bytes.is_some_and(|b| Vec::<u8>::new().try_reserve_exact(b).is_ok()) {
+        return Ok(());
+    }
+    bail!(
+        "samples: {n} samples of dimension {d} need about {} of memory for the samples and their metrics, which cannot \
+         be allocated here; lower samples",
+        bytes.map_or("more than 2^64 bytes".to_string(), |b| format!("{:.1} GB", b as f64 / 1e9))
+    )
+}
+
+/// Run the sweep described by `cfg` and write everything into `out`. `out` is claimed (locked, checked for
+/// foreign files) only once the models have loaded, so a failed load leaves nothing behind; an earlier sweep's
+/// results there are replaced only with `force`.
+pub fn run(cfg: &SampleConfig, out: &Path, force: bool, device: &Device) -> Result<Summary> {
+    // The analytic data set: the config's, else the one the base network was trained on (if a mixture).
+    let mixture = match cfg.built_mixture() {
+        Some(m) => Some(m),
+        None => match cfg.models.as_ref().and_then(|m| m.base.as_ref()) {
+            Some(p) => {
+                let l = tilt_train::load_score(p, tilt_train::ModelKind::ScoreNet, device)
+                    .with_context(|| format!("models.base = {}", p.display()))?;
+                match &l.state.config.data {
+                    tilt_train::DataSpec::Mixture { mixture } if !l.state.config.standardize => {
+                        Some(mixture.build().map_err(anyhow::Error::msg)?)
+                    }
+                    _ => None,
+                }
+            }
+            None => None,
+        },
+    };
+    let scores = load_scores(cfg, mixture.as_ref(), device)?;
+    let d = scores.dim;
+    cfg.validate_for(d, scores.num_classes.max(mixture.as_ref().map_or(0, GaussianMixture::n_classes)))?;
+    if let Some(m) = &mixture
+        && m.dim() != d
+    {
+        bail!("mixture: dimension {} differs from the trained models' dimension {d}", m.dim());
+    }
+    let kind = cfg.guidance.kind();
+    // Classifier guidance starts from the unconditional model; every other kind from p(.|class).
+    let unconditional_base = cfg.guidance.has(|k| *k == TermKind::Classifier);
+    let reward = cfg.reward.as_ref().map(|r| r.build());
+    let exp_linear = cfg.reward.as_ref().and_then(|r| r.exp_linear());
+    let base_kind = if unconditional_base { GuidanceKind::Classifier } else { kind };
+    let problem = mixture.map(|m| Problem::new(m, base_kind, cfg.class, exp_linear.clone()));
+    if let (Some(p), Some(r)) = (&problem, &exp_linear) {
+        let (base, tilted) = (p.base_law.mean_reward(r), p.base_law.tilted_mean_reward(r));
+        if !(base.is_finite() && tilted.is_finite()) {
+            bail!(
+                "reward.a: the reward overflows on this mixture (E_p[r] = {base:e}, E_p_r[r] = {tilted:e}); scale a down"
+            );
+        }
+    }
+    let n = cfg.samples;
+    check_memory(n, d, scores.num_classes)?;
+    let dir = tilt_train::OutputDir::claim(out, tilt_train::OutputKind::Sample, force)?;
+    if *dir.prior() == tilt_train::Prior::Own && !force {
+        bail!(
+            "{}: holds the results of an earlier `tilt sample`; pass --force to replace them, or choose another --out",
+            out.display()
+        );
+    }
+    let model_space_reward = reward.as_deref().map(|r| InDataSpace { reward: r, st: scores.standardizer.clone() });
+
+    // Labels for `rows` chains.
+    let condition = |rows: usize| match cfg.class {
+        Some(c) if !unconditional_base => Condition::class(c, rows, device),
+        _ => Condition::Unconditional,
+    };
+    let s = &cfg.sampler;
+    let schedule = scores.base.schedule();
+    let sampler = Sampler {
+        kind: s.kind,
+        schedule,
+        times: s.grid.times(s.steps, s.t_max, s.t_min, schedule),
+        denoise_final: s.denoise_final,
+        recurrence: s.recurrence,
+    };
+    let chunks: Vec<usize> = (0..n.div_ceil(s.batch)).map(|i| s.batch.min(n - i * s.batch)).collect();
+
+    let mut records = Vec::new();
+    for &strength in &cfg.guidance.strengths {
+        let w = cfg.guidance.papers_w(strength);
+        if cfg.guidance.convention == StrengthConvention::Diffusers {
+            eprintln!("guidance_scale {strength} (diffusers) = papers' w {w}");
+        }
+        // One guided score per chunk of chains: stateful terms (APG's momentum) start afresh with each chain.
+        let guided_for =
+            |rows: usize| terms::guided_score(cfg, &scores, model_space_reward.as_ref(), condition(rows), w);
+
+        let steps = sampler.steps();
+        let bar = ProgressBar::new((steps * chunks.len()) as u64).with_style(
+            ProgressStyle::with_template("{prefix:>10} [{bar:30}] {pos}/{len} steps {elapsed_precise} eta {eta}")
+                .expect("static template")
+                .progress_chars("=> "),
+        );
+        bar.set_prefix(format!("w = {}", w_label(w)));
+        let start = Instant::now();
+        let (mut x, mut model_calls) = (Vec::with_capacity(n * d), 0);
+        for (i, &rows) in chunks.iter().enumerate() {
+            let mut noise = match (s.noise, i) {
+                (NoiseKind::Host, _) => NoiseSource::host_stream(cfg.seed, i as u64),
+                (NoiseKind::Device, 0) => NoiseSource::device(cfg.seed, device),
+                (NoiseKind::Device, _) => NoiseSource::Device,
+            };
+            let mut guided = guided_for(rows);
+            let xc =
+                sampler.sample(&mut |x, t, k| guided.score(x, t, k), rows, d, device, &mut noise, &mut |k, _, _| {
+                    bar.set_position((i * steps + k) as u64)
+                });
+            x.extend(tensor_ext::to_vec(xc));
+            model_calls += guided.base_calls;
+        }
+        let seconds = start.elapsed().as_secs_f64();
+        bar.finish_and_clear();
+        scores.standardizer.invert(&mut x);
+        let all = x.len() / d;
+        let x = finite_rows(x, d);
+        let n = x.len() / d;
+        let non_finite_samples = all - n;
+        if non_finite_samples > 0 {
+            eprintln!(
+                "warning: w = {}: {non_finite_samples} of {all} samples are not finite (NaN or inf); the sampler diverged \
+                 (too few steps, or too strong a guidance). The metrics use the {n} finite samples.",
+                w_label(w)
+            );
+        }
+        if n < 2 {
+            bail!("w = {}: fewer than 2 finite samples ({n} of {all}); nothing to measure", w_label(w));
+        }
+
+        let mean_reward = reward.as_ref().map(|r| {
+            let lr = tensor_ext::to_vec_f64(r.log_reward(tensor_ext::matrix(&x, n, d, device)));
+            metrics::mean_se(&lr.into_iter().map(f64::exp).collect::<Vec<_>>())
+        });
+        let target = problem.as_ref().and_then(|p| p.exact_target(kind, w));
+        let distance = target.as_ref().map(|(_, law)| {
+            let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ 0x5eed);
+            let (reference, _) = law.sample(n.max(2000), &mut rng);
+            let (fresh, _) = law.sample(n, &mut rng);
+            metrics::distance_to_exact(&x, &reference, &fresh, d, cfg.seed)
+        });
+        let record = Record {
+            w,
+            samples: n,
+            steps: sampler.steps(),
+            model_calls,
+            seconds,
+            sample_mean: metrics::column_means(&x, d),
+            mean_reward,
+            base_mean_reward: problem.as_ref().zip(exp_linear.as_ref()).map(|(p, r)| p.base_law.mean_reward(r)),
+            target_mean_reward: problem
+                .as_ref()
+                .zip(exp_linear.as_ref())
+                .map(|(p, r)| p.base_law.tilted_mean_reward(r)),
+            class: problem.as_ref().and_then(|p| p.class_stats(&x, device)),
+            target: target.map(|t| t.0),
+            distance_to_target: distance,
+            non_finite_samples,
+        };
+        eprintln!("{}", record::one_line(&record));
+
+        let stem = format!("samples_w{}", w_label(w));
+        output::write_samples_csv(&out.join(format!("{stem}.csv")), &x, d)?;
+        let title = format!(
+            "{} guidance, w = {}  ({n} samples, {} {} steps)",
+            kebab(&kind),
+            w_label(w),
+            sampler.steps(),
+            kebab(&s.kind)
+        );
+        let png = out.join(format!("{stem}.png"));
+        match &problem {
+            Some(p) => {
+                let marginal = p.base_law.marginal(&[0, 1.min(d - 1)]);
+                let sched = schedule;
+                plot::scatter_over_density(&png, &title, &x, d, p.bounds(), &|a, b| {
+                    marginal.log_density_at(&[a, b][..marginal.dim()], 0.0, sched)
+                })?;
+            }
+            None => plot::scatter_over_density(&png, &title, &x, d, sample_bounds(&x, d), &|_, _| f64::NEG_INFINITY)?,
+        }
+        records.push(record);
+    }
+
+    let summary = Summary {
+        tilt_version: env!("CARGO_PKG_VERSION"),
+        device: device::describe(device),
+        guidance: kind,
+        sampler: format!("{:?}, {} steps, {:?} grid", s.kind, s.steps, s.grid),
+        scores: scores.description,
+        seed: cfg.seed,
+        records,
+    };
+    output::write_json(&out.join("summary.json"), &summary)?;
+    record::curve_plot(&out.join("curve.png"), &summary)?;
+    Ok(summary)
+}

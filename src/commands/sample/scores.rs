@@ -1,0 +1,188 @@
+//! The score models of a sweep: exact mixture scores, trained checkpoints, or a mix; loaded and checked against
+//! each other and against the terms that use them.
+
+use crate::config::{SampleConfig, TermKind, kebab};
+use anyhow::{Context, Result, bail};
+use burn::prelude::*;
+use std::path::Path;
+use tilt_core::{Classifier, GaussianMixture, MixtureScore, Reward, ScoreModel};
+use tilt_train::Standardizer;
+
+/// `log r` of standardised coordinates: the reward lives in data space.
+pub struct InDataSpace<'a> {
+    pub reward: &'a dyn Reward,
+    pub st: Standardizer,
+}
+
+impl Reward for InDataSpace<'_> {
+    fn log_reward(&self, z: Tensor<2>) -> Tensor<1> {
+        let d = self.st.mean.len();
+        let dev = z.device();
+        let row = |v: &[f64]| {
+            Tensor::<2>::from_data(TensorData::new(v.iter().map(|&x| x as f32).collect::<Vec<_>>(), [1, d]), &dev)
+        };
+        self.reward.log_reward(z * row(&self.st.std) + row(&self.st.mean))
+    }
+}
+
+pub type BoxedScore = Box<dyn ScoreModel>;
+
+/// The score models of a sweep: exact, trained, or a mix.
+pub struct Scores {
+    pub base: Box<dyn ScoreModel>,
+    pub reweighted: Option<Box<dyn ScoreModel>>,
+    pub residual: Option<Box<dyn ScoreModel>>,
+    pub classifier: Option<Box<dyn Classifier>>,
+    /// Autoguidance's weak networks, one per term of the list (None for other kinds).
+    pub weak: Vec<Option<Box<dyn ScoreModel>>>,
+    pub standardizer: Standardizer,
+    pub description: String,
+    pub dim: usize,
+    pub num_classes: usize,
+}
+
+pub fn load_scores(cfg: &SampleConfig, mixture: Option<&GaussianMixture>, device: &Device) -> Result<Scores> {
+    let models = cfg.models.clone().unwrap_or_default();
+    let mut standardizer: Option<(Standardizer, String)> = None;
+    let mut agree = |st: &Standardizer, what: &str| -> Result<()> {
+        match &standardizer {
+            Some((s, first)) if s != st => {
+                bail!("models.{what}: standardised differently from models.{first}; train them on the same data")
+            }
+            Some(_) => Ok(()),
+            None => {
+                standardizer = Some((st.clone(), what.to_string()));
+                Ok(())
+            }
+        }
+    };
+    let mut description = Vec::new();
+    let trained_base = match &models.base {
+        Some(p) => {
+            let l = tilt_train::load_score(p, tilt_train::ModelKind::ScoreNet, device)
+                .with_context(|| format!("models.base = {}", p.display()))?;
+            agree(&l.standardizer, "base")?;
+            description.push(format!("base: {}", p.display()));
+            Some(l)
+        }
+        None => None,
+    };
+    let load_net = |p: &Path, kind: tilt_train::ModelKind, field: &str| -> Result<tilt_train::LoadedScore> {
+        tilt_train::load_score(p, kind, device).with_context(|| format!("models.{field} = {}", p.display()))
+    };
+    let reweighted =
+        models.reweighted.as_deref().map(|p| load_net(p, tilt_train::ModelKind::ScoreNet, "reweighted")).transpose()?;
+    let residual =
+        models.residual.as_deref().map(|p| load_net(p, tilt_train::ModelKind::Residual, "residual")).transpose()?;
+    for (l, what) in [(&reweighted, "reweighted"), (&residual, "residual")] {
+        if let Some(l) = l {
+            agree(&l.standardizer, what)?;
+            description.push(format!("{what}: {}", l.path.display()));
+        }
+    }
+    let classifier = match &models.classifier {
+        Some(p) => {
+            let l = tilt_train::load_classifier(p, device)
+                .with_context(|| format!("models.classifier = {}", p.display()))?;
+            agree(&l.standardizer, "classifier")?;
+            description.push(format!("classifier: {}", p.display()));
+            Some(l)
+        }
+        None => None,
+    };
+    let terms = cfg.guidance.term_list();
+    let mut weak = Vec::new();
+    for (i, t) in terms.iter().enumerate() {
+        weak.push(match &t.kind {
+            TermKind::Autoguidance { model } => {
+                let l = tilt_train::load_score(model, tilt_train::ModelKind::ScoreNet, device)
+                    .with_context(|| format!("guidance.terms[{i}].model = {}", model.display()))?;
+                agree(&l.standardizer, "weak")?;
+                description.push(format!("autoguidance weak network: {}", model.display()));
+                Some(Box::new(l.score) as Box<dyn ScoreModel>)
+            }
+            _ => None,
+        });
+    }
+    let standardizer = standardizer.map(|s| s.0);
+    let uses_reward = cfg.guidance.has(|k| *k == TermKind::Reward);
+    let uses_classifier = cfg.guidance.has(|k| *k == TermKind::Classifier);
+    let exact_needed = trained_base.is_none()
+        || (uses_reward && reweighted.is_none() && residual.is_none())
+        || (uses_classifier && classifier.is_none());
+    if exact_needed && standardizer.as_ref().is_some_and(|s| *s != Standardizer::identity(s.mean.len())) {
+        bail!(
+            "models: exact mixture scores cannot be combined with networks trained on standardised data (standardize = true)"
+        );
+    }
+    if let (Some(b), Some(p)) = (&trained_base, &models.base) {
+        // An unconditional network would answer every class query with its one score: CFG's term would be
+        // exactly zero and the sweep would silently sample the unconditional law.
+        let labelled = terms.iter().find(|t| matches!(t.kind, TermKind::Cfg { .. } | TermKind::NegativeClass { .. }));
+        let needs_labels = match labelled {
+            Some(t) => Some(format!("guidance.kind = \"{}\"", kebab(&t.kind.guidance_kind()))),
+            None if uses_classifier => None,
+            None => cfg.class.map(|c| format!("class = {c}")),
+        };
+        if let (Some(what), None) = (needs_labels, b.score.net.null_label()) {
+            bail!(
+                "models.base = {}: {what} needs a class-conditional base (trained with objective.kind = \"dsm\", conditional = true, on labelled data), but this network is unconditional",
+                p.display()
+            );
+        }
+    }
+    let schedule = trained_base.as_ref().map_or(cfg.schedule, |b| b.score.schedule);
+    let exact = |m: Option<&GaussianMixture>, what: &str| -> Result<MixtureScore> {
+        let m = m.ok_or_else(|| {
+            anyhow::anyhow!("mixture: needed for the exact {what} (or give a trained model for it in [models])")
+        })?;
+        Ok(MixtureScore::new(m.clone(), schedule, device))
+    };
+    let (dim, num_classes) = match (&trained_base, mixture) {
+        (Some(b), _) => (b.state.dim, b.state.num_classes),
+        (None, Some(m)) => (m.dim(), m.n_classes()),
+        (None, None) => bail!("mixture: missing (no trained base model either)"),
+    };
+    let base: Box<dyn ScoreModel> = match trained_base {
+        Some(b) => Box::new(b.score),
+        None => Box::new(exact(mixture, "base score")?),
+    };
+    let exact_reweighted = |m: Option<&GaussianMixture>| -> Result<Option<Box<dyn ScoreModel>>> {
+        if !uses_reward {
+            return Ok(None);
+        }
+        let r = cfg
+            .reward
+            .as_ref()
+            .and_then(|r| r.exp_linear())
+            .expect("validated: exact reward guidance has an exp-linear reward");
+        let m = m.ok_or_else(|| {
+            anyhow::anyhow!("mixture: needed for the exact reweighted score (or give models.reweighted)")
+        })?;
+        Ok(Some(Box::new(MixtureScore::new(m.tilted(&r), schedule, device))))
+    };
+    let (reweighted, residual): (Option<BoxedScore>, Option<BoxedScore>) = match (reweighted, residual) {
+        (Some(r), _) => (Some(Box::new(r.score)), None),
+        (None, Some(r)) => (None, Some(Box::new(r.score))),
+        (None, None) => (exact_reweighted(mixture)?, None),
+    };
+    let classifier: Option<Box<dyn Classifier>> = match (classifier, uses_classifier) {
+        (Some(c), _) => Some(Box::new(c.classifier)),
+        (None, true) => Some(Box::new(exact(mixture, "classifier")?)),
+        _ => None,
+    };
+    if description.is_empty() {
+        description.push("exact mixture scores".into());
+    }
+    Ok(Scores {
+        base,
+        reweighted,
+        residual,
+        classifier,
+        weak,
+        standardizer: standardizer.unwrap_or_else(|| Standardizer::identity(dim)),
+        description: description.join(", "),
+        dim,
+        num_classes,
+    })
+}

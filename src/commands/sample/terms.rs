@@ -1,0 +1,80 @@
+//! From `[guidance]` to a guided score: one `build` per term kind, each term with its weight at the sweep's
+//! strength and its time interval.
+
+use super::scores::{InDataSpace, Scores};
+use crate::config::{SampleConfig, TermConfig, TermKind};
+use tilt_core::Condition;
+use tilt_sampler::guidance::{
+    AutoGuidance, CfgGuidance, ClassifierGuidance, GuidanceTerm, NegativeClassGuidance, RewardGuidance,
+    TrainingFreeGuidance, TrainingFreeParams,
+};
+use tilt_sampler::{GuidedScore, WeightSchedule};
+
+impl TermConfig {
+    /// The term's weight schedule at the papers' strength `w` of the sweep.
+    pub fn schedule(&self, w: f64) -> WeightSchedule {
+        let weight = if self.sweep { self.weight * w } else { self.weight };
+        match (self.t_start, self.t_end) {
+            (Some(t_start), Some(t_end)) => WeightSchedule::Interval { w: weight, t_start, t_end },
+            _ => WeightSchedule::Constant(weight),
+        }
+    }
+
+    /// The term itself. `index` is the term's place in the list (for its weak network).
+    pub fn build<'a>(
+        &self,
+        index: usize,
+        cfg: &SampleConfig,
+        scores: &'a Scores,
+        reward: Option<&'a InDataSpace<'a>>,
+    ) -> Box<dyn GuidanceTerm + 'a> {
+        match &self.kind {
+            TermKind::Reward => match (&scores.reweighted, &scores.residual) {
+                (Some(r), _) => Box::new(RewardGuidance::reweighted(r.as_ref())),
+                (None, Some(r)) => Box::new(RewardGuidance::residual(r.as_ref())),
+                (None, None) => unreachable!("load_scores provides a reward source"),
+            },
+            TermKind::Cfg { variant, apg, apg_start_step } => {
+                let term = match apg {
+                    Some(apg) => CfgGuidance::apg_mix(apg.clone(), *apg_start_step),
+                    None => CfgGuidance::new(),
+                };
+                Box::new(term.with_variant(variant.unwrap_or_default()))
+            }
+            TermKind::Classifier => Box::new(ClassifierGuidance::new(
+                scores.classifier.as_deref().expect("load_scores provides a classifier"),
+                cfg.class.expect("validated"),
+            )),
+            TermKind::TrainingFree { preset, params } => {
+                let params = match (preset, params) {
+                    (Some(p), _) => p.params(),
+                    (None, Some(p)) => p.clone(),
+                    (None, None) => TrainingFreeParams::default(),
+                };
+                Box::new(TrainingFreeGuidance::new(reward.expect("validated: a reward is set"), params, cfg.seed))
+            }
+            TermKind::NegativeClass { class } => Box::new(NegativeClassGuidance::new(*class)),
+            TermKind::Autoguidance { .. } => Box::new(AutoGuidance::new(
+                scores.weak[index].as_deref().expect("load_scores loads every weak network"),
+            )),
+        }
+    }
+}
+
+/// The guided score of `rows` chains at the papers' strength `w`: the base under `condition`, every term, the
+/// rescale and the zero-init of `[guidance]`.
+pub fn guided_score<'a>(
+    cfg: &SampleConfig,
+    scores: &'a Scores,
+    reward: Option<&'a InDataSpace<'a>>,
+    condition: Condition,
+    w: f64,
+) -> GuidedScore<'a> {
+    let g = &cfg.guidance;
+    let mut guided =
+        GuidedScore::new(scores.base.as_ref(), condition).with_rescale(g.rescale).with_zero_init(g.zero_init_steps);
+    for (i, term) in g.term_list().iter().enumerate() {
+        guided = guided.with_boxed(term.build(i, cfg, scores, reward), term.schedule(w));
+    }
+    guided
+}

@@ -6,9 +6,7 @@ use burn::prelude::*;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use tilt_core::{Condition, ExpLinearReward, GaussianMixture, MixtureScore, Schedule, ScoreModel};
 use tilt_sampler::guidance::{CfgGuidance, RewardGuidance};
-use tilt_sampler::{
-    DEFAULT_T_MAX, DEFAULT_T_MIN, GuidedScore, NoiseSource, Sampler, SamplerKind, TimeGrid, WeightSchedule,
-};
+use tilt_sampler::{GuidedScore, NoiseSource, Sampler, SamplerKind, TimeGrid, WeightSchedule};
 
 const STEPS: usize = 20;
 
@@ -43,7 +41,7 @@ impl ScoreModel for Unbatched {
 
 fn run(sampler: &Sampler, guided: &mut GuidedScore, n: usize, device: &Device) {
     let mut noise = NoiseSource::host(0);
-    let x = sampler.sample(&mut |x, t, k| guided.score(x, t, k), n, 2, device, &mut noise, &mut |_, _, _| {});
+    let x = sampler.draw(guided, n, 2, device, &mut noise);
     x.into_data(); // wait for the result
 }
 
@@ -56,10 +54,8 @@ fn bench(c: &mut Criterion) {
     let unbatched = Unbatched(oracle.clone());
     let reweighted = MixtureScore::new(mix.tilted(&reward), Schedule::Linear, &device);
     let sampler = Sampler {
-        kind: SamplerKind::SdeDpmSolver1,
-        schedule: Schedule::Linear,
-        times: TimeGrid::LogSnr.times(STEPS, DEFAULT_T_MAX, DEFAULT_T_MIN, Schedule::Linear),
         denoise_final: false,
+        ..Sampler::new(SamplerKind::SdeDpmSolver1, Schedule::Linear, TimeGrid::LogSnr, STEPS)
     };
     for n in [1024usize, 16384] {
         let mut group = c.benchmark_group(format!("exact_mixture_n{n}"));

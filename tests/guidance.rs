@@ -347,6 +347,13 @@ fn classifier_guidance_at_w1_on_unconditional_base_samples_the_class() {
     assert_within("E[1/p(0|Y)] under classifier guidance w = 1", inv.mean, 1.0 / mix.class_prior(0), inv.se, 4.0);
 }
 
+fn dot(a: &[f64], b: &[f64]) -> f64 {
+    a[0] * b[0] + a[1] * b[1]
+}
+
+/// A variant's `g` for one row, from that row's `c` and `u`.
+type HostFormula = dyn Fn(&[f64], &[f64]) -> [f64; 2];
+
 #[test]
 fn cfg_variants_match_their_formulas_row_by_row() {
     // c = s(x|c), u = s(x) of the exact mixture; each variant recomputed on the host in f64.
@@ -357,8 +364,7 @@ fn cfg_variants_match_their_formulas_row_by_row() {
     let eval = base_eval(&oracle, &cond, &x, t);
     let c = tensor_ext::to_vec_f64(eval.score.clone());
     let u = tensor_ext::to_vec_f64(eval.unconditional.clone().unwrap());
-    let dot = |a: &[f64], b: &[f64]| a[0] * b[0] + a[1] * b[1];
-    let check = |variant: CfgVariant, want: &dyn Fn(&[f64], &[f64]) -> [f64; 2]| {
+    let check = |variant: CfgVariant, want: &HostFormula| {
         let got = tensor_ext::to_vec(CfgGuidance::variant(variant).term(&x, t, &eval));
         for i in 0..5 {
             let (ci, ui) = (&c[2 * i..2 * i + 2], &u[2 * i..2 * i + 2]);

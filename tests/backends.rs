@@ -23,7 +23,7 @@ fn run_on(device: &Device, n: usize, steps: usize) -> Vec<Vec<f32>> {
                 .with(ClassifierGuidance::new(&base, 1), WeightSchedule::Interval { w: 0.3, t_start: 0.5, t_end: 0.0 });
             let mut noise = NoiseSource::host(42);
             let s = common::sampler(kind, steps);
-            tensor_ext::to_vec(s.sample(&mut |x, t, k| g.score(x, t, k), n, 2, device, &mut noise, &mut |_, _, _| {}))
+            tensor_ext::to_vec(s.draw(&mut g, n, 2, device, &mut noise))
         })
         .collect()
 }

@@ -31,7 +31,7 @@ pub fn sampler(kind: SamplerKind, steps: usize) -> Sampler {
 pub fn draw(sampler: &Sampler, guided: &mut GuidedScore, n: usize, d: usize, seed: u64) -> Vec<f32> {
     let dev = device();
     let mut noise = NoiseSource::host(seed);
-    let x = sampler.sample(&mut |x, t, k| guided.score(x, t, k), n, d, &dev, &mut noise, &mut |_, _, _| {});
+    let x = sampler.draw(guided, n, d, &dev, &mut noise);
     tilt_core::tensor_ext::to_vec(x)
 }
 

@@ -142,7 +142,7 @@ pub fn run(ctx: &Ctx, dir: &Path) -> Result<StageOutput> {
         let mut noise = NoiseSource::host(cfg.seed.wrapping_add(1000 + step as u64));
         let frozen = NetScore::new(model.valid(), base.schedule, vec![2]);
         let mut g = GuidedScore::new(&frozen, Condition::Unconditional);
-        let x = head.sample(&mut |x, t, i| g.score(x, t, i), batch, 2, dev, &mut noise, &mut |_, _, _| {});
+        let x = head.draw(&mut g, batch, 2, dev, &mut noise);
         let head_calls = g.base_calls;
         let live_model = NetScore::new(model.clone(), base.schedule, vec![2]);
         let mut g = GuidedScore::new(&live_model, Condition::Unconditional);

@@ -229,7 +229,7 @@ pub fn run(ctx: &Ctx, dir: &Path) -> Result<StageOutput> {
                     _ => GuidedScore::new(base, Condition::Unconditional)
                         .with(ClassifierGuidance::new(&classifier.classifier, c), weight),
                 };
-                let z = s.sample(&mut |x, t, k| g.score(x, t, k), per_class, d, dev, &mut noise, &mut |_, _, _| {});
+                let z = s.draw(&mut g, per_class, d, dev, &mut noise);
                 let mut z = tensor_ext::to_vec(z);
                 st.invert(&mut z);
                 let x = tensor_ext::to_vec(autoencoder.decode(tensor_ext::matrix(&z, per_class, d, dev)));
@@ -324,7 +324,7 @@ pub fn run(ctx: &Ctx, dir: &Path) -> Result<StageOutput> {
             };
             // The same noise for every row: differences between rows are not sampling noise.
             let mut noise = NoiseSource::host_stream(cfg.seed, 1000);
-            let z = s.sample(&mut |x, t, k| g.score(x, t, k), n_reward, d, dev, &mut noise, &mut |_, _, _| {});
+            let z = s.draw(&mut g, n_reward, d, dev, &mut noise);
             let mut z = tensor_ext::to_vec(z);
             st.invert(&mut z);
             let x = tensor_ext::to_vec(autoencoder.decode(tensor_ext::matrix(&z, n_reward, d, dev)));

@@ -315,7 +315,7 @@ pub fn sampler(kind: SamplerKind, steps: usize, schedule: tilt_core::Schedule) -
 /// Draw `n` samples with a guided score, host-seeded; returns host rows.
 pub fn draw(s: &Sampler, guided: &mut GuidedScore, n: usize, d: usize, seed: u64, device: &Device) -> Vec<f32> {
     let mut noise = NoiseSource::host(seed);
-    tensor_ext::to_vec(s.sample(&mut |x, t, k| guided.score(x, t, k), n, d, device, &mut noise, &mut |_, _, _| {}))
+    tensor_ext::to_vec(s.draw(guided, n, d, device, &mut noise))
 }
 
 /// `E[r(Y)]` with standard error, for `log r` given as a reward.

@@ -138,6 +138,22 @@ pub enum GuidanceKind {
     NegativeClass,
     /// Several terms (`[[guidance.terms]]`): no single exact target.
     Composite,
+    /// SMC steering toward `p r^w` (needs `reward`): particles from the unguided base sampler, reweighted by the
+    /// reward along the chain and resampled; `w` is the tilt exponent. Options: `guidance.smc`.
+    Smc,
+}
+
+/// SMC options (`guidance.smc`).
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SmcConfig {
+    /// Resample when the effective sample size over the particles falls below this fraction.
+    #[serde(default = "half")]
+    pub ess_threshold: f64,
+}
+
+fn half() -> f64 {
+    0.5
 }
 
 /// How `guidance.strengths` are written: the papers' `w` (`s(x|c) + w (s(x|c) - s(x))`, 0 = no guidance), or
@@ -175,6 +191,8 @@ pub struct GuidanceConfig {
     /// The list form: several terms, each with its own weight and schedule, added to the base score.
     #[serde(default)]
     pub terms: Vec<TermConfig>,
+    /// SMC options (`kind = "smc"`).
+    pub smc: Option<SmcConfig>,
 }
 
 /// One guidance term of `[[guidance.terms]]`. Its weight at strength `w` of the sweep is `weight * w` when
@@ -287,7 +305,7 @@ impl GuidanceConfig {
             return self.terms.clone();
         }
         let kind = match self.kind {
-            None | Some(GuidanceKind::None) | Some(GuidanceKind::Composite) => return Vec::new(),
+            None | Some(GuidanceKind::None | GuidanceKind::Composite | GuidanceKind::Smc) => return Vec::new(),
             Some(GuidanceKind::Reward) => TermKind::Reward,
             Some(GuidanceKind::Cfg) => TermKind::Cfg { variant: None, apg: self.apg.clone(), apg_start_step: 0 },
             Some(GuidanceKind::Classifier) => TermKind::Classifier,
@@ -427,6 +445,27 @@ impl SampleConfig {
             }
         }
         let kind = g.kind();
+        if g.smc.is_some() && kind != GuidanceKind::Smc {
+            bail!("guidance.smc: SMC options apply to guidance.kind = \"smc\" only");
+        }
+        if kind == GuidanceKind::Smc {
+            if self.reward.is_none() {
+                bail!("reward: guidance.kind = \"smc\" needs a [reward] table (its potentials)");
+            }
+            let k = s.kind;
+            if !(k.is_stochastic() && !k.is_multistep() && k.evals_per_step() == 1)
+                || s.recurrence != 1
+                || !s.denoise_final
+            {
+                bail!(
+                    "sampler.kind: SMC needs a one-step stochastic sampler with one evaluation per step (sde-dpm-solver-1, ddpm, euler-maruyama, exponential-integrator), recurrence = 1 and denoise_final = true; got {}",
+                    kebab(&k)
+                );
+            }
+            if let Some(t) = g.smc.as_ref().map(|c| c.ess_threshold).filter(|t| !(0.0..=1.0).contains(t)) {
+                bail!("guidance.smc.ess_threshold: expected a fraction in [0, 1], got {t}");
+            }
+        }
         if g.rescale > 0.0 && !g.has(|k| matches!(k, TermKind::Cfg { .. })) {
             bail!(
                 "guidance.rescale: applies to guidance.kind = \"cfg\" only (it changes the guided score's scale, which would break e.g. the exactness of reward guidance at w = 1)"

@@ -11,7 +11,7 @@ mod scores;
 mod terms;
 
 pub use problem::{ClassStats, Problem, QUANTILE_LEVELS};
-pub use record::{Record, Summary};
+pub use record::{Record, SmcRecord, Summary};
 
 use crate::config::{GuidanceKind, NoiseKind, SampleConfig, StrengthConvention, TermKind, kebab};
 use crate::{device, output, plot};
@@ -161,6 +161,7 @@ pub fn run(cfg: &SampleConfig, out: &Path, force: bool, device: &Device) -> Resu
         bar.set_prefix(format!("w = {}", w_label(w)));
         let start = Instant::now();
         let (mut x, mut model_calls) = (Vec::with_capacity(n * d), 0);
+        let mut smc: Option<SmcRecord> = None;
         for (i, &rows) in chunks.iter().enumerate() {
             let mut noise = match (s.noise, i) {
                 (NoiseKind::Host, _) => NoiseSource::host_stream(cfg.seed, i as u64),
@@ -168,6 +169,19 @@ pub fn run(cfg: &SampleConfig, out: &Path, force: bool, device: &Device) -> Resu
                 (NoiseKind::Device, _) => NoiseSource::Device,
             };
             let mut guided = guided_for(rows);
+            if kind == GuidanceKind::Smc {
+                let threshold = cfg.guidance.smc.as_ref().map_or(0.5, |c| c.ess_threshold);
+                let run = tilt_sampler::Smc { strength: w, ess_threshold: threshold, seed: cfg.seed ^ i as u64 };
+                let reward = model_space_reward.as_ref().expect("validated: smc has a reward");
+                let out = run.run(&sampler, &mut guided, reward, rows, d, device, &mut noise);
+                let record = smc.get_or_insert(SmcRecord { final_ess: 0.0, resamplings: 0 });
+                record.final_ess += out.final_ess() / chunks.len() as f64;
+                record.resamplings += out.resamplings;
+                x.extend(tensor_ext::to_vec(out.resampled(cfg.seed ^ (i as u64) ^ 0x5eed)));
+                model_calls += guided.base_calls;
+                bar.set_position(((i + 1) * steps) as u64);
+                continue;
+            }
             let xc =
                 sampler.sample(&mut |x, t, k| guided.score(x, t, k), rows, d, device, &mut noise, &mut |k, _, _| {
                     bar.set_position((i * steps + k) as u64)
@@ -221,6 +235,7 @@ pub fn run(cfg: &SampleConfig, out: &Path, force: bool, device: &Device) -> Resu
             target: target.map(|t| t.0),
             distance_to_target: distance,
             non_finite_samples,
+            smc,
         };
         eprintln!("{}", record::one_line(&record));
 

@@ -59,7 +59,15 @@ impl Problem {
             (GuidanceKind::Composite, _) => None,
             (GuidanceKind::None, _) => Some(("base".into(), self.base_law.clone())),
             (_, 0.0) => Some(("base".into(), self.base_law.clone())),
-            (GuidanceKind::Reward, 1.0) => Some(("p_r".into(), self.base_law.tilted(self.exp_linear.as_ref()?))),
+            (GuidanceKind::Reward | GuidanceKind::Smc, 1.0) => {
+                Some(("p_r".into(), self.base_law.tilted(self.exp_linear.as_ref()?)))
+            }
+            // SMC targets p r^w at every w: for r = exp(a.x) that is the tilt by w a.
+            (GuidanceKind::Smc, w) => {
+                let a = &self.exp_linear.as_ref()?.a;
+                let tilt = ExpLinearReward::new(a.iter().map(|v| v * w).collect());
+                Some((format!("p r^{w}"), self.base_law.tilted(&tilt)))
+            }
             (GuidanceKind::Classifier, 1.0) => Some(("p(.|c)".into(), self.mixture.conditional(self.class?))),
             (GuidanceKind::Cfg, -1.0) => Some(("p".into(), self.mixture.clone())),
             _ => None,

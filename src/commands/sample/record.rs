@@ -38,6 +38,19 @@ pub struct Record {
     pub distance_to_target: Option<TargetDistance>,
     /// Samples that came out NaN or infinite; the metrics above use the finite ones only.
     pub non_finite_samples: usize,
+    /// SMC runs: what the particles went through. The samples are the particles after a final resampling, so
+    /// repeated particles make the standard errors above optimistic by about `sqrt(1 / final_ess)`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub smc: Option<SmcRecord>,
+}
+
+/// SMC diagnostics of one strength.
+#[derive(Debug, Clone, Serialize)]
+pub struct SmcRecord {
+    /// Final effective sample size over the particles, averaged over the chunks.
+    pub final_ess: f64,
+    /// Mid-chain resamplings, summed over the chunks.
+    pub resamplings: usize,
 }
 
 #[derive(Debug, Serialize)]
@@ -72,6 +85,9 @@ pub fn one_line(r: &Record) -> String {
             "  to {t}: MMD² = {:.2e} (p = {:.2}), SW = {:.4} (floor {:.4})",
             m.mmd.mmd2, m.mmd.p_value, m.sliced_wasserstein, m.sliced_wasserstein_floor
         );
+    }
+    if let Some(smc) = &r.smc {
+        s += &format!("  SMC: final ESS {:.3}, {} resamplings", smc.final_ess, smc.resamplings);
     }
     if r.non_finite_samples > 0 {
         s += &format!("  NON-FINITE samples: {}", r.non_finite_samples);

@@ -349,7 +349,7 @@ pub fn run(ctx: &Ctx, dir: &Path) -> Result<StageOutput> {
     let s = sampler(SamplerKind::SdeDpmSolver1, steps, Default::default());
     let mut class_table = Table::new(
         &format!(
-            "Class guidance toward class {} on the trained conditional network ({steps} steps, {n} samples per row, the same noise for every row). outside: fraction with exact log p(x|c) below the 1 % quantile of exact draws (an exact sampler scores 0.01); sw_to_p_c: sliced Wasserstein to exact draws of p(x|c), beside its floor. Autoguidance's guide is a smaller network trained 1/8 as long",
+            "Class guidance toward class {} on the trained conditional network ({steps} steps, {n} samples per row, the same noise for every row). outside: fraction with exact log p(x|c) below the 1 % quantile of exact draws (an exact sampler scores 0.01); sw_to_p_c: sliced Wasserstein to exact draws of p(x|c), beside its floor. Autoguidance's guide: a network of half the width trained half as long ([weak_train])",
             cfg.class
         ),
         &["method", "w", "outside", "mean_log_class_prob", "se", "sw_to_p_c", "sw_floor"],

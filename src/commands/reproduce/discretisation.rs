@@ -43,6 +43,7 @@ pub fn run(ctx: &Ctx, dir: &Path) -> Result<StageOutput> {
     let problem = Problem::new(mixture.clone(), GuidanceKind::Cfg, Some(cfg.class), None);
     let target = mixture.tilted_mean_reward(&a);
     let (n, counts) = (cfg.samples.get(p), cfg.step_counts.get(p));
+    let limit = super::divergence_limit(&mixture);
     let bar = ctx.bar("discretisation", (SamplerKind::ALL.len() * counts.len()) as u64);
     let mut table = Table::new(
         "Mean reward (reward guidance, w = 1; exact E_p_r[r]) and E[1/p(c|Y)] (CFG) against the number of steps",
@@ -64,7 +65,9 @@ pub fn run(ctx: &Ctx, dir: &Path) -> Result<StageOutput> {
             let s = sampler(kind, steps, Default::default());
             let mut g = GuidedScore::new(&exact, Condition::Unconditional)
                 .with(RewardGuidance::reweighted(&exact_rw), WeightSchedule::Constant(1.0));
-            let r = mean_reward(reward.as_ref(), &draw(&s, &mut g, n, 2, cfg.seed, dev), 2, dev);
+            let x = draw(&s, &mut g, n, 2, cfg.seed, dev);
+            let diverged = super::diverged_fraction(&x, 2, limit);
+            let r = mean_reward(reward.as_ref(), &x, 2, dev);
             let mut g = GuidedScore::new(&exact, Condition::class(cfg.class, n, dev))
                 .with(CfgGuidance::new(), WeightSchedule::Constant(cfg.cfg_strength));
             let c = problem.class_stats(&draw(&s, &mut g, n, 2, cfg.seed, dev), dev).expect("class set");
@@ -73,13 +76,14 @@ pub fn run(ctx: &Ctx, dir: &Path) -> Result<StageOutput> {
                 name(kind),
                 steps.to_string(),
                 evals.to_string(),
-                fmt(r.mean, 4),
-                fmt(r.se, 4),
+                if diverged > 0.0 { format!("diverged ({:.1} %)", 100.0 * diverged) } else { fmt(r.mean, 4) },
+                if diverged > 0.0 { "—".into() } else { fmt(r.se, 4) },
                 fmt(target, 4),
                 fmt(c.mean_inv_class_prob.mean, 4),
                 fmt(c.mean_inv_class_prob.se, 4),
             ]);
-            rp.push((steps as f64, r.mean));
+            // A diverged cell has no mean: NaN keeps it off the figure and names it in the reading.
+            rp.push((steps as f64, if diverged > 0.0 { f64::NAN } else { r.mean }));
             cp.push((steps as f64, c.mean_inv_class_prob.mean));
             bar.inc(1);
         }
@@ -121,14 +125,18 @@ pub fn run(ctx: &Ctx, dir: &Path) -> Result<StageOutput> {
     let reward_at = |i: usize| {
         reward_series
             .iter()
-            .map(|s| format!("{} {:.4}", s.name, s.points.get(i).map_or(f64::NAN, |p| p.1)))
+            .map(|s| match s.points.get(i).map(|p| p.1).filter(|v| v.is_finite()) {
+                Some(v) => format!("{} {v:.4}", s.name),
+                None => format!("{} diverged", s.name),
+            })
             .collect::<Vec<_>>()
             .join(", ")
     };
     let se_last = table.rows.iter().rev().find_map(|r| r[4].parse::<f64>().ok()).unwrap_or(f64::NAN);
+    let diverged_cells = table.rows.iter().filter(|r| r[3].starts_with("diverged")).count();
     out.reading = format!(
         "Reward guidance at w = 1 against the exact E_p_r[r] = {target:.4} (SE about {se_last:.4} per cell): at {} steps {}; at {} steps {}. \
-         Heun costs two score evaluations per step. {}",
+         {diverged_cells} cells diverged (samples beyond 8 standard deviations of every component). Heun costs two score evaluations per step. {}",
         counts[0],
         reward_at(0),
         counts[last],

@@ -100,14 +100,13 @@ struct Problem1<'a> {
     n: usize,
     groups: usize,
     seed: u64,
-    /// `max_k (|mean_k|_inf + 8 max std_k)`: no exact sample of the data or of a tilt by w <= 2 reaches it.
+    /// [`super::divergence_limit`] of the mixture.
     limit: f64,
 }
 
 impl Problem1<'_> {
     fn diverged(&self, x: &[f32]) -> f64 {
-        let beyond = x.chunks_exact(2).filter(|r| r.iter().any(|v| !v.is_finite() || v.abs() as f64 > self.limit));
-        beyond.count() as f64 / (x.len() / 2) as f64
+        super::diverged_fraction(x, 2, self.limit)
     }
 
     fn run(&self, method: RewardMethod, w: f64, budget: usize, dev: &Device) -> RewardRun {
@@ -195,12 +194,7 @@ pub fn run(ctx: &Ctx, dir: &Path) -> Result<StageOutput> {
         n,
         groups: cfg.smc_groups,
         seed: cfg.seed,
-        limit: (0..mixture.n_components())
-            .map(|k| {
-                let m = mixture.means[k].iter().fold(0.0f64, |a, v| a.max(v.abs()));
-                m + 8.0 * mixture.stds[k].iter().fold(0.0f64, |a, v| a.max(*v))
-            })
-            .fold(0.0, f64::max),
+        limit: super::divergence_limit(&mixture),
     };
     let methods = RewardMethod::all();
     let class_methods = ClassMethod::all();

@@ -318,6 +318,23 @@ pub fn draw(s: &Sampler, guided: &mut GuidedScore, n: usize, d: usize, seed: u64
     tensor_ext::to_vec(s.draw(guided, n, d, device, &mut noise))
 }
 
+/// `max_k (|mean_k|_inf + 8 max std_k)`: no exact sample of the mixture, nor of a moderate tilt of it, lies beyond.
+pub fn divergence_limit(m: &GaussianMixture) -> f64 {
+    (0..m.n_components())
+        .map(|k| {
+            let mean = m.means[k].iter().fold(0.0f64, |a, v| a.max(v.abs()));
+            mean + 8.0 * m.stds[k].iter().fold(0.0f64, |a, v| a.max(*v))
+        })
+        .fold(0.0, f64::max)
+}
+
+/// The fraction of the rows of `x` (`d` columns) with a coordinate beyond `limit` or not finite: chains that left
+/// the data, whose rewards are samples of no law and dominate any mean.
+pub fn diverged_fraction(x: &[f32], d: usize, limit: f64) -> f64 {
+    let beyond = x.chunks_exact(d).filter(|r| r.iter().any(|v| !v.is_finite() || v.abs() as f64 > limit));
+    beyond.count() as f64 / (x.len() / d).max(1) as f64
+}
+
 /// `E[r(Y)]` with standard error, for `log r` given as a reward.
 pub fn mean_reward(reward: &dyn tilt_core::Reward, x: &[f32], d: usize, device: &Device) -> tilt_core::metrics::MeanSe {
     tilt_core::metrics::mean_se(&rewards(reward, x, d, device))

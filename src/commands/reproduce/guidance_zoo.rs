@@ -34,8 +34,10 @@ pub struct Config {
     pub class: usize,
     pub class_strengths: Vec<f64>,
     pub class_steps: PerPreset<usize>,
+    pub good_train: TrainSpec,
     pub weak_train: TrainSpec,
     pub mixture: MixtureSpec,
+    pub class_mixture: MixtureSpec,
 }
 
 /// A reward-steering method of part 1.
@@ -312,22 +314,21 @@ pub fn run(ctx: &Ctx, dir: &Path) -> Result<StageOutput> {
         true,
     )?;
 
-    // Part 2: class guidance on the trained conditional network.
-    let (rm, _): (super::reward_mixture::Config, _) =
-        stage_config("reward_mixture", include_str!("../../../configs/experiments/reward_mixture.toml"))?;
-    let good_run = ctx.trained(
-        "mixture_conditional",
-        &rm.base_train.config(mixture_data(&rm.mixture), dsm(true, rm.base_train.p_uncond), p, rm.seed),
-    )?;
-    let weak_run = ctx.trained(
-        "mixture_conditional_weak",
-        &cfg.weak_train.config(mixture_data(&cfg.mixture), dsm(true, cfg.weak_train.p_uncond), p, cfg.seed),
-    )?;
+    // Part 2: class guidance on a trained conditional network of the thin-branch mixture.
+    let class_mix = cfg.class_mixture.build().map_err(|e| anyhow::anyhow!("class_mixture.{e}"))?;
+    if cfg.class >= class_mix.n_classes() {
+        anyhow::bail!("class: class {} does not exist in class_mixture ({} classes)", cfg.class, class_mix.n_classes());
+    }
+    let train = |name: &str, spec: &TrainSpec| {
+        ctx.trained(name, &spec.config(mixture_data(&cfg.class_mixture), dsm(true, spec.p_uncond), p, cfg.seed))
+    };
+    let good_run = train("branches_conditional", &cfg.good_train)?;
+    let weak_run = train("branches_conditional_weak", &cfg.weak_train)?;
     let good = tilt_train::load_score(&good_run, tilt_train::ModelKind::ScoreNet, dev)?.score;
     let weak = tilt_train::load_score(&weak_run, tilt_train::ModelKind::ScoreNet, dev)?.score;
     bar.inc(1);
-    let class_problem = Problem::new(mixture.clone(), GuidanceKind::Cfg, Some(cfg.class), None);
-    let conditional = mixture.conditional(cfg.class);
+    let class_problem = Problem::new(class_mix.clone(), GuidanceKind::Cfg, Some(cfg.class), None);
+    let conditional = class_mix.conditional(cfg.class);
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ 0x300);
     let (class_reference, _) = conditional.sample(n.max(2000), &mut rng);
     let (class_fresh, _) = conditional.sample(n.max(2000), &mut rng);
@@ -343,12 +344,16 @@ pub fn run(ctx: &Ctx, dir: &Path) -> Result<StageOutput> {
     let s = sampler(SamplerKind::SdeDpmSolver1, steps, Default::default());
     let mut class_table = Table::new(
         &format!(
-            "Class guidance toward class {} on the trained conditional network ({steps} steps, {n} samples per row, the same noise for every row). outside: fraction with exact log p(x|c) below the 1 % quantile of exact draws (an exact sampler scores 0.01); sw_to_p_c: sliced Wasserstein to exact draws of p(x|c), beside its floor. Autoguidance's guide: a network of half the width trained half as long ([weak_train])",
+            "Class guidance toward class {} of the thin-branch class_mixture, on a trained conditional network ({steps} steps, {n} samples per row, the same noise for every row). outside: fraction with exact log p(x|c) below the 1 % quantile of exact draws (an exact sampler scores 0.01); sw_to_p_c: sliced Wasserstein to exact draws of p(x|c), beside its floor. Autoguidance's guide: a network of half the width trained half as long ([weak_train])",
             cfg.class
         ),
         &["method", "w", "outside", "mean_log_class_prob", "se", "sw_to_p_c", "sw_floor"],
     );
     let mut class_rows: Vec<ClassRow> = Vec::new();
+    let mut figures = vec![(
+        "reward_vs_cost.png".to_string(),
+        "Reward steering at w = 1: log10 of the absolute bias of E[r] against model evaluations per sample".to_string(),
+    )];
     let floor = metrics::sliced_wasserstein(&class_fresh[..n * 2], &class_reference, 2, 64, cfg.seed);
     for &m in &class_methods {
         let strengths: Vec<f64> = if m == ClassMethod::Unguided { vec![0.0] } else { cfg.class_strengths.clone() };
@@ -376,6 +381,23 @@ pub fn run(ctx: &Ctx, dir: &Path) -> Result<StageOutput> {
                 fmt(sw, 4),
                 fmt(floor, 4),
             ]);
+            // The EDM2 toy's picture: CFG and autoguidance at the middle strength, over the class density.
+            let plotted = [ClassMethod::Cfg(CfgVariant::Plain), ClassMethod::Autoguidance];
+            if plotted.contains(&m) && w == cfg.class_strengths[cfg.class_strengths.len() / 2] {
+                let file = format!("class_{}.png", if m == ClassMethod::Autoguidance { "autoguidance" } else { "cfg" });
+                plot::scatter_over_density(
+                    &dir.join(&file),
+                    &format!("{}, w = {w}, class {} of the branches (density of p(x|c))", m.label(), cfg.class),
+                    &x,
+                    2,
+                    super::bounds(&class_mix),
+                    &|u, v| conditional.log_density_at(&[u, v], 0.0, Default::default()),
+                )?;
+                figures.push((
+                    file,
+                    format!("{} at w = {w}: samples over the exact density of class {}", m.label(), cfg.class),
+                ));
+            }
             class_rows.push(ClassRow { method: m, w, outside: out, sw, floor });
             bar.inc(1);
         }
@@ -389,10 +411,7 @@ pub fn run(ctx: &Ctx, dir: &Path) -> Result<StageOutput> {
     );
     let mut out = StageOutput::new("guidance_zoo", "The guidance menu against exact answers", ctx, raw, cfg.seed);
     out.tables = vec![table, cost_table, class_table];
-    out.figures = vec![(
-        "reward_vs_cost.png".into(),
-        "Reward steering at w = 1: absolute bias of E[r] against model evaluations per sample".into(),
-    )];
+    out.figures = figures;
     out.reading = reading;
     out.headline = serde_json::Value::Object(headline);
     Ok(out)

@@ -84,32 +84,18 @@ fn malformed_configs_name_the_field() {
     }
 }
 
-const TERMS: &str = r#"
-seed = 1
-samples = 100
-class = 0
-[mixture]
-weights = [0.5, 0.5]
-means = [[-1.0, 0.0], [1.0, 0.0]]
-std = [0.5, 0.5]
-classes = [[0], [1]]
-[reward]
-kind = "exp-linear"
-a = [1.0, 0.0]
-[guidance]
-strengths = [0.0, 1.0]
-[[guidance.terms]]
-kind = "cfg"
-sweep = true
-[[guidance.terms]]
-kind = "training-free"
-preset = "dps"
-weight = 0.5
-"#;
+/// [`GOOD`] with its guidance as a list: CFG swept, DPS at a fixed weight.
+fn terms_config() -> String {
+    GOOD.replace(
+        "[guidance]\nkind = \"cfg\"\nstrengths = [0.0, 1.0]\n",
+        "[guidance]\nstrengths = [0.0, 1.0]\n[[guidance.terms]]\nkind = \"cfg\"\nsweep = true\n[[guidance.terms]]\nkind = \"training-free\"\npreset = \"dps\"\nweight = 0.5\n",
+    )
+}
 
 #[test]
 fn guidance_term_lists_name_the_term_and_the_field() {
-    assert!(SampleConfig::parse(TERMS).is_ok());
+    let terms = terms_config();
+    assert!(SampleConfig::parse(&terms).is_ok(), "{terms}");
     let cases: &[(&str, &str, &str)] = &[
         ("weight = 0.5", "weight = nan", "guidance.terms[1].weight: expected a finite weight"),
         ("weight = 0.5", "weight = 0.5\nt_start = 0.3", "guidance.terms[1].t_start, guidance.terms[1].t_end"),
@@ -140,8 +126,8 @@ fn guidance_term_lists_name_the_term_and_the_field() {
         ),
     ];
     for (from, to, want) in cases {
-        assert!(TERMS.contains(from), "bad test case: {from}");
-        let msg = error_of(&TERMS.replacen(from, to, 1));
+        assert!(terms.contains(from), "bad test case: {from}");
+        let msg = error_of(&terms.replacen(from, to, 1));
         assert!(msg.contains(want), "for `{to}`: expected an error containing {want:?}, got:\n{msg}");
     }
 }

@@ -70,6 +70,8 @@ impl ModuleVisitor for DeadGradients<'_> {
 #[test]
 fn gradients_reach_every_parameter() {
     let dev = common::device().autodiff();
+    // Seeded: the initial weights come from the device RNG, which other tests of this process also draw from.
+    dev.seed(3);
     let mut net: UNet = tiny(3).init(&dev);
     let mut optim = AdamConfig::new().init();
     let (x, t) = batch(6, &dev);
@@ -87,7 +89,9 @@ fn gradients_reach_every_parameter() {
     let mut visitor = DeadGradients { grads: &grads, dead: Vec::new() };
     net.visit(&mut visitor);
     assert!(visitor.dead.is_empty(), "parameters without a gradient: {:?}", visitor.dead);
-    net = optim.step(1e-2, net, grads);
+    // A small step: Adam moves every parameter by about the learning rate, and 1e-2 could overshoot (seen once in
+    // about ten runs before the seed was fixed).
+    net = optim.step(1e-3, net, grads);
     assert!(loss(&net).into_scalar::<f64>() < first, "a gradient step must lower the loss");
 }
 

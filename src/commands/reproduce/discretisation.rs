@@ -2,7 +2,7 @@
 
 use super::{Ctx, PerPreset, StageOutput, Table, draw, fmt, mean_reward, sampler, stage_config};
 use crate::commands::sample::Problem;
-use crate::config::GuidanceKind;
+use crate::config::{GuidanceKind, kebab};
 use crate::plot::{self, Series};
 use anyhow::Result;
 use serde::Deserialize;
@@ -24,10 +24,6 @@ pub struct Config {
     /// Samples per cell of the bias table (unguided conditional sampling, where the truth is known closely).
     pub bias_samples: PerPreset<usize>,
     pub mixture: MixtureSpec,
-}
-
-fn name(k: SamplerKind) -> String {
-    crate::config::kebab(&k)
 }
 
 pub fn run(ctx: &Ctx, dir: &Path) -> Result<StageOutput> {
@@ -73,7 +69,7 @@ pub fn run(ctx: &Ctx, dir: &Path) -> Result<StageOutput> {
             let c = problem.class_stats(&draw(&s, &mut g, n, 2, cfg.seed, dev), dev).expect("class set");
             let evals = steps * kind.evals_per_step() + 1;
             table.row(vec![
-                name(kind),
+                kebab(&kind),
                 steps.to_string(),
                 evals.to_string(),
                 if diverged > 0.0 { format!("diverged ({:.1} %)", 100.0 * diverged) } else { fmt(r.mean, 4) },
@@ -87,8 +83,8 @@ pub fn run(ctx: &Ctx, dir: &Path) -> Result<StageOutput> {
             cp.push((steps as f64, c.mean_inv_class_prob.mean));
             bar.inc(1);
         }
-        reward_series.push(Series { name: name(kind), points: rp });
-        cfg_series.push(Series { name: name(kind), points: cp });
+        reward_series.push(Series { name: kebab(&kind), points: rp });
+        cfg_series.push(Series { name: kebab(&kind), points: cp });
     }
     bar.finish_and_clear();
     let bias = bias_table(ctx, &cfg, &mixture, &problem, &counts)?;
@@ -253,7 +249,7 @@ fn bias_table(ctx: &Ctx, cfg: &Config, mixture: &GaussianMixture, problem: &Prob
             let z = |a: MeanSe, b: MeanSe| (a.mean - b.mean) / (a.se.powi(2) + b.se.powi(2)).sqrt();
             let inv_z = (c.mean_inv_class_prob.mean - inv_prior) / c.mean_inv_class_prob.se;
             table.row(vec![
-                name(kind),
+                kebab(&kind),
                 steps.to_string(),
                 fmt(ratio, 4),
                 fmt(ratio_se, 4),
@@ -265,7 +261,7 @@ fn bias_table(ctx: &Ctx, cfg: &Config, mixture: &GaussianMixture, problem: &Prob
                 fmt(z(c.mean_log_class_prob, ref_stats.mean_log_class_prob), 2),
             ]);
             pts.push((steps as f64, ratio));
-            let here = Closest { steps, sampler: name(kind), deviation: (ratio - 1.0).abs(), se: ratio_se };
+            let here = Closest { steps, sampler: kebab(&kind), deviation: (ratio - 1.0).abs(), se: ratio_se };
             if here.deviation < best[i].deviation {
                 best[i] = here.clone();
             }
@@ -274,7 +270,7 @@ fn bias_table(ctx: &Ctx, cfg: &Config, mixture: &GaussianMixture, problem: &Prob
             }
             bar.inc(1);
         }
-        series.push(Series { name: name(kind), points: pts });
+        series.push(Series { name: kebab(&kind), points: pts });
     }
     bar.finish_and_clear();
     let list = |b: &[Closest]| {

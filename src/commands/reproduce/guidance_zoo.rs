@@ -185,6 +185,12 @@ pub fn run(ctx: &Ctx, dir: &Path) -> Result<StageOutput> {
     let exact_rw = MixtureScore::new(tilted.clone(), Default::default(), dev);
     let n = cfg.samples.get(p);
     let (budget, budgets) = (cfg.budget.get(p), cfg.budgets.get(p));
+    for (field, empty) in [("strengths", cfg.strengths.is_empty()), ("class_strengths", cfg.class_strengths.is_empty())]
+    {
+        if empty {
+            anyhow::bail!("{field}: expected at least one strength");
+        }
+    }
     if cfg.smc_groups == 0 || n / cfg.smc_groups < 2 {
         anyhow::bail!("smc_groups: expected 1 to samples / 2 groups, got {}", cfg.smc_groups);
     }

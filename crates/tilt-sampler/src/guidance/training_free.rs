@@ -169,8 +169,8 @@ impl GuidanceTerm for TrainingFreeGuidance<'_> {
         let [n, d] = x.dims();
         let xi = (p.smoothing > 0.0)
             .then(|| self.noise.normal(p.smoothing_samples * n, d, &x.device()).mul_scalar(p.smoothing * sigma));
-        let mut g = x.zeros_like();
-        if p.rho > 0.0 {
+        // Each part only when it is on: no zero tensor to add to on the sampler's every step.
+        let through = (p.rho > 0.0).then(|| {
             let grad = input_gradient(x, |xa| {
                 let s = base.model.score(xa.clone(), t, base.condition);
                 self.smoothed_log_reward(param::clean_from_score(xa, s, alpha, sigma), &xi)
@@ -181,17 +181,22 @@ impl GuidanceTerm for TrainingFreeGuidance<'_> {
             } else {
                 grad
             };
-            g = g + grad.mul_scalar(p.rho);
-        }
-        if p.mu > 0.0 && p.iterations > 0 {
+            grad.mul_scalar(p.rho)
+        });
+        let clean = (p.mu > 0.0 && p.iterations > 0).then(|| {
             let x0 = param::clean_from_score(x.clone(), base.score.clone(), alpha, sigma);
             let mut delta = x.zeros_like();
             for _ in 0..p.iterations {
                 let step = input_gradient(&(x0.clone() + delta.clone()), |z| self.smoothed_log_reward(z, &xi));
                 delta = delta + step.mul_scalar(p.mu * sigma * sigma);
             }
-            g = g + delta.mul_scalar(alpha / (sigma * sigma));
+            delta.mul_scalar(alpha / (sigma * sigma))
+        });
+        match (through, clean) {
+            (Some(a), Some(b)) => a + b,
+            (Some(a), None) | (None, Some(a)) => a,
+            // validate() refuses a term with neither part; a hand-built one contributes nothing.
+            (None, None) => x.zeros_like(),
         }
-        g
     }
 }

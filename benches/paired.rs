@@ -39,6 +39,13 @@ fn main() {
             let seconds = timed(repeats, || drop(a.clone().matmul(b.clone())));
             (seconds, sum(&tilt_core::tensor_ext::to_vec(a.matmul(b))))
         }
+        // Diagnostics (not in the table): one SiLU over the training step's hidden activations, [1024, 128],
+        // shared input as in a network (the input stays alive for the backward pass).
+        "silu" => {
+            let (a, _) = workloads::matmul_operands(&device);
+            let seconds = timed(repeats, || drop(burn::tensor::activation::silu(a.clone())));
+            (seconds, sum(&tilt_core::tensor_ext::to_vec(burn::tensor::activation::silu(a))))
+        }
         other => {
             eprintln!("paired: unknown workload {other:?}; expected train, sample, cfg, cfg_sweep5 or matmul");
             std::process::exit(2);

@@ -157,7 +157,8 @@ fn wgpu_matches_cpu_on_a_unet_forward() {
 }
 
 /// `predict_noise_at` (time embedded once and broadcast) gives `predict_noise` with `t` repeated per row, for a
-/// conditional and an unconditional score network (the unconditional one broadcasts its conditioning layers too).
+/// conditional and an unconditional score network (the unconditional one broadcasts its conditioning layers too; the
+/// conditional one gathers them from a per-label table).
 #[test]
 fn score_net_at_one_time_equals_the_per_row_time() {
     let dev = common::device();
@@ -167,14 +168,16 @@ fn score_net_at_one_time_equals_the_per_row_time() {
             tilt_models::ScoreNetConfig::new(2).with_hidden(32).with_blocks(2).with_num_classes(classes).init(&dev);
         let (x, _) = batch(7, &dev);
         let x = x.narrow(1, 0, 2).mul_scalar(2.0);
-        let labels = (classes > 0)
-            .then(|| Tensor::<1, Int>::from_data(TensorData::new(vec![0i64, 1, 2, 3, 0, 1, 2], [7]), &dev));
-        for t in [1e-3, 0.37, 1.0 - 1e-5] {
+        // Labels of every class and the null label, and no labels (the null label for every row).
+        let given = Tensor::<1, Int>::from_data(TensorData::new(vec![0i64, 1, 2, 3, 0, 1, 2], [7]), &dev);
+        let label_sets = if classes > 0 { vec![Some(given), None] } else { vec![None] };
+        for (labels, t) in label_sets.iter().flat_map(|l| [1e-3, 0.37, 1.0 - 1e-5].map(|t| (l, t))) {
             let per_row = net.predict_noise(x.clone(), Tensor::<1>::full([7], t, &dev), labels.clone());
             let once = net.predict_noise_at(x.clone(), t, labels.clone());
             let (a, b) = (tilt_core::tensor_ext::to_vec(per_row), tilt_core::tensor_ext::to_vec(once));
             let worst = a.iter().zip(&b).map(|(p, q)| (p - q).abs() / p.abs().max(1e-3)).fold(0.0f32, f32::max);
-            assert!(worst < 1e-5, "classes {classes}, t {t}: relative difference {worst}");
+            let given = labels.is_some();
+            assert!(worst < 1e-5, "classes {classes}, labels given {given}, t {t}: relative difference {worst}");
             assert_ne!(a, vec![0.0; a.len()]);
         }
     }

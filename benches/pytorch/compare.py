@@ -3,7 +3,9 @@
 Run through `bash benches/compare-pytorch.sh`, which installs PyTorch and builds the tilt side. For each thread
 count (1 and 2) and each of `--rounds` rounds, every workload runs once as tilt and once as PyTorch, in
 alternating order, each in a fresh process with one untimed warm-up; the table reports the median time per
-repeat over all rounds and the tilt / PyTorch ratio of the medians. The last line is the 1-thread ratios.
+repeat over all rounds and the tilt / PyTorch ratio of the medians. The sampling workloads also run a PyTorch
+variant with tilt's per-label conditioning (see PER_LABEL). The last line is the 1-thread ratios against the
+twin as a PyTorch user writes it.
 """
 
 import argparse
@@ -20,6 +22,10 @@ WORKLOADS = {  # name: (repeats per process, description)
     "cfg": (3, "sampling with CFG (cond + uncond in one batch)"),
     "matmul": (200, "one hidden-layer product [1024,128] x [128,128] (the GEMM floor)"),
 }
+# tilt's sampling forward computes the conditioning once per label and time (score_net.rs `forward_at`); the twin
+# runs row by row as a PyTorch user writes it, and also as tilt does (`<name>_per_label`), so that the table shows
+# how much of the ratio is that arithmetic and how much is the rest.
+PER_LABEL = {"sample", "cfg"}
 
 HEADLINE = ["train", "sample", "cfg"]  # the ratios of the last line; matmul is the floor beside them
 
@@ -46,6 +52,8 @@ def main():
         for r in range(args.rounds):
             for name, (repeats, _) in WORKLOADS.items():
                 sides = [("tilt", [args.tilt, name, str(repeats)]), ("pytorch", twin + [name, str(repeats)])]
+                if name in PER_LABEL:
+                    sides.append(("pytorch_per_label", twin + [f"{name}_per_label", str(repeats)]))
                 if r % 2:
                     sides.reverse()
                 for side, cmd in sides:
@@ -55,8 +63,9 @@ def main():
     import torch
 
     print(f"\nPyTorch {torch.__version__}, tilt Flex; median per repeat over {args.rounds} interleaved rounds\n")
-    print("| workload | threads | tilt (Flex) | PyTorch | tilt / PyTorch |")
-    print("|---|---|---|---|---|")
+    print("| workload | threads | tilt (Flex) | PyTorch | tilt / PyTorch | PyTorch, per-label conditioning "
+          "| tilt / that |")
+    print("|---|---|---|---|---|---|---|")
     ratios = {}
     for name, (_, desc) in WORKLOADS.items():
         for threads in args.threads:
@@ -64,7 +73,11 @@ def main():
             p = statistics.median(times[(threads, name, "pytorch")])
             ratios[(threads, name)] = t / p
             fmt = {"train": lambda s: f"{s * 1e3:.2f} ms", "matmul": lambda s: f"{s * 1e6:.0f} us"}.get(name, lambda s: f"{s:.3f} s")
-            print(f"| {desc} | {threads} | {fmt(t)} | {fmt(p)} | {t / p:.2f} |")
+            same = "| - | - |"
+            if name in PER_LABEL:
+                q = statistics.median(times[(threads, name, "pytorch_per_label")])
+                same = f"| {fmt(q)} | {t / q:.2f} |"
+            print(f"| {desc} | {threads} | {fmt(t)} | {fmt(p)} | {t / p:.2f} {same}")
     for threads in args.threads[1:]:
         print(f"ratio@{threads}threads " + " ".join(f"{n}={ratios[(threads, n)]:.2f}" for n in HEADLINE))
     first = args.threads[0]

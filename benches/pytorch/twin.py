@@ -1,7 +1,11 @@
 """The PyTorch twin of tilt's 2-D score-network benchmarks (benches/workloads/mod.rs), the way a PyTorch user
 would write it: the same network, sizes, optimizer and sampler arithmetic, eager mode.
 
-    python twin.py <train|sample|cfg|matmul> <repeats>
+    python twin.py <train|sample|cfg|sample_per_label|cfg_per_label|matmul> <repeats>
+
+`sample` and `cfg` run the network row by row, the way a PyTorch user writes it; the `_per_label` variants
+compute the conditioning once per label and time, as tilt's sampling forward does (the same numbers, less
+arithmetic), so the table can show both comparisons.
 
 Untimed warm-up (10 training steps, or one run), then `repeats` timed runs; prints one JSON line like `benches/paired.rs`. Threads: the
 driver sets OMP_NUM_THREADS and torch.set_num_threads to the same count it gives tilt (RAYON_NUM_THREADS).
@@ -46,6 +50,18 @@ class ScoreNet(nn.Module):
                            "cond": nn.Linear(hidden, hidden)}) for _ in range(blocks))
         self.output = nn.Linear(hidden, dim)
         self.act = nn.SiLU()
+
+    def forward_at(self, x, t, labels):
+        """`forward` with every row at time `t`, as tilt's sampling forward computes it (score_net.rs
+        `forward_at`): the time embedding once, and the label-dependent conditioning once per label (a table of
+        `num_classes + 1` rows that the rows gather from). The same numbers as `forward` with less arithmetic."""
+        emb = self.time_mlp(time_embedding(torch.full((1,), t), self.time_dim))
+        table = self.act(emb + self.class_emb.weight)
+        h = self.input(x)
+        for b in self.blocks:
+            inner = b["lin1"](self.act(h)) + b["cond"](table)[labels]
+            h = h + b["lin2"](self.act(inner))
+        return self.output(self.act(h))
 
     def forward(self, x, t, labels=None):
         emb = self.time_mlp(time_embedding(t, self.time_dim))
@@ -96,8 +112,9 @@ def log_snr_grid(steps):
 
 
 @torch.no_grad()
-def sample(model, cfg):
-    """SDE-DPM-Solver-1 (tilt-sampler samplers.rs `sde_dpm_solver_1`), class 0, 20 steps, no final denoise."""
+def sample(model, cfg, per_label=False):
+    """SDE-DPM-Solver-1 (tilt-sampler samplers.rs `sde_dpm_solver_1`), class 0, 20 steps, no final denoise.
+    `per_label`: the network's conditioning once per label and time (`forward_at`), as tilt computes it."""
     torch.manual_seed(0)
     n = SAMPLE_N
     grid = log_snr_grid(SAMPLE_STEPS)
@@ -107,24 +124,25 @@ def sample(model, cfg):
     for (a, s, t), (a2, s2, _) in zip(grid, grid[1:]):
         tt = torch.full((n,), t)
         if cfg:
-            out = model(torch.cat([x, x]), torch.cat([tt, tt]), both)
+            xx = torch.cat([x, x])
+            out = model.forward_at(xx, t, both) if per_label else model(xx, torch.cat([tt, tt]), both)
             eps_c, eps_u = out[:n], out[n:]
             eps = eps_c + CFG_STRENGTH * (eps_c - eps_u)
         else:
-            eps = model(x, tt, labels)
+            eps = model.forward_at(x, t, labels) if per_label else model(x, tt, labels)
         e = (a2 * s) / (s2 * a)
         x = x * (a2 / a) - eps * (2 * s2 * (e - 1)) + torch.randn(n, 2) * (s2 * math.sqrt(max(e * e - 1, 0.0)))
     return x
 
 
-def sampling(repeats, cfg):
+def sampling(repeats, cfg, per_label):
     torch.manual_seed(0)
     model = ScoreNet(num_classes=2).eval()
-    sample(model, cfg)
+    sample(model, cfg, per_label)
     seconds = []
     for _ in range(repeats):
         start = time.perf_counter()
-        x = sample(model, cfg)
+        x = sample(model, cfg, per_label)
         seconds.append(time.perf_counter() - start)
     return seconds, float(x.sum())
 
@@ -149,10 +167,11 @@ def main():
         seconds, checksum = train(repeats)
     elif workload == "matmul":
         seconds, checksum = matmul(repeats)
-    elif workload in ("sample", "cfg"):
-        seconds, checksum = sampling(repeats, workload == "cfg")
+    elif workload in ("sample", "cfg", "sample_per_label", "cfg_per_label"):
+        seconds, checksum = sampling(repeats, workload.startswith("cfg"), workload.endswith("_per_label"))
     else:
-        sys.exit(f"twin.py: unknown workload {workload!r}; expected train, sample, cfg or matmul")
+        sys.exit(f"twin.py: unknown workload {workload!r}; expected train, sample, cfg, sample_per_label, "
+                 "cfg_per_label or matmul")
     params = sum(p.numel() for p in ScoreNet(num_classes=0 if workload == "train" else 2).parameters())
     print(json.dumps({"workload": workload, "seconds": seconds, "checksum": checksum, "parameters": params}))
 

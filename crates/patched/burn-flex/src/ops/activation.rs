@@ -104,8 +104,11 @@ impl ActivationOps<Flex> for Flex {
 
     fn sigmoid(tensor: FloatTensor<Flex>) -> FloatTensor<Flex> {
         #[cfg(feature = "simd")]
-        let tensor = match crate::ops::unary::f32_simd_map(tensor, crate::simd::sigmoid_inplace_f32)
-        {
+        let tensor = match crate::ops::unary::f32_simd_map(
+            tensor,
+            crate::simd::sigmoid_inplace_f32,
+            crate::simd::sigmoid_into_f32,
+        ) {
             Ok(done) => return done,
             Err(tensor) => tensor,
         };

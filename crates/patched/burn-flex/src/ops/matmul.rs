@@ -261,8 +261,10 @@ fn matmul_2d_strided<T: GemmScalar>(lhs: FlexTensor, rhs: FlexTensor) -> FlexTen
     let rhs_ptr = unsafe { rhs_data.as_ptr().add(rhs.layout().start_offset()) };
 
     let out_shape = Shape::from(vec![m, n]);
-    let mut output = FlexTensor::empty(out_shape, T::dtype());
-    let out_data: &mut [T] = output.storage_mut();
+    // Not zeroed first: gemm writes every element of the output (`read_dst = false` and `alpha = 0`, so it never
+    // reads it; for `k = 0` it stores zeros), and zeroing was a full extra pass over it.
+    let len = checked_size(m, n);
+    let mut out: Vec<T> = Vec::with_capacity(len);
 
     let parallelism = get_parallelism(m, n, k);
 
@@ -271,7 +273,7 @@ fn matmul_2d_strided<T: GemmScalar>(lhs: FlexTensor, rhs: FlexTensor) -> FlexTen
             m,
             n,
             k,
-            out_data.as_mut_ptr(),
+            out.spare_capacity_mut().as_mut_ptr().cast::<T>(),
             1,
             n as isize,
             lhs_ptr,
@@ -282,9 +284,15 @@ fn matmul_2d_strided<T: GemmScalar>(lhs: FlexTensor, rhs: FlexTensor) -> FlexTen
             rhs_row_stride,
             parallelism,
         );
+        // SAFETY: gemm wrote all `m * n` elements (see above).
+        out.set_len(len);
     }
 
-    output
+    FlexTensor::new(
+        Bytes::from_elems(out),
+        Layout::contiguous(out_shape),
+        T::dtype(),
+    )
 }
 
 /// Strided gemm call for one matrix. Wraps `gemm::gemm` with GemmScalar zero/one.

@@ -164,19 +164,25 @@ where
 /// Exponential: e^x
 pub fn exp(tensor: FlexTensor) -> FlexTensor {
     #[cfg(feature = "simd")]
-    let tensor = match f32_simd_map(tensor, crate::simd::exp_inplace_f32) {
+    let tensor = match f32_simd_map(
+        tensor,
+        crate::simd::exp_inplace_f32,
+        crate::simd::exp_into_f32,
+    ) {
         Ok(done) => return done,
         Err(tensor) => tensor,
     };
     unary_op(tensor, |x| x.exp(), |x| x.exp())
 }
 
-/// Runs an in-place f32 SIMD kernel over a contiguous f32 tensor: in place when the storage is unique, else on
-/// a copy (the input of `x * sigmoid(x)` is shared, for one). Hands the tensor back for other dtypes and layouts.
+/// Runs an f32 SIMD kernel over a contiguous f32 tensor: in place when the storage is unique, else from the
+/// shared input into a new buffer in one pass (the input of `x * sigmoid(x)` is shared, for one). Hands the
+/// tensor back for other dtypes and layouts.
 #[cfg(feature = "simd")]
 pub(crate) fn f32_simd_map(
     tensor: FlexTensor,
-    kernel: fn(&mut [f32]),
+    in_place: fn(&mut [f32]),
+    into: fn(&[f32], &mut [core::mem::MaybeUninit<f32>]),
 ) -> Result<FlexTensor, FlexTensor> {
     let layout = tensor.layout();
     if tensor.dtype() != DType::F32 || !layout.is_contiguous() || layout.start_offset() != 0 {
@@ -186,12 +192,14 @@ pub(crate) fn f32_simd_map(
     if tensor.is_unique() {
         let mut tensor = tensor;
         let storage: &mut [f32] = tensor.storage_mut();
-        kernel(&mut storage[..n]);
+        in_place(&mut storage[..n]);
         return Ok(tensor);
     }
     let storage: &[f32] = tensor.storage();
-    let mut values: Vec<f32> = storage[..n].to_vec();
-    kernel(&mut values);
+    let mut values: Vec<f32> = Vec::with_capacity(n);
+    into(&storage[..n], &mut values.spare_capacity_mut()[..n]);
+    // SAFETY: `into` wrote all `n` elements.
+    unsafe { values.set_len(n) };
     let layout = Layout::contiguous(layout.shape().clone());
     Ok(FlexTensor::new(
         Bytes::from_elems(values),

@@ -35,7 +35,7 @@ pub use portable::{
 mod transcendental;
 
 #[cfg(feature = "simd")]
-pub use transcendental::{exp_inplace_f32, sigmoid_inplace_f32};
+pub use transcendental::{exp_inplace_f32, exp_into_f32, sigmoid_inplace_f32, sigmoid_into_f32};
 
 // When simd feature disabled: use scalar fallback (bool ops + CmpOp only)
 #[cfg(not(feature = "simd"))]

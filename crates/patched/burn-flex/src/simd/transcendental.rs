@@ -5,13 +5,15 @@
 //! macerator and stay within 2 ULP of libm's `expf` over the whole f32 range, including gradual underflow to
 //! subnormals, overflow to infinity and NaN propagation (see the tests at the end).
 
+use core::mem::MaybeUninit;
 use macerator::{Scalar, Simd, Vector, vload_unaligned, vstore_unaligned};
 
 #[cfg(feature = "rayon")]
 use rayon::prelude::*;
 
-/// Above this many elements the work is split over the rayon pool: `exp` costs ~20 flops per element, so
-/// parallelism pays long before the memory-bound ops' threshold.
+/// Above this many elements the work is split over the rayon pool (when it has more than one thread: with one,
+/// handing the work to the pool only adds a hand-off): `exp` costs ~20 flops per element, so parallelism pays
+/// long before the memory-bound ops' threshold.
 #[cfg(feature = "rayon")]
 const PARALLEL_THRESHOLD: usize = 64 * 1024;
 
@@ -58,53 +60,81 @@ fn exp_lanes<S: Simd>(x: Vector<S, f32>) -> Vector<S, f32> {
 fn sigmoid_lanes<S: Simd>(x: Vector<S, f32>) -> Vector<S, f32> {
     let e = exp_lanes::<S>(0.0f32.splat::<S>() - x.abs());
     let d = e + 1.0f32.splat::<S>();
-    let y = x
-        .ge(0.0f32.splat::<S>())
-        .select(1.0f32.splat::<S>() / d, e / d);
+    // One division for both branches (the numerator is chosen first): the divide is the kernel's slowest
+    // instruction.
+    let y = x.ge(0.0f32.splat::<S>()).select(1.0f32.splat::<S>(), e) / d;
     x.eq(x).select(y, x)
 }
 
-macro_rules! define_inplace_map_f32 {
-    ($(#[$doc:meta])* $pub_fn:ident, $seq_fn:ident, $lanes_fn:ident, $scalar:expr) => {
+/// A vectorised f32 map: `$pub_fn` in place, `$into_fn` from a source slice into a destination of the same
+/// length (one pass instead of a copy and an in-place pass, for inputs that are still shared).
+macro_rules! define_map_f32 {
+    ($(#[$doc:meta])* $pub_fn:ident, $into_fn:ident, $seq_fn:ident, $lanes_fn:ident, $scalar:expr) => {
         $(#[$doc])*
         #[inline]
         pub fn $pub_fn(a: &mut [f32]) {
             #[cfg(feature = "rayon")]
-            if a.len() >= PARALLEL_THRESHOLD {
-                a.par_chunks_mut(CHUNK_SIZE).for_each(|chunk| $seq_fn(chunk));
+            if a.len() >= PARALLEL_THRESHOLD && rayon::current_num_threads() > 1 {
+                a.par_chunks_mut(CHUNK_SIZE).for_each(|chunk| {
+                    // SAFETY: source and destination are the same valid chunk; the kernel reads each vector
+                    // before it writes it.
+                    unsafe { $seq_fn(chunk.as_ptr(), chunk.as_mut_ptr(), chunk.len()) }
+                });
                 return;
             }
-            $seq_fn(a);
+            // SAFETY: as above, over the whole slice.
+            unsafe { $seq_fn(a.as_ptr(), a.as_mut_ptr(), a.len()) }
         }
 
+        $(#[$doc])*
+        /// Out of place: `dst[i] = f(src[i])` into a destination that need not be initialised (every element
+        /// is written); the slices must have the same length.
+        #[inline]
+        pub fn $into_fn(src: &[f32], dst: &mut [MaybeUninit<f32>]) {
+            assert_eq!(src.len(), dst.len(), "{}: length mismatch", stringify!($into_fn));
+            #[cfg(feature = "rayon")]
+            if src.len() >= PARALLEL_THRESHOLD && rayon::current_num_threads() > 1 {
+                src.par_chunks(CHUNK_SIZE)
+                    .zip(dst.par_chunks_mut(CHUNK_SIZE))
+                    // SAFETY: two valid chunks of equal length that do not overlap.
+                    .for_each(|(s, d)| unsafe { $seq_fn(s.as_ptr(), d.as_mut_ptr().cast(), s.len()) });
+                return;
+            }
+            // SAFETY: two valid slices of equal length that do not overlap.
+            unsafe { $seq_fn(src.as_ptr(), dst.as_mut_ptr().cast(), src.len()) }
+        }
+
+        /// # Safety
+        /// `src` and `dst` are valid for `len` elements and either equal or not overlapping.
         #[macerator::with_simd]
-        fn $seq_fn<S: Simd>(a: &mut [f32]) {
+        unsafe fn $seq_fn<S: Simd>(src: *const f32, dst: *mut f32, len: usize) {
             let lanes = S::lanes32();
-            let simd_len = a.len() / lanes * lanes;
+            let simd_len = len / lanes * lanes;
             let mut i = 0;
             while i < simd_len {
                 unsafe {
-                    let v = vload_unaligned::<S, _>(a.as_ptr().add(i));
-                    vstore_unaligned::<S, _>(a.as_mut_ptr().add(i), $lanes_fn::<S>(v));
+                    let v = vload_unaligned::<S, _>(src.add(i));
+                    vstore_unaligned::<S, _>(dst.add(i), $lanes_fn::<S>(v));
                 }
                 i += lanes;
             }
             let scalar: fn(f32) -> f32 = $scalar;
-            for v in &mut a[simd_len..] {
-                *v = scalar(*v);
+            for i in simd_len..len {
+                unsafe { *dst.add(i) = scalar(*src.add(i)) };
             }
         }
     };
 }
 
-define_inplace_map_f32!(
+define_map_f32!(
     /// `a[i] = exp(a[i])`.
-    exp_inplace_f32, exp_inplace_f32_seq, exp_lanes, |x| x.exp()
+    exp_inplace_f32, exp_into_f32, exp_f32_seq, exp_lanes, |x| x.exp()
 );
-define_inplace_map_f32!(
+define_map_f32!(
     /// `a[i] = sigmoid(a[i])`.
     sigmoid_inplace_f32,
-    sigmoid_inplace_f32_seq,
+    sigmoid_into_f32,
+    sigmoid_f32_seq,
     sigmoid_lanes,
     |x| if x >= 0.0 {
         1.0 / (1.0 + (-x).exp())
@@ -204,5 +234,28 @@ mod tests {
         sigmoid_inplace_f32(&mut specials);
         assert!(specials[0].is_nan());
         assert_eq!(&specials[1..], &[1.0, 0.0, 0.5]);
+    }
+
+    /// The out-of-place kernels give the in-place kernels' bits, on a length with a scalar tail.
+    #[test]
+    fn into_matches_in_place() {
+        let x: Vec<f32> = inputs().into_iter().take(200_003).collect();
+        for (in_place, into) in [
+            (
+                exp_inplace_f32 as fn(&mut [f32]),
+                exp_into_f32 as fn(&[f32], &mut [MaybeUninit<f32>]),
+            ),
+            (sigmoid_inplace_f32, sigmoid_into_f32),
+        ] {
+            let mut a = x.clone();
+            in_place(&mut a);
+            let mut b = vec![MaybeUninit::new(f32::NAN); x.len()];
+            into(&x, &mut b);
+            let b: Vec<u32> = b
+                .iter()
+                .map(|v| unsafe { v.assume_init() }.to_bits())
+                .collect();
+            assert_eq!(a.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), b);
+        }
     }
 }

@@ -1,7 +1,8 @@
 //! The tilt side of the paired benchmark against PyTorch (`bash benches/compare-pytorch.sh` drives both).
 //!
-//! `paired <train|sample|cfg|cfg_sweep5|matmul> <repeats>` runs one workload of `benches/workloads` on Flex (threads from
-//! `RAYON_NUM_THREADS`): an untimed warm-up (10 training steps, or one run), then `repeats` timed runs, and prints one JSON line
+//! `paired <train|sample|cfg|unet_train|unet_cfg|cfg_sweep5|matmul|silu> <repeats>` runs one workload of
+//! `benches/workloads` on Flex (threads from `RAYON_NUM_THREADS`): an untimed warm-up (10 training steps of the 2-D
+//! network, 3 of the U-Net, or one run), then `repeats` timed runs, and prints one JSON line
 //! `{"workload": ..., "seconds": [...], "checksum": ...}`. The PyTorch twin prints the same line.
 
 mod workloads;
@@ -15,7 +16,7 @@ fn main() {
     tilt::alloc::keep_freed_memory();
     let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
     let (Some(workload), Some(repeats)) = (args.first(), args.get(1).and_then(|r| r.parse::<usize>().ok())) else {
-        eprintln!("usage: paired <train|sample|cfg|cfg_sweep5|matmul> <repeats>");
+        eprintln!("usage: paired <train|sample|cfg|unet_train|unet_cfg|cfg_sweep5|matmul|silu> <repeats>");
         std::process::exit(2);
     };
     let device = Device::flex();
@@ -32,6 +33,21 @@ fn main() {
             let guidance = if workload == "cfg" { Guidance::Cfg } else { Guidance::Plain };
             sampling(&Sampling::new(&device), guidance, repeats)
         }
+        "unet_train" => {
+            let mut w = workloads::UNetTrainStep::new(&device);
+            eprintln!("unet_train: {} parameters", w.num_params());
+            for _ in 0..3 {
+                w.step(); // the same warm-up as the PyTorch twin
+            }
+            let seconds = timed(repeats, || w.step());
+            (seconds, sum(&w.output()))
+        }
+        "unet_cfg" => {
+            let w = workloads::UNetSampling::new(&device);
+            let mut out = w.run();
+            let seconds = timed(repeats, || out = w.run());
+            (seconds, sum(&out))
+        }
         // Five strengths of a CFG sweep as one batch of 50,000 chains, against five runs of 10,000 ("cfg").
         "cfg_sweep5" => sampling(&Sampling::with_rows(&device, 5 * workloads::SAMPLE_N), Guidance::Cfg, repeats),
         "matmul" => {
@@ -47,7 +63,10 @@ fn main() {
             (seconds, sum(&tilt_core::tensor_ext::to_vec(burn::tensor::activation::silu(a))))
         }
         other => {
-            eprintln!("paired: unknown workload {other:?}; expected train, sample, cfg, cfg_sweep5 or matmul");
+            eprintln!(
+                "paired: unknown workload {other:?}; expected train, sample, cfg, unet_train, unet_cfg, cfg_sweep5, \
+                 matmul or silu"
+            );
             std::process::exit(2);
         }
     };

@@ -7,6 +7,8 @@
 //! channels, batch 32); wgpu gets the GPU size of `configs/train_unet_fashion.toml` (64 base channels, batch 128).
 //! Run: `cargo bench --bench unet` (add `--features wgpu` and `BURN_DEVICE=wgpu` for a GPU).
 
+mod workloads;
+
 use burn::optim::GradientsParams;
 use burn::prelude::*;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
@@ -28,7 +30,12 @@ struct Size {
     sample_batch: usize,
 }
 
-const CPU: Size = Size { name: "cpu_c16", base_channels: 16, train_batch: 32, sample_batch: 20 };
+const CPU: Size = Size {
+    name: "cpu_c16",
+    base_channels: workloads::UNET_BASE_CHANNELS,
+    train_batch: workloads::UNET_TRAIN_BATCH,
+    sample_batch: workloads::UNET_SAMPLE_N,
+};
 const GPU: Size = Size { name: "gpu_c64", base_channels: 64, train_batch: 128, sample_batch: 200 };
 const SAMPLE_STEPS: usize = 10;
 
@@ -39,14 +46,7 @@ fn setup() -> (Device, &'static Size) {
 }
 
 fn config(size: &Size) -> UNetConfig {
-    UNetConfig::new([1, 28, 28])
-        .with_base_channels(size.base_channels)
-        .with_channel_mults(vec![1, 2, 2])
-        .with_blocks_per_level(1)
-        .with_groups(8)
-        .with_time_dim(64)
-        .with_num_classes(10)
-        .with_attention(true)
+    workloads::unet_config(size.base_channels)
 }
 
 /// Deterministic inputs: images in [-1, 1], times spread over (0, 1), labels cycling through the classes.

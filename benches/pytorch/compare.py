@@ -21,6 +21,8 @@ WORKLOADS = {  # name: (repeats per process, description)
     "sample": (3, "sampling 10,000 points x 20 steps, plain"),
     "cfg": (3, "sampling with CFG (cond + uncond in one batch)"),
     "matmul": (200, "one hidden-layer product [1024,128] x [128,128] (the GEMM floor)"),
+    "unet_train": (5, "U-Net training step, batch 32 (28x28, 16 base channels, 203,505 parameters)"),
+    "unet_cfg": (2, "U-Net sampling with CFG, 20 images x 10 steps"),
 }
 # tilt's sampling forward computes the conditioning once per label and time (score_net.rs `forward_at`); the twin
 # runs row by row as a PyTorch user writes it, and also as tilt does (`<name>_per_label`), so that the table shows
@@ -28,6 +30,7 @@ WORKLOADS = {  # name: (repeats per process, description)
 PER_LABEL = {"sample", "cfg"}
 
 HEADLINE = ["train", "sample", "cfg"]  # the ratios of the last line; matmul is the floor beside them
+UNET = ["unet_train", "unet_cfg"]  # the pixel U-Net (tilt-models unet.rs), a line of its own
 
 
 def run(cmd, env_extra):
@@ -72,12 +75,15 @@ def main():
             t = statistics.median(times[(threads, name, "tilt")])
             p = statistics.median(times[(threads, name, "pytorch")])
             ratios[(threads, name)] = t / p
-            fmt = {"train": lambda s: f"{s * 1e3:.2f} ms", "matmul": lambda s: f"{s * 1e6:.0f} us"}.get(name, lambda s: f"{s:.3f} s")
+            fmt = {"train": lambda s: f"{s * 1e3:.2f} ms", "unet_train": lambda s: f"{s * 1e3:.0f} ms",
+                   "matmul": lambda s: f"{s * 1e6:.0f} us"}.get(name, lambda s: f"{s:.3f} s")
             same = "| - | - |"
             if name in PER_LABEL:
                 q = statistics.median(times[(threads, name, "pytorch_per_label")])
                 same = f"| {fmt(q)} | {t / q:.2f} |"
             print(f"| {desc} | {threads} | {fmt(t)} | {fmt(p)} | {t / p:.2f} {same}")
+    for threads in args.threads:
+        print(f"ratio_unet@{threads}threads " + " ".join(f"{n}={ratios[(threads, n)]:.2f}" for n in UNET))
     for threads in args.threads[1:]:
         print(f"ratio@{threads}threads " + " ".join(f"{n}={ratios[(threads, n)]:.2f}" for n in HEADLINE))
     first = args.threads[0]

@@ -1,7 +1,7 @@
 """The PyTorch twin of tilt's 2-D score-network benchmarks (benches/workloads/mod.rs), the way a PyTorch user
 would write it: the same network, sizes, optimizer and sampler arithmetic, eager mode.
 
-    python twin.py <train|sample|cfg|sample_per_label|cfg_per_label|matmul> <repeats>
+    python twin.py <train|sample|cfg|sample_per_label|cfg_per_label|unet_train|unet_cfg|matmul> <repeats>
 
 `sample` and `cfg` run the network row by row, the way a PyTorch user writes it; the `_per_label` variants
 compute the conditioning once per label and time, as tilt's sampling forward does (the same numbers, less
@@ -77,6 +77,120 @@ class ScoreNet(nn.Module):
         return self.output(self.act(h))
 
 
+UNET_BASE, UNET_TRAIN_BATCH, UNET_SAMPLE_N, UNET_SAMPLE_STEPS = 16, 32, 20, 10
+UNET_WARMUP_STEPS = 3
+
+
+class ConvBlock(nn.Module):
+    """tilt-models unet.rs ConvBlock: GroupNorm, SiLU, 3x3 conv, the embedding added per channel, again, skip."""
+
+    def __init__(self, i, o, emb_dim, groups):
+        super().__init__()
+        self.norm1, self.conv1 = nn.GroupNorm(groups, i), nn.Conv2d(i, o, 3, padding=1)
+        self.emb = nn.Linear(emb_dim, o)
+        self.norm2, self.conv2 = nn.GroupNorm(groups, o), nn.Conv2d(o, o, 3, padding=1)
+        self.skip = nn.Conv2d(i, o, 1) if i != o else None
+        self.act = nn.SiLU()
+
+    def forward(self, x, emb):
+        h = self.conv1(self.act(self.norm1(x)))
+        h = h + self.emb(self.act(emb))[:, :, None, None]
+        h = self.conv2(self.act(self.norm2(h)))
+        return (self.skip(x) if self.skip is not None else x) + h
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, c, groups):
+        super().__init__()
+        self.norm, self.qkv, self.out = nn.GroupNorm(groups, c), nn.Linear(c, 3 * c), nn.Linear(c, c)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, x):
+        n, c, h, w = x.shape
+        tokens = self.norm(x).reshape(n, c, h * w).transpose(1, 2)
+        q, k, v = self.qkv(tokens).split(c, dim=2)
+        weights = torch.softmax(q @ k.transpose(1, 2) / math.sqrt(c), dim=2)
+        return x + self.out(weights @ v).transpose(1, 2).reshape(n, c, h, w)
+
+
+class UNet(nn.Module):
+    """tilt-models unet.rs at benches/workloads `unet_config`: 28x28x1, levels x1 x2 x2, one block per level,
+    GroupNorm(8), 64-d time embedding, 10 classes + null, attention at the lowest level, zero output conv."""
+
+    def __init__(self, base=UNET_BASE, mults=(1, 2, 2), groups=8, time_dim=64, num_classes=10):
+        super().__init__()
+        self.time_dim, self.num_classes = time_dim, num_classes
+        emb_dim = 4 * base
+        ch = [base * m for m in mults]
+        self.conv_in = nn.Conv2d(1, ch[0], 3, padding=1)
+        self.time_mlp1, self.time_mlp2 = nn.Linear(time_dim, emb_dim), nn.Linear(emb_dim, emb_dim)
+        self.class_emb = nn.Embedding(num_classes + 1, emb_dim)
+        self.down, self.downsample, skips, c = nn.ModuleList(), nn.ModuleList(), [], ch[0]
+        for level, out in enumerate(ch):
+            self.down.append(ConvBlock(c, out, emb_dim, groups))
+            c = out
+            skips.append(c)
+            if level + 1 < len(ch):
+                self.downsample.append(nn.Conv2d(c, c, 3, stride=2, padding=1))
+        self.mid1, self.attention, self.mid2 = (ConvBlock(c, c, emb_dim, groups), SelfAttention(c, groups),
+                                                ConvBlock(c, c, emb_dim, groups))
+        self.up, self.upsample = nn.ModuleList(), nn.ModuleList()
+        for level in reversed(range(len(ch))):
+            self.up.append(ConvBlock(c + skips.pop(), ch[level], emb_dim, groups))
+            c = ch[level]
+            if level > 0:
+                self.upsample.append(nn.Conv2d(c, c, 3, padding=1))
+        self.norm_out, self.conv_out = nn.GroupNorm(groups, c), nn.Conv2d(c, 1, 3, padding=1)
+        nn.init.zeros_(self.conv_out.weight)
+        nn.init.zeros_(self.conv_out.bias)
+        self.act = nn.SiLU()
+
+    def forward(self, x, t, labels):
+        n = x.shape[0]
+        emb = self.time_mlp2(self.act(self.time_mlp1(time_embedding(t, self.time_dim)))) + self.class_emb(labels)
+        x = self.conv_in(x.reshape(n, 1, 28, 28))
+        skips = []
+        for level, block in enumerate(self.down):
+            x = block(x, emb)
+            skips.append(x)
+            if level < len(self.downsample):
+                x = self.downsample[level](x)
+        x = self.mid2(self.attention(self.mid1(x, emb)), emb)
+        for i, block in enumerate(self.up):
+            x = block(torch.cat([x, skips.pop()], dim=1), emb)
+            if i < len(self.upsample):
+                x = self.upsample[i](nn.functional.interpolate(x, scale_factor=2, mode="nearest"))
+        return self.conv_out(self.act(self.norm_out(x))).reshape(n, 784)
+
+
+def unet_train(repeats):
+    torch.manual_seed(0)
+    model = UNet()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, eps=1e-8, weight_decay=0.0)
+    n = UNET_TRAIN_BATCH
+    x0, z = torch.randn(n, 784).tanh(), torch.randn(n, 784)
+    t = (torch.arange(n, dtype=torch.float32) + 0.5) / n
+    xt = x0 * (1 - t).sqrt()[:, None] + z * t.sqrt()[:, None]
+    labels = torch.arange(n) % 10
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        loss = (model(xt, t, labels) - z).square().mean()
+        loss.backward()
+        opt.step()
+
+    for _ in range(UNET_WARMUP_STEPS):
+        step()
+    seconds = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        step()
+        seconds.append(time.perf_counter() - start)
+    with torch.no_grad():
+        return seconds, float(model(xt, t, labels).sum())
+
+
 def train(repeats):
     torch.manual_seed(0)
     model = ScoreNet()
@@ -112,13 +226,12 @@ def log_snr_grid(steps):
 
 
 @torch.no_grad()
-def sample(model, cfg, per_label=False):
+def sample(model, cfg, per_label=False, n=SAMPLE_N, steps=SAMPLE_STEPS, dim=2):
     """SDE-DPM-Solver-1 (tilt-sampler samplers.rs `sde_dpm_solver_1`), class 0, 20 steps, no final denoise.
     `per_label`: the network's conditioning once per label and time (`forward_at`), as tilt computes it."""
     torch.manual_seed(0)
-    n = SAMPLE_N
-    grid = log_snr_grid(SAMPLE_STEPS)
-    x = torch.randn(n, 2)
+    grid = log_snr_grid(steps)
+    x = torch.randn(n, dim)
     labels = torch.zeros(n, dtype=torch.long)
     both = torch.cat([labels, torch.full((n,), model.num_classes, dtype=torch.long)])
     for (a, s, t), (a2, s2, _) in zip(grid, grid[1:]):
@@ -131,7 +244,7 @@ def sample(model, cfg, per_label=False):
         else:
             eps = model.forward_at(x, t, labels) if per_label else model(x, tt, labels)
         e = (a2 * s) / (s2 * a)
-        x = x * (a2 / a) - eps * (2 * s2 * (e - 1)) + torch.randn(n, 2) * (s2 * math.sqrt(max(e * e - 1, 0.0)))
+        x = x * (a2 / a) - eps * (2 * s2 * (e - 1)) + torch.randn(n, dim) * (s2 * math.sqrt(max(e * e - 1, 0.0)))
     return x
 
 
@@ -143,6 +256,20 @@ def sampling(repeats, cfg, per_label):
     for _ in range(repeats):
         start = time.perf_counter()
         x = sample(model, cfg, per_label)
+        seconds.append(time.perf_counter() - start)
+    return seconds, float(x.sum())
+
+
+def unet_sampling(repeats):
+    """20 images, 10 steps, CFG at w = 2 in one batch (tilt: benches/workloads `UNetSampling`)."""
+    torch.manual_seed(0)
+    model = UNet().eval()
+    run = lambda: sample(model, True, n=UNET_SAMPLE_N, steps=UNET_SAMPLE_STEPS, dim=784)
+    run()
+    seconds = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        x = run()
         seconds.append(time.perf_counter() - start)
     return seconds, float(x.sum())
 
@@ -167,12 +294,17 @@ def main():
         seconds, checksum = train(repeats)
     elif workload == "matmul":
         seconds, checksum = matmul(repeats)
+    elif workload == "unet_train":
+        seconds, checksum = unet_train(repeats)
+    elif workload == "unet_cfg":
+        seconds, checksum = unet_sampling(repeats)
     elif workload in ("sample", "cfg", "sample_per_label", "cfg_per_label"):
         seconds, checksum = sampling(repeats, workload.startswith("cfg"), workload.endswith("_per_label"))
     else:
         sys.exit(f"twin.py: unknown workload {workload!r}; expected train, sample, cfg, sample_per_label, "
-                 "cfg_per_label or matmul")
-    params = sum(p.numel() for p in ScoreNet(num_classes=0 if workload == "train" else 2).parameters())
+                 "cfg_per_label, unet_train, unet_cfg or matmul")
+    net = UNet() if workload.startswith("unet") else ScoreNet(num_classes=0 if workload == "train" else 2)
+    params = sum(p.numel() for p in net.parameters())
     print(json.dumps({"workload": workload, "seconds": seconds, "checksum": checksum, "parameters": params}))
 
 

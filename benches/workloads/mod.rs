@@ -10,7 +10,7 @@ use burn::optim::GradientsParams;
 use burn::optim::ModuleOptimizer;
 use burn::prelude::*;
 use tilt_core::{Condition, Schedule, tensor_ext};
-use tilt_models::{Activation, NetScore, ScoreNet, ScoreNetConfig};
+use tilt_models::{Activation, NetScore, ScoreNet, ScoreNetConfig, UNet, UNetConfig};
 use tilt_sampler::guidance::CfgGuidance;
 use tilt_sampler::{GuidedScore, NoiseSource, Sampler, SamplerKind, TimeGrid, WeightSchedule};
 
@@ -128,4 +128,99 @@ impl Sampling {
 pub fn matmul_operands(device: &Device) -> (Tensor<2>, Tensor<2>) {
     let mut noise = NoiseSource::host(2);
     (noise.normal(TRAIN_BATCH, 128, device), noise.normal(128, 128, device))
+}
+
+/// The pixel U-Net of `benches/unet.rs` at its CPU size on 28 x 28 images: 16 base channels, levels x1, x2, x2,
+/// one block per level, GroupNorm with 8 groups, 64-d time embedding, 10 classes, attention at the lowest level.
+pub fn unet_config(base_channels: usize) -> UNetConfig {
+    UNetConfig::new([1, 28, 28])
+        .with_base_channels(base_channels)
+        .with_channel_mults(vec![1, 2, 2])
+        .with_blocks_per_level(1)
+        .with_groups(8)
+        .with_time_dim(64)
+        .with_num_classes(10)
+        .with_attention(true)
+}
+
+pub const UNET_BASE_CHANNELS: usize = 16;
+pub const UNET_TRAIN_BATCH: usize = 32;
+pub const UNET_SAMPLE_N: usize = 20;
+pub const UNET_SAMPLE_STEPS: usize = 10;
+
+/// One U-Net DSM training step with class labels at batch 32 on fixed inputs, AdamW at 1e-4.
+pub struct UNetTrainStep {
+    model: Option<UNet>,
+    optim: ModuleOptimizer,
+    xt: Tensor<2>,
+    t: Tensor<1>,
+    z: Tensor<2>,
+    labels: Tensor<1, Int>,
+}
+
+impl UNetTrainStep {
+    pub fn new(device: &Device) -> Self {
+        let ad = device.clone().autodiff();
+        ad.seed(0);
+        let model = unet_config(UNET_BASE_CHANNELS).init(&ad);
+        let n = UNET_TRAIN_BATCH;
+        let mut noise = NoiseSource::host(3);
+        let x0 = noise.normal(n, 784, &ad).tanh();
+        let z = noise.normal(n, 784, &ad);
+        let t =
+            Tensor::<1>::from_data(TensorData::new((0..n).map(|i| (i as f32 + 0.5) / n as f32).collect(), [n]), &ad);
+        let a = t.clone().neg().add_scalar(1.0).sqrt().reshape([n, 1]);
+        let s = t.clone().sqrt().reshape([n, 1]);
+        let xt = x0 * a + z.clone() * s;
+        let labels = tensor_ext::labels(&(0..n).map(|i| i % 10).collect::<Vec<_>>(), &ad);
+        Self { model: Some(model), optim: tilt_train::OptimConfig::default().init(), xt, t, z, labels }
+    }
+
+    pub fn step(&mut self) {
+        let model = self.model.take().expect("model");
+        let predicted = model.forward(self.xt.clone(), self.t.clone(), Some(self.labels.clone()));
+        let loss = (predicted - self.z.clone()).square().mean();
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        self.model = Some(self.optim.step(1e-4, model, grads));
+    }
+
+    pub fn num_params(&self) -> usize {
+        burn::module::Module::num_params(self.model.as_ref().expect("model"))
+    }
+
+    /// The model's output on the training inputs (forces any pending work).
+    pub fn output(&self) -> Vec<f32> {
+        let m = self.model.as_ref().expect("model");
+        let out = m.forward(self.xt.clone().inner(), self.t.clone().inner(), Some(self.labels.clone().inner()));
+        tensor_ext::to_vec(out.inner())
+    }
+}
+
+/// Sampling 20 images with 10 SDE-DPM-Solver-1 steps and CFG at w = 2 (conditional and unconditional rows in one
+/// forward), class 0.
+pub struct UNetSampling {
+    net: NetScore<UNet>,
+    sampler: Sampler,
+    cond: Condition,
+    device: Device,
+}
+
+impl UNetSampling {
+    pub fn new(device: &Device) -> Self {
+        device.seed(0);
+        let net = NetScore::new(unet_config(UNET_BASE_CHANNELS).init(device), Schedule::Linear, vec![1, 28, 28]);
+        let mut sampler =
+            Sampler::new(SamplerKind::SdeDpmSolver1, Schedule::Linear, TimeGrid::LogSnr, UNET_SAMPLE_STEPS);
+        sampler.denoise_final = false;
+        let cond = Condition::class(0, UNET_SAMPLE_N, device);
+        Self { net, sampler, cond, device: device.clone() }
+    }
+
+    pub fn run(&self) -> Vec<f32> {
+        let mut g = GuidedScore::new(&self.net, self.cond.clone())
+            .with(CfgGuidance::new(), WeightSchedule::Constant(CFG_STRENGTH));
+        let mut noise = NoiseSource::host(0);
+        let x = self.sampler.draw(&mut g, UNET_SAMPLE_N, 784, &self.device, &mut noise);
+        tensor_ext::to_vec(x)
+    }
 }

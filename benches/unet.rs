@@ -49,14 +49,15 @@ fn config(size: &Size) -> UNetConfig {
     workloads::unet_config(size.base_channels)
 }
 
-/// Deterministic inputs: images in [-1, 1], times spread over (0, 1), labels cycling through the classes.
+/// Deterministic inputs: noised images (`x0` in [-1, 1], times spread over (0, 1)), their noise, the times, and
+/// labels cycling through the classes.
 fn inputs(n: usize, device: &Device) -> (Tensor<2>, Tensor<2>, Tensor<1>, Tensor<1, Int>) {
     let mut noise = NoiseSource::host(3);
     let x0 = noise.normal(n, 784, device).tanh();
     let z = noise.normal(n, 784, device);
-    let t = Tensor::<1>::from_data(TensorData::new((0..n).map(|i| (i as f32 + 0.5) / n as f32).collect(), [n]), device);
+    let (xt, t) = workloads::diffused(x0, z.clone());
     let labels = tensor_ext::labels(&(0..n).map(|i| i % 10).collect::<Vec<_>>(), device);
-    (x0, z, t, labels)
+    (xt, z, t, labels)
 }
 
 fn train_step_bench(c: &mut Criterion) {
@@ -67,12 +68,9 @@ fn train_step_bench(c: &mut Criterion) {
     let mut model: UNet = config(size).init(&ad);
     let mut optim = tilt_train::OptimConfig::default().init();
     let n = size.train_batch;
-    let (x0, z, t, labels) = inputs(n, &ad);
+    let (xt, z, t, labels) = inputs(n, &ad);
     let mut step = |model: UNet| {
-        let a = t.clone().neg().add_scalar(1.0).sqrt().reshape([n, 1]);
-        let s = t.clone().sqrt().reshape([n, 1]);
-        let xt = x0.clone() * a + z.clone() * s;
-        let loss = (model.forward(xt, t.clone(), Some(labels.clone())) - z.clone()).square().mean();
+        let loss = (model.forward(xt.clone(), t.clone(), Some(labels.clone())) - z.clone()).square().mean();
         let grads = GradientsParams::from_grads(loss.backward(), &model);
         let model = optim.step(1e-4, model, grads);
         ad.sync().expect("device sync");

@@ -77,9 +77,15 @@ fn malformed_configs_name_the_field() {
             "class: class = 0 with a trained reward term is not supported",
         ),
     ];
+    assert_each_edit_fails(GOOD, cases);
+}
+
+/// Each `(from, to, want)`: `config` with its first `from` replaced by `to` is refused with an error containing
+/// `want` (and `from` is in `config`, so that a stale case cannot pass by editing nothing).
+fn assert_each_edit_fails(config: &str, cases: &[(&str, &str, &str)]) {
     for (from, to, want) in cases {
-        assert!(GOOD.contains(from), "bad test case: {from}");
-        let msg = error_of(&GOOD.replacen(from, to, 1));
+        assert!(config.contains(from), "bad test case: {from}");
+        let msg = error_of(&config.replacen(from, to, 1));
         assert!(msg.contains(want), "for `{to}`: expected an error containing {want:?}, got:\n{msg}");
     }
 }
@@ -125,11 +131,7 @@ fn guidance_term_lists_name_the_term_and_the_field() {
             "reward: guidance.terms[1] (kind = \"reward-gradient\") needs a [reward] table",
         ),
     ];
-    for (from, to, want) in cases {
-        assert!(terms.contains(from), "bad test case: {from}");
-        let msg = error_of(&terms.replacen(from, to, 1));
-        assert!(msg.contains(want), "for `{to}`: expected an error containing {want:?}, got:\n{msg}");
-    }
+    assert_each_edit_fails(&terms, cases);
 }
 
 /// Run a config on the exact mixture and return each strength's samples.

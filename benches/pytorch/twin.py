@@ -164,57 +164,57 @@ class UNet(nn.Module):
         return self.conv_out(self.act(self.norm_out(x))).reshape(n, 784)
 
 
-def unet_train(repeats):
-    torch.manual_seed(0)
-    model = UNet()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, eps=1e-8, weight_decay=0.0)
-    n = UNET_TRAIN_BATCH
-    x0, z = torch.randn(n, 784).tanh(), torch.randn(n, 784)
-    t = (torch.arange(n, dtype=torch.float32) + 0.5) / n
-    xt = x0 * (1 - t).sqrt()[:, None] + z * t.sqrt()[:, None]
-    labels = torch.arange(n) % 10
-
-    def step():
-        opt.zero_grad(set_to_none=True)
-        loss = (model(xt, t, labels) - z).square().mean()
-        loss.backward()
-        opt.step()
-
-    for _ in range(UNET_WARMUP_STEPS):
-        step()
+def timed(run, warmup, repeats):
+    """`warmup` untimed calls of `run`, then the wall-clock seconds of `repeats` timed ones, and the last result."""
+    out = None
+    for _ in range(warmup):
+        out = run()
     seconds = []
     for _ in range(repeats):
         start = time.perf_counter()
-        step()
+        out = run()
         seconds.append(time.perf_counter() - start)
+    return seconds, out
+
+
+def training(model, lr, xt, t, z, labels, warmup, repeats):
+    """Timed DSM steps of `model` (AdamW, `eps = 1e-8`, no weight decay) on fixed inputs; the checksum is the sum of
+    the trained model's output on them."""
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, eps=1e-8, weight_decay=0.0)
+    forward = (lambda: model(xt, t)) if labels is None else (lambda: model(xt, t, labels))
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        (forward() - z).square().mean().backward()
+        opt.step()
+
+    seconds, _ = timed(step, warmup, repeats)
     with torch.no_grad():
-        return seconds, float(model(xt, t, labels).sum())
+        return seconds, float(forward().sum())
+
+
+def diffused(x0, z):
+    """The DSM inputs of a batch: times spread over (0, 1) and `x_t = sqrt(1 - t) x0 + sqrt(t) z`."""
+    n = x0.shape[0]
+    t = (torch.arange(n, dtype=torch.float32) + 0.5) / n
+    return x0 * (1 - t).sqrt()[:, None] + z * t.sqrt()[:, None], t
+
+
+def unet_train(repeats):
+    torch.manual_seed(0)
+    n = UNET_TRAIN_BATCH
+    model = UNet()
+    x0, z = torch.randn(n, 784).tanh(), torch.randn(n, 784)
+    xt, t = diffused(x0, z)
+    return training(model, 1e-4, xt, t, z, torch.arange(n) % 10, UNET_WARMUP_STEPS, repeats)
 
 
 def train(repeats):
     torch.manual_seed(0)
     model = ScoreNet()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, eps=1e-8, weight_decay=0.0)
-    n = TRAIN_BATCH
-    x0, z = torch.randn(n, 2), torch.randn(n, 2)
-    t = (torch.arange(n, dtype=torch.float32) + 0.5) / n
-    xt = x0 * (1 - t).sqrt()[:, None] + z * t.sqrt()[:, None]
-
-    def step():
-        opt.zero_grad(set_to_none=True)
-        loss = (model(xt, t) - z).square().mean()
-        loss.backward()
-        opt.step()
-
-    for _ in range(WARMUP_STEPS):
-        step()
-    seconds = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        step()
-        seconds.append(time.perf_counter() - start)
-    with torch.no_grad():
-        return seconds, float(model(xt, t).sum())
+    x0, z = torch.randn(TRAIN_BATCH, 2), torch.randn(TRAIN_BATCH, 2)
+    xt, t = diffused(x0, z)
+    return training(model, 1e-3, xt, t, z, None, WARMUP_STEPS, repeats)
 
 
 def log_snr_grid(steps):
@@ -251,12 +251,7 @@ def sample(model, cfg, per_label=False, n=SAMPLE_N, steps=SAMPLE_STEPS, dim=2):
 def sampling(repeats, cfg, per_label):
     torch.manual_seed(0)
     model = ScoreNet(num_classes=2).eval()
-    sample(model, cfg, per_label)
-    seconds = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        x = sample(model, cfg, per_label)
-        seconds.append(time.perf_counter() - start)
+    seconds, x = timed(lambda: sample(model, cfg, per_label), 1, repeats)
     return seconds, float(x.sum())
 
 
@@ -264,13 +259,7 @@ def unet_sampling(repeats):
     """20 images, 10 steps, CFG at w = 2 in one batch (tilt: benches/workloads `UNetSampling`)."""
     torch.manual_seed(0)
     model = UNet().eval()
-    run = lambda: sample(model, True, n=UNET_SAMPLE_N, steps=UNET_SAMPLE_STEPS, dim=784)
-    run()
-    seconds = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        x = run()
-        seconds.append(time.perf_counter() - start)
+    seconds, x = timed(lambda: sample(model, True, n=UNET_SAMPLE_N, steps=UNET_SAMPLE_STEPS, dim=784), 1, repeats)
     return seconds, float(x.sum())
 
 
@@ -278,12 +267,7 @@ def matmul(repeats):
     """The hidden-layer product of the training step, [1024, 128] x [128, 128], alone."""
     torch.manual_seed(2)
     a, b = torch.randn(TRAIN_BATCH, 128), torch.randn(128, 128)
-    out = a @ b
-    seconds = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        out = a @ b
-        seconds.append(time.perf_counter() - start)
+    seconds, out = timed(lambda: a @ b, 1, repeats)
     return seconds, float(out.sum())
 
 

@@ -28,6 +28,17 @@ pub fn net_config(act: Activation, classes: usize) -> ScoreNetConfig {
         .with_num_classes(classes)
 }
 
+/// The DSM inputs of a batch: times spread evenly over (0, 1) and `x_t = sqrt(1 - t) x0 + sqrt(t) z`.
+pub fn diffused(x0: Tensor<2>, z: Tensor<2>) -> (Tensor<2>, Tensor<1>) {
+    let n = x0.dims()[0];
+    let device = x0.device();
+    let t =
+        Tensor::<1>::from_data(TensorData::new((0..n).map(|i| (i as f32 + 0.5) / n as f32).collect(), [n]), &device);
+    let a = t.clone().neg().add_scalar(1.0).sqrt().reshape([n, 1]);
+    let s = t.clone().sqrt().reshape([n, 1]);
+    (x0 * a + z * s, t)
+}
+
 /// One DSM training step at batch 1024 on fixed inputs: forward, loss, backward, AdamW (PyTorch's defaults but
 /// `eps = 1e-8` and no weight decay, as `tilt_train::OptimConfig::default()`).
 pub struct TrainStep {
@@ -46,12 +57,7 @@ impl TrainStep {
         let mut noise = NoiseSource::host(1);
         let x0 = noise.normal(TRAIN_BATCH, 2, &ad);
         let z = noise.normal(TRAIN_BATCH, 2, &ad);
-        let n = TRAIN_BATCH;
-        let t =
-            Tensor::<1>::from_data(TensorData::new((0..n).map(|i| (i as f32 + 0.5) / n as f32).collect(), [n]), &ad);
-        let a = t.clone().neg().add_scalar(1.0).sqrt().reshape([n, 1]);
-        let s = t.clone().sqrt().reshape([n, 1]);
-        let xt = x0 * a + z.clone() * s;
+        let (xt, t) = diffused(x0, z.clone());
         Self { model: Some(model), optim: tilt_train::OptimConfig::default().init(), xt, t, z }
     }
 
@@ -167,11 +173,7 @@ impl UNetTrainStep {
         let mut noise = NoiseSource::host(3);
         let x0 = noise.normal(n, 784, &ad).tanh();
         let z = noise.normal(n, 784, &ad);
-        let t =
-            Tensor::<1>::from_data(TensorData::new((0..n).map(|i| (i as f32 + 0.5) / n as f32).collect(), [n]), &ad);
-        let a = t.clone().neg().add_scalar(1.0).sqrt().reshape([n, 1]);
-        let s = t.clone().sqrt().reshape([n, 1]);
-        let xt = x0 * a + z.clone() * s;
+        let (xt, t) = diffused(x0, z.clone());
         let labels = tensor_ext::labels(&(0..n).map(|i| i % 10).collect::<Vec<_>>(), &ad);
         Self { model: Some(model), optim: tilt_train::OptimConfig::default().init(), xt, t, z, labels }
     }

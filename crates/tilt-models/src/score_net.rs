@@ -110,24 +110,25 @@ impl ScoreNet {
         let act = self.activation;
         let n = x.dims()[0];
         let conditioning: Vec<Tensor<2>> = match &self.class_emb {
-            // Every row at one time: the conditioning depends on the label alone, so the embedding, its
-            // activation and each block's conditioning layer run once per label (a `[classes + 1, hidden]`
-            // table) and the rows gather theirs. This saves a `[n, hidden] x [hidden, hidden]` product per
-            // block and step when sampling.
-            Some(e) if time.dims()[0] == 1 && n > 1 => {
-                let labels = labels.unwrap_or_else(|| self.null_labels(n, &x.device()));
-                let table = act.apply(time + e.weight.val());
-                self.blocks.iter().map(|b| b.cond.forward(table.clone()).select(0, labels.clone())).collect()
-            }
-            Some(e) => {
-                let labels = labels.unwrap_or_else(|| self.null_labels(n, &x.device()));
-                let h = time.dims()[1];
-                let emb = act.apply(time + e.forward(labels.unsqueeze_dim::<2>(1)).reshape([n, h]));
-                self.blocks.iter().map(|b| b.cond.forward(emb.clone())).collect()
-            }
             None => {
                 let emb = act.apply(time);
                 self.blocks.iter().map(|b| b.cond.forward(emb.clone())).collect()
+            }
+            Some(e) => {
+                let labels =
+                    labels.unwrap_or_else(|| Tensor::<1, Int>::full([n], self.num_classes as i64, &x.device()));
+                if time.dims()[0] == 1 {
+                    // Every row at one time: the conditioning depends on the label alone, so the embedding, its
+                    // activation and each block's conditioning layer run once per label (a `[classes + 1, hidden]`
+                    // table) and the rows gather theirs. This saves a `[n, hidden] x [hidden, hidden]` product
+                    // per block and step when sampling.
+                    let table = act.apply(time + e.weight.val());
+                    self.blocks.iter().map(|b| b.cond.forward(table.clone()).select(0, labels.clone())).collect()
+                } else {
+                    let h = time.dims()[1];
+                    let emb = act.apply(time + e.forward(labels.unsqueeze_dim::<2>(1)).reshape([n, h]));
+                    self.blocks.iter().map(|b| b.cond.forward(emb.clone())).collect()
+                }
             }
         };
         let mut h = self.input.forward(x);
@@ -136,10 +137,6 @@ impl ScoreNet {
             h = h + b.lin2.forward(act.apply(inner));
         }
         self.output.forward(act.apply(h))
-    }
-
-    fn null_labels(&self, n: usize, device: &Device) -> Tensor<1, Int> {
-        Tensor::<1, Int>::full([n], self.num_classes as i64, device)
     }
 
     /// The label that means "no class" (classifier-free guidance).

@@ -102,7 +102,7 @@ pub fn curve_plot(path: &Path, summary: &Summary) -> Result<()> {
         return Ok(());
     }
     if recs[0].mean_reward.is_some() {
-        let pts = recs.iter().map(|r| (r.w, r.mean_reward.unwrap().mean)).collect();
+        let pts = recs.iter().filter_map(|r| r.mean_reward.map(|m| (r.w, m.mean))).collect();
         let mut refs = vec![];
         if let Some(b) = recs[0].base_mean_reward {
             refs.push(("E_p[r] (w = 0, exact)".to_string(), b));

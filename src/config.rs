@@ -403,12 +403,19 @@ impl SampleConfig {
                 s.t_max
             );
         }
+        s.grid.try_times(s.steps, s.t_max, s.t_min, self.schedule).map_err(|e| anyhow::anyhow!("sampler.{e}"))?;
         let g = &self.guidance;
         if g.strengths.is_empty() {
             bail!("guidance.strengths: expected at least one strength");
         }
         if let Some(w) = g.strengths.iter().find(|w| !w.is_finite()) {
             bail!("guidance.strengths: expected finite values, got {w}");
+        }
+        for (i, w) in g.strengths.iter().enumerate() {
+            // -0.0 == 0.0: one strength, one file name.
+            if g.strengths[..i].contains(w) {
+                bail!("guidance.strengths: {w} is listed twice; each strength is sampled once into its own files");
+            }
         }
         if !(0.0..=1.0).contains(&g.rescale) {
             bail!("guidance.rescale: expected a value in [0, 1], got {}", g.rescale);
@@ -532,10 +539,21 @@ impl SampleConfig {
                         );
                     }
                 }
-                TermKind::Cfg { variant, apg, .. } => {
+                TermKind::Cfg { variant, apg, apg_start_step } => {
                     needs_class(&what)?;
                     if let Some(apg) = apg {
                         apg.validate(&field("apg")).map_err(anyhow::Error::msg)?;
+                    }
+                    // A start step the sweep never reaches, or one without APG, would silently leave plain CFG.
+                    if *apg_start_step > 0 && apg.is_none() {
+                        bail!("{}: has no effect without {}", field("apg_start_step"), field("apg"));
+                    }
+                    if *apg_start_step >= s.steps.max(1) && *apg_start_step > 0 {
+                        bail!(
+                            "{}: expected a step below sampler.steps = {} (APG would never apply), got {apg_start_step}",
+                            field("apg_start_step"),
+                            s.steps
+                        );
                     }
                     if let Some(CfgVariant::MagnitudeAware { alpha }) = variant
                         && !(alpha.is_finite() && *alpha >= 0.0)

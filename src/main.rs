@@ -84,6 +84,12 @@ enum Command {
 
 fn main() -> Result<()> {
     tilt::alloc::keep_freed_memory();
+    // A file-size limit (`ulimit -f`) would otherwise kill tilt with SIGXFSZ mid-write, with no message and a
+    // temporary left behind; ignored, the write fails with EFBIG and the error names the file.
+    #[cfg(unix)]
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+    }
     let cli = Cli::parse();
     match cli.command {
         Command::Sample { config, out, force } => {

@@ -25,6 +25,17 @@ fn err<E: std::fmt::Debug>(path: &Path) -> impl FnOnce(E) -> anyhow::Error + '_ 
     move |e| anyhow!("cannot draw {}: {e:?}", path.display())
 }
 
+/// Encode an RGB buffer as PNG and write it atomically: a full disk or a kill leaves the previous figure, never
+/// half of one (plotters' own file backend writes in place).
+fn write_png(path: &Path, rgb: Vec<u8>, (w, h): (u32, u32)) -> Result<()> {
+    let img =
+        image::RgbImage::from_raw(w, h, rgb).ok_or_else(|| anyhow!("cannot draw {}: buffer size", path.display()))?;
+    let mut bytes = Vec::new();
+    img.write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png)
+        .map_err(|e| anyhow!("cannot encode {}: {e}", path.display()))?;
+    crate::output::write_atomic(path, &bytes)
+}
+
 /// The filled-contour levels, as fractions of the density maximum, and their colours (light to dark).
 const LEVELS: [f64; 6] = [0.01, 0.05, 0.15, 0.3, 0.5, 0.75];
 const LEVEL_COLORS: [RGBColor; 6] = [
@@ -54,38 +65,42 @@ pub fn scatter_over_density(
         eprintln!("warning: {} not drawn: the plotting window {bounds:?} is not a finite rectangle", path.display());
         return Ok(());
     }
-    let root = BitMapBackend::new(path, (640, 560)).into_drawing_area();
-    root.fill(&WHITE).map_err(err(path))?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(title, ("sans-serif", 18))
-        .margin(12)
-        .x_label_area_size(36)
-        .y_label_area_size(44)
-        .build_cartesian_2d(x0..x1, y0..y1)
-        .map_err(err(path))?;
-    chart.configure_mesh().disable_mesh().x_desc("x1").y_desc("x2").draw().map_err(err(path))?;
+    let size = (640u32, 560u32);
+    let mut buf = vec![0u8; 640 * 560 * 3];
+    {
+        let root = BitMapBackend::with_buffer(&mut buf, size).into_drawing_area();
+        root.fill(&WHITE).map_err(err(path))?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 18))
+            .margin(12)
+            .x_label_area_size(36)
+            .y_label_area_size(44)
+            .build_cartesian_2d(x0..x1, y0..y1)
+            .map_err(err(path))?;
+        chart.configure_mesh().disable_mesh().x_desc("x1").y_desc("x2").draw().map_err(err(path))?;
 
-    let (nx, ny) = (160usize, 140usize);
-    let (dx, dy) = ((x1 - x0) / nx as f64, (y1 - y0) / ny as f64);
-    let grid: Vec<f64> = (0..nx * ny)
-        .map(|i| log_density(x0 + (i % nx) as f64 * dx + dx / 2.0, y0 + (i / nx) as f64 * dy + dy / 2.0))
-        .collect();
-    let max = grid.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-    let cells = grid.iter().enumerate().filter_map(|(i, &l)| {
-        let rel = (l - max).exp();
-        let level = LEVELS.iter().rposition(|&v| rel >= v)?;
-        let (x, y) = (x0 + (i % nx) as f64 * dx, y0 + (i / nx) as f64 * dy);
-        Some(Rectangle::new([(x, y), (x + dx, y + dy)], LEVEL_COLORS[level].filled()))
-    });
-    chart.draw_series(cells).map_err(err(path))?;
-    let pts = points
-        .chunks_exact(d)
-        .map(|r| (r[0] as f64, if d > 1 { r[1] as f64 } else { 0.0 }))
-        .filter(|(x, y)| (x0..=x1).contains(x) && (y0..=y1).contains(y))
-        .map(|p| Circle::new(p, 2, RGBAColor(214, 69, 20, 0.45).filled()));
-    chart.draw_series(pts).map_err(err(path))?;
-    root.present().map_err(err(path))?;
-    Ok(())
+        let (nx, ny) = (160usize, 140usize);
+        let (dx, dy) = ((x1 - x0) / nx as f64, (y1 - y0) / ny as f64);
+        let grid: Vec<f64> = (0..nx * ny)
+            .map(|i| log_density(x0 + (i % nx) as f64 * dx + dx / 2.0, y0 + (i / nx) as f64 * dy + dy / 2.0))
+            .collect();
+        let max = grid.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        let cells = grid.iter().enumerate().filter_map(|(i, &l)| {
+            let rel = (l - max).exp();
+            let level = LEVELS.iter().rposition(|&v| rel >= v)?;
+            let (x, y) = (x0 + (i % nx) as f64 * dx, y0 + (i / nx) as f64 * dy);
+            Some(Rectangle::new([(x, y), (x + dx, y + dy)], LEVEL_COLORS[level].filled()))
+        });
+        chart.draw_series(cells).map_err(err(path))?;
+        let pts = points
+            .chunks_exact(d)
+            .map(|r| (r[0] as f64, if d > 1 { r[1] as f64 } else { 0.0 }))
+            .filter(|(x, y)| (x0..=x1).contains(x) && (y0..=y1).contains(y))
+            .map(|p| Circle::new(p, 2, RGBAColor(214, 69, 20, 0.45).filled()));
+        chart.draw_series(pts).map_err(err(path))?;
+        root.present().map_err(err(path))?;
+    }
+    write_png(path, buf, size)
 }
 
 /// One named curve of `(x, y)` points.
@@ -159,49 +174,53 @@ fn draw_curves(
         eprintln!("warning: {} not drawn: {title} has no finite values to plot", path.display());
         return Ok(());
     }
-    let root = BitMapBackend::new(path, (720, 480)).into_drawing_area();
-    root.fill(&WHITE).map_err(err(path))?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(title, ("sans-serif", 18))
-        .margin(12)
-        .x_label_area_size(38)
-        .y_label_area_size(60)
-        .build_cartesian_2d(x0..x1, y0..y1)
-        .map_err(err(path))?;
-    let log_fmt = |v: &f64| {
-        let x = 10f64.powf(*v);
-        if x >= 1.0 { format!("{x:.0}") } else { format!("{x:.2}") }
-    };
-    let lin_fmt = |v: &f64| format!("{v}");
-    let fmt: &dyn Fn(&f64) -> String = if log_x { &log_fmt } else { &lin_fmt };
-    chart.configure_mesh().x_desc(x_label).y_desc(y_label).x_label_formatter(fmt).draw().map_err(err(path))?;
-    for (i, s) in series.iter().enumerate() {
-        let color = Palette99::pick(i).to_rgba();
+    let size = (720u32, 480u32);
+    let mut buf = vec![0u8; 720 * 480 * 3];
+    {
+        let root = BitMapBackend::with_buffer(&mut buf, size).into_drawing_area();
+        root.fill(&WHITE).map_err(err(path))?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 18))
+            .margin(12)
+            .x_label_area_size(38)
+            .y_label_area_size(60)
+            .build_cartesian_2d(x0..x1, y0..y1)
+            .map_err(err(path))?;
+        let log_fmt = |v: &f64| {
+            let x = 10f64.powf(*v);
+            if x >= 1.0 { format!("{x:.0}") } else { format!("{x:.2}") }
+        };
+        let lin_fmt = |v: &f64| format!("{v}");
+        let fmt: &dyn Fn(&f64) -> String = if log_x { &log_fmt } else { &lin_fmt };
+        chart.configure_mesh().x_desc(x_label).y_desc(y_label).x_label_formatter(fmt).draw().map_err(err(path))?;
+        for (i, s) in series.iter().enumerate() {
+            let color = Palette99::pick(i).to_rgba();
+            chart
+                .draw_series(LineSeries::new(s.points.clone(), color.stroke_width(2)))
+                .map_err(err(path))?
+                .label(s.name.clone())
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
+            chart.draw_series(s.points.iter().map(|&p| Circle::new(p, 3, color.filled()))).map_err(err(path))?;
+        }
+        const REF_COLORS: [RGBColor; 3] = [RGBColor(40, 40, 40), RGBColor(30, 120, 60), RGBColor(120, 60, 160)];
+        for (i, (name, y)) in references.iter().enumerate() {
+            let color = REF_COLORS[i % REF_COLORS.len()];
+            chart
+                .draw_series(DashedLineSeries::new(vec![(x0, *y), (x1, *y)], 6, 4, color.stroke_width(2)))
+                .map_err(err(path))?
+                .label(name.clone())
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
+        }
         chart
-            .draw_series(LineSeries::new(s.points.clone(), color.stroke_width(2)))
-            .map_err(err(path))?
-            .label(s.name.clone())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
-        chart.draw_series(s.points.iter().map(|&p| Circle::new(p, 3, color.filled()))).map_err(err(path))?;
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .position(SeriesLabelPosition::UpperRight)
+            .draw()
+            .map_err(err(path))?;
+        root.present().map_err(err(path))?;
     }
-    const REF_COLORS: [RGBColor; 3] = [RGBColor(40, 40, 40), RGBColor(30, 120, 60), RGBColor(120, 60, 160)];
-    for (i, (name, y)) in references.iter().enumerate() {
-        let color = REF_COLORS[i % REF_COLORS.len()];
-        chart
-            .draw_series(DashedLineSeries::new(vec![(x0, *y), (x1, *y)], 6, 4, color.stroke_width(2)))
-            .map_err(err(path))?
-            .label(name.clone())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
-    }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .position(SeriesLabelPosition::UpperRight)
-        .draw()
-        .map_err(err(path))?;
-    root.present().map_err(err(path))?;
-    Ok(())
+    write_png(path, buf, size)
 }
 
 /// `[lo, hi]` widened by 6 % of its span, and by at least a relative 1e-6 so that a single value (of any size)

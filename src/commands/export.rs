@@ -14,7 +14,10 @@ pub fn run(checkpoint: &Path, out: &Path, force: bool, device: &Device) -> Resul
     if out.is_dir() {
         bail!("{}: is a directory; give the path of the .safetensors file to write", out.display());
     }
-    if out.exists() && !force {
+    refuse_run_files(out)?;
+    // One export into a folder at a time: a second waits, then finds the first's file (and needs --force).
+    let _lock = lock_folder_of(out)?;
+    if std::fs::symlink_metadata(out).is_ok() && !force {
         bail!("{}: already exists; pass --force to replace it, or choose another --out", out.display());
     }
     let ck = Checkpoint::open_any(checkpoint)?;
@@ -40,6 +43,67 @@ pub fn run(checkpoint: &Path, out: &Path, force: bool, device: &Device) -> Resul
     }
     let bytes = store.get_bytes().map_err(err)?;
     tilt_train::write_atomic(out, &canonical(&bytes).with_context(|| format!("cannot write {}", out.display()))?)
+}
+
+/// Names tilt's commands write into their output folders: an export never replaces one of them (`--force`
+/// included), nor anything inside a run's `checkpoints`, where it would destroy the run it reads.
+const RUN_FILES: &[&str] = &[
+    "config.toml",
+    "loss.csv",
+    "loss.png",
+    "summary.json",
+    "report.md",
+    "results.csv",
+    tilt_train::output_dir::LOCK_FILE,
+    tilt_train::output_dir::MARKER_FILE,
+];
+
+fn refuse_run_files(out: &Path) -> Result<()> {
+    let name = out.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+    let parent = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => std::path::PathBuf::from("."),
+    };
+    let Ok(parent) = std::fs::canonicalize(&parent) else {
+        return Ok(()); // the write itself names the missing folder
+    };
+    if parent.join(tilt_train::output_dir::MARKER_FILE).exists() && RUN_FILES.contains(&name) {
+        bail!(
+            "{}: is a file that tilt writes in its output folder {}; export to another name",
+            out.display(),
+            parent.display()
+        );
+    }
+    for dir in parent.ancestors() {
+        let in_checkpoints = dir.file_name().is_some_and(|n| n == "checkpoints")
+            && (dir.join("latest").exists() || dir.parent().is_some_and(|r| r.join("config.toml").exists()));
+        let is_step = dir.file_name().and_then(|n| n.to_str()).and_then(tilt_train::checkpoint::step_of).is_some()
+            && dir.join("manifest.json").exists();
+        if in_checkpoints || is_step {
+            bail!(
+                "{}: lies inside the checkpoints of a run ({}); writing there would destroy a checkpoint, export elsewhere",
+                out.display(),
+                dir.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// An exclusive lock on the folder `out` is written into, held until dropped (flock on the directory itself, so
+/// nothing is left behind in the user's folder).
+fn lock_folder_of(out: &Path) -> Result<Option<std::fs::File>> {
+    let parent = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    if cfg!(unix) {
+        let dir = std::fs::File::open(parent).with_context(|| format!("cannot open {}", parent.display()))?;
+        dir.lock().with_context(|| format!("cannot lock {}", parent.display()))?;
+        Ok(Some(dir))
+    } else {
+        Ok(None)
+    }
 }
 
 /// The same SafeTensors file with its JSON header's keys sorted: Burn writes the metadata from a hash map, whose

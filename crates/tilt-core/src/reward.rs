@@ -92,11 +92,14 @@ impl RewardSpec {
             RewardSpec::ExpLinear { a } => finite("a", a),
             RewardSpec::Bump { center, width, height } => {
                 finite("center", center)?;
-                if !(width.is_finite() && *width > 0.0) {
-                    return Err(format!("width: expected a positive width, got {width}"));
+                // The reward is evaluated in f32: 1 / (2 width^2) must not overflow, nor r = e^height.
+                if !(width.is_finite() && *width >= 1e-6) {
+                    return Err(format!("width: expected a finite width >= 1e-6, got {width}"));
                 }
-                if !height.is_finite() {
-                    return Err(format!("height: expected a finite number, got {height}"));
+                if !(height.is_finite() && height.abs() <= 80.0) {
+                    return Err(format!(
+                        "height: expected a value in [-80, 80] (r = e^height overflows f32 beyond 88), got {height}"
+                    ));
                 }
                 Ok(())
             }

@@ -95,6 +95,15 @@ impl UNetConfig {
         if self.channel_mults.is_empty() || self.channel_mults.contains(&0) {
             return Err(format!("channel_mults: expected positive multipliers, got {:?}", self.channel_mults));
         }
+        if self.channel_mults.len() > 16 {
+            return Err(format!("channel_mults: expected at most 16 levels, got {}", self.channel_mults.len()));
+        }
+        if self.base_channels == 0 || self.channel_mults.iter().any(|m| self.base_channels.checked_mul(*m).is_none()) {
+            return Err(format!(
+                "channels: expected a positive base width whose multiples {:?} fit, got {}",
+                self.channel_mults, self.base_channels
+            ));
+        }
         let factor = 1usize << (self.channel_mults.len() - 1);
         if !h.is_multiple_of(factor) || !w.is_multiple_of(factor) {
             return Err(format!(

@@ -32,10 +32,35 @@ impl TimeGrid {
     /// Panics unless `steps >= 1` and `0 < t_min < t_max < 1`: at `t = 1` the signal `alpha` is 0, OU time is
     /// infinite and every step divides by `alpha`. Callers validate user input first and name the field.
     pub fn times(&self, steps: usize, t_max: f64, t_min: f64, schedule: Schedule) -> Vec<f64> {
-        assert!(
-            steps >= 1 && 0.0 < t_min && t_min < t_max && t_max < 1.0,
-            "invalid grid: steps {steps}, t_min {t_min}, t_max {t_max}"
-        );
+        self.try_times(steps, t_max, t_min, schedule).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// [`TimeGrid::times`], or what makes the grid impossible: `t_min` so small that f64 cannot tell
+    /// `alpha^2(t_min)` from 1 (the log-SNR is infinite), a schedule whose noise does not reach `t_max`, or a
+    /// grid that is not strictly decreasing. Validation calls this with the schedule the sampler will use.
+    pub fn try_times(&self, steps: usize, t_max: f64, t_min: f64, schedule: Schedule) -> Result<Vec<f64>, String> {
+        if !(steps >= 1 && 0.0 < t_min && t_min < t_max && t_max < 1.0) {
+            return Err(format!("invalid grid: steps {steps}, t_min {t_min}, t_max {t_max}"));
+        }
+        let var = 1.0 - schedule.alpha_sq(t_min);
+        if !(var >= tilt_core::schedule::MIN_SIGMA_SQ) {
+            return Err(format!(
+                "t_min = {t_min}: sigma^2(t_min) = {var:e} on this schedule, below {:e}, where 1 - alpha^2 computed in \
+                 f64 has a relative error above 1e-6 (the last step would denoise with a wrong noise level); raise \
+                 t_min",
+                tilt_core::schedule::MIN_SIGMA_SQ
+            ));
+        }
+        for (name, t) in [("t_min", t_min), ("t_max", t_max)] {
+            let a2 = schedule.alpha_sq(t);
+            if !(a2 > 0.0 && a2 < 1.0 && log_snr(schedule, t).is_finite()) {
+                return Err(format!(
+                    "{name} = {t}: alpha^2({name}) = {a2} on this schedule, which f64 cannot tell from {}; the noise \
+                     level is not resolved (raise t_min, or lower t_max, or use a schedule with noise there)",
+                    if a2 >= 1.0 - f64::EPSILON { 1 } else { 0 }
+                ));
+            }
+        }
         let frac = |k: usize| k as f64 / steps as f64;
         let times: Vec<f64> = (0..=steps)
             .map(|k| match self {
@@ -60,11 +85,16 @@ impl TimeGrid {
                 }
             })
             .collect();
-        assert!(
-            times.iter().all(|t| t.is_finite() && *t > 0.0 && *t < 1.0) && schedule.alpha(t_max) > 0.0,
-            "{self:?} grid left (0, 1) or reached alpha = 0: {times:?}"
-        );
-        times
+        let ok = times.iter().all(|t| t.is_finite() && *t > 0.0 && *t < 1.0)
+            && times.windows(2).all(|p| p[1] <= p[0])
+            && schedule.alpha(t_max) > 0.0;
+        if !ok {
+            return Err(format!(
+                "the {self:?} grid from t_max = {t_max} to t_min = {t_min} leaves (0, 1) or reaches alpha = 0 on this \
+                 schedule"
+            ));
+        }
+        Ok(times)
     }
 }
 

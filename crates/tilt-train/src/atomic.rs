@@ -1,29 +1,105 @@
 //! Atomic file replacement: a reader (or a crash) never sees half a file, and the old content survives any
 //! failure before the final rename.
+//!
+//! The temporary file is created by the `tempfile` crate: a name unique to this writer, opened with
+//! `O_CREAT | O_EXCL` (so a symlink planted under that name is never followed, and two writers of one target
+//! never share a temporary), removed again if anything fails. The final `rename` replaces the directory entry
+//! itself: a symlink at the target is replaced by the new file, its own target is left untouched.
 
 use anyhow::{Context, Result};
+use std::fs::File;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-/// Write `bytes` to a hidden sibling, sync it, then rename it over `path`. Writing a file onto its own source
-/// (e.g. a config copied into the run that holds it) is safe: the source is read before, never truncated.
+/// Write `bytes` to a unique hidden sibling, sync it, then rename it over `path`. Writing a file onto its own
+/// source (e.g. a config copied into the run that holds it) is safe: the source is read before, never truncated.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = tmp_sibling(path);
-    let write = || -> std::io::Result<()> {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()
-    };
-    if let Err(e) = write() {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e).with_context(|| format!("cannot write {}", tmp.display()));
-    }
-    std::fs::rename(&tmp, path)
-        .with_context(|| format!("cannot move {} into place as {}", tmp.display(), path.display()))
+    write_atomic_with(path, |f| f.write_all(bytes))
 }
 
-fn tmp_sibling(path: &Path) -> PathBuf {
+/// [`write_atomic`] for content produced by a writer (e.g. an encoder), without holding it all in memory first.
+pub fn write_atomic_with(path: &Path, write: impl FnOnce(&mut File) -> std::io::Result<()>) -> Result<()> {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    // A fixed name: one writer per folder (the output lock), and a leftover from a kill is overwritten next time.
-    path.with_file_name(format!(".{name}.tmp"))
+    let mut tmp = tempfile::Builder::new()
+        .prefix(&format!(".{name}."))
+        .suffix(".tmp")
+        .tempfile_in(dir)
+        .with_context(|| format!("cannot create a temporary file beside {}", path.display()))?;
+    let tmp_path = tmp.path().to_path_buf();
+    // On an error the `NamedTempFile` is dropped, which removes the temporary.
+    write(tmp.as_file_mut())
+        .and_then(|_| tmp.as_file().sync_all())
+        .with_context(|| format!("cannot write {}", tmp_path.display()))?;
+    tmp.persist(path)
+        .map_err(|e| e.error)
+        .with_context(|| format!("cannot move {} into place as {}", tmp_path.display(), path.display()))?;
+    Ok(())
+}
+
+/// Create `path` for writing, refusing to follow a symlink there (a link is removed, never written through), and
+/// never opening an existing file: the caller's folder is locked, so an existing entry is a leftover.
+pub fn create_fresh(path: &Path) -> Result<File> {
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if meta.is_dir() {
+            anyhow::bail!("{}: is a directory, expected a file", path.display());
+        }
+        std::fs::remove_file(path).with_context(|| format!("cannot remove the leftover {}", path.display()))?;
+    }
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .with_context(|| format!("cannot create {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[cfg(unix)]
+    #[test]
+    fn a_symlink_at_the_target_is_replaced_and_its_target_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim.txt");
+        std::fs::write(&victim, "user data").unwrap();
+        let out = dir.path().join("out");
+        std::fs::create_dir(&out).unwrap();
+        let target = out.join("summary.json");
+        std::os::unix::fs::symlink(&victim, &target).unwrap();
+        write_atomic(&target, b"new").unwrap();
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "user data");
+        assert!(!std::fs::symlink_metadata(&target).unwrap().file_type().is_symlink());
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "new");
+        // The fixed temporary name of old versions, planted as a link, is never written through either.
+        let planted = out.join(".config.toml.tmp");
+        std::os::unix::fs::symlink(&victim, &planted).unwrap();
+        write_atomic(&out.join("config.toml"), b"cfg").unwrap();
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "user data");
+        // create_fresh removes a link rather than writing through it.
+        let link = out.join("manifest.json");
+        std::os::unix::fs::symlink(&victim, &link).unwrap();
+        create_fresh(&link).unwrap().write_all(b"m").unwrap();
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "user data");
+    }
+
+    #[test]
+    fn concurrent_writers_of_one_target_never_mix_their_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("model.safetensors");
+        let payloads: Vec<Vec<u8>> = (0..8u8).map(|i| vec![i; 1 << 20]).collect();
+        std::thread::scope(|s| {
+            for p in &payloads {
+                let t = &target;
+                s.spawn(move || write_atomic(t, p).unwrap());
+            }
+        });
+        let got = std::fs::read(&target).unwrap();
+        assert!(payloads.contains(&got), "the file holds a mix of writers");
+        let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(left.len(), 1, "temporaries left behind");
+    }
 }

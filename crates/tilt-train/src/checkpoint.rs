@@ -88,7 +88,8 @@ impl Manifest {
     }
 }
 
-fn sha256_hex(bytes: &[u8]) -> String {
+/// Lower-case hex SHA-256 of `bytes`.
+pub fn sha256_hex(bytes: &[u8]) -> String {
     Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
 }
 
@@ -168,10 +169,8 @@ pub fn save(run: &Path, model_kind: ModelKind, step: usize, artifacts: &[Artifac
     fs::create_dir_all(&root).with_context(|| format!("cannot create {}", root.display()))?;
     let name = step_name(step);
     let tmp = root.join(format!(".{name}.tmp"));
-    if tmp.exists() {
-        fs::remove_dir_all(&tmp).with_context(|| format!("cannot clear stale {}", tmp.display()))?;
-    }
-    fs::create_dir_all(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+    remove_leftover(&tmp)?;
+    fs::create_dir(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
     let mut files = Vec::new();
     for a in artifacts {
         let path = tmp.join(a.name);
@@ -190,9 +189,7 @@ pub fn save(run: &Path, model_kind: ModelKind, step: usize, artifacts: &[Artifac
     if dest.exists() {
         // Re-saving the same step (a resumed run): move the old one aside first, then drop it.
         let old = root.join(format!(".{name}.old"));
-        if old.exists() {
-            fs::remove_dir_all(&old).with_context(|| format!("cannot clear stale {}", old.display()))?;
-        }
+        remove_leftover(&old)?;
         fs::rename(&dest, &old).with_context(|| format!("cannot move {} aside", dest.display()))?;
         fs::rename(&tmp, &dest).with_context(|| format!("cannot move checkpoint into {}", dest.display()))?;
         fs::remove_dir_all(&old).with_context(|| format!("cannot remove {}", old.display()))?;
@@ -207,9 +204,21 @@ pub fn save(run: &Path, model_kind: ModelKind, step: usize, artifacts: &[Artifac
     Ok(dest)
 }
 
+/// Remove a leftover of an interrupted save (a directory, a file, or a symlink planted there: the link itself is
+/// removed, never what it points at).
+fn remove_leftover(path: &Path) -> Result<()> {
+    match fs::symlink_metadata(path) {
+        Err(_) => Ok(()),
+        Ok(m) if m.is_dir() => {
+            fs::remove_dir_all(path).with_context(|| format!("cannot clear stale {}", path.display()))
+        }
+        Ok(_) => fs::remove_file(path).with_context(|| format!("cannot clear stale {}", path.display())),
+    }
+}
+
 fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
     use std::io::Write;
-    let mut f = fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+    let mut f = crate::atomic::create_fresh(path)?;
     f.write_all(bytes).with_context(|| format!("cannot write {}", path.display()))?;
     f.sync_all().with_context(|| format!("cannot sync {}", path.display()))
 }
@@ -261,6 +270,26 @@ pub fn resolve(path: &Path) -> Result<PathBuf> {
         bail!("{}: expected the name of a checkpoint directory (step-NNNNNN), got {name:?}", latest.display());
     }
     Ok(checkpoints_dir(path).join(name))
+}
+
+/// [`resolve`], or, when `checkpoints/latest` is missing (deleted, or lost in a copy), the newest `step-N`
+/// directory that holds a manifest: what `--resume` continues from. Its files are verified when it is opened.
+pub fn resolve_newest(path: &Path) -> Result<PathBuf> {
+    let latest = checkpoints_dir(path).join("latest");
+    if path.join("manifest.json").exists() || fs::symlink_metadata(&latest).is_ok() {
+        return resolve(path);
+    }
+    let newest = fs::read_dir(checkpoints_dir(path))
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok())
+        .filter_map(|e| Some((step_of(e.file_name().to_str()?)?, e.path())))
+        .filter(|(_, p)| p.join("manifest.json").exists())
+        .max_by_key(|(s, _)| *s);
+    match newest {
+        Some((_, dir)) => Ok(dir),
+        None => resolve(path),
+    }
 }
 
 /// A checkpoint opened and verified: every file exists, has its recorded size and SHA-256.

@@ -224,6 +224,16 @@ fn d_keep() -> usize {
 /// an 800 GB allocation that aborts the process.
 pub const MAX_BATCH_ROWS: usize = 1 << 20;
 pub const MAX_DATA_ROWS: usize = 1 << 26;
+/// The widest layer (hidden units, time-embedding size, convolution channels).
+pub const MAX_WIDTH: usize = 1 << 14;
+/// The deepest stack of blocks (MLP blocks, U-Net blocks per level).
+pub const MAX_DEPTH: usize = 256;
+/// The most U-Net levels (each halves the image).
+pub const MAX_UNET_LEVELS: usize = 12;
+/// The most parameters a trained network may have (about 0.5 GB in f32, and four times that with Adam and EMA).
+pub const MAX_PARAMETERS: usize = 1 << 27;
+/// The most activations one training step may hold (8 GB in f32).
+pub const MAX_ACTIVATIONS: usize = 1 << 31;
 
 impl TrainConfig {
     /// Parse TOML and validate; errors name the field.
@@ -250,6 +260,25 @@ impl TrainConfig {
         positive("checkpoint_every", self.checkpoint_every)?;
         positive("model.hidden", self.model.hidden)?;
         positive("model.time_dim", self.model.time_dim)?;
+        positive("model.blocks", self.model.blocks)?;
+        positive("model.channels", self.model.channels)?;
+        positive("model.blocks_per_level", self.model.blocks_per_level)?;
+        for (name, v, max) in [
+            ("model.hidden", self.model.hidden, MAX_WIDTH),
+            ("model.time_dim", self.model.time_dim, MAX_WIDTH),
+            ("model.channels", self.model.channels, MAX_WIDTH),
+            ("model.blocks", self.model.blocks, MAX_DEPTH),
+            ("model.blocks_per_level", self.model.blocks_per_level, MAX_DEPTH),
+        ] {
+            if v > max {
+                bail!("{name}: expected at most {max}, got {v}");
+            }
+        }
+        if let Some(m) =
+            self.model.channel_mults.iter().find(|m| self.model.channels.checked_mul(**m).is_none_or(|c| c > MAX_WIDTH))
+        {
+            bail!("model.channel_mults: model.channels x {m} is more than {MAX_WIDTH} channels");
+        }
         if !self.model.time_dim.is_multiple_of(2) {
             bail!("model.time_dim: expected an even number, got {}", self.model.time_dim);
         }
@@ -260,6 +289,14 @@ impl TrainConfig {
             bail!("t_min: expected a value in (0, 0.5), got {}", self.t_min);
         }
         self.schedule.validate().map_err(anyhow::Error::msg)?;
+        let var = 1.0 - self.schedule.alpha_sq(self.t_min);
+        if !(var >= tilt_core::schedule::MIN_SIGMA_SQ) {
+            bail!(
+                "t_min: sigma^2(t_min) = {var:e} on this schedule, below {:e}: the noise level is not resolved in f64; \
+                 raise t_min",
+                tilt_core::schedule::MIN_SIGMA_SQ
+            );
+        }
         self.optim.validate().map_err(anyhow::Error::msg)?;
         self.data.validate()?;
         if self.data_size > MAX_DATA_ROWS {
@@ -288,8 +325,16 @@ impl TrainConfig {
             if self.standardize {
                 bail!("standardize: images are already scaled to [-1, 1]; per-pixel standardisation is not supported");
             }
-            // The image size is known once the data are read; everything else is checked here.
-            self.model.unet([1, 64, 64], 0).check().map_err(|e| anyhow!("model.{e}"))?;
+            // The image size is known once the data are read (then `check_size` runs); everything else is checked
+            // here, on an image the levels divide.
+            if !(1..=MAX_UNET_LEVELS).contains(&self.model.channel_mults.len()) {
+                bail!(
+                    "model.channel_mults: expected 1 to {MAX_UNET_LEVELS} levels, got {}",
+                    self.model.channel_mults.len()
+                );
+            }
+            let side = 1usize << (self.model.channel_mults.len() - 1);
+            self.model.unet([1, side, side], 0).check().map_err(|e| anyhow!("model.{e}"))?;
         }
         match &self.objective {
             Objective::Autoencoder { latent } if *latent == 0 || *latent >= self.model.hidden => {
@@ -308,6 +353,57 @@ impl TrainConfig {
             }
             _ => Ok(()),
         }
+    }
+
+    /// Refuse, before anything is allocated, a network or batch beyond the budget: the parameters of the network
+    /// this config builds for `dim`-dimensional data (or `image`s) with `classes` labels, and the activations of
+    /// one training step. Estimates, generous by design: they bound memory and time, not exact counts.
+    pub fn check_size(&self, dim: usize, image: Option<[usize; 3]>, classes: usize) -> Result<()> {
+        let m = &self.model;
+        let (dim, classes, b) = (dim as u128, classes as u128, self.batch_size as u128);
+        let (params, activations): (u128, u128) = match (&self.objective, m.kind, image) {
+            (Objective::Dsm { .. }, NetKind::Unet, Some([c, h, w])) => {
+                if let Err(e) = self.model.unet([c, h, w], 0).check() {
+                    bail!("model.{e} (the data are {c} x {h} x {w} images)");
+                }
+                let (bpl, levels) = (m.blocks_per_level as u128, m.channel_mults.len() as u128);
+                let widths = m.channel_mults.iter().map(|k| (m.channels * k) as u128);
+                // Two 3x3 convolutions per block, down and up paths, attention and embeddings included.
+                let p = widths.clone().map(|c| 64 * bpl * c * c).sum::<u128>() + 64 * (m.channels as u128).pow(2);
+                let a = b
+                    * (m.channels * m.channel_mults.iter().max().copied().unwrap_or(1)) as u128
+                    * (h * w) as u128
+                    * 16
+                    * bpl
+                    * levels;
+                (p, a)
+            }
+            (Objective::Evaluator, _, Some([c, h, w])) => {
+                let ch = m.channels as u128;
+                (9 * 21 * ch * ch + 9 * c as u128 * ch + 4 * ch * classes, b * ch * (h * w) as u128 * 8)
+            }
+            _ => {
+                let (hdn, blocks) = (m.hidden as u128, m.blocks as u128);
+                let p = (dim + m.time_dim as u128 + classes + 2) * hdn + blocks * 3 * hdn * hdn + 2 * hdn * dim;
+                (p, b * (hdn * (blocks + 2) * 8 + m.time_dim as u128 + dim))
+            }
+        };
+        if params > MAX_PARAMETERS as u128 {
+            bail!(
+                "model: this network would have about {params} parameters on this data ({} dimensions, {classes} \
+                 classes), more than the {MAX_PARAMETERS} tilt trains; lower model.hidden, model.blocks, \
+                 model.time_dim or model.channels",
+                dim
+            );
+        }
+        if activations > MAX_ACTIVATIONS as u128 {
+            bail!(
+                "batch_size: a training step of {} rows would hold about {activations} activations, more than the \
+                 {MAX_ACTIVATIONS} budget; lower batch_size or the network's width",
+                self.batch_size
+            );
+        }
+        Ok(())
     }
 
     /// The kind of network this config trains.

@@ -181,7 +181,9 @@ impl DataSpec {
     pub fn validate(&self) -> Result<()> {
         match self {
             DataSpec::Mixture { mixture } => mixture.build().map(|_| ()).map_err(|e| anyhow::anyhow!("data.{e}")),
-            DataSpec::Rings { rings: 0, .. } => bail!("data.rings: expected at least 1 ring"),
+            DataSpec::Rings { rings, .. } if !(1..=MAX_CLASSES).contains(rings) => {
+                bail!("data.rings: expected 1 to {MAX_CLASSES} rings (one class each), got {rings}")
+            }
             DataSpec::Idx { limit: Some(0), .. } => bail!("data.limit: expected at least 1 image"),
             DataSpec::Csv { classes: Some(c), .. } if !(1..=MAX_CLASSES).contains(c) => {
                 bail!("data.classes: expected 1 to {MAX_CLASSES} classes, got {c}")
@@ -272,6 +274,23 @@ impl DataSpec {
 /// Read IDX images (and labels) as rows of pixels in [-1, 1].
 pub fn read_idx(images: &std::path::Path, labels: Option<&std::path::Path>, limit: Option<usize>) -> Result<Dataset> {
     let set = crate::idx::read_images(images, labels)?;
+    // As for CSV: labels are 0..K-1 and each occurs in the file, so one stray byte (a label of 200) cannot
+    // silently create 201 classes.
+    if let (Some(all), Some(path)) = (&set.labels, labels) {
+        let k = all.iter().map(|&c| c as usize + 1).max().unwrap_or(0);
+        let mut seen = vec![false; k];
+        for &c in all {
+            seen[c as usize] = true;
+        }
+        if let Some(missing) = seen.iter().position(|s| !s) {
+            let (first, last) = (all.iter().position(|&c| c as usize == k - 1).unwrap_or(0), k - 1);
+            bail!(
+                "{}: labels must be 0 to K-1 with each present, but label {missing} never occurs while label {last} \
+                 does (first at item {first})",
+                path.display()
+            );
+        }
+    }
     let n = limit.map_or(set.count, |l| l.min(set.count));
     let dim = set.rows * set.cols;
     let x = set.pixels[..n * dim].iter().map(|&p| p as f32 / 127.5 - 1.0).collect();

@@ -21,7 +21,7 @@ pub mod output_dir;
 pub mod run;
 pub mod trainer;
 
-pub use atomic::write_atomic;
+pub use atomic::{write_atomic, write_atomic_with};
 pub use checkpoint::ModelKind;
 pub use config::{ModelSpec, NetKind, Objective, RewardForm, TrainConfig};
 pub use data::{DataSpec, Dataset, Standardizer};

@@ -63,6 +63,15 @@ fn open_with_config<C: serde::de::DeserializeOwned>(
 ) -> Result<(Checkpoint, RunState, C)> {
     let ck = Checkpoint::open(path, kind)?;
     let state = load_state(&ck)?;
+    let is_unet = state.config.model.kind == crate::NetKind::Unet;
+    if is_unet != (what == "U-Net") && kind == ModelKind::ScoreNet {
+        bail!(
+            "{}: holds a {} score network, but a {what} was expected here{}",
+            ck.dir.display(),
+            if is_unet { "U-Net (image)" } else { "MLP" },
+            if is_unet { " (tilt sample takes MLP score networks of vector data)" } else { "" }
+        );
+    }
     let net_cfg = serde_json::from_value(state.net.clone())
         .with_context(|| format!("{}: state.json holds no {what} config", ck.dir.display()))?;
     Ok((ck, state, net_cfg))

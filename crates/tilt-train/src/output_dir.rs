@@ -64,15 +64,18 @@ impl OutputDir {
     /// Create (if needed), lock and inspect `path` for `kind`. A folder holding foreign files is refused unless
     /// `force`; what to do with the command's own earlier output is the caller's decision ([`OutputDir::prior`]).
     pub fn claim(path: &Path, kind: OutputKind, force: bool) -> Result<Self> {
+        Self::claim_impl(path, kind, force, false)
+    }
+
+    /// [`OutputDir::claim`] for `tilt train --resume`: never `--force`d, so a refusal does not advise it.
+    pub fn claim_to_resume(path: &Path) -> Result<Self> {
+        Self::claim_impl(path, OutputKind::Train, false, true)
+    }
+
+    fn claim_impl(path: &Path, kind: OutputKind, force: bool, resume: bool) -> Result<Self> {
         fs::create_dir_all(path).with_context(|| format!("cannot create output directory {}", path.display()))?;
         let lock_path = path.join(LOCK_FILE);
-        let mut lock = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&lock_path)
-            .with_context(|| format!("cannot open the lock file {}", lock_path.display()))?;
+        let mut lock = open_lock_file(&lock_path)?;
         match lock.try_lock() {
             Ok(()) => {}
             Err(fs::TryLockError::WouldBlock) => {
@@ -96,6 +99,16 @@ impl OutputDir {
             .with_context(|| format!("cannot write {}", lock_path.display()))?;
 
         let prior = inspect(path, kind)?;
+        if let Prior::Foreign(names) = &prior
+            && resume
+        {
+            bail!(
+                "{}: holds files that tilt train did not write ({}) and no checkpoint to resume from; give the folder \
+                 of a training run (its checkpoints/ must hold a step-N directory)",
+                path.display(),
+                names.join(", ")
+            );
+        }
         if let Prior::Foreign(names) = &prior
             && !force
         {
@@ -121,6 +134,25 @@ impl OutputDir {
     }
 }
 
+/// Open (creating) the lock file without following a symlink: a link planted at `.tilt.lock` would otherwise have
+/// its target truncated and rewritten with our pid, even when the folder is then refused.
+fn open_lock_file(lock_path: &Path) -> Result<File> {
+    let mut options = OpenOptions::new();
+    options.read(true).write(true).create(true).truncate(false);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.custom_flags(libc::O_NOFOLLOW);
+    }
+    if fs::symlink_metadata(lock_path).is_ok_and(|m| m.file_type().is_symlink()) {
+        bail!(
+            "{}: is a symbolic link; tilt does not write through links in an output folder (remove it, or choose another --out)",
+            lock_path.display()
+        );
+    }
+    options.open(lock_path).with_context(|| format!("cannot open the lock file {}", lock_path.display()))
+}
+
 fn inspect(path: &Path, kind: OutputKind) -> Result<Prior> {
     let mut names: Vec<String> = fs::read_dir(path)
         .with_context(|| format!("cannot list {}", path.display()))?
@@ -133,8 +165,12 @@ fn inspect(path: &Path, kind: OutputKind) -> Result<Prior> {
         Ok(bytes) => serde_json::from_slice::<Marker>(&bytes).ok().map(|m| m.command),
         Err(_) => None,
     };
+    // A training run is recognised by its checkpoints, not only by the marker: a run folder whose marker was
+    // deleted, lost in a copy (`cp run/* new/`) or overwritten by a forced `tilt sample` stays resumable.
+    let holds_run = kind == OutputKind::Train && crate::checkpoint::resolve_newest(path).is_ok();
     Ok(match owner {
         _ if names.is_empty() => Prior::Empty,
+        _ if holds_run => Prior::Own,
         Some(k) if k == kind => Prior::Own,
         Some(other) => Prior::Foreign(vec![format!("the output of `{}`", other.command())]),
         None => {
@@ -162,6 +198,20 @@ mod tests {
         drop(first);
         let again = OutputDir::claim(dir.path(), OutputKind::Train, false).unwrap();
         assert_eq!(again.prior(), &Prior::Empty);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_symlinked_lock_file_is_refused_and_its_target_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim.txt");
+        fs::write(&victim, "IMPORTANT").unwrap();
+        let out = dir.path().join("out");
+        fs::create_dir(&out).unwrap();
+        std::os::unix::fs::symlink(&victim, out.join(LOCK_FILE)).unwrap();
+        let err = format!("{:#}", OutputDir::claim(&out, OutputKind::Sample, true).err().unwrap());
+        assert!(err.contains("symbolic link"), "{err}");
+        assert_eq!(fs::read_to_string(&victim).unwrap(), "IMPORTANT");
     }
 
     #[test]

@@ -74,8 +74,21 @@ pub fn train(
     let standardizer = if cfg.standardize { Standardizer::fit(&data) } else { Standardizer::identity(data.dim) };
     standardizer.apply(&mut data.x);
     check_data_range(&data, cfg)?;
-    let dir = OutputDir::claim(run_dir, OutputKind::Train, start == Start::NewOverwriting)?;
-    let has_run = checkpoint::resolve(run_dir).is_ok();
+    let (train_set, test_set) = data.split(cfg.test_fraction, cfg.seed);
+    if train_set.is_empty() {
+        bail!(
+            "test_fraction: {} of {} points leaves no training points; lower test_fraction or raise data_size",
+            cfg.test_fraction,
+            data.len()
+        );
+    }
+    cfg.check_size(data.dim, data.image, train_set.num_classes)?;
+    let dir = if resume {
+        OutputDir::claim_to_resume(run_dir)?
+    } else {
+        OutputDir::claim(run_dir, OutputKind::Train, start == Start::NewOverwriting)?
+    };
+    let has_run = if resume { checkpoint::resolve_newest(run_dir) } else { checkpoint::resolve(run_dir) }.is_ok();
     if has_run && !resume {
         bail!(
             "{}: already holds a training run; pass --resume to continue it, or choose another --out",
@@ -85,7 +98,6 @@ pub fn train(
     if resume && !has_run {
         bail!("{}: --resume given but there is no checkpoint to resume from", run_dir.display());
     }
-    let (train_set, test_set) = data.split(cfg.test_fraction, cfg.seed);
     let ctx = RunContext {
         cfg,
         run_dir,
@@ -201,6 +213,29 @@ pub fn train(
                 Some(p) => {
                     let loaded = load_score(p, ModelKind::ScoreNet, device)
                         .with_context(|| format!("objective.base = {}", p.display()))?;
+                    if loaded.state.dim != data.dim {
+                        bail!(
+                            "objective.base: {} was trained on {}-dimensional data, these data are {}-dimensional",
+                            p.display(),
+                            loaded.state.dim,
+                            data.dim
+                        );
+                    }
+                    // The trainer reweights the base's own law: a base of another law would be tilted toward
+                    // something else entirely. Generated data are the same law when their specs agree (the draws
+                    // differ with data_size and seed, so their hashes are not compared); files are the user's call.
+                    let generated =
+                        |d: &crate::DataSpec| !matches!(d, crate::DataSpec::Csv { .. } | crate::DataSpec::Idx { .. });
+                    let theirs = &loaded.state.config.data;
+                    if generated(theirs) && generated(&cfg.data) && *theirs != cfg.data {
+                        bail!(
+                            "objective.base: {} was trained on other data ({}), not this config's [data] ({}); train \
+                             the reward-weighted score on the law of its base",
+                            p.display(),
+                            serde_json::to_string(theirs)?,
+                            serde_json::to_string(&cfg.data)?
+                        );
+                    }
                     if loaded.standardizer != ctx.standardizer {
                         bail!(
                             "objective.base: {} was trained on differently standardised data (data or `standardize` differ)",
@@ -337,9 +372,9 @@ impl RunContext<'_> {
         let ad = self.device.clone().autodiff();
         let net_json = serde_json::to_value(net_cfg)?;
         let mut state = if self.resume {
-            let ck = Checkpoint::open(self.run_dir, kind)?;
+            let ck = Checkpoint::open(&checkpoint::resolve_newest(self.run_dir)?, kind)?;
             let saved = load_state(&ck)?;
-            check_same_config(&saved.config, cfg)?;
+            check_same_config(&saved.config, cfg, saved.data_sha256.is_some())?;
             if cfg.steps < saved.step {
                 bail!(
                     "steps: {} is below the step of the checkpoint to resume ({}, in {}); give steps >= {}",
@@ -438,9 +473,24 @@ fn check_data_range(data: &Dataset, cfg: &TrainConfig) -> Result<()> {
     Ok(())
 }
 
-/// Refuse to resume under a different config (only `steps` may grow).
-fn check_same_config(saved: &TrainConfig, now: &TrainConfig) -> Result<()> {
-    let (a, b) = (serde_json::to_value(saved)?, serde_json::to_value(now)?);
+/// Refuse to resume under a different config (only `steps` may grow). When the checkpoint holds the data's
+/// content hash (checked separately), a data file's path may be spelled differently or moved: the data are the
+/// same if their bytes are.
+fn check_same_config(saved: &TrainConfig, now: &TrainConfig, content_hashed: bool) -> Result<()> {
+    let (mut a, mut b) = (serde_json::to_value(saved)?, serde_json::to_value(now)?);
+    if content_hashed {
+        for v in [&mut a, &mut b] {
+            if let Some(serde_json::Value::Object(data)) = v.get_mut("data") {
+                for path_field in ["path", "images", "labels"] {
+                    if let Some(p) = data.get_mut(path_field)
+                        && !p.is_null()
+                    {
+                        *p = serde_json::Value::Bool(true);
+                    }
+                }
+            }
+        }
+    }
     if let (serde_json::Value::Object(a), serde_json::Value::Object(b)) = (&a, &b) {
         for (k, va) in a {
             if k != "steps" && Some(va) != b.get(k) {

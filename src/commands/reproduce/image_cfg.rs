@@ -120,10 +120,17 @@ pub fn run(ctx: &Ctx, dir: &Path) -> Result<StageOutput> {
         stage_config("image_cfg", include_str!("../../../configs/experiments/image_cfg.toml"))?;
     let p = ctx.preset;
     let dev = &ctx.device;
-    let (images, labels) = (cfg.images.get(p), cfg.labels.get(p));
+    let (images, labels) = (super::data_path(&cfg.images.get(p)), super::data_path(&cfg.labels.get(p)));
     if !Path::new(&images).exists() {
+        if images.starts_with("/usr/share/datasets") {
+            bail!(
+                "{images}: not found; the {p:?} preset reads Fashion-MNIST from Debian's package: sudo apt-get install dataset-fashion-mnist"
+            );
+        }
         bail!(
-            "{images}: not found; the {p:?} preset reads Fashion-MNIST from Debian's package: sudo apt-get install dataset-fashion-mnist"
+            "{images}: not found (looked in the working directory and in the tilt source tree {}); the {p:?} preset \
+             reads the Fashion-MNIST files shipped in the repository's assets/data",
+            env!("CARGO_MANIFEST_DIR")
         );
     }
     if !cfg.reward.strengths.contains(&1.0) || cfg.reward.strengths.iter().any(|w| !(w.is_finite() && *w > 0.0)) {

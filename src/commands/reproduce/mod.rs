@@ -155,22 +155,55 @@ impl Ctx {
     }
 }
 
-/// One experiment: its name (`--only`, the output folder) and the function that runs it.
+/// One experiment: its name (`--only`, the output folder), its built-in config and the function that runs it.
 pub struct Stage {
     pub name: &'static str,
+    embedded: &'static str,
     run: fn(&Ctx, &Path) -> Result<StageOutput>,
 }
 
 /// The experiments, in report order: the one registry of `reproduce`.
 pub const STAGES: &[Stage] = &[
-    Stage { name: "cfg_mixture", run: cfg_mixture::run },
-    Stage { name: "reward_mixture", run: reward_mixture::run },
-    Stage { name: "swiss_roll", run: swiss_roll::run },
-    Stage { name: "robustness", run: robustness::run },
-    Stage { name: "efficiency", run: efficiency::run },
-    Stage { name: "discretisation", run: discretisation::run },
-    Stage { name: "guidance_zoo", run: guidance_zoo::run },
-    Stage { name: "image_cfg", run: image_cfg::run },
+    Stage {
+        name: "cfg_mixture",
+        embedded: include_str!("../../../configs/experiments/cfg_mixture.toml"),
+        run: cfg_mixture::run,
+    },
+    Stage {
+        name: "reward_mixture",
+        embedded: include_str!("../../../configs/experiments/reward_mixture.toml"),
+        run: reward_mixture::run,
+    },
+    Stage {
+        name: "swiss_roll",
+        embedded: include_str!("../../../configs/experiments/swiss_roll.toml"),
+        run: swiss_roll::run,
+    },
+    Stage {
+        name: "robustness",
+        embedded: include_str!("../../../configs/experiments/robustness.toml"),
+        run: robustness::run,
+    },
+    Stage {
+        name: "efficiency",
+        embedded: include_str!("../../../configs/experiments/efficiency.toml"),
+        run: efficiency::run,
+    },
+    Stage {
+        name: "discretisation",
+        embedded: include_str!("../../../configs/experiments/discretisation.toml"),
+        run: discretisation::run,
+    },
+    Stage {
+        name: "guidance_zoo",
+        embedded: include_str!("../../../configs/experiments/guidance_zoo.toml"),
+        run: guidance_zoo::run,
+    },
+    Stage {
+        name: "image_cfg",
+        embedded: include_str!("../../../configs/experiments/image_cfg.toml"),
+        run: image_cfg::run,
+    },
 ];
 
 /// The stage names, comma-separated (for help and errors).
@@ -181,21 +214,72 @@ pub fn stage_names() -> String {
 /// Read a stage's experiment config: `configs/experiments/<name>.toml` under the working directory if present,
 /// else the copy compiled into the binary.
 pub fn stage_config<T: DeserializeOwned>(name: &str, embedded: &str) -> Result<(T, serde_json::Value)> {
-    let path = Path::new("configs/experiments").join(format!("{name}.toml"));
-    let (text, origin) = match std::fs::read_to_string(&path) {
-        Ok(t) => (t, path.display().to_string()),
-        Err(_) => (embedded.to_string(), format!("built-in {name}.toml")),
-    };
+    let (text, origin) = stage_config_text(name, embedded);
     let cfg: T = toml::from_str(&text).map_err(|e| anyhow::anyhow!("{origin}: {}", e.to_string().trim_end()))?;
     let raw: toml::Value = toml::from_str(&text)?;
     Ok((cfg, serde_json::to_value(raw)?))
 }
 
-/// Whether a stage's outputs are complete.
-fn complete(dir: &Path) -> Option<StageOutput> {
+/// The text of a stage's config and where it came from (see [`stage_config`]).
+fn stage_config_text(name: &str, embedded: &str) -> (String, String) {
+    let path = Path::new("configs/experiments").join(format!("{name}.toml"));
+    match std::fs::read_to_string(&path) {
+        Ok(t) => (t, path.display().to_string()),
+        Err(_) => (embedded.to_string(), format!("built-in {name}.toml")),
+    }
+}
+
+/// A data file named relative to the repository: from the working directory if it is there, else from the
+/// source tree this binary was built from (so `tilt reproduce` finds the shipped data from any directory).
+pub fn data_path(path: &str) -> String {
+    let p = Path::new(path);
+    if p.is_relative() && !p.exists() {
+        let in_tree = Path::new(env!("CARGO_MANIFEST_DIR")).join(p);
+        if in_tree.exists() {
+            return in_tree.display().to_string();
+        }
+    }
+    path.to_string()
+}
+
+const STAGE_MANIFEST: &str = "manifest.json";
+
+/// What a completed stage wrote, for whom: a stage counts as complete only if this preset and this config
+/// produced every file it lists, byte for byte. It is removed before a stage starts writing and written after
+/// its last file, so a killed run, another preset's run or an edited config never passes as complete.
+#[derive(Serialize, Deserialize, PartialEq, Debug)]
+struct StageManifest {
+    preset: Preset,
+    config_sha256: String,
+    /// `(file name in the stage directory, SHA-256)`.
+    files: Vec<(String, String)>,
+}
+
+fn file_sha256(path: &Path) -> Option<String> {
+    std::fs::read(path).ok().map(|b| tilt_train::checkpoint::sha256_hex(&b))
+}
+
+fn write_stage_manifest(dir: &Path, preset: Preset, config_sha256: String, s: &StageOutput) -> Result<()> {
+    let names = ["summary.json".to_string(), "results.csv".to_string()]
+        .into_iter()
+        .chain(s.figures.iter().map(|f| f.0.clone()));
+    let files = names.filter_map(|n| Some((n.clone(), file_sha256(&dir.join(&n))?))).collect();
+    crate::output::write_json(&dir.join(STAGE_MANIFEST), &StageManifest { preset, config_sha256, files })
+}
+
+/// The stage's summary, if its outputs are complete for `preset` and the config whose hash is `config_sha256`.
+fn complete(dir: &Path, preset: Preset, config_sha256: &str) -> Option<StageOutput> {
+    let m: StageManifest = serde_json::from_str(&std::fs::read_to_string(dir.join(STAGE_MANIFEST)).ok()?).ok()?;
+    if m.preset != preset || m.config_sha256 != config_sha256 {
+        return None;
+    }
+    if !m.files.iter().all(|(name, sha)| file_sha256(&dir.join(name)).as_deref() == Some(sha.as_str())) {
+        return None;
+    }
     let s: StageOutput = serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).ok()?).ok()?;
-    let all = s.figures.iter().map(|f| dir.join(&f.0)).chain([dir.join("results.csv")]).all(|p| p.exists());
-    all.then_some(s)
+    let listed = |n: &str| m.files.iter().any(|(f, _)| f == n);
+    (s.preset == preset && listed("summary.json") && listed("results.csv") && s.figures.iter().all(|f| listed(&f.0)))
+        .then_some(s)
 }
 
 /// The outcome of one stage in the report.
@@ -228,17 +312,30 @@ pub fn run(preset: Preset, only: &[String], out: &Path, force: bool, device: &De
         let name = stage.name;
         overall.set_message(name.to_string());
         let dir = out.join(name);
+        let config_sha256 = tilt_train::checkpoint::sha256_hex(stage_config_text(name, stage.embedded).0.as_bytes());
         if !ctx.force
-            && let Some(s) = complete(&dir).filter(|s| s.preset == preset)
+            && let Some(s) = complete(&dir, preset, &config_sha256)
         {
             outcomes.push(Outcome::Skipped(s));
             overall.inc(1);
             continue;
         }
-        std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
         let start = Instant::now();
+        // The manifest goes first: from here until the stage's last file is written, it is not complete.
+        let prepare = || -> Result<()> {
+            std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+            for f in [STAGE_MANIFEST, "summary.json"] {
+                match std::fs::remove_file(dir.join(f)) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                        return Err(e).with_context(|| format!("cannot remove {}", dir.join(f).display()));
+                    }
+                    _ => {}
+                }
+            }
+            Ok(())
+        };
         // A panic inside a stage (a backend error, say) is a failed stage, not a failed report.
-        let result =
+        let result = prepare().and_then(|_| {
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (stage.run)(&ctx, &dir))).unwrap_or_else(|p| {
                 Err(anyhow::anyhow!(
                     "panicked: {}",
@@ -247,20 +344,26 @@ pub fn run(preset: Preset, only: &[String], out: &Path, force: bool, device: &De
                         .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
                         .unwrap_or_default()
                 ))
-            });
+            })
+        });
+        let result = result.and_then(|mut s| {
+            s.seconds = start.elapsed().as_secs_f64();
+            if let Some(t) = s.tables.first() {
+                write_csv(&dir.join("results.csv"), t)?;
+            }
+            crate::output::write_json(&dir.join("summary.json"), &s)?;
+            write_stage_manifest(&dir, preset, config_sha256.clone(), &s)?;
+            Ok(s)
+        });
         match result {
-            Ok(mut s) => {
-                s.seconds = start.elapsed().as_secs_f64();
-                crate::output::write_json(&dir.join("summary.json"), &s)?;
-                if let Some(t) = s.tables.first() {
-                    write_csv(&dir.join("results.csv"), t)?;
-                }
+            Ok(s) => {
                 ctx.say(format!("{name}: done in {:.1} s", s.seconds));
                 outcomes.push(Outcome::Done(s));
             }
             Err(e) => {
                 let msg = format!("{e:#}");
                 ctx.say(format!("{name}: FAILED: {msg}"));
+                let _ = std::fs::remove_file(dir.join(STAGE_MANIFEST));
                 let _ = std::fs::remove_file(dir.join("summary.json"));
                 outcomes.push(Outcome::Failed(name.to_string(), msg));
             }

@@ -49,10 +49,12 @@ fn sample_bounds(x: &[f32], d: usize) -> plot::Bounds {
 }
 
 /// `w` for file names and titles: as written when short, else in scientific notation (a strength of 1e300
-/// printed in full is a 301-character file name).
+/// printed in full is a 301-character file name). Both forms are Rust's shortest round-trip representation, so
+/// distinct strengths never share a label (a rounded mantissa would map 1.00000000001 and 1.00000000002 onto one
+/// file), and the plain form never contains an `e`, so the two forms cannot collide either.
 pub fn w_label(w: f64) -> String {
     let plain = format!("{w}");
-    if plain.len() <= 12 { plain } else { format!("{w:.4e}") }
+    if plain.len() <= 12 { plain } else { format!("{w:e}") }
 }
 
 /// Refuse a sweep whose results cannot be held in memory, before sampling: per sample the host keeps its
@@ -69,6 +71,44 @@ fn check_memory(n: usize, d: usize, classes: usize) -> Result<()> {
          be allocated here; lower samples",
         bytes.map_or("more than 2^64 bytes".to_string(), |b| format!("{:.1} GB", b as f64 / 1e9))
     )
+}
+
+/// The largest `alpha(t_max) * (|mean| + 3 std)` over the components, per coordinate: the chains start from
+/// N(0, I), which is the noised law at `t_max` only when the signal left there is small against the unit noise.
+/// At 0.5 the start is off by at most half a noise standard deviation, which the backward chain corrects
+/// (`tests/reliability.rs` samples a mixture at this limit against its exact law); at std 300, means ±600 (6.6)
+/// the sampler returned a wrong law with exit 0.
+pub const MAX_SIGNAL_AT_T_MAX: f64 = 0.5;
+/// The smallest standard deviation relative to the size of a component's mean: f32 coordinates resolve about
+/// 1.2e-7 of a value, so a narrower component is sampled as a point (means 1e6, std 1e-6 returned sd 0).
+pub const MIN_RELATIVE_STD: f64 = 1e-4;
+
+/// Refuse a mixture the sampler cannot sample correctly in f32 from N(0, I) at `t_max` (see the constants).
+fn check_scale(m: &GaussianMixture, schedule: tilt_core::Schedule, t_max: f64) -> Result<()> {
+    let alpha = schedule.alpha(t_max);
+    let mut reach: f64 = 0.0;
+    for (k, (mean, stds)) in m.means.iter().zip(&m.stds).enumerate() {
+        let size = mean.iter().fold(0.0f64, |a, v| a.max(v.abs()));
+        for (v, &std) in mean.iter().zip(stds) {
+            if std < MIN_RELATIVE_STD * size {
+                bail!(
+                    "mixture.std: component {k} has std {std:e} at a mean of size {size:e}; f32 samples cannot resolve \
+                     a spread below {MIN_RELATIVE_STD:e} of the mean's size: rescale the mixture"
+                );
+            }
+            reach = reach.max(alpha * (v.abs() + 3.0 * std));
+        }
+    }
+    if reach > MAX_SIGNAL_AT_T_MAX {
+        let needed = MAX_SIGNAL_AT_T_MAX / (reach / alpha);
+        bail!(
+            "mixture: components reach {:.4e} (|mean| + 3 std), so at sampler.t_max = {t_max} (alpha = {alpha:.3e}) \
+             the chains' N(0, I) start is off by {reach:.3} noise standard deviations (at most {MAX_SIGNAL_AT_T_MAX}); \
+             rescale the mixture, or raise sampler.t_max so that alpha(t_max) <= {needed:.3e}",
+            reach / alpha
+        );
+    }
+    Ok(())
 }
 
 /// Run the sweep described by `cfg` and write everything into `out`. `out` is claimed (locked, checked for
@@ -99,6 +139,13 @@ pub fn run(cfg: &SampleConfig, out: &Path, force: bool, device: &Device) -> Resu
         && m.dim() != d
     {
         bail!("mixture: dimension {} differs from the trained models' dimension {d}", m.dim());
+    }
+    let s = &cfg.sampler;
+    let schedule = scores.base.schedule();
+    // The grid on the schedule the sampler uses (a trained base brings its own).
+    let times = s.grid.try_times(s.steps, s.t_max, s.t_min, schedule).map_err(|e| anyhow::anyhow!("sampler.{e}"))?;
+    if let Some(m) = &mixture {
+        check_scale(m, schedule, s.t_max)?;
     }
     let kind = cfg.guidance.kind();
     // Classifier guidance starts from the unconditional model; every other kind from p(.|class).
@@ -131,15 +178,7 @@ pub fn run(cfg: &SampleConfig, out: &Path, force: bool, device: &Device) -> Resu
         Some(c) if !unconditional_base => Condition::class(c, rows, device),
         _ => Condition::Unconditional,
     };
-    let s = &cfg.sampler;
-    let schedule = scores.base.schedule();
-    let sampler = Sampler {
-        kind: s.kind,
-        schedule,
-        times: s.grid.times(s.steps, s.t_max, s.t_min, schedule),
-        denoise_final: s.denoise_final,
-        recurrence: s.recurrence,
-    };
+    let sampler = Sampler { kind: s.kind, schedule, times, denoise_final: s.denoise_final, recurrence: s.recurrence };
     let chunks: Vec<usize> = (0..n.div_ceil(s.batch)).map(|i| s.batch.min(n - i * s.batch)).collect();
 
     let mut records = Vec::new();

@@ -25,6 +25,50 @@ impl Reward for InDataSpace<'_> {
     }
 }
 
+/// Every class label a sweep passes must exist in every network that receives it. A conditional network's label
+/// `K` (its class count) is its null label: `class = K` would ask it for its unconditional score, so CFG's term
+/// would be exactly zero and every strength would sample one law; a label beyond it would index past its class
+/// embedding. A weak (autoguidance) network that is unconditional cannot answer a class query at all.
+fn check_labels(cfg: &SampleConfig, labelled: &[(String, Option<usize>)], classifier: Option<usize>) -> Result<()> {
+    // Classifier guidance samples the unconditional base: only the classifier sees `class`.
+    let classifier_guided = cfg.guidance.has(|k| *k == TermKind::Classifier);
+    let mut queries: Vec<(String, usize)> = Vec::new();
+    if let Some(c) = cfg.class {
+        queries.push(("class".into(), c));
+    }
+    if let Some(c) = cfg.guidance.negative_class {
+        queries.push(("guidance.negative_class".into(), c));
+    }
+    for (i, t) in cfg.guidance.term_list().iter().enumerate() {
+        if let TermKind::NegativeClass { class } = t.kind {
+            queries.push((format!("guidance.terms[{i}].class"), class));
+        }
+    }
+    for (field, c) in &queries {
+        if let (Some(k), true) = (classifier, field == "class") {
+            if *c >= k {
+                bail!("{field}: class {c} does not exist in models.classifier, which has {k} classes (0 to {})", k - 1);
+            }
+        }
+        if classifier_guided && field == "class" {
+            continue;
+        }
+        for (net, classes) in labelled {
+            match classes {
+                Some(k) if c >= k => bail!(
+                    "{field}: class {c} does not exist in {net}, which was trained on {k} classes (0 to {}; label {k} is its null label, so class {c} would silently sample without guidance)",
+                    k - 1
+                ),
+                None if net != "models.base" => bail!(
+                    "{net}: is unconditional, but {field} = {c} asks it for a class-conditional score; train the weak network with conditional = true on the same labels"
+                ),
+                _ => {}
+            }
+        }
+    }
+    Ok(())
+}
+
 pub type BoxedScore = Box<dyn ScoreModel>;
 
 /// The score models of a sweep: exact, trained, or a mix.
@@ -45,7 +89,23 @@ pub fn load_scores(cfg: &SampleConfig, mixture: Option<&GaussianMixture>, device
     let models = cfg.models.clone().unwrap_or_default();
     let mut standardizer: Option<(Standardizer, String)> = None;
     let mut agree = |st: &Standardizer, what: &str| -> Result<()> {
+        if let Some(m) = mixture
+            && st.mean.len() != m.dim()
+        {
+            bail!(
+                "models.{what}: trained on {}-dimensional data, but the mixture is {}-dimensional",
+                st.mean.len(),
+                m.dim()
+            );
+        }
         match &standardizer {
+            Some((s, first)) if s.mean.len() != st.mean.len() => {
+                bail!(
+                    "models.{what}: trained on {}-dimensional data, but models.{first} on {}-dimensional data",
+                    st.mean.len(),
+                    s.mean.len()
+                )
+            }
             Some((s, first)) if s != st => {
                 bail!("models.{what}: standardised differently from models.{first}; train them on the same data")
             }
@@ -91,20 +151,27 @@ pub fn load_scores(cfg: &SampleConfig, mixture: Option<&GaussianMixture>, device
         None => None,
     };
     let terms = cfg.guidance.term_list();
+    // Networks that receive the class label, with their class count (None: unconditional).
+    let mut labelled: Vec<(String, Option<usize>)> = Vec::new();
+    if let Some(b) = &trained_base {
+        labelled.push(("models.base".into(), b.score.net.null_label()));
+    }
     let mut weak = Vec::new();
     for (i, t) in terms.iter().enumerate() {
         weak.push(match &t.kind {
             TermKind::Autoguidance { model } => {
                 let l = tilt_train::load_score(model, tilt_train::ModelKind::ScoreNet, device)
                     .with_context(|| format!("guidance.terms[{i}].model = {}", model.display()))?;
-                agree(&l.standardizer, "weak")?;
+                agree(&l.standardizer, &format!("guidance.terms[{i}].model"))?;
                 description.push(format!("autoguidance weak network: {}", model.display()));
+                labelled.push((format!("guidance.terms[{i}].model"), l.score.net.null_label()));
                 Some(Box::new(l.score) as Box<dyn ScoreModel>)
             }
             _ => None,
         });
     }
     let standardizer = standardizer.map(|s| s.0);
+    check_labels(cfg, &labelled, classifier.as_ref().map(|c| c.state.num_classes))?;
     let uses_reward = cfg.guidance.has(|k| *k == TermKind::Reward);
     let uses_classifier = cfg.guidance.has(|k| *k == TermKind::Classifier);
     let exact_needed = trained_base.is_none()
@@ -118,8 +185,8 @@ pub fn load_scores(cfg: &SampleConfig, mixture: Option<&GaussianMixture>, device
     if let (Some(b), Some(p)) = (&trained_base, &models.base) {
         // An unconditional network would answer every class query with its one score: CFG's term would be
         // exactly zero and the sweep would silently sample the unconditional law.
-        let labelled = terms.iter().find(|t| matches!(t.kind, TermKind::Cfg { .. } | TermKind::NegativeClass { .. }));
-        let needs_labels = match labelled {
+        let label_term = terms.iter().find(|t| matches!(t.kind, TermKind::Cfg { .. } | TermKind::NegativeClass { .. }));
+        let needs_labels = match label_term {
             Some(t) => Some(format!("guidance.kind = \"{}\"", kebab(&t.kind.guidance_kind()))),
             None if uses_classifier => None,
             None => cfg.class.map(|c| format!("class = {c}")),

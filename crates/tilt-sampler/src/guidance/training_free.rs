@@ -98,6 +98,11 @@ impl TrainingFreePreset {
     }
 }
 
+/// The most Monte Carlo draws per chain and step for the smoothed reward (LGD uses 8).
+pub const MAX_SMOOTHING_SAMPLES: usize = 256;
+/// The most clean-space gradient steps per sampler step (UGD uses 3).
+pub const MAX_ITERATIONS: usize = 100;
+
 impl TrainingFreeParams {
     /// Check the parameters; names the field (under `prefix`) on failure.
     pub fn validate(&self, prefix: &str) -> Result<(), String> {
@@ -105,6 +110,16 @@ impl TrainingFreeParams {
             if !v.is_finite() || v < 0.0 {
                 return Err(format!("{prefix}.{name}: expected a finite value >= 0, got {v}"));
             }
+        }
+        // Each smoothing draw is a copy of the batch and each iteration a gradient pass, at every step.
+        if self.smoothing_samples > MAX_SMOOTHING_SAMPLES {
+            return Err(format!(
+                "{prefix}.smoothing_samples: expected at most {MAX_SMOOTHING_SAMPLES} draws, got {}",
+                self.smoothing_samples
+            ));
+        }
+        if self.iterations > MAX_ITERATIONS {
+            return Err(format!("{prefix}.iterations: expected at most {MAX_ITERATIONS}, got {}", self.iterations));
         }
         if self.smoothing > 0.0 && self.smoothing_samples == 0 {
             return Err(format!("{prefix}.smoothing_samples: expected at least 1 draw when smoothing > 0"));

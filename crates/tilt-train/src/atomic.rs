@@ -11,6 +11,40 @@ use std::fs::File;
 use std::io::Write;
 use std::path::Path;
 
+const TMP_INFIX: &str = ".tilt-";
+const TMP_SUFFIX: &str = ".tmp";
+
+/// Whether `name` is a temporary of [`write_atomic`] (`.<target>.tilt-XXXXXX.tmp`).
+pub fn is_leftover_temporary(name: &str) -> bool {
+    let Some(stem) = name.strip_prefix('.').and_then(|n| n.strip_suffix(TMP_SUFFIX)) else {
+        return false;
+    };
+    stem.rfind(TMP_INFIX).is_some_and(|i| {
+        let random = &stem[i + TMP_INFIX.len()..];
+        random.len() == 6 && random.bytes().all(|b| b.is_ascii_alphanumeric())
+    })
+}
+
+/// Remove the temporaries a killed writer left in `dir` and, one level down, in its sub-folders. Only for a
+/// folder the caller has locked: no other writer's temporary can be in flight there. Links are never followed.
+pub fn remove_leftover_temporaries(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for e in entries.flatten() {
+        let Ok(kind) = e.file_type() else { continue };
+        let name = e.file_name();
+        if kind.is_file() && name.to_str().is_some_and(is_leftover_temporary) {
+            let _ = std::fs::remove_file(e.path());
+        } else if kind.is_dir() {
+            for inner in std::fs::read_dir(e.path()).into_iter().flatten().flatten() {
+                let is_tmp = inner.file_name().to_str().is_some_and(is_leftover_temporary);
+                if is_tmp && inner.file_type().is_ok_and(|t| t.is_file()) {
+                    let _ = std::fs::remove_file(inner.path());
+                }
+            }
+        }
+    }
+}
+
 /// Write `bytes` to a unique hidden sibling, sync it, then rename it over `path`. Writing a file onto its own
 /// source (e.g. a config copied into the run that holds it) is safe: the source is read before, never truncated.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
@@ -25,8 +59,8 @@ pub fn write_atomic_with(path: &Path, write: impl FnOnce(&mut File) -> std::io::
     };
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let mut tmp = tempfile::Builder::new()
-        .prefix(&format!(".{name}."))
-        .suffix(".tmp")
+        .prefix(&format!(".{name}{TMP_INFIX}"))
+        .suffix(TMP_SUFFIX)
         .tempfile_in(dir)
         .with_context(|| format!("cannot create a temporary file beside {}", path.display()))?;
     let tmp_path = tmp.path().to_path_buf();
@@ -101,5 +135,7 @@ mod tests {
         assert!(payloads.contains(&got), "the file holds a mix of writers");
         let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
         assert_eq!(left.len(), 1, "temporaries left behind");
+        assert!(is_leftover_temporary(".loss.csv.tilt-fct6uy.tmp"));
+        assert!(!is_leftover_temporary("loss.csv") && !is_leftover_temporary(".config.toml.tmp"));
     }
 }

@@ -98,6 +98,8 @@ impl OutputDir {
             .and_then(|_| lock.write_all(me.as_bytes()))
             .with_context(|| format!("cannot write {}", lock_path.display()))?;
 
+        // Locked: any temporary here is a killed writer's leftover.
+        crate::atomic::remove_leftover_temporaries(path);
         let prior = inspect(path, kind)?;
         if let Prior::Foreign(names) = &prior
             && resume

@@ -148,6 +148,9 @@ pub fn run(cfg: &SampleConfig, out: &Path, force: bool, device: &Device) -> Resu
         check_scale(m, schedule, s.t_max)?;
     }
     let kind = cfg.guidance.kind();
+    // E_p[r] and E_p_r[r] are the laws at w = 0 and w = 1 of a single swept reward term only: under a composite
+    // (fixed-weight terms beside the swept one) no strength samples either, so neither is shown as a reference.
+    let reward_references = matches!(kind, GuidanceKind::Reward | GuidanceKind::RewardGradient);
     // Classifier guidance starts from the unconditional model; every other kind from p(.|class).
     let unconditional_base = cfg.guidance.has(|k| *k == TermKind::Classifier);
     let reward = cfg.reward.as_ref().map(|r| r.build());
@@ -265,10 +268,13 @@ pub fn run(cfg: &SampleConfig, out: &Path, force: bool, device: &Device) -> Resu
             seconds,
             sample_mean: metrics::column_means(&x, d),
             mean_reward,
-            base_mean_reward: problem.as_ref().zip(exp_linear.as_ref()).map(|(p, r)| p.base_law.mean_reward(r)),
-            target_mean_reward: problem
-                .as_ref()
-                .zip(exp_linear.as_ref())
+            base_mean_reward: reward_references
+                .then(|| problem.as_ref().zip(exp_linear.as_ref()))
+                .flatten()
+                .map(|(p, r)| p.base_law.mean_reward(r)),
+            target_mean_reward: reward_references
+                .then(|| problem.as_ref().zip(exp_linear.as_ref()))
+                .flatten()
                 .map(|(p, r)| p.base_law.tilted_mean_reward(r)),
             class: problem.as_ref().and_then(|p| p.class_stats(&x, device)),
             target: target.map(|t| t.0),

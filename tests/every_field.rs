@@ -1,0 +1,164 @@
+//! Every numeric field of every shipped `tilt sample` and `tilt train` config, set in turn to NaN, ±inf, 0, −1,
+//! 1e-300 and 1e300: the config is refused with an error naming the field, or accepted and then run by the binary
+//! (under a timeout) to exit 0, or to exit 1 naming the field. Never a panic, a signal exit or a hang.
+//!
+//! The fields are generated, not listed by hand: a train config is parsed into `TrainConfig` and serialised back,
+//! so every field appears, defaults included; a sample config (whose types are not serialisable) contributes every
+//! numeric value its TOML holds, arrays and inline tables included.
+
+mod binary;
+
+use binary::*;
+use serde_json::Value;
+use std::time::Duration;
+
+const VALUES: [f64; 6] = [f64::NAN, f64::INFINITY, f64::NEG_INFINITY, 0.0, -1.0, 1e-300];
+const HUGE: f64 = 1e300;
+
+/// Paths (`a.b[2].c`) to every numeric leaf.
+fn numeric_leaves(v: &Value, path: String, out: &mut Vec<String>) {
+    match v {
+        Value::Number(_) => out.push(path),
+        Value::Array(a) => a.iter().enumerate().for_each(|(i, x)| numeric_leaves(x, format!("{path}[{i}]"), out)),
+        Value::Object(m) => m
+            .iter()
+            .for_each(|(k, x)| numeric_leaves(x, if path.is_empty() { k.clone() } else { format!("{path}.{k}") }, out)),
+        _ => {}
+    }
+}
+
+fn leaf_mut<'a>(v: &'a mut Value, path: &str) -> &'a mut Value {
+    let mut cur = v;
+    for part in path.split('.') {
+        let (key, index) = match part.split_once('[') {
+            Some((k, i)) => (k, Some(i.trim_end_matches(']').parse::<usize>().unwrap())),
+            None => (part, None),
+        };
+        cur = cur.get_mut(key).unwrap();
+        if let Some(i) = index {
+            cur = cur.get_mut(i).unwrap();
+        }
+    }
+    cur
+}
+
+/// TOML with the mutated value written as TOML spells it (`nan`, `inf`, `-inf`, `1e300`).
+fn to_toml(v: &Value, path: &str, x: f64) -> String {
+    let mut v = v.clone();
+    strip_nulls(&mut v);
+    *leaf_mut(&mut v, path) = Value::String("@@MUTATED@@".into());
+    let literal = if x.is_nan() {
+        "nan".to_string()
+    } else if x.is_infinite() {
+        if x > 0.0 { "inf".into() } else { "-inf".into() }
+    } else if x == x.trunc() && x.abs() < 1e15 {
+        format!("{x:.1}")
+    } else {
+        format!("{x:e}")
+    };
+    toml::to_string(&v).unwrap().replace("\"@@MUTATED@@\"", &literal)
+}
+
+fn strip_nulls(v: &mut Value) {
+    match v {
+        Value::Object(m) => {
+            m.retain(|_, x| !x.is_null());
+            m.values_mut().for_each(strip_nulls);
+        }
+        Value::Array(a) => a.iter_mut().for_each(strip_nulls),
+        _ => {}
+    }
+}
+
+/// The field's own name, as an error must give it (`optim.lr` -> `lr`, `means[0][1]` -> `means`).
+fn field_name(path: &str) -> &str {
+    let last = path.rsplit('.').next().unwrap();
+    last.split('[').next().unwrap()
+}
+
+/// What happened to one mutant: refused by the config check, or run by the binary.
+fn check_mutant(kind: &str, c: &Case, name: &str, text: &str, path: &str, parse_error: Option<String>) {
+    let field = field_name(path);
+    if let Some(e) = parse_error {
+        assert!(e.contains(field), "{name}: {path} refused without naming `{field}`:\n{e}");
+        return;
+    }
+    let cfg = c.file(&format!("{name}.toml"), text);
+    let out = c.path(name);
+    let r = tilt_within(Duration::from_secs(300), &[kind, "--config", s(&cfg), "--out", s(&out)]);
+    assert!(
+        r.ok || r.stderr.contains(field),
+        "{name}: {path} accepted, then failed without naming `{field}`:\n{}",
+        r.stderr
+    );
+}
+
+fn shipped(prefix_train: bool) -> Vec<(String, String)> {
+    let mut files: Vec<(String, String)> = std::fs::read_dir("configs")
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+        .filter(|p| p.file_name().unwrap().to_str().unwrap().starts_with("train_") == prefix_train)
+        .map(|p| (p.file_stem().unwrap().to_str().unwrap().to_string(), std::fs::read_to_string(&p).unwrap()))
+        .collect();
+    files.sort();
+    assert!(!files.is_empty());
+    files
+}
+
+#[test]
+fn every_numeric_field_of_every_shipped_sample_config_is_refused_by_name_or_runs() {
+    let c = Case::new();
+    for (stem, text) in shipped(false) {
+        let mut v: Value = serde_json::to_value(toml::from_str::<toml::Value>(&text).unwrap()).unwrap();
+        // The binary runs accepted mutants: a few hundred samples keep each run short.
+        if let Some(n) = v.get_mut("samples") {
+            *n = Value::from(n.as_u64().unwrap().min(300));
+        }
+        let mut leaves = Vec::new();
+        numeric_leaves(&v, String::new(), &mut leaves);
+        assert!(!leaves.is_empty(), "{stem}: no numeric fields found");
+        for (li, path) in leaves.iter().enumerate() {
+            for (vi, x) in VALUES.iter().chain([&HUGE]).enumerate() {
+                let mutant = to_toml(&v, path, *x);
+                let name = format!("{stem}_{li}_{vi}");
+                let parsed = tilt::config::SampleConfig::parse(&mutant).err().map(|e| format!("{e:#}"));
+                check_mutant("sample", &c, &name, &mutant, path, parsed);
+            }
+        }
+    }
+}
+
+#[test]
+fn every_numeric_field_of_every_shipped_train_config_is_refused_by_name_or_runs() {
+    let c = Case::new();
+    for (stem, text) in shipped(true) {
+        if text.contains("/usr/share/datasets") && !std::path::Path::new("/usr/share/datasets/fashion-mnist").exists() {
+            eprintln!("{stem}: skipped, Debian's dataset-fashion-mnist is not installed");
+            continue;
+        }
+        let cfg = tilt_train::TrainConfig::parse(&text).unwrap();
+        let mut v = serde_json::to_value(&cfg).unwrap();
+        // Accepted mutants are trained for 2 steps: the question is whether they run, not how well.
+        v["steps"] = Value::from(2);
+        v["checkpoint_every"] = Value::from(1);
+        // `objective.base` names another run: the residual form needs it (its fields are those of the full form,
+        // checked here), the other forms only start from it.
+        if v["objective"].get("form").and_then(Value::as_str) == Some("residual") {
+            continue;
+        }
+        if let Some(o) = v["objective"].as_object_mut() {
+            o.remove("base");
+        }
+        let mut leaves = Vec::new();
+        numeric_leaves(&v, String::new(), &mut leaves);
+        for (li, path) in leaves.iter().enumerate() {
+            for (vi, x) in VALUES.iter().chain([&HUGE]).enumerate() {
+                let mutant = to_toml(&v, path, *x);
+                let name = format!("{stem}_{li}_{vi}");
+                let parsed = tilt_train::TrainConfig::parse(&mutant).err().map(|e| format!("{e:#}"));
+                check_mutant("train", &c, &name, &mutant, path, parsed);
+            }
+        }
+    }
+}

@@ -13,6 +13,10 @@ pub const MAX_BATCH: usize = 10_000_000;
 pub const MAX_STEPS: usize = 1_000_000;
 
 /// `tilt sample` configuration. Every table rejects unknown fields.
+/// The largest guidance strength or term weight: far beyond any useful guidance (CFG is used up to about 20), and
+/// small enough that a strength times a score stays finite in f32.
+pub const MAX_STRENGTH: f64 = 1e4;
+
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SampleConfig {
@@ -346,7 +350,8 @@ impl SampleConfig {
 
     /// Parse and check everything that does not need the models (see [`SampleConfig::validate_for`]).
     pub fn parse(text: &str) -> Result<Self> {
-        let cfg: SampleConfig = toml::from_str(text).map_err(|e| anyhow::anyhow!("{}", e.to_string().trim_end()))?;
+        let cfg: SampleConfig = toml::from_str(text)
+            .map_err(|e| anyhow::anyhow!("{}", tilt_train::toml_error::explain(text, e.to_string().trim_end())))?;
         let mixture =
             cfg.mixture.as_ref().map(|m| m.build().map_err(|e| anyhow::anyhow!("mixture.{e}"))).transpose()?;
         let has_base = cfg.models.as_ref().is_some_and(|m| m.base.is_some());
@@ -408,8 +413,8 @@ impl SampleConfig {
         if g.strengths.is_empty() {
             bail!("guidance.strengths: expected at least one strength");
         }
-        if let Some(w) = g.strengths.iter().find(|w| !w.is_finite()) {
-            bail!("guidance.strengths: expected finite values, got {w}");
+        if let Some(w) = g.strengths.iter().find(|w| !(w.is_finite() && w.abs() <= MAX_STRENGTH)) {
+            bail!("guidance.strengths: expected values in [-{MAX_STRENGTH}, {MAX_STRENGTH}], got {w}");
         }
         for (i, w) in g.strengths.iter().enumerate() {
             // -0.0 == 0.0: one strength, one file name.
@@ -506,8 +511,8 @@ impl SampleConfig {
             } else {
                 format!("guidance.kind = {:?}", crate::config::kebab(&kind))
             };
-            if !t.weight.is_finite() {
-                bail!("{}: expected a finite weight, got {}", field("weight"), t.weight);
+            if !(t.weight.is_finite() && t.weight.abs() <= MAX_STRENGTH) {
+                bail!("{}: expected a weight in [-{MAX_STRENGTH}, {MAX_STRENGTH}], got {}", field("weight"), t.weight);
             }
             if t.t_start.is_some() != t.t_end.is_some() {
                 bail!("{}, {}: give both ends of the interval or neither", field("t_start"), field("t_end"));

@@ -103,7 +103,7 @@ fn guidance_term_lists_name_the_term_and_the_field() {
     let terms = terms_config();
     assert!(SampleConfig::parse(&terms).is_ok(), "{terms}");
     let cases: &[(&str, &str, &str)] = &[
-        ("weight = 0.5", "weight = nan", "guidance.terms[1].weight: expected a finite weight"),
+        ("weight = 0.5", "weight = nan", "guidance.terms[1].weight: expected a weight in"),
         ("weight = 0.5", "weight = 0.5\nt_start = 0.3", "guidance.terms[1].t_start, guidance.terms[1].t_end"),
         ("preset = \"dps\"", "preset = \"dpss\"", "unknown variant `dpss`"),
         ("preset = \"dps\"", "preset = \"dps\"\nrho = 1.0", "unknown field `rho`"),

@@ -121,9 +121,12 @@ fn degenerate_sweeps_finish_or_fail_by_name_without_hanging() {
     let cfg = c.file("min.toml", &SAMPLE.replace("samples = 200", "samples = 2").replace("steps = 10", "steps = 1"));
     let r = tilt_within(Duration::from_secs(60), &["sample", "--config", s(&cfg), "--out", s(&c.path("min"))]);
     assert!(r.ok || r.stderr.contains("fewer than 2 finite samples"), "{}", r.stderr);
-    // A strength of 1e300 diverges: a named error whose file names stay short.
+    // A strength of 1e300 is refused by name; the largest allowed one runs, or fails by name if it diverges.
     let cfg = c.file("huge_w.toml", &SAMPLE.replace("strengths = [0.0, 1.0]", "strengths = [1e300]"));
-    refused(&["sample", "--config", s(&cfg), "--out", s(&c.path("huge_w"))], &["w = 1e300: fewer than 2 finite"]);
+    refused(&["sample", "--config", s(&cfg), "--out", s(&c.path("huge_w"))], &["guidance.strengths"]);
+    let cfg = c.file("big_w.toml", &SAMPLE.replace("strengths = [0.0, 1.0]", "strengths = [10000.0]"));
+    let r = tilt(&["sample", "--config", s(&cfg), "--out", s(&c.path("big_w"))]);
+    assert!(r.ok || r.stderr.contains("w = 10000: fewer than 2 finite"), "{}", r.stderr);
 }
 
 #[test]

@@ -238,7 +238,8 @@ pub const MAX_ACTIVATIONS: usize = 1 << 31;
 impl TrainConfig {
     /// Parse TOML and validate; errors name the field.
     pub fn parse(text: &str) -> Result<Self> {
-        let cfg: TrainConfig = toml::from_str(text).map_err(|e| anyhow!("{}", e.to_string().trim_end()))?;
+        let cfg: TrainConfig = toml::from_str(text)
+            .map_err(|e| anyhow!("{}", crate::toml_error::explain(text, e.to_string().trim_end())))?;
         cfg.validate()?;
         Ok(cfg)
     }

@@ -25,7 +25,8 @@ pub fn read(path: &Path) -> Result<IdxArray> {
     let raw = std::fs::read(path).with_context(|| format!("cannot read IDX file {}", path.display()))?;
     let bytes = if raw.starts_with(&[0x1f, 0x8b]) {
         let mut out = Vec::new();
-        flate2::read::GzDecoder::new(raw.as_slice())
+        // Every member, as gunzip reads a file written in several (a single-member decoder stops after the first).
+        flate2::read::MultiGzDecoder::new(raw.as_slice())
             .take(MAX_BYTES)
             .read_to_end(&mut out)
             .with_context(|| format!("{}: corrupt gzip data", path.display()))?;

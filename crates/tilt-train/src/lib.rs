@@ -19,6 +19,7 @@ mod objectives;
 pub mod optim;
 pub mod output_dir;
 pub mod run;
+pub mod toml_error;
 pub mod trainer;
 
 pub use atomic::{write_atomic, write_atomic_with};

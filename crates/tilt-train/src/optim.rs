@@ -122,8 +122,13 @@ impl OptimConfig {
         if !(0.0..=1.0).contains(&self.min_lr_ratio) {
             return Err(format!("optim.min_lr_ratio: expected a value in [0, 1], got {}", self.min_lr_ratio));
         }
-        if self.weight_decay < 0.0 {
-            return Err(format!("optim.weight_decay: expected >= 0, got {}", self.weight_decay));
+        // Decoupled decay multiplies the weights by 1 - lr * weight_decay each step: at or beyond 1 it zeroes or
+        // flips them.
+        if !(self.weight_decay >= 0.0 && self.weight_decay * self.lr < 1.0) {
+            return Err(format!(
+                "optim.weight_decay: expected a value >= 0 with lr x weight_decay < 1, got {}",
+                self.weight_decay
+            ));
         }
         if let Some(c) = self.clip_grad_norm {
             pos("clip_grad_norm", c)?;

@@ -37,6 +37,14 @@ impl Apg {
                 return Err(format!("{prefix}.{name}: expected a finite value, got {v}"));
             }
         }
+        // The momentum buffer grows without bound unless |momentum| < 1 (APG uses negative values such as -0.5),
+        // and eta scales the parallel component (0 removes it, 1 keeps it).
+        if self.momentum.abs() >= 1.0 {
+            return Err(format!("{prefix}.momentum: expected a value in (-1, 1), got {}", self.momentum));
+        }
+        if self.eta.abs() > 100.0 {
+            return Err(format!("{prefix}.eta: expected a value in [-100, 100], got {}", self.eta));
+        }
         if self.norm_threshold < 0.0 {
             return Err(format!(
                 "{prefix}.norm_threshold: expected a value >= 0 (0 turns clipping off), got {}",

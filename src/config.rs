@@ -343,8 +343,7 @@ pub fn kebab<T: serde::Serialize>(v: &T) -> String {
 impl SampleConfig {
     /// Read and validate a config file; every error names the file and the field.
     pub fn load(path: &Path) -> Result<Self> {
-        let text =
-            std::fs::read_to_string(path).with_context(|| format!("cannot read config file {}", path.display()))?;
+        let text = tilt_train::config::read_config(path)?;
         Self::parse(&text).with_context(|| format!("invalid config {}", path.display()))
     }
 

@@ -440,3 +440,55 @@ fn reproduce_never_reports_the_outputs_of_another_run() {
     assert!(summary.contains("\"seed\": 7"), "the edited config did not rerun the stage");
     assert!(!skipped.is_empty());
 }
+
+#[test]
+fn misleading_errors_name_the_true_cause() {
+    let c = Case::new();
+    // C22: a residual run resumed after its base was retrained.
+    let base = c.path("base");
+    let base_cfg = c.file("base.toml", TRAIN);
+    succeeded(&["train", "--config", s(&base_cfg), "--out", s(&base)]);
+    let residual = |steps: usize| {
+        TRAIN.replace("steps = 40", &format!("steps = {steps}")).replace(
+            "[objective]\nkind = \"dsm\"",
+            &format!(
+                "[objective]\nkind = \"reward-weighted\"\nform = \"residual\"\nbase = {:?}\nreward = {{ kind = \"exp-linear\", a = [0.5, 0.0] }}",
+                s(&base)
+            ),
+        )
+    };
+    let run = c.path("residual");
+    succeeded(&["train", "--config", s(&c.file("r40.toml", &residual(40))), "--out", s(&run)]);
+    std::fs::remove_dir_all(&base).unwrap();
+    succeeded(&[
+        "train",
+        "--config",
+        s(&c.file("base7.toml", &TRAIN.replace("seed = 3", "seed = 7"))),
+        "--out",
+        s(&base),
+    ]);
+    refused(
+        &["train", "--config", s(&c.file("r60.toml", &residual(60))), "--out", s(&run), "--resume"],
+        &["objective.base changed since this run started"],
+    );
+    // C29/C28: a config that is not a regular file is refused at once (a FIFO would block for ever).
+    refused(&["train", "--config", "/dev/zero", "--out", s(&c.path("z"))], &["not a regular file"]);
+    // K_csv_typo_first: a typo in the first row is an error at line 1, not a silently dropped header.
+    let rows: String = (0..50).map(|i| format!("{},{},{}\n", i as f64 * 0.01, 0.5, i % 2)).collect();
+    let csv = c.file("typo.csv", &format!("0.5,abc,1\n{rows}"));
+    let csv_cfg = TRAIN.replace(
+        "kind = \"mixture\"\nweights = [0.5, 0.5]\nmeans = [[-1.0, 0.0], [1.0, 0.0]]\nstd = [0.5, 0.5]",
+        &format!("kind = \"csv\"\npath = {:?}\nlabelled = true", s(&csv)),
+    );
+    refused(&["train", "--config", s(&c.file("csv.toml", &csv_cfg)), "--out", s(&c.path("csv"))], &["line 1"]);
+    // A13: a huge bad value is not echoed in full.
+    let huge = SAMPLE.replace("kind = \"cfg\"", &format!("kind = \"{}\"", "c".repeat(1_000_000)));
+    let r = tilt(&["sample", "--config", s(&c.file("huge.toml", &huge)), "--out", s(&c.path("huge"))]);
+    assert!(!r.ok && r.stderr.len() < 20_000, "{} bytes of error", r.stderr.len());
+    // I25/I26-like type errors inside a tagged table name the field.
+    let rings = TRAIN.replace(
+        "kind = \"mixture\"\nweights = [0.5, 0.5]\nmeans = [[-1.0, 0.0], [1.0, 0.0]]\nstd = [0.5, 0.5]",
+        "kind = \"rings\"\nrings = -1",
+    );
+    refused(&["train", "--config", s(&c.file("rings.toml", &rings)), "--out", s(&c.path("rings"))], &["data.rings"]);
+}

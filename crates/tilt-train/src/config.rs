@@ -235,6 +235,16 @@ pub const MAX_PARAMETERS: usize = 1 << 27;
 /// The most activations one training step may hold (8 GB in f32).
 pub const MAX_ACTIVATIONS: usize = 1 << 31;
 
+/// The text of a config file. Only a regular file is read: a FIFO with no writer would block for ever and
+/// `/dev/zero` would grow until memory runs out.
+pub fn read_config(path: &Path) -> Result<String> {
+    let meta = std::fs::metadata(path).with_context(|| format!("cannot read config file {}", path.display()))?;
+    if !meta.is_file() {
+        bail!("{}: expected a config file (TOML), but it is not a regular file", path.display());
+    }
+    std::fs::read_to_string(path).with_context(|| format!("cannot read config file {}", path.display()))
+}
+
 impl TrainConfig {
     /// Parse TOML and validate; errors name the field.
     pub fn parse(text: &str) -> Result<Self> {
@@ -246,8 +256,7 @@ impl TrainConfig {
 
     /// Read and validate a config file; returns the text too (a run keeps it verbatim as `config.toml`).
     pub fn load(path: &Path) -> Result<(Self, String)> {
-        let text =
-            std::fs::read_to_string(path).with_context(|| format!("cannot read config file {}", path.display()))?;
+        let text = read_config(path)?;
         let cfg = Self::parse(&text).with_context(|| format!("invalid config {}", path.display()))?;
         Ok((cfg, text))
     }

@@ -316,7 +316,9 @@ pub fn read_csv(path: &std::path::Path, labelled: bool, classes: Option<usize>) 
         if rec.iter().all(|f| f.is_empty()) {
             continue;
         }
-        let is_header = i == 0 && rec.iter().any(|f| f.parse::<f64>().is_err());
+        // A header has no numeric field ("x1,x2,label"); a first row with numbers and one typo ("0.5,abc,1") is a
+        // data row, and its typo an error like on any other line.
+        let is_header = i == 0 && rec.iter().all(|f| f.parse::<f64>().is_err());
         if is_header {
             continue;
         }

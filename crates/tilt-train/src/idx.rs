@@ -124,7 +124,16 @@ mod tests {
         let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
         std::io::Write::write_all(&mut enc, &bytes).unwrap();
         std::fs::write(&gz, enc.finish().unwrap()).unwrap();
-        for p in [&raw, &gz] {
+        // Written as two gzip members (as `cat a.gz b.gz` makes): gunzip reads both, and so must tilt.
+        let two = dir.path().join("two-idx3-ubyte.gz");
+        let mut joined = Vec::new();
+        for part in [&bytes[..10], &bytes[10..]] {
+            let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            std::io::Write::write_all(&mut enc, part).unwrap();
+            joined.extend(enc.finish().unwrap());
+        }
+        std::fs::write(&two, joined).unwrap();
+        for p in [&raw, &gz, &two] {
             assert_eq!(read(p).unwrap(), IdxArray { dims: vec![2, 3, 4], values: values.clone() });
         }
     }

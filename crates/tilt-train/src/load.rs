@@ -33,6 +33,9 @@ pub struct RunState {
     /// Absent in checkpoints written before it existed.
     #[serde(default)]
     pub data_sha256: Option<String>,
+    /// SHA-256 of the EMA weights of `objective.base` (reward-weighted runs): `--resume` refuses a changed base.
+    #[serde(default)]
+    pub base_sha256: Option<String>,
 }
 
 /// `state.json` of a verified checkpoint, cross-checked with the manifest's step.

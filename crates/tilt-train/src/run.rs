@@ -98,7 +98,7 @@ pub fn train(
     if resume && !has_run {
         bail!("{}: --resume given but there is no checkpoint to resume from", run_dir.display());
     }
-    let ctx = RunContext {
+    let mut ctx = RunContext {
         cfg,
         run_dir,
         resume,
@@ -107,6 +107,7 @@ pub fn train(
         dim: data.dim,
         image: data.image,
         data_sha256,
+        base_sha256: None,
         _dir: dir,
     };
     let (b, sched, t_min) = (cfg.batch_size, cfg.schedule, cfg.t_min);
@@ -236,6 +237,9 @@ pub fn train(
                             serde_json::to_string(&cfg.data)?
                         );
                     }
+                    let ck = Checkpoint::open_any(&loaded.path)?;
+                    ctx.base_sha256 =
+                        ck.manifest.files.iter().find(|f| f.kind == FileKind::EmaModel).map(|f| f.sha256.clone());
                     if loaded.standardizer != ctx.standardizer {
                         bail!(
                             "objective.base: {} was trained on differently standardised data (data or `standardize` differ)",
@@ -351,6 +355,8 @@ struct RunContext<'a> {
     dim: usize,
     image: Option<[usize; 3]>,
     data_sha256: String,
+    /// SHA-256 of the EMA weights of `objective.base`, when the objective reads one.
+    base_sha256: Option<String>,
     /// Holds the run directory's lock until the run ends.
     _dir: OutputDir,
 }
@@ -391,6 +397,14 @@ impl RunContext<'_> {
                     self.data_sha256
                 );
             }
+            if let (Some(before), Some(now)) = (&saved.base_sha256, &self.base_sha256)
+                && before != now
+            {
+                bail!(
+                    "--resume: objective.base changed since this run started (its EMA weights had SHA-256 {before}, \
+                     now {now}); resuming would train against another base. Restore that base or start a new run"
+                );
+            }
             if saved.net != net_json {
                 bail!("{}: the network config differs from the checkpoint's", self.run_dir.display());
             }
@@ -420,6 +434,7 @@ impl RunContext<'_> {
                 num_classes,
                 history: st.history.clone(),
                 data_sha256: Some(self.data_sha256.clone()),
+                base_sha256: self.base_sha256.clone(),
             };
             let artifacts = [
                 Artifact::model("model.bpk", FileKind::Model, &st.model)?,

@@ -6,6 +6,24 @@
 /// `message` (a `toml` error) with the fields holding its offending value appended, when the message does not
 /// already point at them.
 pub fn explain(text: &str, message: &str) -> String {
+    bounded(&named(text, message))
+}
+
+/// The longest line of an error kept whole: a 50 MB bad value was echoed three times (150 MB of stderr).
+const MAX_LINE: usize = 240;
+
+fn bounded(message: &str) -> String {
+    message
+        .lines()
+        .map(|l| match l.char_indices().nth(MAX_LINE) {
+            Some((cut, _)) => format!("{}… ({} characters)", &l[..cut], l.chars().count()),
+            None => l.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn named(text: &str, message: &str) -> String {
     let Some(offending) = offending_value(message) else { return message.to_string() };
     let Ok(root) = text.parse::<toml::Table>() else { return message.to_string() };
     let mut hits = Vec::new();
@@ -82,6 +100,9 @@ mod tests {
         let text = "[data]\nclasses = [[0], [nan]]\n";
         let msg = "invalid type: floating point `NaN`, expected usize";
         assert!(explain(text, msg).contains("data.classes[1][0]"));
+        // A huge value is not echoed whole.
+        let long = format!("invalid value: `{}`", "c".repeat(100_000));
+        assert!(explain("", &long).len() < 400);
         // A message that already names the key is left alone.
         let msg = "2 | rings = -1\ninvalid value: integer `-1`, expected usize";
         assert_eq!(explain("rings = -1\n", msg), msg);

@@ -25,8 +25,7 @@ pub struct Config {
 }
 
 pub fn run(ctx: &Ctx, dir: &Path) -> Result<StageOutput> {
-    let (cfg, raw): (Config, _) =
-        stage_config("cfg_mixture", include_str!("../../../configs/experiments/cfg_mixture.toml"))?;
+    let (cfg, raw): (Config, _) = stage_config("cfg_mixture")?;
     let p = ctx.preset;
     let mixture = super::experiment_mixture(&cfg.mixture)?;
     let problem = Problem::new(mixture.clone(), GuidanceKind::Cfg, Some(cfg.class), None);

@@ -27,8 +27,7 @@ pub struct Config {
 }
 
 pub fn run(ctx: &Ctx, dir: &Path) -> Result<StageOutput> {
-    let (cfg, raw): (Config, _) =
-        stage_config("discretisation", include_str!("../../../configs/experiments/discretisation.toml"))?;
+    let (cfg, raw): (Config, _) = stage_config("discretisation")?;
     let p = ctx.preset;
     let dev = &ctx.device;
     let mixture = super::experiment_mixture(&cfg.mixture)?;

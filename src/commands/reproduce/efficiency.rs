@@ -47,8 +47,7 @@ struct Point {
 }
 
 pub fn run(ctx: &Ctx, dir: &Path) -> Result<StageOutput> {
-    let (cfg, raw): (Config, _) =
-        stage_config("efficiency", include_str!("../../../configs/experiments/efficiency.toml"))?;
+    let (cfg, raw): (Config, _) = stage_config("efficiency")?;
     let p = ctx.preset;
     let dev = &ctx.device;
     let a = super::exact_reward(&cfg.reward)?;

@@ -173,8 +173,7 @@ fn tilted_mean_reward(m: &GaussianMixture, a: &ExpLinearReward, w: f64) -> f64 {
 }
 
 pub fn run(ctx: &Ctx, dir: &Path) -> Result<StageOutput> {
-    let (cfg, raw): (Config, _) =
-        stage_config("guidance_zoo", include_str!("../../../configs/experiments/guidance_zoo.toml"))?;
+    let (cfg, raw): (Config, _) = stage_config("guidance_zoo")?;
     let p = ctx.preset;
     let dev = &ctx.device;
     let mixture = super::experiment_mixture(&cfg.mixture)?;

@@ -116,8 +116,7 @@ pub struct ImageStat {
 }
 
 pub fn run(ctx: &Ctx, dir: &Path) -> Result<StageOutput> {
-    let (cfg, raw): (Config, _) =
-        stage_config("image_cfg", include_str!("../../../configs/experiments/image_cfg.toml"))?;
+    let (cfg, raw): (Config, _) = stage_config("image_cfg")?;
     let p = ctx.preset;
     let dev = &ctx.device;
     let (images, labels) = (super::data_path(&cfg.images.get(p)), super::data_path(&cfg.labels.get(p)));

@@ -162,48 +162,27 @@ pub struct Stage {
     run: fn(&Ctx, &Path) -> Result<StageOutput>,
 }
 
+/// A stage of module `$m`, with its config `configs/experiments/$m.toml` compiled in.
+macro_rules! stage {
+    ($m:ident) => {
+        Stage {
+            name: stringify!($m),
+            embedded: include_str!(concat!("../../../configs/experiments/", stringify!($m), ".toml")),
+            run: $m::run,
+        }
+    };
+}
+
 /// The experiments, in report order: the one registry of `reproduce`.
 pub const STAGES: &[Stage] = &[
-    Stage {
-        name: "cfg_mixture",
-        embedded: include_str!("../../../configs/experiments/cfg_mixture.toml"),
-        run: cfg_mixture::run,
-    },
-    Stage {
-        name: "reward_mixture",
-        embedded: include_str!("../../../configs/experiments/reward_mixture.toml"),
-        run: reward_mixture::run,
-    },
-    Stage {
-        name: "swiss_roll",
-        embedded: include_str!("../../../configs/experiments/swiss_roll.toml"),
-        run: swiss_roll::run,
-    },
-    Stage {
-        name: "robustness",
-        embedded: include_str!("../../../configs/experiments/robustness.toml"),
-        run: robustness::run,
-    },
-    Stage {
-        name: "efficiency",
-        embedded: include_str!("../../../configs/experiments/efficiency.toml"),
-        run: efficiency::run,
-    },
-    Stage {
-        name: "discretisation",
-        embedded: include_str!("../../../configs/experiments/discretisation.toml"),
-        run: discretisation::run,
-    },
-    Stage {
-        name: "guidance_zoo",
-        embedded: include_str!("../../../configs/experiments/guidance_zoo.toml"),
-        run: guidance_zoo::run,
-    },
-    Stage {
-        name: "image_cfg",
-        embedded: include_str!("../../../configs/experiments/image_cfg.toml"),
-        run: image_cfg::run,
-    },
+    stage!(cfg_mixture),
+    stage!(reward_mixture),
+    stage!(swiss_roll),
+    stage!(robustness),
+    stage!(efficiency),
+    stage!(discretisation),
+    stage!(guidance_zoo),
+    stage!(image_cfg),
 ];
 
 /// The stage names, comma-separated (for help and errors).
@@ -213,7 +192,8 @@ pub fn stage_names() -> String {
 
 /// Read a stage's experiment config: `configs/experiments/<name>.toml` under the working directory if present,
 /// else the copy compiled into the binary.
-pub fn stage_config<T: DeserializeOwned>(name: &str, embedded: &str) -> Result<(T, serde_json::Value)> {
+pub fn stage_config<T: DeserializeOwned>(name: &str) -> Result<(T, serde_json::Value)> {
+    let embedded = STAGES.iter().find(|s| s.name == name).map_or("", |s| s.embedded);
     let (text, origin) = stage_config_text(name, embedded);
     let cfg: T = toml::from_str(&text).map_err(|e| anyhow::anyhow!("{origin}: {}", e.to_string().trim_end()))?;
     let raw: toml::Value = toml::from_str(&text)?;

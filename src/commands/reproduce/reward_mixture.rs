@@ -45,8 +45,7 @@ pub fn reward_weighted(
 }
 
 pub fn run(ctx: &Ctx, dir: &Path) -> Result<StageOutput> {
-    let (cfg, raw): (Config, _) =
-        stage_config("reward_mixture", include_str!("../../../configs/experiments/reward_mixture.toml"))?;
+    let (cfg, raw): (Config, _) = stage_config("reward_mixture")?;
     let p = ctx.preset;
     let dev = &ctx.device;
     let mixture = super::experiment_mixture(&cfg.mixture)?;

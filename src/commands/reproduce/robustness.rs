@@ -27,8 +27,7 @@ pub struct Config {
 }
 
 pub fn run(ctx: &Ctx, dir: &Path) -> Result<StageOutput> {
-    let (cfg, raw): (Config, _) =
-        stage_config("robustness", include_str!("../../../configs/experiments/robustness.toml"))?;
+    let (cfg, raw): (Config, _) = stage_config("robustness")?;
     let p = ctx.preset;
     let dev = &ctx.device;
     let mixture = super::experiment_mixture(&cfg.mixture)?;

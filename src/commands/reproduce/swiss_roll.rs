@@ -65,8 +65,7 @@ fn nearest_distances(x: &[f32], reference: &[f32]) -> Vec<f64> {
 }
 
 pub fn run(ctx: &Ctx, dir: &Path) -> Result<StageOutput> {
-    let (cfg, raw): (Config, _) =
-        stage_config("swiss_roll", include_str!("../../../configs/experiments/swiss_roll.toml"))?;
+    let (cfg, raw): (Config, _) = stage_config("swiss_roll")?;
     let p = ctx.preset;
     let dev = &ctx.device;
     let data = DataSpec::SwissRoll { noise: cfg.noise };

@@ -17,6 +17,9 @@ pub const MAX_STEPS: usize = 1_000_000;
 /// small enough that a strength times a score stays finite in f32.
 pub const MAX_STRENGTH: f64 = 1e4;
 
+/// The most rows (chains x smoothing draws) a training-free term may evaluate at once.
+pub const MAX_SMOOTHING_ROWS: usize = 1 << 24;
+
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SampleConfig {
@@ -575,6 +578,17 @@ impl SampleConfig {
                     }
                     if let Some(p) = params {
                         p.validate(&field("params")).map_err(anyhow::Error::msg)?;
+                        // Each smoothing draw copies the batch of chains: bound the rows one step holds.
+                        let rows = p.smoothing_samples.saturating_mul(s.batch);
+                        if rows > MAX_SMOOTHING_ROWS {
+                            bail!(
+                                "{}: {} draws x sampler.batch = {} chains is {rows} rows per step, more than \
+                                 {MAX_SMOOTHING_ROWS}; lower one of them",
+                                field("params.smoothing_samples"),
+                                p.smoothing_samples,
+                                s.batch
+                            );
+                        }
                     }
                 }
                 TermKind::NegativeClass { .. } | TermKind::Autoguidance { .. } => {}

@@ -148,9 +148,14 @@ fn every_numeric_field_of_every_shipped_train_config_is_refused_by_name_or_runs(
         }
         let cfg = tilt_train::TrainConfig::parse(&text).unwrap();
         let mut v = serde_json::to_value(&cfg).unwrap();
-        // Accepted mutants are trained for 2 steps: the question is whether they run, not how well.
+        // Accepted mutants are trained for 2 steps (the question is whether they run, not how well) ...
         v["steps"] = Value::from(2);
         v["checkpoint_every"] = Value::from(1);
+        // ... on a small batch of a few images, so that the U-Net's mutants take seconds, not minutes.
+        v["batch_size"] = Value::from(v["batch_size"].as_u64().unwrap().min(16));
+        if v["data"]["kind"] == "idx" {
+            v["data"]["limit"] = Value::from(256);
+        }
         // `objective.base` names another run: the residual form needs it (its fields are those of the full form,
         // checked here), the other forms only start from it.
         if v["objective"].get("form").and_then(Value::as_str) == Some("residual") {

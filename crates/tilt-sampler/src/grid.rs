@@ -43,7 +43,7 @@ impl TimeGrid {
             return Err(format!("invalid grid: steps {steps}, t_min {t_min}, t_max {t_max}"));
         }
         let var = 1.0 - schedule.alpha_sq(t_min);
-        if !(var >= tilt_core::schedule::MIN_SIGMA_SQ * (1.0 - 1e-6)) {
+        if var.is_nan() || var < tilt_core::schedule::MIN_SIGMA_SQ * (1.0 - 1e-6) {
             return Err(format!(
                 "t_min = {t_min}: sigma^2(t_min) = {var:e} on this schedule, below {:e}, where 1 - alpha^2 computed in \
                  f64 has a relative error above 1e-6 (the last step would denoise with a wrong noise level); raise \

@@ -300,7 +300,7 @@ impl TrainConfig {
         }
         self.schedule.validate().map_err(anyhow::Error::msg)?;
         let var = 1.0 - self.schedule.alpha_sq(self.t_min);
-        if !(var >= tilt_core::schedule::MIN_SIGMA_SQ * (1.0 - 1e-6)) {
+        if var.is_nan() || var < tilt_core::schedule::MIN_SIGMA_SQ * (1.0 - 1e-6) {
             bail!(
                 "t_min: sigma^2(t_min) = {var:e} on this schedule, below {:e}: the noise level is not resolved in f64; \
                  raise t_min",

@@ -124,7 +124,7 @@ impl OptimConfig {
         }
         // Decoupled decay multiplies the weights by 1 - lr * weight_decay each step: at or beyond 1 it zeroes or
         // flips them.
-        if !(self.weight_decay >= 0.0 && self.weight_decay * self.lr < 1.0) {
+        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0 && self.weight_decay * self.lr < 1.0) {
             return Err(format!(
                 "optim.weight_decay: expected a value >= 0 with lr x weight_decay < 1, got {}",
                 self.weight_decay

@@ -45,10 +45,10 @@ fn check_labels(cfg: &SampleConfig, labelled: &[(String, Option<usize>)], classi
         }
     }
     for (field, c) in &queries {
-        if let (Some(k), true) = (classifier, field == "class") {
-            if *c >= k {
-                bail!("{field}: class {c} does not exist in models.classifier, which has {k} classes (0 to {})", k - 1);
-            }
+        if let (Some(k), true) = (classifier, field == "class")
+            && *c >= k
+        {
+            bail!("{field}: class {c} does not exist in models.classifier, which has {k} classes (0 to {})", k - 1);
         }
         if classifier_guided && field == "class" {
             continue;

@@ -113,7 +113,11 @@ impl OptimConfig {
             }
         };
         pos("lr", self.lr)?;
-        pos("epsilon", self.epsilon)?;
+        // Adam divides by sqrt(v) + epsilon in f32: below 1e-30 it is 0 there (or subnormal) and a parameter with
+        // a zero gradient gets 0/0.
+        if !(self.epsilon.is_finite() && (1e-30..=1.0).contains(&self.epsilon)) {
+            return Err(format!("optim.epsilon: expected a value in [1e-30, 1], got {}", self.epsilon));
+        }
         for (name, v) in [("beta1", self.beta1), ("beta2", self.beta2), ("ema_decay", self.ema_decay)] {
             if !(0.0..1.0).contains(&v) {
                 return Err(format!("optim.{name}: expected a value in [0, 1), got {v}"));

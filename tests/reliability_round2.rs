@@ -143,6 +143,14 @@ fn nothing_is_written_through_a_symlink_in_an_output_folder() {
     succeeded(&["train", "--config", s(&train_cfg), "--out", s(&run), "--force"]);
     assert_eq!(read(&victim), b"IMPORTANT USER DATA");
     assert!(c.path("victim.txt").exists() && c.path("t.toml").exists(), "a linked folder was emptied");
+    // A linked `checkpoints/` folder is refused: the checkpoints would land wherever it points.
+    let elsewhere = c.path("elsewhere");
+    std::fs::create_dir(&elsewhere).unwrap();
+    let run2 = c.path("run2");
+    std::fs::create_dir(&run2).unwrap();
+    symlink(&elsewhere, run2.join("checkpoints")).unwrap();
+    refused(&["train", "--config", s(&train_cfg), "--out", s(&run2), "--force"], &["checkpoints", "symbolic link"]);
+    assert_eq!(std::fs::read_dir(&elsewhere).unwrap().count(), 0);
 }
 
 /// `x1` column of a samples CSV.

@@ -45,7 +45,7 @@ impl TimeGrid {
         let var = 1.0 - schedule.alpha_sq(t_min);
         if var.is_nan() || var < tilt_core::schedule::MIN_SIGMA_SQ * (1.0 - 1e-6) {
             return Err(format!(
-                "t_min = {t_min}: sigma^2(t_min) = {var:e} on this schedule, below {:e}, where 1 - alpha^2 computed in \
+                "t_min = {t_min:e}: sigma^2(t_min) = {var:e} on this schedule, below {:e}, where 1 - alpha^2 computed in \
                  f64 has a relative error above 1e-6 (the last step would denoise with a wrong noise level); raise \
                  t_min",
                 tilt_core::schedule::MIN_SIGMA_SQ
@@ -55,7 +55,7 @@ impl TimeGrid {
             let a2 = schedule.alpha_sq(t);
             if !(a2 > 0.0 && a2 < 1.0 && log_snr(schedule, t).is_finite()) {
                 return Err(format!(
-                    "{name} = {t}: alpha^2({name}) = {a2} on this schedule, which f64 cannot tell from {}; the noise \
+                    "{name} = {t:e}: alpha^2({name}) = {a2} on this schedule, which f64 cannot tell from {}; the noise \
                      level is not resolved (raise t_min, or lower t_max, or use a schedule with noise there)",
                     if a2 >= 1.0 - f64::EPSILON { 1 } else { 0 }
                 ));

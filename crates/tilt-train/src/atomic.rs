@@ -74,6 +74,18 @@ pub fn write_atomic_with(path: &Path, write: impl FnOnce(&mut File) -> std::io::
     Ok(())
 }
 
+/// Refuse a folder inside an output folder that is a symbolic link: everything written there would land wherever
+/// it points (`checkpoints/`, a reproduce stage's folder, `_models/`).
+pub fn refuse_linked_folder(path: &Path) -> Result<()> {
+    if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) {
+        anyhow::bail!(
+            "{}: is a symbolic link; tilt does not write through links inside an output folder (remove it)",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
 /// Create `path` for writing, refusing to follow a symlink there (a link is removed, never written through), and
 /// never opening an existing file: the caller's folder is locked, so an existing entry is a leftover.
 pub fn create_fresh(path: &Path) -> Result<File> {

@@ -166,6 +166,7 @@ pub fn step_of(name: &str) -> Option<usize> {
 /// Write a complete checkpoint for `step` and make it the latest; keep the newest `keep` checkpoints.
 pub fn save(run: &Path, model_kind: ModelKind, step: usize, artifacts: &[Artifact], keep: usize) -> Result<PathBuf> {
     let root = checkpoints_dir(run);
+    crate::atomic::refuse_linked_folder(&root)?;
     fs::create_dir_all(&root).with_context(|| format!("cannot create {}", root.display()))?;
     let name = step_name(step);
     let tmp = root.join(format!(".{name}.tmp"));

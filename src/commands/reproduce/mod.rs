@@ -303,6 +303,8 @@ pub fn run(preset: Preset, only: &[String], out: &Path, force: bool, device: &De
         let start = Instant::now();
         // The manifest goes first: from here until the stage's last file is written, it is not complete.
         let prepare = || -> Result<()> {
+            tilt_train::atomic::refuse_linked_folder(&dir)?;
+            tilt_train::atomic::refuse_linked_folder(&ctx.models_dir())?;
             std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
             for f in [STAGE_MANIFEST, "summary.json"] {
                 match std::fs::remove_file(dir.join(f)) {

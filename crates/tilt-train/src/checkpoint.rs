@@ -224,6 +224,12 @@ fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
     f.sync_all().with_context(|| format!("cannot sync {}", path.display()))
 }
 
+/// Prune as [`save`] does after writing `current`: for a run that ends without a save of its own (resumed at its
+/// last step after a kill between that step's checkpoint and its pruning).
+pub fn prune_after(run: &Path, current: usize, keep: usize) -> Result<()> {
+    prune(&checkpoints_dir(run), current, keep)
+}
+
 /// Keep the newest `keep` checkpoints up to `current` (the one just written and named by `latest`), ordered by
 /// step number (not by name: `step-1000000` sorts before `step-999999`). Checkpoints with a higher step than
 /// `current` belong to an earlier run in the same folder and are left alone. A checkpoint is renamed to a hidden

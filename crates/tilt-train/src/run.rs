@@ -454,6 +454,11 @@ impl RunContext<'_> {
         };
         let ad_dev = ad.clone();
         train_loop(&mut state, &settings, |m, rng| loss(m, train_set, rng, &ad_dev), save, progress)?;
+        // Finished again from the final state: a kill between the last checkpoint and its pruning or its loss.csv
+        // would otherwise leave an extra checkpoint or a stale loss.csv, which a resume with no step left to train
+        // never repairs.
+        checkpoint::prune_after(self.run_dir, state.step, cfg.keep_checkpoints)?;
+        write_loss_csv(&self.run_dir.join("loss.csv"), &state.history)?;
         let test_loss = (!test_set.is_empty()).then(|| {
             let mut rng = crate::trainer::step_rng(cfg.seed ^ 0x7e57, 0);
             loss(&state.ema.model, test_set, &mut rng, self.device).into_scalar::<f64>()

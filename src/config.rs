@@ -12,7 +12,6 @@ pub const MAX_BATCH: usize = 10_000_000;
 /// Largest `sampler.steps` (the time grid is held in memory; 10^6 steps are far past any discretisation bias).
 pub const MAX_STEPS: usize = 1_000_000;
 
-/// `tilt sample` configuration. Every table rejects unknown fields.
 /// The largest guidance strength or term weight: far beyond any useful guidance (CFG is used up to about 20), and
 /// small enough that a strength times a score stays finite in f32.
 pub const MAX_STRENGTH: f64 = 1e4;
@@ -20,6 +19,7 @@ pub const MAX_STRENGTH: f64 = 1e4;
 /// The most rows (chains x smoothing draws) a training-free term may evaluate at once.
 pub const MAX_SMOOTHING_ROWS: usize = 1 << 24;
 
+/// `tilt sample` configuration. Every table rejects unknown fields.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SampleConfig {

@@ -7,16 +7,17 @@
 use serde::{Deserialize, Serialize};
 use std::f64::consts::FRAC_PI_2;
 
-/// A variance-preserving schedule, `t in [0, 1]`.
 /// The largest cosine offset `s` (0.008 is Nichol & Dhariwal's).
 pub const MAX_COSINE_OFFSET: f64 = 1e6;
 
 /// The smallest noise variance `sigma^2(t) = 1 - alpha^2(t)` a sampler or trainer may reach: `1 - alpha^2` computed
 /// in f64 has an absolute error of about 1.1e-16, so its relative error stays below 1e-6 only above about 1e-10;
-/// 1e-9 leaves a margin. (Checked with a relative slack of 1e-6, so `t_min = 1e-9` itself passes on the linear
-/// schedule, where `1 - (1 - 1e-9)` rounds to just below 1e-9.) (`sampler.t_min = 1e-15` gave `E[1/p(c|Y)]` = 13.9 for an exact 3.33.)
+/// 1e-9 leaves a margin (`sampler.t_min = 1e-15` gave `E[1/p(c|Y)]` = 13.9 for an exact 3.33). It is checked with
+/// a relative slack of 1e-6, so `t_min = 1e-9` itself passes on the linear schedule, where `1 - (1 - 1e-9)` rounds
+/// to just below 1e-9.
 pub const MIN_SIGMA_SQ: f64 = 1e-9;
 
+/// A variance-preserving schedule, `t in [0, 1]`.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize, Default)]
 #[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum Schedule {

@@ -76,7 +76,7 @@ fn check_memory(n: usize, d: usize, classes: usize) -> Result<()> {
 /// The largest `alpha(t_max) * (|mean| + 3 std)` over the components, per coordinate: the chains start from
 /// N(0, I), which is the noised law at `t_max` only when the signal left there is small against the unit noise.
 /// At 0.5 the start is off by at most half a noise standard deviation, which the backward chain corrects
-/// (`tests/reliability.rs` samples a mixture at this limit against its exact law); at std 300, means ±600 (6.6)
+/// (`tests/reliability_round2.rs` samples a mixture at this limit against its exact law); at std 300, means ±600 (6.6)
 /// the sampler returned a wrong law with exit 0.
 pub const MAX_SIGNAL_AT_T_MAX: f64 = 0.5;
 /// The smallest standard deviation relative to the size of a component's mean: f32 coordinates resolve about

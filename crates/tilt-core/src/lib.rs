@@ -12,6 +12,7 @@
 pub mod frechet;
 pub mod metrics;
 pub mod mixture;
+pub mod prediction;
 pub mod reward;
 pub mod schedule;
 pub mod score;

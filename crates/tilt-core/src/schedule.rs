@@ -52,6 +52,7 @@ impl Schedule {
         }
     }
 
+    /// `alpha(t)`, the signal scale.
     pub fn alpha(&self, t: f64) -> f64 {
         self.alpha_sq(t).max(0.0).sqrt()
     }
@@ -59,6 +60,20 @@ impl Schedule {
     /// `sigma(t) = sqrt(1 - alpha(t)^2)`.
     pub fn sigma(&self, t: f64) -> f64 {
         (1.0 - self.alpha_sq(t)).max(0.0).sqrt()
+    }
+
+    /// `alpha`, `sigma` and their time derivatives at `t` (what a velocity prediction needs; see
+    /// [`crate::prediction`]). For a VP schedule `sigma' = -alpha alpha' / sigma`.
+    pub fn interpolant(&self, t: f64) -> crate::prediction::Interpolant {
+        let (alpha, sigma) = (self.alpha(t), self.sigma(t));
+        let d_alpha = match *self {
+            Schedule::Linear => -0.5 / alpha,
+            Schedule::Cosine { s } => {
+                let arg = |t: f64| (t + s) / (1.0 + s) * FRAC_PI_2;
+                -arg(t).sin() * FRAC_PI_2 / (1.0 + s) / arg(0.0).cos()
+            }
+        };
+        crate::prediction::Interpolant { alpha, sigma, d_alpha, d_sigma: -alpha * d_alpha / sigma }
     }
 
     /// OU time `u(t) = -ln alpha(t)^2`; infinite at a `t` where `alpha = 0`.
@@ -109,6 +124,22 @@ mod tests {
         }
         // OU time: u = -ln(1 - t) for the linear schedule.
         assert!((Schedule::Linear.ou_time(0.5) - std::f64::consts::LN_2).abs() < 1e-12);
+    }
+
+    #[test]
+    fn interpolant_derivatives_match_finite_differences() {
+        for sched in [Schedule::Linear, Schedule::cosine(), Schedule::Cosine { s: 0.5 }] {
+            for &t in &[0.01, 0.2, 0.5, 0.8, 0.99] {
+                let p = sched.interpolant(t);
+                let h = 1e-6;
+                let fd = |f: &dyn Fn(f64) -> f64| (f(t + h) - f(t - h)) / (2.0 * h);
+                let (da, ds) = (fd(&|t| sched.alpha(t)), fd(&|t| sched.sigma(t)));
+                // Central differences: O(h^2) truncation and about 1e-16 / h of rounding.
+                let tol = |v: f64| 1e-6 * (1.0 + v.abs());
+                assert!((p.d_alpha - da).abs() < tol(da), "{sched:?} t={t}: alpha' {} vs {da}", p.d_alpha);
+                assert!((p.d_sigma - ds).abs() < tol(ds), "{sched:?} t={t}: sigma' {} vs {ds}", p.d_sigma);
+            }
+        }
     }
 
     #[test]

@@ -500,3 +500,45 @@ fn misleading_errors_name_the_true_cause() {
     );
     refused(&["train", "--config", s(&c.file("rings.toml", &rings)), "--out", s(&c.path("rings"))], &["data.rings"]);
 }
+
+/// I30: a 4.7 MB gzip IDX that inflates to 1 GiB of pixels (inside the reader's 4 GiB cap), read under a 3 GB
+/// address-space limit: refused by name, not aborted by the allocator.
+#[cfg(target_os = "linux")]
+#[test]
+fn an_image_file_too_large_for_memory_is_refused_by_name() {
+    use std::io::Write;
+    let c = Case::new();
+    let (n, side) = (16_384u32, 256u32);
+    let images = c.path("big-images.gz");
+    let mut gz = flate2::write::GzEncoder::new(std::fs::File::create(&images).unwrap(), flate2::Compression::fast());
+    gz.write_all(&[0, 0, 8, 3]).unwrap();
+    for d in [n, side, side] {
+        gz.write_all(&d.to_be_bytes()).unwrap();
+    }
+    let row = vec![0u8; (side * side) as usize];
+    for _ in 0..n {
+        gz.write_all(&row).unwrap();
+    }
+    gz.finish().unwrap();
+    let cfg = c.file(
+        "big.toml",
+        &format!(
+            "steps = 2\n[objective]\nkind = \"dsm\"\nconditional = false\n[model]\nhidden = 8\nblocks = 1\n[data]\nkind = \"idx\"\nimages = {:?}\n",
+            s(&images)
+        ),
+    );
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "ulimit -v 3000000; exec \"{}\" train --config \"{}\" --out \"{}\"",
+            env!("CARGO_BIN_EXE_tilt"),
+            s(&cfg),
+            s(&c.path("run"))
+        ))
+        .env("BURN_DEVICE", "flex")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("big-images.gz") && err.contains("cannot be"), "{err}");
+}

@@ -293,7 +293,22 @@ pub fn read_idx(images: &std::path::Path, labels: Option<&std::path::Path>, limi
     }
     let n = limit.map_or(set.count, |l| l.min(set.count));
     let dim = set.rows * set.cols;
-    let x = set.pixels[..n * dim].iter().map(|&p| p as f32 / 127.5 - 1.0).collect();
+    // As f32 the pixels take four times their bytes, and training holds the split copies beside them: probe that
+    // working set fallibly, so an image file too large for this machine is refused by name, not by the allocator.
+    let working_set = (n * dim).checked_mul(3 * std::mem::size_of::<f32>());
+    if working_set.is_none_or(|b| Vec::<u8>::new().try_reserve_exact(b).is_err()) {
+        bail!(
+            "{}: {n} images of {} x {} need about {:.1} GB as training data, which cannot be allocated here; set \
+             data.limit to use fewer images",
+            images.display(),
+            set.rows,
+            set.cols,
+            working_set.map_or(f64::INFINITY, |b| b as f64 / 1e9)
+        );
+    }
+    let mut x = Vec::new();
+    x.try_reserve_exact(n * dim).map_err(|_| anyhow::anyhow!("{}: out of memory for the pixels", images.display()))?;
+    x.extend(set.pixels[..n * dim].iter().map(|&p| p as f32 / 127.5 - 1.0));
     let labels: Option<Vec<usize>> = set.labels.map(|l| l[..n].iter().map(|&c| c as usize).collect());
     let num_classes = labels.as_ref().and_then(|l| l.iter().max()).map_or(0, |m| m + 1);
     Ok(Dataset { x, labels, dim, num_classes, image: Some([1, set.rows, set.cols]) })

@@ -24,21 +24,75 @@ pub struct IdxArray {
 pub fn read(path: &Path) -> Result<IdxArray> {
     let raw = std::fs::read(path).with_context(|| format!("cannot read IDX file {}", path.display()))?;
     let bytes = if raw.starts_with(&[0x1f, 0x8b]) {
-        let mut out = Vec::new();
         // Every member, as gunzip reads a file written in several (a single-member decoder stops after the first).
-        flate2::read::MultiGzDecoder::new(raw.as_slice())
-            .take(MAX_BYTES)
-            .read_to_end(&mut out)
-            .with_context(|| format!("{}: corrupt gzip data", path.display()))?;
+        let mut decoder = flate2::read::MultiGzDecoder::new(raw.as_slice()).take(MAX_BYTES);
+        let mut out = Vec::new();
+        // The header first: its sizes say how much the body needs, which is reserved fallibly, so a small gzip
+        // that inflates beyond the memory there is is refused by name instead of aborting the allocator.
+        let mut head = [0u8; 4];
+        let got =
+            read_up_to(&mut decoder, &mut head).with_context(|| format!("{}: corrupt gzip data", path.display()))?;
+        out.extend_from_slice(&head[..got]);
+        if got == 4 {
+            let mut sizes = vec![0u8; 4 * head[3] as usize];
+            let got = read_up_to(&mut decoder, &mut sizes)
+                .with_context(|| format!("{}: corrupt gzip data", path.display()))?;
+            out.extend_from_slice(&sizes[..got]);
+            let count = sizes[..got]
+                .chunks_exact(4)
+                .try_fold(1u64, |a, c| a.checked_mul(u32::from_be_bytes(c.try_into().expect("4 bytes")) as u64));
+            if let Some(count) = count.filter(|&c| c <= MAX_BYTES) {
+                reserve(&mut out, count as usize, path)?;
+            }
+        }
+        decoder.read_to_end(&mut out).with_context(|| format!("{}: corrupt gzip data", path.display()))?;
         out
     } else {
         raw
     };
-    parse(&bytes).with_context(|| format!("{}: not a valid IDX file", path.display()))
+    parse_owned(bytes).with_context(|| format!("{}: not a valid IDX file", path.display()))
+}
+
+/// Reserve `extra` bytes or fail naming the file: an allocation that cannot be had is an error, not an abort.
+fn reserve(v: &mut Vec<u8>, extra: usize, path: &Path) -> Result<()> {
+    v.try_reserve_exact(extra).map_err(|_| {
+        anyhow::anyhow!(
+            "{}: its {:.2} GB of values cannot be held in memory here; use a smaller file, or fewer images (data.limit \
+             still reads the whole file)",
+            path.display(),
+            extra as f64 / 1e9
+        )
+    })
+}
+
+/// Fill `buf` as far as the stream goes; the count read.
+fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match r.read(&mut buf[filled..])? {
+            0 => break,
+            k => filled += k,
+        }
+    }
+    Ok(filled)
+}
+
+/// [`parse`] without copying the body.
+fn parse_owned(mut bytes: Vec<u8>) -> Result<IdxArray> {
+    let dims = parse_header(&bytes)?;
+    let header = 4 + 4 * dims.len();
+    bytes.drain(..header);
+    Ok(IdxArray { dims, values: bytes })
 }
 
 /// Parse the bytes of an IDX file.
 pub fn parse(bytes: &[u8]) -> Result<IdxArray> {
+    let dims = parse_header(bytes)?;
+    Ok(IdxArray { values: bytes[4 + 4 * dims.len()..].to_vec(), dims })
+}
+
+/// The dims of an IDX file, checked against the length of its body.
+fn parse_header(bytes: &[u8]) -> Result<Vec<usize>> {
     let Some(&[z0, z1, kind, ndims]) = bytes.get(..4).map(|h| <&[u8; 4]>::try_from(h).expect("4 bytes")) else {
         bail!("{} bytes: shorter than the 4-byte header", bytes.len());
     };
@@ -63,7 +117,7 @@ pub fn parse(bytes: &[u8]) -> Result<IdxArray> {
             body.len()
         );
     }
-    Ok(IdxArray { dims, values: body.to_vec() })
+    Ok(dims)
 }
 
 /// Images `[n, rows, cols]` and, when given, their labels `[n]`, checked against each other.

@@ -542,3 +542,36 @@ fn an_image_file_too_large_for_memory_is_refused_by_name() {
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("big-images.gz") && err.contains("cannot be"), "{err}");
 }
+
+/// H06/H08b: a rerun that runs out of room midway (here a file-size limit, which without care kills with
+/// SIGXFSZ) fails naming the file, leaves no temporary and no half-written figure, and takes the old summary.json
+/// with it, so the folder never claims that mixed results are a complete sweep.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_sweep_that_runs_out_of_room_never_leaves_a_mixed_folder_claiming_completion() {
+    let c = Case::new();
+    let out = c.path("out");
+    succeeded(&["sample", "--config", s(&c.file("small.toml", SAMPLE)), "--out", s(&out)]);
+    let big = c.file("big.toml", &format!("seed = 1\n{}", SAMPLE.replace("samples = 200", "samples = 20000")));
+    let r = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "ulimit -f 256; exec \"{}\" sample --config \"{}\" --out \"{}\" --force",
+            env!("CARGO_BIN_EXE_tilt"),
+            s(&big),
+            s(&out)
+        ))
+        .env("BURN_DEVICE", "flex")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert_eq!(r.status.code(), Some(1), "not a clean failure: {err}");
+    assert!(err.contains("samples_w0.csv"), "{err}");
+    let names: Vec<String> =
+        std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    assert!(!names.iter().any(|n| n.ends_with(".tmp")), "temporaries left: {names:?}");
+    assert!(!names.contains(&"summary.json".to_string()), "the old summary still claims the folder: {names:?}");
+    for png in names.iter().filter(|n| n.ends_with(".png")) {
+        assert!(read(&out.join(png)).ends_with(b"IEND\xaeB`\x82"), "{png} is cut short");
+    }
+}

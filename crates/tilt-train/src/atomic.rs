@@ -58,9 +58,16 @@ pub fn write_atomic_with(path: &Path, write: impl FnOnce(&mut File) -> std::io::
         _ => Path::new("."),
     };
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let mut tmp = tempfile::Builder::new()
-        .prefix(&format!(".{name}{TMP_INFIX}"))
-        .suffix(TMP_SUFFIX)
+    let prefix = format!(".{name}{TMP_INFIX}");
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(&prefix).suffix(TMP_SUFFIX);
+    // tempfile creates 0600 files; an output gets the mode `File::create` would give it (0666 less the umask).
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        builder.permissions(std::fs::Permissions::from_mode(0o666));
+    }
+    let mut tmp = builder
         .tempfile_in(dir)
         .with_context(|| format!("cannot create a temporary file beside {}", path.display()))?;
     let tmp_path = tmp.path().to_path_buf();
@@ -130,6 +137,18 @@ mod tests {
         std::os::unix::fs::symlink(&victim, &link).unwrap();
         create_fresh(&link).unwrap().write_all(b"m").unwrap();
         assert_eq!(std::fs::read_to_string(&victim).unwrap(), "user data");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn outputs_get_the_mode_a_plain_create_gives() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let (atomic, plain) = (dir.path().join("a"), dir.path().join("b"));
+        write_atomic(&atomic, b"x").unwrap();
+        std::fs::write(&plain, b"x").unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&atomic), mode(&plain));
     }
 
     #[test]

@@ -174,6 +174,15 @@ pub fn run(cfg: &SampleConfig, out: &Path, force: bool, device: &Device) -> Resu
             out.display()
         );
     }
+    // summary.json is what says a folder's sweep is complete: it goes before the first new file is written and
+    // comes back after the last, so a rerun that fails midway (a full disk) never leaves new samples under the old
+    // summary.
+    match std::fs::remove_file(out.join("summary.json")) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(e).with_context(|| format!("cannot remove the earlier {}", out.join("summary.json").display()));
+        }
+        _ => {}
+    }
     let model_space_reward = reward.as_deref().map(|r| InDataSpace { reward: r, st: scores.standardizer.clone() });
 
     // Labels for `rows` chains.
@@ -316,7 +325,7 @@ pub fn run(cfg: &SampleConfig, out: &Path, force: bool, device: &Device) -> Resu
         seed: cfg.seed,
         records,
     };
-    output::write_json(&out.join("summary.json"), &summary)?;
     record::curve_plot(&out.join("curve.png"), &summary)?;
+    output::write_json(&out.join("summary.json"), &summary)?;
     Ok(summary)
 }

@@ -178,3 +178,50 @@ fn every_numeric_field_of_every_shipped_train_config_is_refused_by_name_or_runs(
     }
     report(failures, mutants);
 }
+
+/// The reproduce stage configs (`configs/experiments/*.toml`), each numeric value the tiny preset reads (scalars
+/// and `tiny` entries), through `tilt reproduce --preset tiny --only <stage>` run from a folder holding the mutated
+/// config. About 2,200 runs, so not part of the default test command: `cargo test --test every_field -- --ignored`.
+#[test]
+#[ignore = "about 2,200 reproduce runs; run with --ignored"]
+fn every_numeric_field_of_every_stage_config_is_refused_by_name_or_runs() {
+    let c = Case::new();
+    let work = c.path("work");
+    std::fs::create_dir_all(work.join("configs/experiments")).unwrap();
+    let (mut failures, mut mutants) = (Vec::new(), 0);
+    let mut stages: Vec<_> = std::fs::read_dir("configs/experiments").unwrap().map(|e| e.unwrap().path()).collect();
+    stages.sort();
+    for path in stages {
+        let stem = path.file_stem().unwrap().to_str().unwrap().to_string();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let v: Value = serde_json::to_value(toml::from_str::<toml::Value>(&text).unwrap()).unwrap();
+        let mut leaves = Vec::new();
+        numeric_leaves(&v, String::new(), &mut leaves);
+        // Only what the tiny preset reads: `fast` and `full` entries (and their list items) are left alone.
+        leaves.retain(|p| !p.split('.').any(|k| ["fast", "full"].contains(&k.split('[').next().unwrap_or(k))));
+        for (li, leaf) in leaves.iter().enumerate() {
+            for (vi, x) in VALUES.iter().chain([&HUGE]).enumerate() {
+                mutants += 1;
+                std::fs::write(work.join(format!("configs/experiments/{stem}.toml")), to_toml(&v, leaf, *x)).unwrap();
+                let out = c.path(&format!("rep_{stem}_{li}_{vi}"));
+                let o = std::process::Command::new(env!("CARGO_BIN_EXE_tilt"))
+                    .args(["reproduce", "--preset", "tiny", "--only", &stem, "--out", s(&out)])
+                    .current_dir(&work)
+                    .env("BURN_DEVICE", "flex")
+                    .output()
+                    .unwrap();
+                let err = String::from_utf8_lossy(&o.stderr);
+                let field = field_name(leaf);
+                let panicked = err.contains("panicked") || o.status.code().is_none_or(|k| k == 101);
+                if panicked || !(o.status.success() || err.contains(field)) {
+                    let last =
+                        err.lines().rfind(|l| l.contains("FAILED") || l.starts_with("Error")).unwrap_or_default();
+                    failures.push(format!("{stem}: {leaf} = {x:e}: {last}"));
+                }
+                let _ = std::fs::remove_dir_all(&out);
+            }
+        }
+        std::fs::remove_file(work.join(format!("configs/experiments/{stem}.toml"))).unwrap();
+    }
+    report(failures, mutants);
+}

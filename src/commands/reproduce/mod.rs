@@ -37,11 +37,34 @@ pub enum Preset {
 }
 
 /// A value per preset, or one value for all: `steps = { tiny = 10, fast = 100, full = 400 }` or `steps = 100`.
-#[derive(Clone, Debug, Deserialize, Serialize)]
+#[derive(Clone, Debug, Serialize)]
 #[serde(untagged)]
 pub enum PerPreset<T> {
     One(T),
     Each { tiny: T, fast: T, full: T },
+}
+
+/// By hand rather than `#[serde(untagged)]`: an untagged enum reports only "data did not match any variant",
+/// without the entry or the value at fault; this names the preset and keeps the inner error (and its value).
+impl<'de, T: DeserializeOwned> Deserialize<'de> for PerPreset<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let v = toml::Value::deserialize(d)?;
+        if let toml::Value::Table(t) = &v
+            && t.keys().any(|k| ["tiny", "fast", "full"].contains(&k.as_str()))
+        {
+            if let Some(k) = t.keys().find(|k| !["tiny", "fast", "full"].contains(&k.as_str())) {
+                return Err(D::Error::custom(format!("unknown preset `{k}`, expected tiny, fast and full")));
+            }
+            let get = |k: &str| -> Result<T, D::Error> {
+                let x =
+                    t.get(k).ok_or_else(|| D::Error::custom(format!("missing `{k}` (give tiny, fast and full)")))?;
+                T::deserialize(x.clone()).map_err(|e| D::Error::custom(format!("{k}: {e}")))
+            };
+            return Ok(PerPreset::Each { tiny: get("tiny")?, fast: get("fast")?, full: get("full")? });
+        }
+        T::deserialize(v).map(PerPreset::One).map_err(D::Error::custom)
+    }
 }
 
 impl<T: Clone> PerPreset<T> {
@@ -195,9 +218,34 @@ pub fn stage_names() -> String {
 pub fn stage_config<T: DeserializeOwned>(name: &str) -> Result<(T, serde_json::Value)> {
     let embedded = STAGES.iter().find(|s| s.name == name).map_or("", |s| s.embedded);
     let (text, origin) = stage_config_text(name, embedded);
-    let cfg: T = toml::from_str(&text).map_err(|e| anyhow::anyhow!("{origin}: {}", e.to_string().trim_end()))?;
+    let cfg: T = toml::from_str(&text).map_err(|e| {
+        anyhow::anyhow!("{origin}: {}", tilt_train::toml_error::explain(&text, e.to_string().trim_end()))
+    })?;
     let raw: toml::Value = toml::from_str(&text)?;
+    check_stage_numbers(&raw, String::new()).map_err(|e| anyhow::anyhow!("{origin}: {e}"))?;
     Ok((cfg, serde_json::to_value(raw)?))
+}
+
+/// The bounds every stage config shares, checked over every preset's values before a stage runs: counts (steps,
+/// samples, widths, budgets) at least 1, floats finite and within ±1e6 and, unless 0, at least 1e-30 in size.
+/// `seed` and `class` may be 0; mixtures are checked by their own validation (`MixtureSpec::build`).
+fn check_stage_numbers(v: &toml::Value, path: String) -> Result<(), String> {
+    let key = path.rsplit('.').next().unwrap_or_default().split('[').next().unwrap_or_default().to_string();
+    match v {
+        toml::Value::Integer(i) if *i < 1 && !["seed", "class"].contains(&key.as_str()) => {
+            Err(format!("{path}: expected a count of at least 1, got {i}"))
+        }
+        toml::Value::Float(x) if !(x.is_finite() && x.abs() <= 1e6 && (*x == 0.0 || x.abs() >= 1e-30)) => {
+            Err(format!("{path}: expected a finite value within ±1e6 (0, or at least 1e-30 in size), got {x}"))
+        }
+        toml::Value::Table(t) => t.iter().filter(|(k, _)| !k.ends_with("mixture")).try_for_each(|(k, x)| {
+            check_stage_numbers(x, if path.is_empty() { k.clone() } else { format!("{path}.{k}") })
+        }),
+        toml::Value::Array(a) => {
+            a.iter().enumerate().try_for_each(|(i, x)| check_stage_numbers(x, format!("{path}[{i}]")))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// The text of a stage's config and where it came from (see [`stage_config`]).

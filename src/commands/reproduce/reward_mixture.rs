@@ -46,6 +46,13 @@ pub fn reward_weighted(
 
 pub fn run(ctx: &Ctx, dir: &Path) -> Result<StageOutput> {
     let (cfg, raw): (Config, _) = stage_config("reward_mixture")?;
+    // The headline and the distance table are read at w = 1, where the trained terms target p_r.
+    if !cfg.strengths.contains(&1.0) {
+        anyhow::bail!(
+            "strengths: expected a list including 1 (where the trained terms target p_r), got {:?}",
+            cfg.strengths
+        );
+    }
     let p = ctx.preset;
     let dev = &ctx.device;
     let mixture = super::experiment_mixture(&cfg.mixture)?;

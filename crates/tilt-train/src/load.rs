@@ -86,17 +86,21 @@ pub struct LoadedScore {
     pub score: NetScore,
     pub standardizer: Standardizer,
     pub state: RunState,
+    /// SHA-256 of the EMA weights file, as the verified manifest records it: the network's identity.
+    pub ema_sha256: Option<String>,
 }
 
 /// Load the EMA weights of a `score-net` or `residual` checkpoint (a run or checkpoint directory).
 pub fn load_score(path: &Path, kind: ModelKind, device: &Device) -> Result<LoadedScore> {
     let (ck, state, net_cfg): (_, _, ScoreNetConfig) = open_with_config(path, kind, "score-network")?;
     let net = ck.load_model(FileKind::EmaModel, net_cfg.init(device))?;
+    let ema_sha256 = ck.manifest.files.iter().find(|f| f.kind == FileKind::EmaModel).map(|f| f.sha256.clone());
     Ok(LoadedScore {
         path: path.to_path_buf(),
         score: NetScore::new(net, state.config.schedule, vec![state.dim]),
         standardizer: state.standardizer.clone(),
         state,
+        ema_sha256,
     })
 }
 

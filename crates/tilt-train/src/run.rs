@@ -208,6 +208,7 @@ pub fn train(
             ctx.run(seeded_init(&ad, cfg.seed, || net_cfg.init(&ad)), &net_cfg, &train_set, &test_set, loss, progress)
         }
         Objective::RewardWeighted { form, reward, base, residual_model } => {
+            let spec = reward;
             reward.validate(data.dim).map_err(|e| anyhow!("objective.reward.{e}"))?;
             let reward = reward.build();
             let base = match base {
@@ -237,9 +238,7 @@ pub fn train(
                             serde_json::to_string(&cfg.data)?
                         );
                     }
-                    let ck = Checkpoint::open_any(&loaded.path)?;
-                    ctx.base_sha256 =
-                        ck.manifest.files.iter().find(|f| f.kind == FileKind::EmaModel).map(|f| f.sha256.clone());
+                    ctx.base_sha256 = loaded.ema_sha256.clone();
                     if loaded.standardizer != ctx.standardizer {
                         bail!(
                             "objective.base: {} was trained on differently standardised data (data or `standardize` differ)",
@@ -254,6 +253,17 @@ pub fn train(
                 train: RewardScale::of(&train_set, reward.as_ref(), &ctx.standardizer, device),
                 test: RewardScale::of(&test_set, reward.as_ref(), &ctx.standardizer, device),
             };
+            // A reward that overflows f32 on the data would surface as "training diverged" a step later.
+            if !scale.train.is_finite() || (!test_set.is_empty() && !scale.test.is_finite()) {
+                let field = match spec {
+                    tilt_core::RewardSpec::ExpLinear { .. } => "objective.reward.a",
+                    tilt_core::RewardSpec::Bump { .. } => "objective.reward.height",
+                };
+                bail!(
+                    "{field}: log E[r] over the training data is {}: the reward overflows f32 on these data; scale it down",
+                    scale.train
+                );
+            }
             let weights_of = |x0: &[f32], set: &Dataset, dev: &Device| {
                 weights_relative_to(
                     &log_rewards(reward.as_ref(), x0, data.dim, &ctx.standardizer, dev),

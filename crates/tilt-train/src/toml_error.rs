@@ -38,7 +38,7 @@ fn named(text: &str, message: &str) -> String {
     if let Some(t) = table.filter(|t| hits.iter().any(|h| h.starts_with(&format!("{t}.")))) {
         hits.retain(|h| h.starts_with(&format!("{t}.")));
     }
-    let named: Vec<&String> = hits.iter().filter(|p| !message.contains(leaf_key(p))).collect();
+    let named: Vec<&String> = hits.iter().filter(|p| !points_at(message, leaf_key(p))).collect();
     if named.is_empty() || named.len() > 12 {
         return message.to_string();
     }
@@ -83,6 +83,19 @@ fn find(v: &toml::Value, path: String, offending: &Offending, hits: &mut Vec<Str
     }
 }
 
+/// Whether a parser message already shows `key` being set: a source line it quotes (`12 | rings = -1`) assigns
+/// it. A bare substring test would not do: a one-letter key such as `a` or `s` is in every message.
+pub fn points_at(message: &str, key: &str) -> bool {
+    message.lines().filter_map(|l| l.split_once(" | ").map(|(n, text)| (n.trim(), text))).any(|(n, text)| {
+        n.bytes().all(|b| b.is_ascii_digit())
+            && text.match_indices(key).any(|(i, _)| {
+                let before = text[..i].chars().next_back();
+                let after = text[i + key.len()..].trim_start();
+                before.is_none_or(|c| !(c.is_alphanumeric() || c == '_')) && after.starts_with('=')
+            })
+    })
+}
+
 /// `data.classes[0][1]` -> `classes`.
 fn leaf_key(path: &str) -> &str {
     path.rsplit('.').next().unwrap_or(path).split('[').next().unwrap_or(path)
@@ -103,8 +116,13 @@ mod tests {
         // A huge value is not echoed whole.
         let long = format!("invalid value: `{}`", "c".repeat(100_000));
         assert!(explain("", &long).len() < 400);
-        // A message that already names the key is left alone.
+        // A message that already shows the key being set is left alone.
         let msg = "2 | rings = -1\ninvalid value: integer `-1`, expected usize";
         assert_eq!(explain("rings = -1\n", msg), msg);
+        // A one-letter key is not "shown" by any message that happens to contain the letter.
+        let text = "[reward]\nkind = \"exp-linear\"\na = [nan, 0.0]\n";
+        let msg = "1 | [reward]\ninvalid type: floating point `NaN`, expected a finite value";
+        assert!(explain(text, msg).contains("the field reward.a[0]"), "{}", explain(text, msg));
+        assert!(points_at("3 | a = [nan]", "a") && !points_at("3 | alpha = 1", "a") && !points_at("a = 1", "a"));
     }
 }

@@ -69,6 +69,9 @@ pub fn run(ctx: &Ctx, dir: &Path) -> Result<StageOutput> {
     let p = ctx.preset;
     let dev = &ctx.device;
     let data = DataSpec::SwissRoll { noise: cfg.noise };
+    // Checked here, under this config's names, before the models' own checks name their train-config fields.
+    data.validate().map_err(|e| anyhow::anyhow!("{}", format!("{e:#}").trim_start_matches("data.")))?;
+    cfg.reward.validate(2).map_err(|e| anyhow::anyhow!("reward.{e}"))?;
     let base_run =
         ctx.trained("swiss_roll_base", &cfg.base_train.config(data.clone(), dsm(false, 0.0), p, cfg.seed))?;
     let residual_run = ctx.trained(

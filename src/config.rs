@@ -33,8 +33,10 @@ pub struct SampleConfig {
     pub mixture: Option<MixtureSpec>,
     /// Trained checkpoints that replace exact scores (see `tilt train`).
     pub models: Option<ModelsConfig>,
+    /// The schedule of exact scores (default `linear`); a trained base brings its own, and a `[schedule]` given
+    /// beside one must equal it.
     #[serde(default)]
-    pub schedule: Schedule,
+    pub schedule: Option<Schedule>,
     #[serde(default)]
     pub sampler: SamplerConfig,
     /// Condition on this class (index into `mixture.classes`).
@@ -368,6 +370,11 @@ impl SampleConfig {
         Ok(cfg)
     }
 
+    /// The schedule of exact scores: `[schedule]`, else `linear`.
+    pub fn schedule(&self) -> Schedule {
+        self.schedule.unwrap_or_default()
+    }
+
     /// The mixture of the config, built (validated at parse time).
     pub fn built_mixture(&self) -> Option<GaussianMixture> {
         self.mixture.as_ref().map(|m| m.build().expect("validated at parse time"))
@@ -377,7 +384,7 @@ impl SampleConfig {
         if self.samples < 2 {
             bail!("samples: expected at least 2, got {}", self.samples);
         }
-        self.schedule.validate().map_err(anyhow::Error::msg)?;
+        self.schedule().validate().map_err(anyhow::Error::msg)?;
         let s = &self.sampler;
         if s.steps == 0 {
             bail!("sampler.steps: expected at least 1");
@@ -410,7 +417,7 @@ impl SampleConfig {
                 s.t_max
             );
         }
-        s.grid.try_times(s.steps, s.t_max, s.t_min, self.schedule).map_err(|e| anyhow::anyhow!("sampler.{e}"))?;
+        s.grid.try_times(s.steps, s.t_max, s.t_min, self.schedule()).map_err(|e| anyhow::anyhow!("sampler.{e}"))?;
         let g = &self.guidance;
         if g.strengths.is_empty() {
             bail!("guidance.strengths: expected at least one strength");

@@ -3,7 +3,7 @@
 //! Text uses the DejaVu Sans font shipped in `assets/fonts` (plotters' `ab_glyph` backend), so plotting needs
 //! no system font libraries.
 
-use anyhow::{Result, anyhow};
+use anyhow::{Context, Result, anyhow};
 use plotters::prelude::*;
 use plotters::style::FontStyle;
 use std::path::Path;
@@ -257,4 +257,31 @@ mod tests {
         assert!(!dir.path().join("all_nan.png").exists());
         assert!(dir.path().join("one_huge_value.png").exists());
     }
+}
+
+/// The first `max` images of `x` (rows of `[channels, height, width]` values in [-1, 1]) as a grid of `columns`
+/// columns with a 2-pixel white gap, grey or RGB.
+pub fn image_grid(path: &Path, x: &[f32], image: [usize; 3], columns: usize, max: usize) -> Result<()> {
+    let [c, h, w] = image;
+    let n = (x.len() / (c * h * w)).min(max);
+    let (cols, gap) = (columns.min(n).max(1), 2);
+    let rows = n.div_ceil(cols).max(1);
+    let (width, height) = (cols * (w + gap) + gap, rows * (h + gap) + gap);
+    let mut img = image::RgbImage::from_pixel(width as u32, height as u32, image::Rgb([255, 255, 255]));
+    let byte = |v: f32| ((v + 1.0) * 127.5).round().clamp(0.0, 255.0) as u8;
+    for (i, pixels) in x.chunks_exact(c * h * w).take(n).enumerate() {
+        let (x0, y0) = (gap + (i % cols) * (w + gap), gap + (i / cols) * (h + gap));
+        for p in 0..h * w {
+            let rgb = if c >= 3 {
+                [byte(pixels[p]), byte(pixels[h * w + p]), byte(pixels[2 * h * w + p])]
+            } else {
+                [byte(pixels[p]); 3]
+            };
+            img.put_pixel((x0 + p % w) as u32, (y0 + p / w) as u32, image::Rgb(rgb));
+        }
+    }
+    let mut bytes = Vec::new();
+    img.write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png)
+        .with_context(|| format!("cannot encode {}", path.display()))?;
+    tilt_train::write_atomic(path, &bytes)
 }

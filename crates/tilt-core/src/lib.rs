@@ -21,4 +21,6 @@ pub mod tensor_ext;
 pub use mixture::{GaussianMixture, MixtureScore, MixtureSpec};
 pub use reward::{BumpReward, ExpLinearReward, Reward, RewardSpec};
 pub use schedule::Schedule;
-pub use score::{Classifier, Condition, ScoreCombination, ScoreModel, SmoothlyPerturbed};
+pub use prediction::{Interpolant, Prediction};
+pub use schedule::BetaSchedule;
+pub use score::{Classifier, Condition, Retimed, ScoreCombination, ScoreModel, SmoothlyPerturbed};

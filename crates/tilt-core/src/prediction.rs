@@ -82,7 +82,25 @@ impl Prediction {
     /// The score implied by a network's `prediction` at `x`.
     pub fn to_score(self, x: Tensor<2>, prediction: Tensor<2>, p: Interpolant) -> Tensor<2> {
         let (a, b) = self.affine(p);
-        if a == 0.0 { prediction.div_scalar(b) } else { (prediction - x.mul_scalar(a)).div_scalar(b) }
+        // Multiplying by 1/B keeps the epsilon case `s = eps * (-1/sigma)` bit for bit what it has always been.
+        if a == 0.0 { prediction.mul_scalar(1.0 / b) } else { (prediction - x.mul_scalar(a)).mul_scalar(1.0 / b) }
+    }
+
+    /// The score of a difference of two predictions at the same `x` (a residual network's output, or a guidance
+    /// term written on predictions): the `A x` parts cancel, so it is `delta / B`.
+    pub fn difference_to_score(self, delta: Tensor<2>, p: Interpolant) -> Tensor<2> {
+        let (_, b) = self.affine(p);
+        delta.mul_scalar(1.0 / b)
+    }
+
+    /// The config name (`model.prediction`), as diffusers' `prediction_type` spells it where it has one.
+    pub fn name(self) -> &'static str {
+        match self {
+            Prediction::Epsilon => "epsilon",
+            Prediction::VPrediction => "v-prediction",
+            Prediction::Sample => "sample",
+            Prediction::Velocity => "velocity",
+        }
     }
 
     /// Why this prediction cannot be converted on `p` (a zero or non-finite coefficient), naming it.

@@ -39,6 +39,11 @@ impl Condition {
 
 /// A (possibly learned) score `s_t(x) = grad_x log p_t(x | condition)`.
 ///
+/// `x` and the score are those of the schedule's **variance-preserving form** `Y_t = X_t / c(t)` (see
+/// [`crate::schedule`]): on a VP schedule that is `X_t` itself; a network trained on another interpolant (rectified
+/// flow) is fed `c(t) y` and its score multiplied by `c(t)`. Samplers, grids and guidance terms then work on every
+/// schedule unchanged.
+///
 /// Implementations must be written with tensor ops only, so that a caller can put `x` on an autodiff
 /// device and differentiate through the score (reward-gradient guidance does that).
 pub trait ScoreModel {
@@ -93,6 +98,38 @@ pub mod param {
     /// Inverse of [`clean_from_score`]: `s = (alpha x0 - x) / sigma^2`.
     pub fn score_from_clean(x: Tensor<2>, x0: Tensor<2>, alpha: f64, sigma: f64) -> Tensor<2> {
         (x0.mul_scalar(alpha) - x).div_scalar(sigma * sigma)
+    }
+}
+
+/// A score model read on another schedule: `Y_t` depends on a schedule only through its log-SNR at `t`
+/// (crate::schedule's module docs), so a network trained on schedule `B` answers at time `t` of schedule `A` when
+/// asked at the `t'` of `B` with the same log-SNR. This lets networks trained on different schedules (a linear base
+/// and a rectified-flow reweighted network, say) be combined in one sampler.
+pub struct Retimed {
+    /// The score, defined on its own schedule.
+    pub score: Box<dyn ScoreModel>,
+    /// The schedule the sampler runs on.
+    pub on: Schedule,
+}
+
+impl Retimed {
+    fn own_time(&self, t: f64) -> f64 {
+        self.score.schedule().t_from_ou(self.on.ou_time(t))
+    }
+}
+
+impl ScoreModel for Retimed {
+    fn score(&self, x: Tensor<2>, t: f64, condition: &Condition) -> Tensor<2> {
+        self.score.score(x, self.own_time(t), condition)
+    }
+    fn score_and_unconditional(&self, x: Tensor<2>, t: f64, condition: &Condition) -> (Tensor<2>, Tensor<2>) {
+        self.score.score_and_unconditional(x, self.own_time(t), condition)
+    }
+    fn schedule(&self) -> Schedule {
+        self.on
+    }
+    fn shape(&self) -> Vec<usize> {
+        self.score.shape()
     }
 }
 

@@ -6,20 +6,60 @@ use crate::score_net::ScoreNet;
 use burn::prelude::*;
 use burn::tensor::activation::log_softmax;
 use tilt_core::score::param;
-use tilt_core::{Classifier, Condition, Schedule, ScoreModel, tensor_ext};
+use tilt_core::{Classifier, Condition, Prediction, Schedule, ScoreModel, tensor_ext};
 
-/// A noise-prediction network as a score model: `s = -eps / sigma(t)`.
+/// A trained network as a score model. The network declares what it predicts and the schedule it was trained on;
+/// the score is read off its output by the exact affine map of [`Prediction`] (for epsilon, `s = -eps / sigma(t)`),
+/// on the schedule's variance-preserving form ([`ScoreModel`]): the network is fed `x = c(t) y` and the score of `y`
+/// is `c(t)` times that of `x`.
 #[derive(Clone, Debug)]
 pub struct NetScore<N: NoiseNet = ScoreNet> {
     pub net: N,
     pub schedule: Schedule,
+    /// What the network outputs.
+    pub prediction: Prediction,
+    /// A residual network outputs a difference of predictions (`delta` of reward-weighted training's residual
+    /// form): its score is `delta / B(t)`, without the `A(t) x` part of a full prediction.
+    pub residual: bool,
     /// The shape of one sample (the network sees it flattened).
     pub shape: Vec<usize>,
 }
 
 impl<N: NoiseNet> NetScore<N> {
+    /// A noise-predicting network trained on `schedule`.
     pub fn new(net: N, schedule: Schedule, shape: Vec<usize>) -> Self {
-        Self { net, schedule, shape }
+        Self { net, schedule, prediction: Prediction::Epsilon, residual: false, shape }
+    }
+
+    /// The same network declaring that it outputs `prediction`.
+    pub fn with_prediction(self, prediction: Prediction) -> Self {
+        Self { prediction, ..self }
+    }
+
+    /// The same network read as a residual (a difference of predictions).
+    pub fn as_residual(self) -> Self {
+        Self { residual: true, ..self }
+    }
+
+    /// The score of `y` (VP form) from the network's output at `x = c y`.
+    fn to_score(&self, x: Tensor<2>, out: Tensor<2>, t: f64, scale: f64) -> Tensor<2> {
+        if self.prediction == Prediction::Epsilon && scale == 1.0 {
+            // Bit for bit the conversion tilt has always used for noise-predicting networks on VP schedules.
+            return param::score_from_noise(out, self.schedule.sigma(t));
+        }
+        let p = self.schedule.interpolant(t);
+        let s = if self.residual {
+            self.prediction.difference_to_score(out, p)
+        } else {
+            self.prediction.to_score(x, out, p)
+        };
+        if scale == 1.0 { s } else { s.mul_scalar(scale) }
+    }
+
+    /// The network's input at `t` for the VP-form state `y`, and the scale `c(t)`.
+    fn input(&self, y: Tensor<2>, t: f64) -> (Tensor<2>, f64) {
+        let c = self.schedule.scale(t);
+        (if c == 1.0 { y } else { y.mul_scalar(c) }, c)
     }
 
     /// `None` (unconditional: a conditional network uses its null label) or the labels of a conditional network.
@@ -42,7 +82,9 @@ impl<N: NoiseNet> NetScore<N> {
 impl<N: NoiseNet> ScoreModel for NetScore<N> {
     fn score(&self, x: Tensor<2>, t: f64, condition: &Condition) -> Tensor<2> {
         let labels = self.labels_for(condition);
-        param::score_from_noise(self.noise(x, t, labels), self.schedule.sigma(t))
+        let (x, c) = self.input(x, t);
+        let out = self.noise(x.clone(), t, labels);
+        self.to_score(x, out, t, c)
     }
 
     /// ONE forward pass over `[x; x]` with labels `[c; null]`.
@@ -55,8 +97,10 @@ impl<N: NoiseNet> ScoreModel for NetScore<N> {
         let n = x.dims()[0];
         let device = x.device();
         let labels = Tensor::cat(vec![l.clone(), tensor_ext::labels(&vec![null; n], &device)], 0);
-        let both = self.noise(Tensor::cat(vec![x.clone(), x], 0), t, Some(labels));
-        let s = param::score_from_noise(both, self.schedule.sigma(t));
+        let (x, c) = self.input(x, t);
+        let doubled = Tensor::cat(vec![x.clone(), x], 0);
+        let both = self.noise(doubled.clone(), t, Some(labels));
+        let s = self.to_score(doubled, both, t, c);
         (s.clone().narrow(0, 0, n), s.narrow(0, n, n))
     }
 
@@ -73,10 +117,14 @@ impl<N: NoiseNet> ScoreModel for NetScore<N> {
 #[derive(Clone, Debug)]
 pub struct NetClassifier {
     pub net: NoisyClassifier,
+    /// The schedule its noised inputs were drawn from: it is fed the interpolant's `x = c(t) y`.
+    pub schedule: Schedule,
 }
 
 impl Classifier for NetClassifier {
     fn log_prob(&self, x: Tensor<2>, t: f64, labels: &Tensor<1, Int>) -> Tensor<1> {
+        let c = self.schedule.scale(t);
+        let x = if c == 1.0 { x } else { x.mul_scalar(c) };
         let n = x.dims()[0];
         let tt = Tensor::<1>::full([n], t, &x.device());
         log_softmax(self.net.forward(x, tt), 1).gather(1, labels.clone().reshape([n, 1])).reshape([n])

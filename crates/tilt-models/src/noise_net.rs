@@ -4,7 +4,8 @@
 use burn::module::Module;
 use burn::prelude::*;
 
-/// A network that predicts the noise `eps(x_t, t[, c])` of a batch of flattened samples `x: [n, d]` at times
+/// A network that predicts the noise `eps(x_t, t[, c])` (or another [`tilt_core::Prediction`], which
+/// [`crate::NetScore`] is told) of a batch of flattened samples `x: [n, d]` at times
 /// `t: [n]`. A class-conditional network takes labels `[n]` and has one extra, null label (classifier-free
 /// guidance's unconditional score); an image network reshapes the rows into images itself.
 pub trait NoiseNet: Module + Clone + std::fmt::Debug {

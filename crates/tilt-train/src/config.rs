@@ -7,7 +7,7 @@ use crate::optim::OptimConfig;
 use anyhow::{Context, Result, anyhow, bail};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
-use tilt_core::{RewardSpec, Schedule};
+use tilt_core::{Prediction, RewardSpec, Schedule};
 use tilt_models::{Activation, UNetConfig};
 
 /// Which network is trained.
@@ -45,6 +45,10 @@ pub struct ModelSpec {
     pub groups: usize,
     #[serde(default)]
     pub attention: bool,
+    /// What the network outputs (`epsilon`, `v-prediction`, `sample`, `velocity`); the objective's own by default
+    /// (`velocity` for flow matching, `epsilon` otherwise). Saved with the run: `tilt sample` reads the score off it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prediction: Option<Prediction>,
 }
 
 fn d_hidden() -> usize {
@@ -82,6 +86,7 @@ impl Default for ModelSpec {
             blocks_per_level: d_blocks_per_level(),
             groups: d_groups(),
             attention: false,
+            prediction: None,
         }
     }
 }
@@ -125,6 +130,23 @@ pub enum Objective {
         #[serde(default = "d_p_uncond")]
         p_uncond: f64,
     },
+    /// Flow matching (Lipman et al. 2023; rectified flow, Liu et al. 2023): the network regresses the velocity
+    /// `dX_t/dt = alpha' X_0 + sigma' Z` of the `rectified-flow` schedule, at times drawn `uniform` or
+    /// `logit-normal` (SD3: `t = sigmoid(t_mean + t_std N(0, 1))`). Labels and `p_uncond` as for `dsm`.
+    FlowMatching {
+        #[serde(default = "d_true")]
+        conditional: bool,
+        #[serde(default = "d_p_uncond")]
+        p_uncond: f64,
+        #[serde(default)]
+        time: TimeSampling,
+        /// Mean of the logit of `t` (logit-normal only).
+        #[serde(default)]
+        t_mean: f64,
+        /// Standard deviation of the logit of `t` (logit-normal only).
+        #[serde(default = "d_t_std")]
+        t_std: f64,
+    },
     /// A noise-aware classifier `p_t(c | x)` trained by cross-entropy on noised inputs.
     Classifier,
     /// An autoencoder to a `latent`-dimensional code (`model.hidden` wide), trained by reconstruction error on
@@ -149,6 +171,20 @@ pub enum Objective {
     },
 }
 
+/// How training times are drawn.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum TimeSampling {
+    /// `t ~ U(t_min, 1)`.
+    #[default]
+    Uniform,
+    /// `t = sigmoid(t_mean + t_std xi)`, `xi ~ N(0, 1)`, raised to at least `t_min` (SD3's choice).
+    LogitNormal,
+}
+
+fn d_t_std() -> f64 {
+    1.0
+}
 fn d_latent() -> usize {
     16
 }
@@ -323,10 +359,12 @@ impl TrainConfig {
         {
             bail!("objective.kind: the evaluator is trained on labelled images (data.kind = \"idx\" with data.labels)");
         }
+        self.check_prediction()?;
         if self.model.kind == NetKind::Unet {
-            if !matches!(self.objective, Objective::Dsm { .. }) {
+            if !matches!(self.objective, Objective::Dsm { .. } | Objective::FlowMatching { .. }) {
                 bail!(
-                    "model.kind: the U-Net is trained with objective.kind = \"dsm\" (the other objectives use the MLP)"
+                    "model.kind: the U-Net is trained with objective.kind = \"dsm\" or \"flow-matching\" (the other \
+                     objectives use the MLP)"
                 );
             }
             if !matches!(self.data, DataSpec::Idx { .. }) {
@@ -353,8 +391,16 @@ impl TrainConfig {
                     self.model.hidden
                 )
             }
-            Objective::Dsm { p_uncond, .. } if !(0.0..1.0).contains(p_uncond) => {
+            Objective::Dsm { p_uncond, .. } | Objective::FlowMatching { p_uncond, .. }
+                if !(0.0..1.0).contains(p_uncond) =>
+            {
                 bail!("objective.p_uncond: expected a probability in [0, 1), got {p_uncond}")
+            }
+            Objective::FlowMatching { t_mean, .. } if !(t_mean.is_finite() && t_mean.abs() <= 10.0) => {
+                bail!("objective.t_mean: expected a logit mean in [-10, 10] (SD3 uses 0), got {t_mean}")
+            }
+            Objective::FlowMatching { t_std, .. } if !(t_std.is_finite() && *t_std > 0.0 && *t_std <= 10.0) => {
+                bail!("objective.t_std: expected a logit standard deviation in (0, 10] (SD3 uses 1), got {t_std}")
             }
             Objective::RewardWeighted { form: RewardForm::Residual, base: None, .. } => {
                 bail!(
@@ -372,7 +418,7 @@ impl TrainConfig {
         let m = &self.model;
         let (dim, classes, b) = (dim as u128, classes as u128, self.batch_size as u128);
         let (params, activations): (u128, u128) = match (&self.objective, m.kind, image) {
-            (Objective::Dsm { .. }, NetKind::Unet, Some([c, h, w])) => {
+            (Objective::Dsm { .. } | Objective::FlowMatching { .. }, NetKind::Unet, Some([c, h, w])) => {
                 if let Err(e) = self.model.unet([c, h, w], 0).check() {
                     bail!("model.{e} (the data are {c} x {h} x {w} images)");
                 }
@@ -411,6 +457,56 @@ impl TrainConfig {
                 "batch_size: a training step of {} rows would hold about {activations} activations, more than the \
                  {MAX_ACTIVATIONS} budget; lower batch_size or the network's width",
                 self.batch_size
+            );
+        }
+        Ok(())
+    }
+
+    /// What the trained score network outputs: `model.prediction`, else the objective's own.
+    pub fn prediction(&self) -> Prediction {
+        match (&self.objective, self.model.prediction) {
+            (_, Some(p)) => p,
+            (Objective::FlowMatching { .. }, None) => Prediction::Velocity,
+            _ => Prediction::Epsilon,
+        }
+    }
+
+    /// `model.prediction` against the objective and the schedule.
+    fn check_prediction(&self) -> Result<()> {
+        let scores = matches!(
+            self.objective,
+            Objective::Dsm { .. } | Objective::FlowMatching { .. } | Objective::RewardWeighted { .. }
+        );
+        if let (Some(p), false) = (self.model.prediction, scores) {
+            bail!(
+                "model.prediction: only score networks (objective.kind = \"dsm\", \"flow-matching\" or \
+                 \"reward-weighted\") have a prediction; remove model.prediction = \"{}\"",
+                p.name()
+            );
+        }
+        if let Objective::FlowMatching { .. } = self.objective {
+            if !matches!(self.schedule, Schedule::RectifiedFlow { .. }) {
+                bail!(
+                    "schedule.kind: flow matching trains on the straight path; set [schedule] kind = \"rectified-flow\" \
+                     (got \"{}\"), or use objective.kind = \"dsm\" with model.prediction = \"velocity\" on this schedule",
+                    self.schedule.name()
+                );
+            }
+            if let Some(p) = self.model.prediction.filter(|p| *p != Prediction::Velocity) {
+                bail!(
+                    "model.prediction: flow matching regresses the velocity; got \"{}\" (use objective.kind = \"dsm\" \
+                     with schedule.kind = \"rectified-flow\" to train another prediction on that path)",
+                    p.name()
+                );
+            }
+        }
+        // The linear schedule's alpha = sqrt(1 - t) has an unbounded derivative at t = 1: the velocity target
+        // alpha' X_0 grows without bound near the end of training's time range.
+        if scores && self.prediction() == Prediction::Velocity && self.schedule == Schedule::Linear {
+            bail!(
+                "model.prediction: \"velocity\" on schedule.kind = \"linear\" has an unbounded target near t = 1 \
+                 (alpha' = -1/(2 sqrt(1 - t))); use schedule.kind = \"rectified-flow\", \"cosine\" or \"discrete\", or \
+                 another prediction"
             );
         }
         Ok(())

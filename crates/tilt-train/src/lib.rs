@@ -24,10 +24,10 @@ pub mod trainer;
 
 pub use atomic::{write_atomic, write_atomic_with};
 pub use checkpoint::ModelKind;
-pub use config::{ModelSpec, NetKind, Objective, RewardForm, TrainConfig};
+pub use config::{ModelSpec, NetKind, Objective, RewardForm, TimeSampling, TrainConfig};
 pub use data::{DataSpec, Dataset, Standardizer};
 pub use load::{
-    LoadedClassifier, LoadedScore, RunState, load_autoencoder, load_classifier, load_evaluator, load_score, load_unet,
+    LoadedAnyScore, LoadedClassifier, LoadedScore, RunState, load_any_score, load_autoencoder, load_classifier, load_evaluator, load_score, load_unet,
 };
 pub use optim::OptimConfig;
 pub use output_dir::{OutputDir, OutputKind, Prior};

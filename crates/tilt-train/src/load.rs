@@ -9,9 +9,10 @@ use anyhow::{Context, Result, bail};
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
+use tilt_core::ScoreModel;
 use tilt_models::{
-    Autoencoder, AutoencoderConfig, Evaluator, EvaluatorConfig, NetClassifier, NetScore, NoisyClassifierConfig,
-    ScoreNetConfig, UNet, UNetConfig,
+    Autoencoder, AutoencoderConfig, Evaluator, EvaluatorConfig, NetClassifier, NetScore, NoiseNet,
+    NoisyClassifierConfig, ScoreNetConfig, UNet, UNetConfig,
 };
 
 /// Saved with every checkpoint (`state.json`).
@@ -72,7 +73,7 @@ fn open_with_config<C: serde::de::DeserializeOwned>(
             "{}: holds a {} score network, but a {what} was expected here{}",
             ck.dir.display(),
             if is_unet { "U-Net (image)" } else { "MLP" },
-            if is_unet { " (tilt sample takes MLP score networks of vector data)" } else { "" }
+            if is_unet { " (this use takes MLP score networks of vector data)" } else { "" }
         );
     }
     let net_cfg = serde_json::from_value(state.net.clone())
@@ -95,12 +96,55 @@ pub fn load_score(path: &Path, kind: ModelKind, device: &Device) -> Result<Loade
     let (ck, state, net_cfg): (_, _, ScoreNetConfig) = open_with_config(path, kind, "score-network")?;
     let net = ck.load_model(FileKind::EmaModel, net_cfg.init(device))?;
     let ema_sha256 = ck.manifest.files.iter().find(|f| f.kind == FileKind::EmaModel).map(|f| f.sha256.clone());
+    let mut score = NetScore::new(net, state.config.schedule, vec![state.dim]).with_prediction(state.config.prediction());
+    if kind == ModelKind::Residual {
+        score = score.as_residual();
+    }
     Ok(LoadedScore {
         path: path.to_path_buf(),
-        score: NetScore::new(net, state.config.schedule, vec![state.dim]),
+        score,
         standardizer: state.standardizer.clone(),
         state,
         ema_sha256,
+    })
+}
+
+/// A trained score network of any architecture (the MLP or the U-Net), behind the sampler's interface.
+pub struct LoadedAnyScore {
+    pub path: PathBuf,
+    pub score: Box<dyn ScoreModel>,
+    /// The null label of a class-conditional network (its class count), `None` when unconditional.
+    pub null_label: Option<usize>,
+    pub standardizer: Standardizer,
+    pub state: RunState,
+    /// SHA-256 of the EMA weights file (the network's identity).
+    pub ema_sha256: Option<String>,
+}
+
+/// Load a `score-net` or `residual` checkpoint of any architecture, with its prediction and schedule.
+pub fn load_any_score(path: &Path, kind: ModelKind, device: &Device) -> Result<LoadedAnyScore> {
+    let state = run_state(path)?;
+    if state.config.model.kind == crate::NetKind::Unet && kind == ModelKind::ScoreNet {
+        let (score, state) = load_unet(path, device)?;
+        let ck = Checkpoint::open(path, kind)?;
+        let ema_sha256 = ck.manifest.files.iter().find(|f| f.kind == FileKind::EmaModel).map(|f| f.sha256.clone());
+        return Ok(LoadedAnyScore {
+            path: path.to_path_buf(),
+            null_label: score.net.null_label(),
+            score: Box::new(score),
+            standardizer: state.standardizer.clone(),
+            state,
+            ema_sha256,
+        });
+    }
+    let l = load_score(path, kind, device)?;
+    Ok(LoadedAnyScore {
+        path: l.path,
+        null_label: l.score.net.null_label(),
+        score: Box::new(l.score),
+        standardizer: l.standardizer,
+        state: l.state,
+        ema_sha256: l.ema_sha256,
     })
 }
 
@@ -115,14 +159,19 @@ pub fn load_classifier(path: &Path, device: &Device) -> Result<LoadedClassifier>
     let (ck, state, net_cfg): (_, _, NoisyClassifierConfig) =
         open_with_config(path, ModelKind::Classifier, "classifier")?;
     let net = ck.load_model(FileKind::EmaModel, net_cfg.init(device))?;
-    Ok(LoadedClassifier { classifier: NetClassifier { net }, standardizer: state.standardizer.clone(), state })
+    Ok(LoadedClassifier {
+        classifier: NetClassifier { net, schedule: state.config.schedule },
+        standardizer: state.standardizer.clone(),
+        state,
+    })
 }
 
 /// The EMA weights of a U-Net score checkpoint.
 pub fn load_unet(path: &Path, device: &Device) -> Result<(NetScore<UNet>, RunState)> {
     let (ck, state, net_cfg): (_, _, UNetConfig) = open_with_config(path, ModelKind::ScoreNet, "U-Net")?;
     let net = ck.load_model(FileKind::EmaModel, net_cfg.init(device))?;
-    Ok((NetScore::new(net, state.config.schedule, net_cfg.image.to_vec()), state))
+    let score = NetScore::new(net, state.config.schedule, net_cfg.image.to_vec()).with_prediction(state.config.prediction());
+    Ok((score, state))
 }
 
 /// The EMA weights of an evaluator checkpoint.

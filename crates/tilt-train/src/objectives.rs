@@ -7,44 +7,77 @@ use burn::prelude::*;
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, StandardNormal};
-use tilt_core::{Schedule, tensor_ext};
+use crate::config::TimeSampling;
+use tilt_core::{Prediction, Schedule, tensor_ext};
 
 /// A batch of noised clean samples: host draws, uploaded once.
 pub(crate) struct Noised {
     pub(crate) x_t: Tensor<2>,
     pub(crate) t: Tensor<1>,
-    pub(crate) z: Tensor<2>,
+    /// What the network should output: the noise `Z`, or the declared prediction of `(X_0, Z)` at `t`.
+    pub(crate) target: Tensor<2>,
     pub(crate) x0: Vec<f32>,
     pub(crate) labels: Option<Vec<usize>>,
 }
 
-pub(crate) fn noised(
-    data: &Dataset,
-    idx: &[usize],
-    sched: Schedule,
-    t_min: f64,
-    rng: &mut ChaCha8Rng,
-    device: &Device,
-) -> Noised {
+/// How a batch is noised: on which interpolant, at which times, and toward which prediction.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Noising {
+    pub(crate) schedule: Schedule,
+    pub(crate) t_min: f64,
+    pub(crate) prediction: Prediction,
+    pub(crate) time: TimeSampling,
+    /// Mean and standard deviation of `logit t` (logit-normal times only).
+    pub(crate) logit: (f64, f64),
+}
+
+impl Noising {
+    /// One training time.
+    fn draw_t(&self, rng: &mut ChaCha8Rng) -> f64 {
+        match self.time {
+            TimeSampling::Uniform => self.t_min + (1.0 - self.t_min) * rng.random::<f64>(),
+            TimeSampling::LogitNormal => {
+                let xi: f64 = StandardNormal.sample(rng);
+                let t = 1.0 / (1.0 + (-(self.logit.0 + self.logit.1 * xi)).exp());
+                // At most 1 - 1e-7: at t = 1 a VP schedule's alpha is 0 and no prediction but epsilon is defined.
+                t.clamp(self.t_min, 1.0 - 1e-7)
+            }
+        }
+    }
+}
+
+pub(crate) fn noised(data: &Dataset, idx: &[usize], how: Noising, rng: &mut ChaCha8Rng, device: &Device) -> Noised {
     let d = data.dim;
     let b = idx.len();
     let (mut x0, mut xt, mut z, mut ts) =
         (Vec::with_capacity(b * d), Vec::with_capacity(b * d), Vec::with_capacity(b * d), Vec::with_capacity(b));
+    // Target = cx X_0 + cz Z per row (epsilon: the noise itself, uploaded as drawn).
+    let mut target = Vec::with_capacity(if how.prediction == Prediction::Epsilon { 0 } else { b * d });
     for &i in idx {
-        let t = t_min + (1.0 - t_min) * rng.random::<f64>();
-        let (a, s) = (sched.alpha(t), sched.sigma(t));
+        let t = how.draw_t(rng);
+        let p = how.schedule.interpolant(t);
+        let (a, s) = (p.alpha, p.sigma);
+        let (cx, cz) = match how.prediction {
+            Prediction::Epsilon => (0.0, 1.0),
+            Prediction::Sample => (1.0, 0.0),
+            Prediction::VPrediction => (-s, a),
+            Prediction::Velocity => (p.d_alpha, p.d_sigma),
+        };
         ts.push(t as f32);
         for &v in data.row(i) {
             let e: f64 = StandardNormal.sample(rng);
             x0.push(v);
             z.push(e as f32);
             xt.push((a * v as f64 + s * e) as f32);
+            if how.prediction != Prediction::Epsilon {
+                target.push((cx * v as f64 + cz * e) as f32);
+            }
         }
     }
     Noised {
         x_t: tensor_ext::matrix(&xt, b, d, device),
         t: Tensor::from_data(TensorData::new(ts, [b]), device),
-        z: tensor_ext::matrix(&z, b, d, device),
+        target: tensor_ext::matrix(if target.is_empty() { &z } else { &target }, b, d, device),
         x0,
         labels: data.labels.as_ref().map(|l| idx.iter().map(|&i| l[i]).collect()),
     }
@@ -54,7 +87,7 @@ pub(crate) fn uniform_indices(n: usize, b: usize, rng: &mut ChaCha8Rng) -> Vec<u
     (0..b).map(|_| rng.random_range(0..n)).collect()
 }
 
-/// Per-row `mean_d (eps - z)^2`, weighted by `weights` (or 1), averaged over the batch.
+/// Per-row `mean_d (prediction - target)^2`, weighted by `weights` (or 1), averaged over the batch.
 pub(crate) fn weighted_mse(eps: Tensor<2>, z: Tensor<2>, weights: Option<&[f32]>) -> Tensor<1> {
     let [b, _] = eps.dims();
     let per_row = (eps - z).square().mean_dim(1).reshape([b]);

@@ -7,7 +7,8 @@ use crate::data::{Dataset, Standardizer};
 use crate::ema::Ema;
 use crate::load::{RunState, load_score, load_state};
 use crate::objectives::{
-    RewardScale, clean_batch, log_rewards, noised, seeded_init, uniform_indices, weighted_mse, weights_relative_to,
+    Noising, RewardScale, clean_batch, log_rewards, noised, seeded_init, uniform_indices, weighted_mse,
+    weights_relative_to,
 };
 use crate::output_dir::{OutputDir, OutputKind};
 use crate::trainer::{LoopSettings, LossPoint, Progress, TrainState, train_loop};
@@ -25,12 +26,11 @@ use tilt_models::{
     ScoreNet, ScoreNetConfig, UNet,
 };
 
-/// The fixed parameters of the denoising score matching loss.
+/// The fixed parameters of the denoising score matching (and flow matching) loss.
 #[derive(Clone, Copy)]
 struct DsmSettings {
     batch: usize,
-    schedule: tilt_core::Schedule,
-    t_min: f64,
+    noising: Noising,
     classes: usize,
     p_uncond: f64,
 }
@@ -110,7 +110,14 @@ pub fn train(
         base_sha256: None,
         _dir: dir,
     };
-    let (b, sched, t_min) = (cfg.batch_size, cfg.schedule, cfg.t_min);
+    let b = cfg.batch_size;
+    let (time, logit) = match cfg.objective {
+        Objective::FlowMatching { time, t_mean, t_std, .. } => (time, (t_mean, t_std)),
+        _ => (crate::TimeSampling::Uniform, (0.0, 1.0)),
+    };
+    let noising = Noising { schedule: cfg.schedule, t_min: cfg.t_min, prediction: cfg.prediction(), time, logit };
+    // The classifier's inputs are noised the same way; what it outputs is a class, not a prediction.
+    let classifier_noising = Noising { prediction: tilt_core::Prediction::Epsilon, ..noising };
     let ad = device.clone().autodiff();
     let net_config = |spec: &ModelSpec, classes: usize| {
         ScoreNetConfig::new(data.dim)
@@ -121,7 +128,7 @@ pub fn train(
             .with_num_classes(classes)
     };
     match &cfg.objective {
-        Objective::Dsm { conditional, p_uncond } => {
+        Objective::Dsm { conditional, p_uncond } | Objective::FlowMatching { conditional, p_uncond, .. } => {
             let classes = if *conditional && train_set.labels.is_some() { train_set.num_classes } else { 0 };
             let p_uncond = *p_uncond;
             // One loss for every noise network: label dropout to the null label with probability `p_uncond`.
@@ -133,7 +140,7 @@ pub fn train(
                 s: DsmSettings,
             ) -> Tensor<1> {
                 let idx = uniform_indices(data.len(), s.batch, rng);
-                let batch = noised(data, &idx, s.schedule, s.t_min, rng, dev);
+                let batch = noised(data, &idx, s.noising, rng, dev);
                 let labels = (s.classes > 0).then(|| {
                     let l: Vec<usize> = batch
                         .labels
@@ -144,9 +151,9 @@ pub fn train(
                         .collect();
                     tensor_ext::labels(&l, dev)
                 });
-                weighted_mse(m.predict_noise(batch.x_t, batch.t, labels), batch.z, None)
+                weighted_mse(m.predict_noise(batch.x_t, batch.t, labels), batch.target, None)
             }
-            let s = DsmSettings { batch: b, schedule: sched, t_min, classes, p_uncond };
+            let s = DsmSettings { batch: b, noising, classes, p_uncond };
             match cfg.model.kind {
                 NetKind::Mlp => {
                     let net_cfg = net_config(&cfg.model, classes);
@@ -180,7 +187,7 @@ pub fn train(
                 .with_activation(cfg.model.activation);
             let loss = move |m: &NoisyClassifier, data: &Dataset, rng: &mut ChaCha8Rng, dev: &Device| {
                 let idx = uniform_indices(data.len(), b, rng);
-                let batch = noised(data, &idx, sched, t_min, rng, dev);
+                let batch = noised(data, &idx, classifier_noising, rng, dev);
                 let labels = tensor_ext::labels(batch.labels.as_ref().expect("labelled"), dev);
                 log_softmax(m.forward(batch.x_t, batch.t), 1).gather(1, labels.reshape([b, 1])).mean().neg()
             };
@@ -236,6 +243,28 @@ pub fn train(
                             p.display(),
                             serde_json::to_string(theirs)?,
                             serde_json::to_string(&cfg.data)?
+                        );
+                    }
+                    let base_cfg = &loaded.state.config;
+                    if base_cfg.schedule != cfg.schedule {
+                        bail!(
+                            "objective.base: {} was trained on schedule {} ({:?}), this run on {} ({:?}); the \
+                             reweighted network starts from or adds to the base's output, so both need one schedule",
+                            p.display(),
+                            base_cfg.schedule.name(),
+                            base_cfg.schedule,
+                            cfg.schedule.name(),
+                            cfg.schedule
+                        );
+                    }
+                    if base_cfg.prediction() != cfg.prediction() {
+                        bail!(
+                            "model.prediction: objective.base {} outputs \"{}\", this run \"{}\"; give model.prediction = \
+                             \"{}\" (the reweighted network starts from or adds to the base's output)",
+                            p.display(),
+                            base_cfg.prediction().name(),
+                            cfg.prediction().name(),
+                            base_cfg.prediction().name()
                         );
                     }
                     ctx.base_sha256 = loaded.ema_sha256.clone();
@@ -295,9 +324,9 @@ pub fn train(
                     if *form == RewardForm::Full {
                         let loss = |m: &ScoreNet, data: &Dataset, rng: &mut ChaCha8Rng, dev: &Device| {
                             let idx = uniform_indices(data.len(), b, rng);
-                            let batch = noised(data, &idx, sched, t_min, rng, dev);
+                            let batch = noised(data, &idx, noising, rng, dev);
                             let w = weights_of(&batch.x0, data, dev);
-                            weighted_mse(m.forward(batch.x_t, batch.t, None), batch.z, Some(&w))
+                            weighted_mse(m.forward(batch.x_t, batch.t, None), batch.target, Some(&w))
                         };
                         ctx.run(model, &net_cfg, &train_set, &test_set, loss, progress)
                     } else {
@@ -323,8 +352,8 @@ pub fn train(
                                     c.partition_point(|&v| v < u).min(c.len() - 1)
                                 })
                                 .collect();
-                            let batch = noised(data, &idx, sched, t_min, rng, dev);
-                            weighted_mse(m.forward(batch.x_t, batch.t, None), batch.z, None)
+                            let batch = noised(data, &idx, noising, rng, dev);
+                            weighted_mse(m.forward(batch.x_t, batch.t, None), batch.target, None)
                         };
                         ctx.run(model, &net_cfg, &train_set, &test_set, loss, progress)
                     }
@@ -335,12 +364,13 @@ pub fn train(
                     let net_cfg = net_config(residual_model, 0).with_zero_init_output(true);
                     let loss = |m: &ScoreNet, data: &Dataset, rng: &mut ChaCha8Rng, dev: &Device| {
                         let idx = uniform_indices(data.len(), b, rng);
-                        let batch = noised(data, &idx, sched, t_min, rng, dev);
+                        let batch = noised(data, &idx, noising, rng, dev);
                         let w = weights_of(&batch.x0, data, dev);
-                        // The frozen base runs on the plain device: a constant for autodiff.
-                        let eps_base = base_net.forward(batch.x_t.clone().inner(), batch.t.clone().inner(), None);
-                        let eps = m.forward(batch.x_t, batch.t, None) + eps_base;
-                        weighted_mse(eps, batch.z, Some(&w))
+                        // The frozen base runs on the plain device: a constant for autodiff. Its output and the
+                        // residual's are both the run's prediction, so they add.
+                        let base_out = base_net.forward(batch.x_t.clone().inner(), batch.t.clone().inner(), None);
+                        let out = m.forward(batch.x_t, batch.t, None) + base_out;
+                        weighted_mse(out, batch.target, Some(&w))
                     };
                     ctx.run(
                         seeded_init(&ad, cfg.seed, || net_cfg.init(&ad)),

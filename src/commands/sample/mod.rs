@@ -120,10 +120,9 @@ pub fn run(cfg: &SampleConfig, out: &Path, force: bool, device: &Device) -> Resu
         Some(m) => Some(m),
         None => match cfg.models.as_ref().and_then(|m| m.base.as_ref()) {
             Some(p) => {
-                let l = tilt_train::load_score(p, tilt_train::ModelKind::ScoreNet, device)
-                    .with_context(|| format!("models.base = {}", p.display()))?;
-                match &l.state.config.data {
-                    tilt_train::DataSpec::Mixture { mixture } if !l.state.config.standardize => {
+                let state = tilt_train::load::run_state(p).with_context(|| format!("models.base = {}", p.display()))?;
+                match &state.config.data {
+                    tilt_train::DataSpec::Mixture { mixture } if !state.config.standardize => {
                         Some(mixture.build().map_err(anyhow::Error::msg)?)
                     }
                     _ => None,
@@ -303,6 +302,9 @@ pub fn run(cfg: &SampleConfig, out: &Path, force: bool, device: &Device) -> Resu
             kebab(&s.kind)
         );
         let png = out.join(format!("{stem}.png"));
+        if let [c, h, w] = scores.base.shape()[..] {
+            plot::image_grid(&out.join(format!("{stem}_grid.png")), &x, [c, h, w], 8, 64)?;
+        }
         match &problem {
             Some(p) => {
                 let marginal = p.base_law.marginal(&[0, 1.min(d - 1)]);

@@ -5,7 +5,7 @@ use crate::config::{SampleConfig, TermKind, kebab};
 use anyhow::{Context, Result, bail};
 use burn::prelude::*;
 use std::path::Path;
-use tilt_core::{Classifier, GaussianMixture, MixtureScore, Reward, ScoreModel};
+use tilt_core::{Classifier, GaussianMixture, MixtureScore, Retimed, Reward, Schedule, ScoreModel};
 use tilt_train::Standardizer;
 
 /// `log r` of standardised coordinates: the reward lives in data space.
@@ -71,6 +71,45 @@ fn check_labels(cfg: &SampleConfig, labelled: &[(String, Option<usize>)], classi
 
 pub type BoxedScore = Box<dyn ScoreModel>;
 
+/// A classifier trained on another schedule, asked at the time of its own with the sampler's log-SNR (as
+/// [`Retimed`] does for scores).
+struct RetimedClassifier {
+    inner: tilt_models::NetClassifier,
+    own: Schedule,
+    on: Schedule,
+}
+
+impl Classifier for RetimedClassifier {
+    fn log_prob(&self, x: Tensor<2>, t: f64, labels: &Tensor<1, Int>) -> Tensor<1> {
+        self.inner.log_prob(x, self.own.t_from_ou(self.on.ou_time(t)), labels)
+    }
+}
+
+/// A `[schedule]` given beside a trained base must be the base's: the network was trained on its own and cannot be
+/// read on another table. Names the field that differs.
+fn check_schedule(cfg: &SampleConfig, trained: &Schedule, path: &Path) -> Result<()> {
+    let Some(given) = cfg.schedule.as_ref().filter(|s| *s != trained) else { return Ok(()) };
+    let field = match (given, trained) {
+        (
+            Schedule::Discrete { num_train_timesteps: a, .. },
+            Schedule::Discrete { num_train_timesteps: b, .. },
+        ) if a != b => "schedule.num_train_timesteps",
+        (Schedule::Discrete { .. }, Schedule::Discrete { .. }) => "schedule.beta_schedule",
+        (Schedule::RectifiedFlow { .. }, Schedule::RectifiedFlow { .. }) => "schedule.shift",
+        (Schedule::Cosine { .. }, Schedule::Cosine { .. }) => "schedule.s",
+        _ => "schedule.kind",
+    };
+    bail!(
+        "{field}: models.base = {} was trained on {} ({}), but [schedule] asks for {} ({}); remove [schedule] (a \
+         trained base brings its own) or give the base's",
+        path.display(),
+        trained.name(),
+        serde_json::to_string(trained)?,
+        given.name(),
+        serde_json::to_string(given)?
+    )
+}
+
 /// The score models of a sweep: exact, trained, or a mix.
 pub struct Scores {
     pub base: Box<dyn ScoreModel>,
@@ -119,16 +158,17 @@ pub fn load_scores(cfg: &SampleConfig, mixture: Option<&GaussianMixture>, device
     let mut description = Vec::new();
     let trained_base = match &models.base {
         Some(p) => {
-            let l = tilt_train::load_score(p, tilt_train::ModelKind::ScoreNet, device)
+            let l = tilt_train::load_any_score(p, tilt_train::ModelKind::ScoreNet, device)
                 .with_context(|| format!("models.base = {}", p.display()))?;
+            check_schedule(cfg, &l.state.config.schedule, p)?;
             agree(&l.standardizer, "base")?;
             description.push(format!("base: {}", p.display()));
             Some(l)
         }
         None => None,
     };
-    let load_net = |p: &Path, kind: tilt_train::ModelKind, field: &str| -> Result<tilt_train::LoadedScore> {
-        tilt_train::load_score(p, kind, device).with_context(|| format!("models.{field} = {}", p.display()))
+    let load_net = |p: &Path, kind: tilt_train::ModelKind, field: &str| -> Result<tilt_train::LoadedAnyScore> {
+        tilt_train::load_any_score(p, kind, device).with_context(|| format!("models.{field} = {}", p.display()))
     };
     let reweighted =
         models.reweighted.as_deref().map(|p| load_net(p, tilt_train::ModelKind::ScoreNet, "reweighted")).transpose()?;
@@ -154,18 +194,18 @@ pub fn load_scores(cfg: &SampleConfig, mixture: Option<&GaussianMixture>, device
     // Networks that receive the class label, with their class count (None: unconditional).
     let mut labelled: Vec<(String, Option<usize>)> = Vec::new();
     if let Some(b) = &trained_base {
-        labelled.push(("models.base".into(), b.score.net.null_label()));
+        labelled.push(("models.base".into(), b.null_label));
     }
     let mut weak = Vec::new();
     for (i, t) in terms.iter().enumerate() {
         weak.push(match &t.kind {
             TermKind::Autoguidance { model } => {
-                let l = tilt_train::load_score(model, tilt_train::ModelKind::ScoreNet, device)
+                let l = tilt_train::load_any_score(model, tilt_train::ModelKind::ScoreNet, device)
                     .with_context(|| format!("guidance.terms[{i}].model = {}", model.display()))?;
                 agree(&l.standardizer, &format!("guidance.terms[{i}].model"))?;
                 description.push(format!("autoguidance weak network: {}", model.display()));
-                labelled.push((format!("guidance.terms[{i}].model"), l.score.net.null_label()));
-                Some(Box::new(l.score) as Box<dyn ScoreModel>)
+                labelled.push((format!("guidance.terms[{i}].model"), l.null_label));
+                Some(l.score)
             }
             _ => None,
         });
@@ -191,14 +231,14 @@ pub fn load_scores(cfg: &SampleConfig, mixture: Option<&GaussianMixture>, device
             None if uses_classifier => None,
             None => cfg.class.map(|c| format!("class = {c}")),
         };
-        if let (Some(what), None) = (needs_labels, b.score.net.null_label()) {
+        if let (Some(what), None) = (needs_labels, b.null_label) {
             bail!(
                 "models.base = {}: {what} needs a class-conditional base (trained with objective.kind = \"dsm\", conditional = true, on labelled data), but this network is unconditional",
                 p.display()
             );
         }
     }
-    let schedule = trained_base.as_ref().map_or(cfg.schedule, |b| b.score.schedule);
+    let schedule = trained_base.as_ref().map_or(cfg.schedule(), |b| b.score.schedule());
     let exact = |m: Option<&GaussianMixture>, what: &str| -> Result<MixtureScore> {
         let m = m.ok_or_else(|| {
             anyhow::anyhow!("mixture: needed for the exact {what} (or give a trained model for it in [models])")
@@ -211,9 +251,14 @@ pub fn load_scores(cfg: &SampleConfig, mixture: Option<&GaussianMixture>, device
         (None, None) => bail!("mixture: missing (no trained base model either)"),
     };
     let base: Box<dyn ScoreModel> = match trained_base {
-        Some(b) => Box::new(b.score),
+        Some(b) => b.score,
         None => Box::new(exact(mixture, "base score")?),
     };
+    // Networks trained on another schedule answer at the time of theirs with the sampler's log-SNR.
+    let on_sampler_schedule = |s: Box<dyn ScoreModel>| -> Box<dyn ScoreModel> {
+        if s.schedule() == schedule { s } else { Box::new(Retimed { score: s, on: schedule }) }
+    };
+    let weak = weak.into_iter().map(|w| w.map(on_sampler_schedule)).collect();
     let exact_reweighted = |m: Option<&GaussianMixture>| -> Result<Option<Box<dyn ScoreModel>>> {
         if !uses_reward {
             return Ok(None);
@@ -229,12 +274,13 @@ pub fn load_scores(cfg: &SampleConfig, mixture: Option<&GaussianMixture>, device
         Ok(Some(Box::new(MixtureScore::new(m.tilted(&r), schedule, device))))
     };
     let (reweighted, residual): (Option<BoxedScore>, Option<BoxedScore>) = match (reweighted, residual) {
-        (Some(r), _) => (Some(Box::new(r.score)), None),
-        (None, Some(r)) => (None, Some(Box::new(r.score))),
+        (Some(r), _) => (Some(on_sampler_schedule(r.score)), None),
+        (None, Some(r)) => (None, Some(on_sampler_schedule(r.score))),
         (None, None) => (exact_reweighted(mixture)?, None),
     };
     let classifier: Option<Box<dyn Classifier>> = match (classifier, uses_classifier) {
-        (Some(c), _) => Some(Box::new(c.classifier)),
+        (Some(c), _) if c.classifier.schedule == schedule => Some(Box::new(c.classifier)),
+        (Some(c), _) => Some(Box::new(RetimedClassifier { own: c.classifier.schedule, on: schedule, inner: c.classifier })),
         (None, true) => Some(Box::new(exact(mixture, "classifier")?)),
         _ => None,
     };

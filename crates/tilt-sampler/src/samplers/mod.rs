@@ -10,8 +10,8 @@ mod single_step;
 use crate::noise::NoiseSource;
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
-use tilt_core::Schedule;
 use tilt_core::score::param;
+use tilt_core::{Interpolant, Schedule};
 
 /// A score closure: `(x, t, step index) -> guided score`. The step index lets per-step guidance schedules
 /// look up their weight.
@@ -44,10 +44,14 @@ pub enum SamplerKind {
     /// DPM-Solver++ 2M SDE: the same multistep denoise estimate on the reverse SDE.
     #[serde(rename = "dpm-solver++-2m-sde")]
     DpmSolverPp2MSde,
+    /// Flow matching's Euler step on the probability-flow ODE in the schedule's own time and coordinates,
+    /// `x' = x + (t' - t) v(x, t)` (diffusers' `FlowMatchEulerDiscreteScheduler`); on `rectified-flow` it is DDIM
+    /// written for the velocity.
+    FlowMatchEuler,
 }
 
 impl SamplerKind {
-    pub const ALL: [SamplerKind; 8] = [
+    pub const ALL: [SamplerKind; 9] = [
         SamplerKind::EulerMaruyama,
         SamplerKind::ExponentialIntegrator,
         SamplerKind::SdeDpmSolver1,
@@ -56,6 +60,7 @@ impl SamplerKind {
         SamplerKind::Ddim,
         SamplerKind::DpmSolverPp2M,
         SamplerKind::DpmSolverPp2MSde,
+        SamplerKind::FlowMatchEuler,
     ];
 
     /// Score evaluations per step (Heun evaluates twice).
@@ -64,7 +69,7 @@ impl SamplerKind {
     }
 
     pub fn is_stochastic(&self) -> bool {
-        !matches!(self, SamplerKind::Heun | SamplerKind::Ddim | SamplerKind::DpmSolverPp2M)
+        !matches!(self, SamplerKind::Heun | SamplerKind::Ddim | SamplerKind::DpmSolverPp2M | SamplerKind::FlowMatchEuler)
     }
 
     /// Whether the solver carries state from step to step.
@@ -84,6 +89,7 @@ impl SamplerKind {
             SamplerKind::Ddim => Box::new(Memoryless(ddim)),
             SamplerKind::DpmSolverPp2M => Box::new(dpm_solver_pp::DpmSolverPp2M::new(false, steps)),
             SamplerKind::DpmSolverPp2MSde => Box::new(dpm_solver_pp::DpmSolverPp2M::new(true, steps)),
+            SamplerKind::FlowMatchEuler => Box::new(Memoryless(flow_match_euler)),
         }
     }
 }
@@ -103,6 +109,10 @@ pub struct StepPoint {
     /// Half log-SNR `lambda = ln(alpha / sigma)` at both ends (increasing along the chain).
     pub lambda: f64,
     pub lambda_next: f64,
+    /// The schedule's interpolant itself (not its VP form) at both ends: `x = c y` with
+    /// `c = sqrt(alpha^2 + sigma^2)` (1 on a VP schedule), for steps written in the interpolant's coordinates.
+    pub interpolant: Interpolant,
+    pub interpolant_next: Interpolant,
 }
 
 /// One step of a backward chain. `&mut self` holds what a multistep method carries between steps; a fresh
@@ -112,6 +122,10 @@ pub trait Solver {
 }
 
 /// A configured backward chain.
+///
+/// The chain runs on the schedule's variance-preserving form `Y_t = X_t / c(t)` (see [`tilt_core::schedule`]), so
+/// every solver works on every schedule; the state an observer sees is `Y_t`, and the result is `X_0` (or, without
+/// the final denoise, `X_{t_min}` of the interpolant).
 #[derive(Clone, Debug)]
 pub struct Sampler {
     pub kind: SamplerKind,
@@ -187,6 +201,8 @@ impl Sampler {
                 sigma_next: sched.sigma(t_next),
                 lambda: half_log_snr(t),
                 lambda_next: half_log_snr(t_next),
+                interpolant: sched.interpolant(t),
+                interpolant_next: sched.interpolant(t_next),
             };
             x = between(k, t, x);
             for _ in 1..self.recurrence {
@@ -203,6 +219,9 @@ impl Sampler {
         if self.denoise_final {
             let s = score(x.clone(), t_min, n_steps);
             x = param::clean_from_score(x, s, sched.alpha(t_min), sched.sigma(t_min));
+        } else if !sched.is_variance_preserving() {
+            // Back from the VP form to the interpolant's own X_{t_min}.
+            x = x.mul_scalar(sched.scale(t_min));
         }
         x
     }

@@ -11,11 +11,14 @@
 //! - DDPM ancestral: a draw from the Gaussian posterior `q(x_{t'} | x_t, x0_hat)`, which is the exact step of the
 //!   SDE with the denoise `x0_hat` frozen;
 //! - probability-flow ODE `dx/dv = (x + s)/2`, Heun's second-order method;
-//! - DDIM: the exact step of that ODE when the noise prediction is held fixed.
+//! - DDIM: the exact step of that ODE when the noise prediction is held fixed;
+//! - flow matching's Euler step: `x' = x + (t' - t) v` in the interpolant's own coordinates `x = c y`, with the
+//!   velocity `v = alpha' x0_hat + sigma' eps_hat` read off the score.
 
 use super::{ScoreFn, Solver, StepPoint};
 use crate::noise::NoiseSource;
 use burn::prelude::*;
+use tilt_core::Prediction;
 use tilt_core::score::param;
 
 /// A step function with no state between steps.
@@ -87,4 +90,14 @@ pub(super) fn ddim(p: &StepPoint, score: &mut ScoreFn, x: Tensor<2>, _noise: &mu
     let eps = param::noise_from_score(s.clone(), p.sigma);
     let x0 = param::clean_from_score(x, s, p.alpha, p.sigma);
     x0.mul_scalar(p.alpha_next) + eps.mul_scalar(p.sigma_next)
+}
+
+pub(super) fn flow_match_euler(p: &StepPoint, score: &mut ScoreFn, y: Tensor<2>, _noise: &mut NoiseSource) -> Tensor<2> {
+    let s = score(y.clone(), p.t, p.k);
+    let scale = |q: &tilt_core::Interpolant| (q.alpha * q.alpha + q.sigma * q.sigma).sqrt();
+    let (c, c_next) = (scale(&p.interpolant), scale(&p.interpolant_next));
+    // On the interpolant: x = c y and grad_x log p = s / c.
+    let x = y.mul_scalar(c);
+    let v = Prediction::Velocity.from_score(x.clone(), s.mul_scalar(1.0 / c), p.interpolant);
+    (x + v.mul_scalar(p.t_next - p.t)).mul_scalar(1.0 / c_next)
 }

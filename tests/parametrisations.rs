@@ -357,3 +357,57 @@ fn sampling_starts_from_noise_in_the_vp_form() {
         assert!((v.mean - exact).abs() < Z * v.se + 0.005 * exact, "X_t variance[{j}] {v:?} vs {exact:.4}");
     }
 }
+
+#[test]
+fn bad_schedules_and_predictions_are_refused_by_name() {
+    let base = "steps = 10\n[objective]\nkind = \"dsm\"\n[data]\nkind = \"two-moons\"\n";
+    let train = |extra: &str| {
+        TrainConfig::parse(&format!("{base}{extra}")).err().map(|e| format!("{e:#}")).unwrap_or_default()
+    };
+    let sample = |extra: &str| {
+        let text = format!(
+            "samples = 10\n[mixture]\nweights = [1.0]\nmeans = [[0.0, 0.0]]\nstds = [[1.0, 1.0]]\n[guidance]\nkind = \"none\"\nstrengths = [0.0]\n{extra}"
+        );
+        tilt::config::SampleConfig::parse(&text).err().map(|e| format!("{e:#}")).unwrap_or_default()
+    };
+    let discrete = |fields: &str| format!("[schedule]\nkind = \"discrete\"\n{fields}\n");
+    for (what, message, field) in [
+        ("unknown schedule", train("[schedule]\nkind = \"vp-sde\"\n"), "vp-sde"),
+        ("unknown prediction", train("[model]\nprediction = \"noise\"\n"), "prediction"),
+        ("unknown beta schedule", sample(&discrete("beta_schedule = \"cosine\"")), "schedule.beta_schedule"),
+        ("beta 0", train(&discrete("beta_start = 0.0")), "schedule.beta_start"),
+        ("beta 1", sample(&discrete("beta_end = 1.0")), "schedule.beta_end"),
+        ("beta NaN", train(&discrete("beta_end = nan")), "schedule.beta_end"),
+        ("beta 1e300", sample(&discrete("beta_start = 1e300")), "schedule.beta_start"),
+        ("one timestep", train(&discrete("num_train_timesteps = 1")), "schedule.num_train_timesteps"),
+        ("shift 0", train("[schedule]\nkind = \"rectified-flow\"\nshift = 0.0\n"), "schedule.shift"),
+        ("shift NaN", sample("[schedule]\nkind = \"rectified-flow\"\nshift = nan\n"), "schedule.shift"),
+        ("velocity on linear", train("[model]\nprediction = \"velocity\"\n"), "model.prediction"),
+        ("flow matching off rectified flow", {
+            let text = "steps = 10\n[objective]\nkind = \"flow-matching\"\n[data]\nkind = \"two-moons\"\n";
+            TrainConfig::parse(text).err().map(|e| format!("{e:#}")).unwrap_or_default()
+        }, "schedule.kind"),
+    ] {
+        assert!(message.contains(field), "{what}: expected an error naming {field}, got {message:?}");
+    }
+}
+
+#[test]
+fn a_schedule_that_disagrees_with_the_trained_base_is_refused_by_field() {
+    // A run trained on diffusers' 1000-step table, sampled with a [schedule] of 500 steps: the network cannot be
+    // read on another table.
+    let run = trained("v_discrete", &config("kind = \"dsm\"", "kind = \"discrete\"", Some("v-prediction"), 1500));
+    let text = format!(
+        "samples = 10\n[models]\nbase = \"{}\"\n[schedule]\nkind = \"discrete\"\nnum_train_timesteps = 500\n[guidance]\nkind = \"none\"\nstrengths = [0.0]\n",
+        run.display()
+    );
+    let cfg = tilt::config::SampleConfig::parse(&text).unwrap();
+    let out = workdir().join("mismatched_schedule");
+    let e = tilt::commands::sample::run(&cfg, &out, false, &device()).err().expect("must be refused");
+    assert!(format!("{e:#}").starts_with("schedule.num_train_timesteps"), "{e:#}");
+    assert!(!out.exists(), "nothing written");
+    // The same config without [schedule] samples, on the run's own table.
+    let ok = text.replace("[schedule]\nkind = \"discrete\"\nnum_train_timesteps = 500\n", "");
+    let s = tilt::commands::sample::run(&tilt::config::SampleConfig::parse(&ok).unwrap(), &out, false, &device());
+    assert!(s.is_ok(), "{:#}", s.err().unwrap());
+}

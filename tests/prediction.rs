@@ -145,3 +145,37 @@ fn the_exact_mixtures_predictions_agree_with_independent_computations() {
         }
     }
 }
+
+/// The training target `cx X_0 + cz Z` of each prediction, averaged over the posterior of `(X_0, Z)` given
+/// `X_t = x`, is what the prediction of a perfect network is: `cx E[X_0 | x] + cz E[Z | x] = A x + B s(x)`, with
+/// Tweedie's `E[Z | x] = -sigma s` and `E[X_0 | x] = (x + sigma^2 s) / alpha`. Checked on every schedule's
+/// interpolant, the discrete and rectified-flow ones included.
+#[test]
+fn each_training_target_averages_to_its_prediction() {
+    use tilt_core::schedule::BetaSchedule;
+    let schedules = [
+        Schedule::Linear,
+        Schedule::cosine(),
+        Schedule::ddpm(),
+        Schedule::Discrete {
+            beta_schedule: BetaSchedule::ScaledLinear,
+            beta_start: 0.00085,
+            beta_end: 0.012,
+            num_train_timesteps: 1000,
+        },
+        Schedule::RectifiedFlow { shift: 3.0 },
+    ];
+    let (x, s) = (0.7f64, -1.3f64);
+    for schedule in schedules {
+        for t in [0.0105, 0.3305, 0.7005, 0.9505] {
+            let p = schedule.interpolant(t);
+            let (ez, ex0) = (-p.sigma * s, (x + p.sigma * p.sigma * s) / p.alpha);
+            for pred in Prediction::ALL {
+                let (cx, cz) = pred.target_coefficients(p);
+                let (a, b) = pred.affine(p);
+                let (want, got) = (a * x + b * s, cx * ex0 + cz * ez);
+                assert!((want - got).abs() < 1e-9 * (1.0 + want.abs()), "{schedule:?} t={t} {pred:?}: {got} vs {want}");
+            }
+        }
+    }
+}

@@ -73,6 +73,17 @@ impl Prediction {
         }
     }
 
+    /// `(cx, cz)` with `target = cx X_0 + cz Z`: what a network of this prediction is trained to output for the
+    /// clean sample `X_0` noised with `Z` on the interpolant `p`.
+    pub fn target_coefficients(self, p: Interpolant) -> (f64, f64) {
+        match self {
+            Prediction::Epsilon => (0.0, 1.0),
+            Prediction::Sample => (1.0, 0.0),
+            Prediction::VPrediction => (-p.sigma, p.alpha),
+            Prediction::Velocity => (p.d_alpha, p.d_sigma),
+        }
+    }
+
     /// The prediction a perfect network would output where the score is `score`.
     pub fn from_score(self, x: Tensor<2>, score: Tensor<2>, p: Interpolant) -> Tensor<2> {
         let (a, b) = self.affine(p);

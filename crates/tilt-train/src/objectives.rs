@@ -57,12 +57,7 @@ pub(crate) fn noised(data: &Dataset, idx: &[usize], how: Noising, rng: &mut ChaC
         let t = how.draw_t(rng);
         let p = how.schedule.interpolant(t);
         let (a, s) = (p.alpha, p.sigma);
-        let (cx, cz) = match how.prediction {
-            Prediction::Epsilon => (0.0, 1.0),
-            Prediction::Sample => (1.0, 0.0),
-            Prediction::VPrediction => (-s, a),
-            Prediction::Velocity => (p.d_alpha, p.d_sigma),
-        };
+        let (cx, cz) = how.prediction.target_coefficients(p);
         ts.push(t as f32);
         for &v in data.row(i) {
             let e: f64 = StandardNormal.sample(rng);

@@ -51,6 +51,8 @@ fn named(text: &str, message: &str) -> String {
 enum Offending {
     Float(f64),
     Integer(i64),
+    /// An unknown name inside a tagged table (`beta_schedule = "cosine"`): serde reports the variant only.
+    Variant(String),
 }
 
 fn offending_value(message: &str) -> Option<Offending> {
@@ -68,6 +70,9 @@ fn offending_value(message: &str) -> Option<Offending> {
         };
         return Some(Offending::Float(v));
     }
+    if let Some(v) = literal("unknown variant ") {
+        return Some(Offending::Variant(v));
+    }
     literal("integer ").and_then(|l| l.parse().ok()).map(Offending::Integer)
 }
 
@@ -75,6 +80,7 @@ fn find(v: &toml::Value, path: String, offending: &Offending, hits: &mut Vec<Str
     match (v, offending) {
         (toml::Value::Float(x), Offending::Float(o)) if x == o || (x.is_nan() && o.is_nan()) => hits.push(path),
         (toml::Value::Integer(x), Offending::Integer(o)) if x == o => hits.push(path),
+        (toml::Value::String(x), Offending::Variant(o)) if x == o => hits.push(path),
         (toml::Value::Array(a), _) => {
             a.iter().enumerate().for_each(|(i, x)| find(x, format!("{path}[{i}]"), offending, hits));
         }

@@ -299,6 +299,20 @@ fn idx_images_train_and_bad_idx_files_are_named() {
     assert_eq!(tilt_models::NoiseNet::null_label(&score.net), Some(3));
     let (ok, err) = tilt(&["export", "--checkpoint", &path("unet"), "--out", &path("unet.safetensors")]);
     assert!(ok, "{err}");
+    // ... and is accepted by `tilt sample` as models.base: CFG on class 1, pictures beside the numbers.
+    let sweep = format!(
+        "samples = 6\nclass = 1\n[models]\nbase = \"{}\"\n[sampler]\nsteps = 4\n[guidance]\nkind = \"cfg\"\nstrengths = [0.0, 2.0]\n",
+        path("unet")
+    );
+    std::fs::write(d.join("sweep.toml"), sweep).unwrap();
+    let (ok, err) = tilt(&["sample", "--config", &path("sweep.toml"), "--out", &path("sweep")]);
+    assert!(ok, "{err}");
+    for f in ["summary.json", "samples_w2.csv", "samples_w2_grid.png", "samples_w0_grid.png"] {
+        assert!(d.join("sweep").join(f).is_file(), "tilt sample on a U-Net wrote no {f}: {err}");
+    }
+    let grid = image::open(d.join("sweep/samples_w2_grid.png")).unwrap();
+    // 6 images of 4 x 4 in a row of 6, 2-pixel gaps: 6 * 6 + 2 = 38 wide, 4 + 4 = 8 high.
+    assert_eq!((grid.width(), grid.height()), (38, 8));
     // A U-Net needs images: on points it is a named config error.
     let points = TINY.replace("hidden = 32\nblocks = 1", "kind = \"unet\"");
     let e = format!("{:#}", TrainConfig::parse(&points).unwrap_err());

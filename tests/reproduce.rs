@@ -47,6 +47,19 @@ fn every_experiment_runs_and_the_report_is_complete() {
         "exact E_p_r[r] of the experiment mixture"
     );
     assert!((rw["base_mean_reward"].as_f64().unwrap() - 1.585148).abs() < 1e-5, "exact E_p[r]");
+    // Every schedule and every prediction once, each with its trained numbers.
+    let param = &get("parametrisations").headline["trained"];
+    let pairs: Vec<(String, String)> = param
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["schedule"].as_str().unwrap().into(), r["prediction"].as_str().unwrap().into()))
+        .collect();
+    let (mut schedules, mut predictions): (Vec<_>, Vec<_>) = pairs.iter().cloned().unzip();
+    schedules.sort();
+    predictions.sort();
+    assert_eq!(schedules, ["cosine", "discrete", "linear", "rectified-flow"]);
+    assert_eq!(predictions, ["epsilon", "sample", "v-prediction", "velocity"]);
     // DRaFT-K's passes are counted by the sampler, not taken from the config: N steps plus the final denoise,
     // K + 1 of them on the tape (tiny preset: N = 10, K = 2).
     let draft = &get("efficiency").headline["draft"];

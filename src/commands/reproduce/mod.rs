@@ -10,6 +10,7 @@ mod discretisation;
 mod efficiency;
 mod guidance_zoo;
 mod image_cfg;
+mod parametrisations;
 mod report;
 mod reward_mixture;
 mod robustness;
@@ -204,6 +205,7 @@ pub const STAGES: &[Stage] = &[
     stage!(robustness),
     stage!(efficiency),
     stage!(discretisation),
+    stage!(parametrisations),
     stage!(guidance_zoo),
     stage!(image_cfg),
 ];

@@ -106,8 +106,18 @@ fn reward_guidance_at_w1_hits_the_tilted_mean_within_one_percent_on_every_schedu
                 .with(RewardGuidance::reweighted(&tilted), WeightSchedule::Constant(1.0));
             let r = mean_reward(&draw_on(kind, schedule, 200, &mut g, 200_000, 5));
             let off = r.mean / target - 1.0;
-            eprintln!("{} {kind:?}: E[r] = {:.4} ± {:.4}, exact {target:.4} ({:+.3} %)", schedule.name(), r.mean, r.se, 100.0 * off);
-            assert!(off.abs() < 0.01, "{schedule:?} {kind:?}: E[r] {r:?} is {:.2} % off E_p_r[r] = {target:.4}", 100.0 * off);
+            eprintln!(
+                "{} {kind:?}: E[r] = {:.4} ± {:.4}, exact {target:.4} ({:+.3} %)",
+                schedule.name(),
+                r.mean,
+                r.se,
+                100.0 * off
+            );
+            assert!(
+                off.abs() < 0.01,
+                "{schedule:?} {kind:?}: E[r] {r:?} is {:.2} % off E_p_r[r] = {target:.4}",
+                100.0 * off
+            );
         }
     }
 }
@@ -255,7 +265,10 @@ fn every_prediction_learns_the_score_on_its_schedule() {
             "v-prediction on discrete",
             trained("v_discrete", &config("kind = \"dsm\"", "kind = \"discrete\"", Some("v-prediction"), 1500)),
         ),
-        ("sample on cosine", trained("x0_cosine", &config("kind = \"dsm\"", "kind = \"cosine\"", Some("sample"), 1500))),
+        (
+            "sample on cosine",
+            trained("x0_cosine", &config("kind = \"dsm\"", "kind = \"cosine\"", Some("sample"), 1500)),
+        ),
         (
             "epsilon on rectified flow",
             trained("eps_rf", &config("kind = \"dsm\"", "kind = \"rectified-flow\"", Some("epsilon"), 1500)),
@@ -361,9 +374,8 @@ fn sampling_starts_from_noise_in_the_vp_form() {
 #[test]
 fn bad_schedules_and_predictions_are_refused_by_name() {
     let base = "steps = 10\n[objective]\nkind = \"dsm\"\n[data]\nkind = \"two-moons\"\n";
-    let train = |extra: &str| {
-        TrainConfig::parse(&format!("{base}{extra}")).err().map(|e| format!("{e:#}")).unwrap_or_default()
-    };
+    let train =
+        |extra: &str| TrainConfig::parse(&format!("{base}{extra}")).err().map(|e| format!("{e:#}")).unwrap_or_default();
     let sample = |extra: &str| {
         let text = format!(
             "samples = 10\n[mixture]\nweights = [1.0]\nmeans = [[0.0, 0.0]]\nstds = [[1.0, 1.0]]\n[guidance]\nkind = \"none\"\nstrengths = [0.0]\n{extra}"
@@ -383,10 +395,14 @@ fn bad_schedules_and_predictions_are_refused_by_name() {
         ("shift 0", train("[schedule]\nkind = \"rectified-flow\"\nshift = 0.0\n"), "schedule.shift"),
         ("shift NaN", sample("[schedule]\nkind = \"rectified-flow\"\nshift = nan\n"), "schedule.shift"),
         ("velocity on linear", train("[model]\nprediction = \"velocity\"\n"), "model.prediction"),
-        ("flow matching off rectified flow", {
-            let text = "steps = 10\n[objective]\nkind = \"flow-matching\"\n[data]\nkind = \"two-moons\"\n";
-            TrainConfig::parse(text).err().map(|e| format!("{e:#}")).unwrap_or_default()
-        }, "schedule.kind"),
+        (
+            "flow matching off rectified flow",
+            {
+                let text = "steps = 10\n[objective]\nkind = \"flow-matching\"\n[data]\nkind = \"two-moons\"\n";
+                TrainConfig::parse(text).err().map(|e| format!("{e:#}")).unwrap_or_default()
+            },
+            "schedule.kind",
+        ),
     ] {
         assert!(message.contains(field), "{what}: expected an error naming {field}, got {message:?}");
     }

@@ -19,8 +19,8 @@ pub mod score;
 pub mod tensor_ext;
 
 pub use mixture::{GaussianMixture, MixtureScore, MixtureSpec};
-pub use reward::{BumpReward, ExpLinearReward, Reward, RewardSpec};
-pub use schedule::Schedule;
 pub use prediction::{Interpolant, Prediction};
+pub use reward::{BumpReward, ExpLinearReward, Reward, RewardSpec};
 pub use schedule::BetaSchedule;
+pub use schedule::Schedule;
 pub use score::{Classifier, Condition, Retimed, ScoreCombination, ScoreModel, SmoothlyPerturbed};

@@ -288,9 +288,7 @@ impl Schedule {
     /// table is fed at `t` (knot `k` sits at `t = (k + 1) / N`); `None` for the continuous schedules.
     pub fn timestep(&self, t: f64) -> Option<f64> {
         match *self {
-            Schedule::Discrete { num_train_timesteps: n, .. } => {
-                Some((n as f64 * t - 1.0).clamp(0.0, (n - 1) as f64))
-            }
+            Schedule::Discrete { num_train_timesteps: n, .. } => Some((n as f64 * t - 1.0).clamp(0.0, (n - 1) as f64)),
             _ => None,
         }
     }
@@ -349,7 +347,9 @@ impl Schedule {
                  in f64 and alpha = 1 at every t), got {s}"
             )),
             Schedule::Cosine { .. } => Ok(()),
-            Schedule::RectifiedFlow { shift } if !(shift.is_finite() && shift >= SHIFT_RANGE.0 && shift <= SHIFT_RANGE.1) => {
+            Schedule::RectifiedFlow { shift }
+                if !(shift.is_finite() && shift >= SHIFT_RANGE.0 && shift <= SHIFT_RANGE.1) =>
+            {
                 Err(format!(
                     "schedule.shift: expected a time shift in [{:e}, {:e}] (SD3 uses 3; 1 is no shift), got {shift}",
                     SHIFT_RANGE.0, SHIFT_RANGE.1
@@ -372,7 +372,9 @@ impl Schedule {
                             ));
                         }
                         // In f32, as diffusers stores it: a beta below f32's resolution of 1 leaves alpha_bar at 1.
-                        if 1.0 - b as f32 >= 1.0 || (beta_schedule == BetaSchedule::ScaledLinear && b.sqrt() as f32 == 0.0) {
+                        if 1.0 - b as f32 >= 1.0
+                            || (beta_schedule == BetaSchedule::ScaledLinear && b.sqrt() as f32 == 0.0)
+                        {
                             return Err(format!(
                                 "schedule.{field}: {b:e} is below f32's resolution at 1 (6e-8): 1 - beta rounds to 1 \
                                  and the step adds no noise"

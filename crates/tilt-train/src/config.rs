@@ -3,11 +3,12 @@
 
 use crate::checkpoint::ModelKind;
 use crate::data::DataSpec;
+use crate::objectives;
 use crate::optim::OptimConfig;
 use anyhow::{Context, Result, anyhow, bail};
 use serde::{Deserialize, Serialize};
-use std::path::{Path, PathBuf};
-use tilt_core::{Prediction, RewardSpec, Schedule};
+use std::path::Path;
+use tilt_core::{Prediction, Schedule};
 use tilt_models::{Activation, UNetConfig};
 
 /// Which network is trained.
@@ -105,97 +106,38 @@ impl ModelSpec {
     }
 }
 
-/// The three forms of reward-weighted score matching (docs/theory.md §4).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum RewardForm {
-    /// A new score network for `p_r`, per-sample weights `r(x0) / mean(r)`, the mean taken over the whole
-    /// training set once (a per-batch mean fits a different law, biased by O(1/B): docs/theory.md §4).
-    Full,
-    /// Frozen base + small `delta_theta`; the guidance term is `delta` itself.
-    Residual,
-    /// Resample `x0 ∝ r(x0)` and run plain DSM (the same objective as `full` in expectation).
-    Resample,
-}
+pub use crate::objectives::{RewardForm, TimeSampling};
 
-/// What is trained.
+/// What is trained: one type per objective, each in its file of [`crate::objectives`].
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum Objective {
-    /// Denoising score matching. With labelled data and `conditional = true` the network is
-    /// class-conditional and learns the unconditional score under the null label with probability `p_uncond`.
-    Dsm {
-        #[serde(default = "d_true")]
-        conditional: bool,
-        #[serde(default = "d_p_uncond")]
-        p_uncond: f64,
-    },
-    /// Flow matching (Lipman et al. 2023; rectified flow, Liu et al. 2023): the network regresses the velocity
-    /// `dX_t/dt = alpha' X_0 + sigma' Z` of the `rectified-flow` schedule, at times drawn `uniform` or
-    /// `logit-normal` (SD3: `t = sigmoid(t_mean + t_std N(0, 1))`). Labels and `p_uncond` as for `dsm`.
-    FlowMatching {
-        #[serde(default = "d_true")]
-        conditional: bool,
-        #[serde(default = "d_p_uncond")]
-        p_uncond: f64,
-        #[serde(default)]
-        time: TimeSampling,
-        /// Mean of the logit of `t` (logit-normal only).
-        #[serde(default)]
-        t_mean: f64,
-        /// Standard deviation of the logit of `t` (logit-normal only).
-        #[serde(default = "d_t_std")]
-        t_std: f64,
-    },
-    /// A noise-aware classifier `p_t(c | x)` trained by cross-entropy on noised inputs.
-    Classifier,
-    /// An autoencoder to a `latent`-dimensional code (`model.hidden` wide), trained by reconstruction error on
-    /// clean rows; the test loss is the held-out mean squared error per value.
-    Autoencoder {
-        #[serde(default = "d_latent")]
-        latent: usize,
-    },
-    /// The independent evaluator of generated images: a CNN classifier trained by cross-entropy on clean images
-    /// only (`model.channels` sets its width). Never used for guidance.
-    Evaluator,
-    /// The papers' trajectory-free reward-guided trainer.
-    RewardWeighted {
-        form: RewardForm,
-        reward: RewardSpec,
-        /// A trained unconditional score checkpoint: required by `residual` (the frozen base), optional
-        /// initialisation for `full` and `resample`.
-        base: Option<PathBuf>,
-        /// Size of `delta_theta` (residual form).
-        #[serde(default = "d_residual_model")]
-        residual_model: ModelSpec,
-    },
+    /// Denoising score matching ([`objectives::Dsm`]).
+    Dsm(objectives::Dsm),
+    /// Flow matching on `rectified-flow` ([`objectives::FlowMatching`]).
+    FlowMatching(objectives::FlowMatching),
+    /// A noise-aware classifier `p_t(c | x)` ([`objectives::Classifier`]).
+    Classifier(objectives::Classifier),
+    /// An autoencoder to a low-dimensional code ([`objectives::Autoencoder`]).
+    Autoencoder(objectives::Autoencoder),
+    /// The independent evaluator of generated images ([`objectives::Evaluator`]).
+    Evaluator(objectives::Evaluator),
+    /// The papers' trajectory-free reward-guided trainer ([`objectives::RewardWeighted`]).
+    RewardWeighted(objectives::RewardWeighted),
 }
 
-/// How training times are drawn.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "kebab-case")]
-pub enum TimeSampling {
-    /// `t ~ U(t_min, 1)`.
-    #[default]
-    Uniform,
-    /// `t = sigmoid(t_mean + t_std xi)`, `xi ~ N(0, 1)`, raised to at least `t_min` (SD3's choice).
-    LogitNormal,
-}
-
-fn d_t_std() -> f64 {
-    1.0
-}
-fn d_latent() -> usize {
-    16
-}
-fn d_true() -> bool {
-    true
-}
-fn d_p_uncond() -> f64 {
-    0.1
-}
-fn d_residual_model() -> ModelSpec {
-    ModelSpec { hidden: 64, blocks: 2, ..ModelSpec::default() }
+impl Objective {
+    /// The objective's trainer: the one dispatch from a config to its file.
+    pub(crate) fn trainer(&self) -> &dyn objectives::TrainObjective {
+        match self {
+            Objective::Dsm(o) => o,
+            Objective::FlowMatching(o) => o,
+            Objective::Classifier(o) => o,
+            Objective::Autoencoder(o) => o,
+            Objective::Evaluator(o) => o,
+            Objective::RewardWeighted(o) => o,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -355,13 +297,14 @@ impl TrainConfig {
                 self.batch_size
             );
         }
-        if matches!(self.objective, Objective::Evaluator) && !matches!(self.data, DataSpec::Idx { labels: Some(_), .. })
+        if matches!(self.objective, Objective::Evaluator(_))
+            && !matches!(self.data, DataSpec::Idx { labels: Some(_), .. })
         {
             bail!("objective.kind: the evaluator is trained on labelled images (data.kind = \"idx\" with data.labels)");
         }
         self.check_prediction()?;
         if self.model.kind == NetKind::Unet {
-            if !matches!(self.objective, Objective::Dsm { .. } | Objective::FlowMatching { .. }) {
+            if !matches!(self.objective, Objective::Dsm(_) | Objective::FlowMatching(_)) {
                 bail!(
                     "model.kind: the U-Net is trained with objective.kind = \"dsm\" or \"flow-matching\" (the other \
                      objectives use the MLP)"
@@ -385,24 +328,33 @@ impl TrainConfig {
             self.model.unet([1, side, side], 0).check().map_err(|e| anyhow!("model.{e}"))?;
         }
         match &self.objective {
-            Objective::Autoencoder { latent } if *latent == 0 || *latent >= self.model.hidden => {
+            Objective::Autoencoder(objectives::Autoencoder { latent })
+                if *latent == 0 || *latent >= self.model.hidden =>
+            {
                 bail!(
                     "objective.latent: expected a code smaller than model.hidden = {}, got {latent}",
                     self.model.hidden
                 )
             }
-            Objective::Dsm { p_uncond, .. } | Objective::FlowMatching { p_uncond, .. }
+            Objective::Dsm(objectives::Dsm { p_uncond, .. })
+            | Objective::FlowMatching(objectives::FlowMatching { p_uncond, .. })
                 if !(0.0..1.0).contains(p_uncond) =>
             {
                 bail!("objective.p_uncond: expected a probability in [0, 1), got {p_uncond}")
             }
-            Objective::FlowMatching { t_mean, .. } if !(t_mean.is_finite() && t_mean.abs() <= 10.0) => {
+            Objective::FlowMatching(objectives::FlowMatching { t_mean, .. })
+                if !(t_mean.is_finite() && t_mean.abs() <= 10.0) =>
+            {
                 bail!("objective.t_mean: expected a logit mean in [-10, 10] (SD3 uses 0), got {t_mean}")
             }
-            Objective::FlowMatching { t_std, .. } if !(t_std.is_finite() && *t_std > 0.0 && *t_std <= 10.0) => {
+            Objective::FlowMatching(objectives::FlowMatching { t_std, .. })
+                if !(t_std.is_finite() && *t_std > 0.0 && *t_std <= 10.0) =>
+            {
                 bail!("objective.t_std: expected a logit standard deviation in (0, 10] (SD3 uses 1), got {t_std}")
             }
-            Objective::RewardWeighted { form: RewardForm::Residual, base: None, .. } => {
+            Objective::RewardWeighted(objectives::RewardWeighted {
+                form: RewardForm::Residual, base: None, ..
+            }) => {
                 bail!(
                     "objective.base: the residual form needs the trained base score checkpoint (objective.base = \"runs/base\")"
                 )
@@ -418,7 +370,7 @@ impl TrainConfig {
         let m = &self.model;
         let (dim, classes, b) = (dim as u128, classes as u128, self.batch_size as u128);
         let (params, activations): (u128, u128) = match (&self.objective, m.kind, image) {
-            (Objective::Dsm { .. } | Objective::FlowMatching { .. }, NetKind::Unet, Some([c, h, w])) => {
+            (Objective::Dsm(_) | Objective::FlowMatching(_), NetKind::Unet, Some([c, h, w])) => {
                 if let Err(e) = self.model.unet([c, h, w], 0).check() {
                     bail!("model.{e} (the data are {c} x {h} x {w} images)");
                 }
@@ -434,7 +386,7 @@ impl TrainConfig {
                     * levels;
                 (p, a)
             }
-            (Objective::Evaluator, _, Some([c, h, w])) => {
+            (Objective::Evaluator(_), _, Some([c, h, w])) => {
                 let ch = m.channels as u128;
                 (9 * 21 * ch * ch + 9 * c as u128 * ch + 4 * ch * classes, b * ch * (h * w) as u128 * 8)
             }
@@ -466,17 +418,15 @@ impl TrainConfig {
     pub fn prediction(&self) -> Prediction {
         match (&self.objective, self.model.prediction) {
             (_, Some(p)) => p,
-            (Objective::FlowMatching { .. }, None) => Prediction::Velocity,
+            (Objective::FlowMatching(_), None) => Prediction::Velocity,
             _ => Prediction::Epsilon,
         }
     }
 
     /// `model.prediction` against the objective and the schedule.
     fn check_prediction(&self) -> Result<()> {
-        let scores = matches!(
-            self.objective,
-            Objective::Dsm { .. } | Objective::FlowMatching { .. } | Objective::RewardWeighted { .. }
-        );
+        let scores =
+            matches!(self.objective, Objective::Dsm(_) | Objective::FlowMatching(_) | Objective::RewardWeighted(_));
         if let (Some(p), false) = (self.model.prediction, scores) {
             bail!(
                 "model.prediction: only score networks (objective.kind = \"dsm\", \"flow-matching\" or \
@@ -484,7 +434,7 @@ impl TrainConfig {
                 p.name()
             );
         }
-        if let Objective::FlowMatching { .. } = self.objective {
+        if let Objective::FlowMatching(_) = self.objective {
             if !matches!(self.schedule, Schedule::RectifiedFlow { .. }) {
                 bail!(
                     "schedule.kind: flow matching trains on the straight path; set [schedule] kind = \"rectified-flow\" \
@@ -515,10 +465,12 @@ impl TrainConfig {
     /// The kind of network this config trains.
     pub fn model_kind(&self) -> ModelKind {
         match self.objective {
-            Objective::Classifier => ModelKind::Classifier,
-            Objective::Evaluator => ModelKind::Evaluator,
-            Objective::Autoencoder { .. } => ModelKind::Autoencoder,
-            Objective::RewardWeighted { form: RewardForm::Residual, .. } => ModelKind::Residual,
+            Objective::Classifier(_) => ModelKind::Classifier,
+            Objective::Evaluator(_) => ModelKind::Evaluator,
+            Objective::Autoencoder(_) => ModelKind::Autoencoder,
+            Objective::RewardWeighted(objectives::RewardWeighted { form: RewardForm::Residual, .. }) => {
+                ModelKind::Residual
+            }
             _ => ModelKind::ScoreNet,
         }
     }

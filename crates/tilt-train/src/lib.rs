@@ -15,7 +15,7 @@ pub mod data;
 pub mod ema;
 pub mod idx;
 pub mod load;
-mod objectives;
+pub mod objectives;
 pub mod optim;
 pub mod output_dir;
 pub mod run;
@@ -27,7 +27,8 @@ pub use checkpoint::ModelKind;
 pub use config::{ModelSpec, NetKind, Objective, RewardForm, TimeSampling, TrainConfig};
 pub use data::{DataSpec, Dataset, Standardizer};
 pub use load::{
-    LoadedAnyScore, LoadedClassifier, LoadedScore, RunState, load_any_score, load_autoencoder, load_classifier, load_evaluator, load_score, load_unet,
+    LoadedAnyScore, LoadedClassifier, LoadedScore, RunState, load_any_score, load_autoencoder, load_classifier,
+    load_evaluator, load_score, load_unet,
 };
 pub use optim::OptimConfig;
 pub use output_dir::{OutputDir, OutputKind, Prior};

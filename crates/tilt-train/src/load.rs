@@ -96,17 +96,12 @@ pub fn load_score(path: &Path, kind: ModelKind, device: &Device) -> Result<Loade
     let (ck, state, net_cfg): (_, _, ScoreNetConfig) = open_with_config(path, kind, "score-network")?;
     let net = ck.load_model(FileKind::EmaModel, net_cfg.init(device))?;
     let ema_sha256 = ck.manifest.files.iter().find(|f| f.kind == FileKind::EmaModel).map(|f| f.sha256.clone());
-    let mut score = NetScore::new(net, state.config.schedule, vec![state.dim]).with_prediction(state.config.prediction());
+    let mut score =
+        NetScore::new(net, state.config.schedule, vec![state.dim]).with_prediction(state.config.prediction());
     if kind == ModelKind::Residual {
         score = score.as_residual();
     }
-    Ok(LoadedScore {
-        path: path.to_path_buf(),
-        score,
-        standardizer: state.standardizer.clone(),
-        state,
-        ema_sha256,
-    })
+    Ok(LoadedScore { path: path.to_path_buf(), score, standardizer: state.standardizer.clone(), state, ema_sha256 })
 }
 
 /// A trained score network of any architecture (the MLP or the U-Net), behind the sampler's interface.
@@ -170,7 +165,8 @@ pub fn load_classifier(path: &Path, device: &Device) -> Result<LoadedClassifier>
 pub fn load_unet(path: &Path, device: &Device) -> Result<(NetScore<UNet>, RunState)> {
     let (ck, state, net_cfg): (_, _, UNetConfig) = open_with_config(path, ModelKind::ScoreNet, "U-Net")?;
     let net = ck.load_model(FileKind::EmaModel, net_cfg.init(device))?;
-    let score = NetScore::new(net, state.config.schedule, net_cfg.image.to_vec()).with_prediction(state.config.prediction());
+    let score =
+        NetScore::new(net, state.config.schedule, net_cfg.image.to_vec()).with_prediction(state.config.prediction());
     Ok((score, state))
 }
 

@@ -1,39 +1,21 @@
-//! A training run: the objectives (DSM, classifier, reward-weighted score matching) wired to the loop, the run
-//! directory with its checkpoints and loss curve, and `--resume`.
+//! A training run: the data prepared and the objective dispatched ([`crate::objectives`]), the run directory with its
+//! checkpoints and loss curve, and `--resume`.
 
-use crate::checkpoint::{self, Artifact, Checkpoint, FileKind, ModelKind};
-use crate::config::{ModelSpec, NetKind, Objective, RewardForm, TrainConfig};
+use crate::checkpoint::{self, Artifact, Checkpoint, FileKind};
+use crate::config::TrainConfig;
 use crate::data::{Dataset, Standardizer};
 use crate::ema::Ema;
-use crate::load::{RunState, load_score, load_state};
-use crate::objectives::{
-    Noising, RewardScale, clean_batch, log_rewards, noised, seeded_init, uniform_indices, weighted_mse,
-    weights_relative_to,
-};
+use crate::load::{RunState, load_state};
+use crate::objectives::Sets;
+use crate::objectives::batches::Noising;
 use crate::output_dir::{OutputDir, OutputKind};
 use crate::trainer::{LoopSettings, LossPoint, Progress, TrainState, train_loop};
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Result, bail};
 use burn::config::Config;
 use burn::module::Module;
 use burn::prelude::*;
-use burn::tensor::activation::log_softmax;
-use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use std::path::{Path, PathBuf};
-use tilt_core::tensor_ext;
-use tilt_models::{
-    Autoencoder, AutoencoderConfig, Evaluator, EvaluatorConfig, NoiseNet, NoisyClassifier, NoisyClassifierConfig,
-    ScoreNet, ScoreNetConfig, UNet,
-};
-
-/// The fixed parameters of the denoising score matching (and flow matching) loss.
-#[derive(Clone, Copy)]
-struct DsmSettings {
-    batch: usize,
-    noising: Noising,
-    classes: usize,
-    p_uncond: f64,
-}
 
 /// How `train` treats the run directory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -110,300 +92,36 @@ pub fn train(
         base_sha256: None,
         _dir: dir,
     };
-    let b = cfg.batch_size;
-    let (time, logit) = match cfg.objective {
-        Objective::FlowMatching { time, t_mean, t_std, .. } => (time, (t_mean, t_std)),
-        _ => (crate::TimeSampling::Uniform, (0.0, 1.0)),
+    let noising = Noising {
+        schedule: cfg.schedule,
+        t_min: cfg.t_min,
+        prediction: cfg.prediction(),
+        time: crate::TimeSampling::Uniform,
+        logit: (0.0, 1.0),
     };
-    let noising = Noising { schedule: cfg.schedule, t_min: cfg.t_min, prediction: cfg.prediction(), time, logit };
-    // The classifier's inputs are noised the same way; what it outputs is a class, not a prediction.
-    let classifier_noising = Noising { prediction: tilt_core::Prediction::Epsilon, ..noising };
-    let ad = device.clone().autodiff();
-    let net_config = |spec: &ModelSpec, classes: usize| {
-        ScoreNetConfig::new(data.dim)
-            .with_hidden(spec.hidden)
-            .with_blocks(spec.blocks)
-            .with_time_dim(spec.time_dim)
-            .with_activation(spec.activation)
-            .with_num_classes(classes)
-    };
-    match &cfg.objective {
-        Objective::Dsm { conditional, p_uncond } | Objective::FlowMatching { conditional, p_uncond, .. } => {
-            let classes = if *conditional && train_set.labels.is_some() { train_set.num_classes } else { 0 };
-            let p_uncond = *p_uncond;
-            // One loss for every noise network: label dropout to the null label with probability `p_uncond`.
-            fn loss<N: NoiseNet>(
-                m: &N,
-                data: &Dataset,
-                rng: &mut ChaCha8Rng,
-                dev: &Device,
-                s: DsmSettings,
-            ) -> Tensor<1> {
-                let idx = uniform_indices(data.len(), s.batch, rng);
-                let batch = noised(data, &idx, s.noising, rng, dev);
-                let labels = (s.classes > 0).then(|| {
-                    let l: Vec<usize> = batch
-                        .labels
-                        .as_ref()
-                        .expect("labelled")
-                        .iter()
-                        .map(|&c| if rng.random::<f64>() < s.p_uncond { s.classes } else { c })
-                        .collect();
-                    tensor_ext::labels(&l, dev)
-                });
-                weighted_mse(m.predict_noise(batch.x_t, batch.t, labels), batch.target, None)
-            }
-            let s = DsmSettings { batch: b, noising, classes, p_uncond };
-            match cfg.model.kind {
-                NetKind::Mlp => {
-                    let net_cfg = net_config(&cfg.model, classes);
-                    let init = seeded_init(&ad, cfg.seed, || net_cfg.init(&ad));
-                    ctx.run(
-                        init,
-                        &net_cfg,
-                        &train_set,
-                        &test_set,
-                        |m: &ScoreNet, d, r, v| loss(m, d, r, v, s),
-                        progress,
-                    )
-                }
-                NetKind::Unet => {
-                    let image = data.image.ok_or_else(|| anyhow!("model.kind: the U-Net needs image data"))?;
-                    let net_cfg = cfg.model.unet(image, classes);
-                    net_cfg.check().map_err(|e| anyhow!("model.{e}"))?;
-                    let init = seeded_init(&ad, cfg.seed, || net_cfg.init(&ad));
-                    ctx.run(init, &net_cfg, &train_set, &test_set, |m: &UNet, d, r, v| loss(m, d, r, v, s), progress)
-                }
-            }
-        }
-        Objective::Classifier => {
-            if train_set.labels.is_none() || train_set.num_classes < 2 {
-                bail!("data: the classifier objective needs labelled data with at least 2 classes");
-            }
-            let net_cfg = NoisyClassifierConfig::new(data.dim, train_set.num_classes)
-                .with_hidden(cfg.model.hidden)
-                .with_layers(cfg.model.blocks)
-                .with_time_dim(cfg.model.time_dim)
-                .with_activation(cfg.model.activation);
-            let loss = move |m: &NoisyClassifier, data: &Dataset, rng: &mut ChaCha8Rng, dev: &Device| {
-                let idx = uniform_indices(data.len(), b, rng);
-                let batch = noised(data, &idx, classifier_noising, rng, dev);
-                let labels = tensor_ext::labels(batch.labels.as_ref().expect("labelled"), dev);
-                log_softmax(m.forward(batch.x_t, batch.t), 1).gather(1, labels.reshape([b, 1])).mean().neg()
-            };
-            ctx.run(seeded_init(&ad, cfg.seed, || net_cfg.init(&ad)), &net_cfg, &train_set, &test_set, loss, progress)
-        }
-        Objective::Autoencoder { latent } => {
-            let net_cfg = AutoencoderConfig::new(data.dim).with_latent(*latent).with_hidden(cfg.model.hidden);
-            let loss = move |m: &Autoencoder, data: &Dataset, rng: &mut ChaCha8Rng, dev: &Device| {
-                let (x, _) = clean_batch(data, &uniform_indices(data.len(), b, rng), dev);
-                (m.forward(x.clone()) - x).square().mean()
-            };
-            ctx.run(seeded_init(&ad, cfg.seed, || net_cfg.init(&ad)), &net_cfg, &train_set, &test_set, loss, progress)
-        }
-        Objective::Evaluator => {
-            let image = data.image.ok_or_else(|| anyhow!("objective.kind: the evaluator needs image data"))?;
-            if train_set.num_classes < 2 {
-                bail!("data: the evaluator needs labelled images with at least 2 classes");
-            }
-            let net_cfg = EvaluatorConfig::new(image, train_set.num_classes).with_channels(cfg.model.channels);
-            let loss = move |m: &Evaluator, data: &Dataset, rng: &mut ChaCha8Rng, dev: &Device| {
-                let (x, labels) = clean_batch(data, &uniform_indices(data.len(), b, rng), dev);
-                let labels = tensor_ext::labels(&labels.expect("labelled"), dev);
-                log_softmax(m.forward(x), 1).gather(1, labels.reshape([b, 1])).mean().neg()
-            };
-            ctx.run(seeded_init(&ad, cfg.seed, || net_cfg.init(&ad)), &net_cfg, &train_set, &test_set, loss, progress)
-        }
-        Objective::RewardWeighted { form, reward, base, residual_model } => {
-            let spec = reward;
-            reward.validate(data.dim).map_err(|e| anyhow!("objective.reward.{e}"))?;
-            let reward = reward.build();
-            let base = match base {
-                Some(p) => {
-                    let loaded = load_score(p, ModelKind::ScoreNet, device)
-                        .with_context(|| format!("objective.base = {}", p.display()))?;
-                    if loaded.state.dim != data.dim {
-                        bail!(
-                            "objective.base: {} was trained on {}-dimensional data, these data are {}-dimensional",
-                            p.display(),
-                            loaded.state.dim,
-                            data.dim
-                        );
-                    }
-                    // The trainer reweights the base's own law: a base of another law would be tilted toward
-                    // something else entirely. Generated data are the same law when their specs agree (the draws
-                    // differ with data_size and seed, so their hashes are not compared); files are the user's call.
-                    let generated =
-                        |d: &crate::DataSpec| !matches!(d, crate::DataSpec::Csv { .. } | crate::DataSpec::Idx { .. });
-                    let theirs = &loaded.state.config.data;
-                    if generated(theirs) && generated(&cfg.data) && *theirs != cfg.data {
-                        bail!(
-                            "objective.base: {} was trained on other data ({}), not this config's [data] ({}); train \
-                             the reward-weighted score on the law of its base",
-                            p.display(),
-                            serde_json::to_string(theirs)?,
-                            serde_json::to_string(&cfg.data)?
-                        );
-                    }
-                    let base_cfg = &loaded.state.config;
-                    if base_cfg.schedule != cfg.schedule {
-                        bail!(
-                            "objective.base: {} was trained on schedule {} ({:?}), this run on {} ({:?}); the \
-                             reweighted network starts from or adds to the base's output, so both need one schedule",
-                            p.display(),
-                            base_cfg.schedule.name(),
-                            base_cfg.schedule,
-                            cfg.schedule.name(),
-                            cfg.schedule
-                        );
-                    }
-                    if base_cfg.prediction() != cfg.prediction() {
-                        bail!(
-                            "model.prediction: objective.base {} outputs \"{}\", this run \"{}\"; give model.prediction = \
-                             \"{}\" (the reweighted network starts from or adds to the base's output)",
-                            p.display(),
-                            base_cfg.prediction().name(),
-                            cfg.prediction().name(),
-                            base_cfg.prediction().name()
-                        );
-                    }
-                    ctx.base_sha256 = loaded.ema_sha256.clone();
-                    if loaded.standardizer != ctx.standardizer {
-                        bail!(
-                            "objective.base: {} was trained on differently standardised data (data or `standardize` differ)",
-                            p.display()
-                        );
-                    }
-                    Some(loaded)
-                }
-                None => None,
-            };
-            let scale = RewardScale {
-                train: RewardScale::of(&train_set, reward.as_ref(), &ctx.standardizer, device),
-                test: RewardScale::of(&test_set, reward.as_ref(), &ctx.standardizer, device),
-            };
-            // A reward that overflows f32 on the data would surface as "training diverged" a step later.
-            if !scale.train.is_finite() || (!test_set.is_empty() && !scale.test.is_finite()) {
-                let field = match spec {
-                    tilt_core::RewardSpec::ExpLinear { .. } => "objective.reward.a",
-                    tilt_core::RewardSpec::Bump { .. } => "objective.reward.height",
-                };
-                bail!(
-                    "{field}: log E[r] over the training data is {}: the reward overflows f32 on these data; scale it down",
-                    scale.train
-                );
-            }
-            let weights_of = |x0: &[f32], set: &Dataset, dev: &Device| {
-                weights_relative_to(
-                    &log_rewards(reward.as_ref(), x0, data.dim, &ctx.standardizer, dev),
-                    scale.for_set(set, &train_set),
-                )
-            };
-            match form {
-                RewardForm::Full | RewardForm::Resample => {
-                    // With a base, start from its weights and architecture (a class-conditional base is then
-                    // trained and used under its null label, i.e. unconditionally).
-                    let (net_cfg, model) = match &base {
-                        Some(base) => {
-                            let net_cfg: ScoreNetConfig = serde_json::from_value(base.state.net.clone())?;
-                            let init = seeded_init(&ad, cfg.seed, || net_cfg.init(&ad));
-                            let model = if resume {
-                                init
-                            } else {
-                                Checkpoint::open(&base.path, ModelKind::ScoreNet)?
-                                    .load_model(FileKind::EmaModel, init)?
-                            };
-                            (net_cfg, model)
-                        }
-                        None => {
-                            let net_cfg = net_config(&cfg.model, 0);
-                            let model = seeded_init(&ad, cfg.seed, || net_cfg.init(&ad));
-                            (net_cfg, model)
-                        }
-                    };
-                    if *form == RewardForm::Full {
-                        let loss = |m: &ScoreNet, data: &Dataset, rng: &mut ChaCha8Rng, dev: &Device| {
-                            let idx = uniform_indices(data.len(), b, rng);
-                            let batch = noised(data, &idx, noising, rng, dev);
-                            let w = weights_of(&batch.x0, data, dev);
-                            weighted_mse(m.forward(batch.x_t, batch.t, None), batch.target, Some(&w))
-                        };
-                        ctx.run(model, &net_cfg, &train_set, &test_set, loss, progress)
-                    } else {
-                        // Categorical over the training rows with probabilities ∝ r(x0), drawn by inverse CDF.
-                        let cdf = |data: &Dataset| {
-                            let log_r = log_rewards(reward.as_ref(), &data.x, data.dim, &ctx.standardizer, device);
-                            let w = weights_relative_to(&log_r, scale.for_set(data, &train_set));
-                            let mut acc = 0.0f64;
-                            w.iter()
-                                .map(|v| {
-                                    acc += *v as f64;
-                                    acc
-                                })
-                                .collect::<Vec<f64>>()
-                        };
-                        let (train_cdf, test_cdf) = (cdf(&train_set), cdf(&test_set));
-                        let loss = |m: &ScoreNet, data: &Dataset, rng: &mut ChaCha8Rng, dev: &Device| {
-                            let c = if std::ptr::eq(data, &train_set) { &train_cdf } else { &test_cdf };
-                            let total = *c.last().expect("non-empty data");
-                            let idx: Vec<usize> = (0..b)
-                                .map(|_| {
-                                    let u = rng.random::<f64>() * total;
-                                    c.partition_point(|&v| v < u).min(c.len() - 1)
-                                })
-                                .collect();
-                            let batch = noised(data, &idx, noising, rng, dev);
-                            weighted_mse(m.forward(batch.x_t, batch.t, None), batch.target, None)
-                        };
-                        ctx.run(model, &net_cfg, &train_set, &test_set, loss, progress)
-                    }
-                }
-                RewardForm::Residual => {
-                    let base = base.expect("validated: residual needs a base");
-                    let base_net = base.score.net.clone();
-                    let net_cfg = net_config(residual_model, 0).with_zero_init_output(true);
-                    let loss = |m: &ScoreNet, data: &Dataset, rng: &mut ChaCha8Rng, dev: &Device| {
-                        let idx = uniform_indices(data.len(), b, rng);
-                        let batch = noised(data, &idx, noising, rng, dev);
-                        let w = weights_of(&batch.x0, data, dev);
-                        // The frozen base runs on the plain device: a constant for autodiff. Its output and the
-                        // residual's are both the run's prediction, so they add.
-                        let base_out = base_net.forward(batch.x_t.clone().inner(), batch.t.clone().inner(), None);
-                        let out = m.forward(batch.x_t, batch.t, None) + base_out;
-                        weighted_mse(out, batch.target, Some(&w))
-                    };
-                    ctx.run(
-                        seeded_init(&ad, cfg.seed, || net_cfg.init(&ad)),
-                        &net_cfg,
-                        &train_set,
-                        &test_set,
-                        loss,
-                        progress,
-                    )
-                }
-            }
-        }
-    }
+    let sets = Sets { train: &train_set, test: &test_set, dim: data.dim, image: data.image, noising };
+    cfg.objective.trainer().train(&mut ctx, &sets, progress)
 }
 
-struct RunContext<'a> {
-    cfg: &'a TrainConfig,
-    run_dir: &'a Path,
-    resume: bool,
-    device: &'a Device,
-    standardizer: Standardizer,
-    dim: usize,
-    image: Option<[usize; 3]>,
-    data_sha256: String,
+/// One run: its config, folder and everything an objective's network and loss are run with.
+pub(crate) struct RunContext<'a> {
+    pub(crate) cfg: &'a TrainConfig,
+    pub(crate) run_dir: &'a Path,
+    pub(crate) resume: bool,
+    pub(crate) device: &'a Device,
+    pub(crate) standardizer: Standardizer,
+    pub(crate) dim: usize,
+    pub(crate) image: Option<[usize; 3]>,
+    pub(crate) data_sha256: String,
     /// SHA-256 of the EMA weights of `objective.base`, when the objective reads one.
-    base_sha256: Option<String>,
+    pub(crate) base_sha256: Option<String>,
     /// Holds the run directory's lock until the run ends.
     _dir: OutputDir,
 }
 
 impl RunContext<'_> {
     /// The part every objective shares: state (fresh or resumed), the loop, checkpoints, loss curve, test loss.
-    fn run<M: Module, C: Config>(
+    pub(crate) fn run<M: Module, C: Config>(
         &self,
         init: M,
         net_cfg: &C,

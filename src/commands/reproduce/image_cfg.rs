@@ -154,7 +154,7 @@ pub fn run(ctx: &Ctx, dir: &Path) -> Result<StageOutput> {
     let ae_cfg = {
         let mut c = train_config(
             train_data.clone(),
-            Objective::Autoencoder { latent: cfg.autoencoder.latent },
+            Objective::Autoencoder(tilt_train::objectives::Autoencoder { latent: cfg.autoencoder.latent }),
             cfg.autoencoder.steps.get(p),
             cfg.seed,
             false,
@@ -165,7 +165,13 @@ pub fn run(ctx: &Ctx, dir: &Path) -> Result<StageOutput> {
     let ae_run = ctx.trained("image_autoencoder", &ae_cfg)?;
     let (autoencoder, ae_state) = tilt_train::load_autoencoder(&ae_run, dev)?;
     let ev_cfg = {
-        let mut c = train_config(train_data.clone(), Objective::Evaluator, cfg.evaluator.steps.get(p), cfg.seed, false);
+        let mut c = train_config(
+            train_data.clone(),
+            Objective::Evaluator(Default::default()),
+            cfg.evaluator.steps.get(p),
+            cfg.seed,
+            false,
+        );
         c.model.channels = cfg.evaluator.channels;
         c.batch_size = 64; // convolutions are the slow part on the CPU (docs/results.md)
         c.optim.lr = 3e-3;
@@ -191,11 +197,11 @@ pub fn run(ctx: &Ctx, dir: &Path) -> Result<StageOutput> {
         c.model.blocks = spec.blocks;
         c
     };
-    let dsm = Objective::Dsm { conditional: true, p_uncond: cfg.diffusion.p_uncond };
+    let dsm = Objective::Dsm(tilt_train::objectives::Dsm { conditional: true, p_uncond: cfg.diffusion.p_uncond });
     let dsm_run = ctx.trained("image_latent_dsm", &net(&cfg.diffusion, dsm))?;
     let diffusion = tilt_train::load_score(&dsm_run, ModelKind::ScoreNet, dev)?;
     let classifier = tilt_train::load_classifier(
-        &ctx.trained("image_latent_classifier", &net(&cfg.classifier, Objective::Classifier))?,
+        &ctx.trained("image_latent_classifier", &net(&cfg.classifier, Objective::Classifier(Default::default())))?,
         dev,
     )?;
     if diffusion.standardizer != classifier.standardizer {
@@ -271,12 +277,12 @@ pub fn run(ctx: &Ctx, dir: &Path) -> Result<StageOutput> {
     a[0] = cfg.reward.beta / sd;
     let reward_spec = tilt_core::RewardSpec::ExpLinear { a };
     let rw_cfg = {
-        let objective = Objective::RewardWeighted {
+        let objective = Objective::RewardWeighted(tilt_train::objectives::RewardWeighted {
             form: tilt_train::RewardForm::Full,
             reward: reward_spec.clone(),
             base: Some(dsm_run.clone()),
             residual_model: tilt_train::ModelSpec::default(),
-        };
+        });
         let mut c = net(&cfg.diffusion, objective);
         c.steps = cfg.reward.steps.get(p);
         c

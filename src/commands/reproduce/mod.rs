@@ -572,7 +572,7 @@ pub fn mixture_data(spec: &MixtureSpec) -> tilt_train::DataSpec {
 }
 
 pub fn dsm(conditional: bool, p_uncond: f64) -> tilt_train::Objective {
-    tilt_train::Objective::Dsm { conditional, p_uncond }
+    tilt_train::Objective::Dsm(tilt_train::objectives::Dsm { conditional, p_uncond })
 }
 
 /// The plotting window of a mixture (every component at 3.5 standard deviations).

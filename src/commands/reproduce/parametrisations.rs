@@ -13,7 +13,7 @@ use tilt_core::metrics::MeanSe;
 use tilt_core::{Condition, MixtureScore, MixtureSpec, Prediction, RewardSpec, Schedule};
 use tilt_sampler::guidance::{CfgGuidance, RewardGuidance};
 use tilt_sampler::{GuidedScore, Sampler, SamplerKind, TimeGrid, WeightSchedule};
-use tilt_train::{Objective, TimeSampling};
+use tilt_train::{Objective, TimeSampling, objectives};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -83,19 +83,19 @@ pub fn run(ctx: &Ctx, dir: &Path) -> Result<StageOutput> {
     for (schedule, prediction) in parametrisations() {
         let label = format!("{} / {}", schedule.name(), prediction.name());
         let objective = |base: Option<&Path>| match (base, prediction) {
-            (Some(b), _) => Objective::RewardWeighted {
+            (Some(b), _) => Objective::RewardWeighted(objectives::RewardWeighted {
                 form: tilt_train::RewardForm::Full,
                 reward: cfg.reward.clone(),
                 base: Some(b.to_path_buf()),
                 residual_model: Default::default(),
-            },
-            (None, Prediction::Velocity) => Objective::FlowMatching {
+            }),
+            (None, Prediction::Velocity) => Objective::FlowMatching(objectives::FlowMatching {
                 conditional: true,
                 p_uncond: cfg.train.p_uncond,
                 time: TimeSampling::LogitNormal,
                 t_mean: 0.0,
                 t_std: 1.0,
-            },
+            }),
             (None, _) => super::dsm(true, cfg.train.p_uncond),
         };
         let train_cfg = |base: Option<&Path>| {
@@ -250,7 +250,8 @@ pub fn run(ctx: &Ctx, dir: &Path) -> Result<StageOutput> {
         true,
     )?;
 
-    let mut out = StageOutput::new("parametrisations", "Every parametrisation: schedules and predictions", ctx, raw, cfg.seed);
+    let mut out =
+        StageOutput::new("parametrisations", "Every parametrisation: schedules and predictions", ctx, raw, cfg.seed);
     out.reading = format!(
         "Exact values: E_p[r] = {base_mean:.4}, E_p_r[r] = {target_mean:.4}, 1/p(c) = {inv_prior:.3}. {}. Exact-score \
          reward guidance with Heun, relative discretisation bias at {} steps against the {ref_steps}-step reference: {} \

@@ -36,12 +36,12 @@ pub fn reward_weighted(
     spec: &TrainSpec,
     p: super::Preset,
 ) -> tilt_train::Objective {
-    tilt_train::Objective::RewardWeighted {
+    tilt_train::Objective::RewardWeighted(tilt_train::objectives::RewardWeighted {
         form,
         reward: reward.clone(),
         base: Some(base.to_path_buf()),
         residual_model: tilt_train::ModelSpec { hidden: spec.hidden.get(p), blocks: spec.blocks, ..Default::default() },
-    }
+    })
 }
 
 pub fn run(ctx: &Ctx, dir: &Path) -> Result<StageOutput> {

@@ -90,10 +90,11 @@ impl Classifier for RetimedClassifier {
 fn check_schedule(cfg: &SampleConfig, trained: &Schedule, path: &Path) -> Result<()> {
     let Some(given) = cfg.schedule.as_ref().filter(|s| *s != trained) else { return Ok(()) };
     let field = match (given, trained) {
-        (
-            Schedule::Discrete { num_train_timesteps: a, .. },
-            Schedule::Discrete { num_train_timesteps: b, .. },
-        ) if a != b => "schedule.num_train_timesteps",
+        (Schedule::Discrete { num_train_timesteps: a, .. }, Schedule::Discrete { num_train_timesteps: b, .. })
+            if a != b =>
+        {
+            "schedule.num_train_timesteps"
+        }
         (Schedule::Discrete { .. }, Schedule::Discrete { .. }) => "schedule.beta_schedule",
         (Schedule::RectifiedFlow { .. }, Schedule::RectifiedFlow { .. }) => "schedule.shift",
         (Schedule::Cosine { .. }, Schedule::Cosine { .. }) => "schedule.s",
@@ -280,7 +281,9 @@ pub fn load_scores(cfg: &SampleConfig, mixture: Option<&GaussianMixture>, device
     };
     let classifier: Option<Box<dyn Classifier>> = match (classifier, uses_classifier) {
         (Some(c), _) if c.classifier.schedule == schedule => Some(Box::new(c.classifier)),
-        (Some(c), _) => Some(Box::new(RetimedClassifier { own: c.classifier.schedule, on: schedule, inner: c.classifier })),
+        (Some(c), _) => {
+            Some(Box::new(RetimedClassifier { own: c.classifier.schedule, on: schedule, inner: c.classifier }))
+        }
         (None, true) => Some(Box::new(exact(mixture, "classifier")?)),
         _ => None,
     };

@@ -69,7 +69,10 @@ impl SamplerKind {
     }
 
     pub fn is_stochastic(&self) -> bool {
-        !matches!(self, SamplerKind::Heun | SamplerKind::Ddim | SamplerKind::DpmSolverPp2M | SamplerKind::FlowMatchEuler)
+        !matches!(
+            self,
+            SamplerKind::Heun | SamplerKind::Ddim | SamplerKind::DpmSolverPp2M | SamplerKind::FlowMatchEuler
+        )
     }
 
     /// Whether the solver carries state from step to step.
@@ -175,7 +178,7 @@ impl Sampler {
     pub fn run_with(
         &self,
         score: &mut ScoreFn,
-        mut x: Tensor<2>,
+        x: Tensor<2>,
         noise: &mut NoiseSource,
         between: &mut dyn FnMut(usize, f64, Tensor<2>) -> Tensor<2>,
     ) -> Tensor<2> {
@@ -186,6 +189,47 @@ impl Sampler {
             self.kind
         );
         let mut solver = self.kind.solver(self.steps());
+        self.run_solver(solver.as_mut(), score, x, noise, between)
+    }
+
+    /// Run the chain with a solver of your own instead of [`Sampler::kind`]'s: the grid, the schedule (its VP form:
+    /// see [`tilt_core::schedule`]), the recurrence and the final denoise are this sampler's, each step is
+    /// `solver.step`. A fresh solver per chain is the caller's to make (a multistep one keeps history).
+    ///
+    /// ```
+    /// # use burn::prelude::*;
+    /// use tilt_core::{Condition, GaussianMixture, MixtureScore, Schedule};
+    /// use tilt_sampler::samplers::{ScoreFn, Solver, StepPoint};
+    /// use tilt_sampler::{GuidedScore, NoiseSource, Sampler, SamplerKind, TimeGrid};
+    ///
+    /// /// The probability-flow ODE by Euler's method in OU time: dx/du = -(x + s)/2 backward.
+    /// struct OdeEuler;
+    /// impl Solver for OdeEuler {
+    ///     fn step(&mut self, p: &StepPoint, score: &mut ScoreFn, x: Tensor<2>, _: &mut NoiseSource) -> Tensor<2> {
+    ///         let s = score(x.clone(), p.t, p.k);
+    ///         x.clone() + (x + s).mul_scalar(0.5 * p.h)
+    ///     }
+    /// }
+    ///
+    /// let device = Device::flex();
+    /// let mixture = GaussianMixture::new(vec![1.0], vec![vec![2.0]], vec![vec![0.5]], vec![vec![0]]).unwrap();
+    /// let oracle = MixtureScore::new(mixture, Schedule::Linear, &device);
+    /// let mut guided = GuidedScore::new(&oracle, Condition::Unconditional);
+    /// let sampler = Sampler::new(SamplerKind::Ddim, Schedule::Linear, TimeGrid::LogSnr, 100);
+    /// let mut noise = NoiseSource::host(0);
+    /// let x0 = noise.normal(2000, 1, &device);
+    /// let x = sampler.run_solver(&mut OdeEuler, &mut |x, t, k| guided.score(x, t, k), x0, &mut noise, &mut |_, _, x| x);
+    /// let mean = x.mean().into_scalar::<f64>();
+    /// assert!((mean - 2.0).abs() < 0.1, "{mean}");
+    /// ```
+    pub fn run_solver(
+        &self,
+        solver: &mut dyn Solver,
+        score: &mut ScoreFn,
+        mut x: Tensor<2>,
+        noise: &mut NoiseSource,
+        between: &mut dyn FnMut(usize, f64, Tensor<2>) -> Tensor<2>,
+    ) -> Tensor<2> {
         let sched = self.schedule;
         let half_log_snr = |t: f64| (sched.alpha(t) / sched.sigma(t)).ln();
         for (k, w) in self.times.windows(2).enumerate() {

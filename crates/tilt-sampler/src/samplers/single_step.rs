@@ -92,7 +92,12 @@ pub(super) fn ddim(p: &StepPoint, score: &mut ScoreFn, x: Tensor<2>, _noise: &mu
     x0.mul_scalar(p.alpha_next) + eps.mul_scalar(p.sigma_next)
 }
 
-pub(super) fn flow_match_euler(p: &StepPoint, score: &mut ScoreFn, y: Tensor<2>, _noise: &mut NoiseSource) -> Tensor<2> {
+pub(super) fn flow_match_euler(
+    p: &StepPoint,
+    score: &mut ScoreFn,
+    y: Tensor<2>,
+    _noise: &mut NoiseSource,
+) -> Tensor<2> {
     let s = score(y.clone(), p.t, p.k);
     let scale = |q: &tilt_core::Interpolant| (q.alpha * q.alpha + q.sigma * q.sigma).sqrt();
     let (c, c_next) = (scale(&p.interpolant), scale(&p.interpolant_next));

@@ -1,13 +1,13 @@
 //! The pieces of the training objectives: noised batches, the (weighted) noise-prediction loss, the reward
 //! weights of reward-weighted score matching, and seeded, reproducible network initialisation.
 
+use crate::config::TimeSampling;
 use crate::data::{Dataset, Standardizer};
 use burn::module::{Module, ModuleMapper, Param, ParamId};
 use burn::prelude::*;
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, StandardNormal};
-use crate::config::TimeSampling;
 use tilt_core::{Prediction, Schedule, tensor_ext};
 
 /// A batch of noised clean samples: host draws, uploaded once.

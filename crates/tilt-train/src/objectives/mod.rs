@@ -1,0 +1,55 @@
+//! The training objectives, one file each behind [`TrainObjective`], and the batches they share ([`batches`]).
+//!
+//! An objective builds the network it trains and its loss, and hands both to the shared run
+//! ([`crate::run::RunContext::run`]: state, loop, checkpoints, resume); `tilt_train::train` only prepares the data
+//! and dispatches. A new objective is a file here plus its arm in [`crate::Objective`].
+
+pub mod autoencoder;
+pub(crate) mod batches;
+pub mod classifier;
+pub mod dsm;
+pub mod evaluator;
+pub mod flow_matching;
+pub mod reward_weighted;
+
+pub use autoencoder::Autoencoder;
+pub use classifier::Classifier;
+pub use dsm::Dsm;
+pub use evaluator::Evaluator;
+pub use flow_matching::{FlowMatching, TimeSampling};
+pub use reward_weighted::{RewardForm, RewardWeighted};
+
+use crate::config::ModelSpec;
+use crate::data::Dataset;
+use crate::run::{RunContext, TrainOutcome};
+use crate::trainer::Progress;
+use anyhow::Result;
+use batches::Noising;
+use tilt_models::ScoreNetConfig;
+
+/// The data of a run, split and standardised, and how its batches are noised by default.
+pub(crate) struct Sets<'a> {
+    pub(crate) train: &'a Dataset,
+    pub(crate) test: &'a Dataset,
+    /// Values per sample.
+    pub(crate) dim: usize,
+    /// `[channels, height, width]` of image data.
+    pub(crate) image: Option<[usize; 3]>,
+    /// The run's schedule, `t_min` and prediction, times uniform on `[t_min, 1]`.
+    pub(crate) noising: Noising,
+}
+
+/// What is trained: builds its network and loss and runs them through the shared loop.
+pub(crate) trait TrainObjective {
+    fn train(&self, run: &mut RunContext, sets: &Sets, progress: &mut dyn FnMut(&Progress)) -> Result<TrainOutcome>;
+}
+
+/// The residual MLP of `spec` for `dim`-dimensional data with `classes` labels (0: unconditional).
+pub(crate) fn mlp_config(dim: usize, spec: &ModelSpec, classes: usize) -> ScoreNetConfig {
+    ScoreNetConfig::new(dim)
+        .with_hidden(spec.hidden)
+        .with_blocks(spec.blocks)
+        .with_time_dim(spec.time_dim)
+        .with_activation(spec.activation)
+        .with_num_classes(classes)
+}

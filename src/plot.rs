@@ -234,31 +234,6 @@ fn min_max(it: impl Iterator<Item = f64>) -> (f64, f64) {
     it.filter(|v| v.is_finite()).fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| (a.min(v), b.max(v)))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Each of these once sent plotters' tick search into an endless loop; now the figure is skipped or drawn.
-    #[test]
-    fn degenerate_curves_return_at_once() {
-        let dir = tempfile::tempdir().unwrap();
-        type Case = (&'static str, Vec<(f64, f64)>, Vec<(String, f64)>);
-        let cases: [Case; 4] = [
-            ("all_nan", vec![(0.0, f64::NAN), (1.0, f64::NAN)], vec![]),
-            ("all_inf", vec![(0.0, f64::INFINITY), (1.0, f64::INFINITY)], vec![("ref".into(), f64::INFINITY)]),
-            ("one_huge_value", vec![(0.0, 1e12), (1.0, 1e12)], vec![]),
-            ("huge_span", vec![(0.0, -1e307), (1.0, 1e307)], vec![]),
-        ];
-        for (name, points, refs) in cases {
-            let path = dir.path().join(format!("{name}.png"));
-            let series = [Series { name: "s".into(), points }];
-            curves(&path, name, "w", "y", &series, &refs).unwrap();
-        }
-        assert!(!dir.path().join("all_nan.png").exists());
-        assert!(dir.path().join("one_huge_value.png").exists());
-    }
-}
-
 /// The first `max` images of `x` (rows of `[channels, height, width]` values in [-1, 1]) as a grid of `columns`
 /// columns with a 2-pixel white gap, grey or RGB.
 pub fn image_grid(path: &Path, x: &[f32], image: [usize; 3], columns: usize, max: usize) -> Result<()> {
@@ -284,4 +259,29 @@ pub fn image_grid(path: &Path, x: &[f32], image: [usize; 3], columns: usize, max
     img.write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png)
         .with_context(|| format!("cannot encode {}", path.display()))?;
     tilt_train::write_atomic(path, &bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each of these once sent plotters' tick search into an endless loop; now the figure is skipped or drawn.
+    #[test]
+    fn degenerate_curves_return_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        type Case = (&'static str, Vec<(f64, f64)>, Vec<(String, f64)>);
+        let cases: [Case; 4] = [
+            ("all_nan", vec![(0.0, f64::NAN), (1.0, f64::NAN)], vec![]),
+            ("all_inf", vec![(0.0, f64::INFINITY), (1.0, f64::INFINITY)], vec![("ref".into(), f64::INFINITY)]),
+            ("one_huge_value", vec![(0.0, 1e12), (1.0, 1e12)], vec![]),
+            ("huge_span", vec![(0.0, -1e307), (1.0, 1e307)], vec![]),
+        ];
+        for (name, points, refs) in cases {
+            let path = dir.path().join(format!("{name}.png"));
+            let series = [Series { name: "s".into(), points }];
+            curves(&path, name, "w", "y", &series, &refs).unwrap();
+        }
+        assert!(!dir.path().join("all_nan.png").exists());
+        assert!(dir.path().join("one_huge_value.png").exists());
+    }
 }

@@ -336,9 +336,9 @@ fn a_reweighted_run_refuses_a_base_of_another_prediction_or_schedule() {
     ] {
         let cfg = config(&objective, schedule, prediction, 10);
         let dir = workdir().join(format!("refused_{field}"));
-        let e = tilt_train::train(&cfg, &dir, tilt_train::Start::New, &device(), &mut |_| {})
-            .err()
-            .expect("a mismatched base must be refused");
+        let Err(e) = tilt_train::train(&cfg, &dir, tilt_train::Start::New, &device(), &mut |_| {}) else {
+            panic!("a mismatched base must be refused")
+        };
         assert!(format!("{e:#}").starts_with(field), "{e:#}");
         assert!(!dir.join("checkpoints").exists(), "nothing is written before the refusal");
     }
@@ -419,7 +419,7 @@ fn a_schedule_that_disagrees_with_the_trained_base_is_refused_by_field() {
     );
     let cfg = tilt::config::SampleConfig::parse(&text).unwrap();
     let out = workdir().join("mismatched_schedule");
-    let e = tilt::commands::sample::run(&cfg, &out, false, &device()).err().expect("must be refused");
+    let Err(e) = tilt::commands::sample::run(&cfg, &out, false, &device()) else { panic!("must be refused") };
     assert!(format!("{e:#}").starts_with("schedule.num_train_timesteps"), "{e:#}");
     assert!(!out.exists(), "nothing written");
     // The same config without [schedule] samples, on the run's own table.

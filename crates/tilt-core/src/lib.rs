@@ -1,3 +1,4 @@
+#![warn(missing_docs)]
 //! tilt-core: the pieces every other tilt crate stands on.
 //!
 //! - [`schedule`]: the variance-preserving forward process `X_t = alpha(t) X_0 + sigma(t) Z` and OU time;
@@ -9,13 +10,21 @@
 //!
 //! No backend is named here: every tensor lives on the `Device` the caller passes.
 
+/// The Fréchet distance between two sets of feature vectors.
 pub mod frechet;
+/// Means with standard errors, quantiles, MMD and sliced Wasserstein distances.
 pub mod metrics;
+/// Gaussian mixtures: exact scores, tilts, classifiers and samples on every schedule.
 pub mod mixture;
+/// What a network predicts, and the exact maps between each prediction and the score.
 pub mod prediction;
+/// Rewards `r(x)` through their logarithm.
 pub mod reward;
+/// Noise schedules and their variance-preserving form.
 pub mod schedule;
+/// The score-model and classifier traits, and conditions.
 pub mod score;
+/// Small host/tensor conversions.
 pub mod tensor_ext;
 
 pub use mixture::{GaussianMixture, MixtureScore, MixtureSpec};

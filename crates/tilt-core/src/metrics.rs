@@ -12,10 +12,13 @@ use rand_distr::{Distribution, StandardNormal};
 /// Sample mean and its standard error `s / sqrt(n)`.
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
 pub struct MeanSe {
+    /// The sample mean.
     pub mean: f64,
+    /// Its standard error, `sd / sqrt(n)`.
     pub se: f64,
 }
 
+/// The mean of `values` with its standard error (NaN standard error for fewer than 2 values).
 pub fn mean_se(values: &[f64]) -> MeanSe {
     let n = values.len() as f64;
     let mean = values.iter().sum::<f64>() / n;
@@ -71,8 +74,11 @@ fn sq_dist(a: &[f32], b: &[f32]) -> f64 {
 /// pooled rows whose statistic reaches the observed one: small means the two laws differ detectably.
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
 pub struct MmdTest {
+    /// The unbiased (signed) squared MMD estimate.
     pub mmd2: f64,
+    /// The permutation p-value of `mmd2` (no difference detected above 0.05).
     pub p_value: f64,
+    /// How many permutations the p-value used.
     pub permutations: usize,
     /// Rows of each sample used (the first ones).
     pub rows: usize,
@@ -150,7 +156,9 @@ pub fn sliced_wasserstein(x: &[f32], y: &[f32], d: usize, n_proj: usize, seed: u
 /// How far a sample is from a law known through exact samples, each distance beside its noise floor.
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
 pub struct TargetDistance {
+    /// The MMD two-sample test against the reference.
     pub mmd: MmdTest,
+    /// The sliced Wasserstein distance to the reference (compare with its floor).
     pub sliced_wasserstein: f64,
     /// The same sliced Wasserstein between an independent exact sample of the sample's size and the reference:
     /// what a perfect sampler scores. A value near it is no evidence of a difference, nor of agreement.

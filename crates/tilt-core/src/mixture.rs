@@ -21,10 +21,15 @@ use std::f64::consts::PI;
 #[derive(Clone, Debug, Deserialize, serde::Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct MixtureSpec {
+    /// Component weights, summing to 1.
     pub weights: Vec<f64>,
+    /// Component means, one row per component.
     pub means: Vec<Vec<f64>>,
+    /// One isotropic standard deviation per component (or `stds`).
     pub std: Option<Vec<f64>>,
+    /// Per-coordinate standard deviations, one row per component (or `std`).
     pub stds: Option<Vec<Vec<f64>>>,
+    /// The components of each class; every component in exactly one (default: one class each).
     pub classes: Option<Vec<Vec<usize>>>,
 }
 
@@ -66,7 +71,9 @@ pub const MIN_STD: f64 = 1e-6;
 /// Mixture parameters. Classes are sets of components; a component may belong to no class.
 #[derive(Clone, Debug, PartialEq)]
 pub struct GaussianMixture {
+    /// Component weights, summing to 1.
     pub weights: Vec<f64>,
+    /// Component means, one row per component.
     pub means: Vec<Vec<f64>>,
     /// Per component, per dimension standard deviations (diagonal covariance).
     pub stds: Vec<Vec<f64>>,
@@ -157,12 +164,15 @@ impl GaussianMixture {
         Ok(())
     }
 
+    /// The data dimension.
     pub fn dim(&self) -> usize {
         self.means[0].len()
     }
+    /// The number of components.
     pub fn n_components(&self) -> usize {
         self.weights.len()
     }
+    /// The number of classes.
     pub fn n_classes(&self) -> usize {
         self.classes.len()
     }
@@ -346,6 +356,7 @@ struct Noised {
 }
 
 impl MixtureScore {
+    /// The exact scores of `mixture` noised by `schedule` (its variance-preserving form), computed on `device`.
     pub fn new(mixture: GaussianMixture, schedule: Schedule, device: &Device) -> Self {
         let (k, d, c) = (mixture.n_components(), mixture.dim(), mixture.n_classes());
         let flat = |rows: &Vec<Vec<f64>>, f: fn(f64) -> f64| -> Vec<f32> {
@@ -368,6 +379,7 @@ impl MixtureScore {
         }
     }
 
+    /// The clean mixture.
     pub fn mixture(&self) -> &GaussianMixture {
         &self.mixture
     }
@@ -390,6 +402,10 @@ impl MixtureScore {
         match condition {
             Condition::Unconditional => log_joint,
             Condition::Labels(labels) => log_joint + self.class_mask.clone().select(0, labels.clone()),
+            // Callers check conditions against their models first (`tilt sample` takes class labels only).
+            Condition::Embedding(_) => {
+                panic!("the exact mixture oracle is conditioned on class labels, not embeddings")
+            }
         }
     }
 

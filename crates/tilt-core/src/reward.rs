@@ -5,16 +5,19 @@ use burn::prelude::*;
 
 /// A positive weight `r(x)`, given as a differentiable `log r(x)` per row.
 pub trait Reward {
+    /// `log r(x_i)` for each row of `x: [n, d]`.
     fn log_reward(&self, x: Tensor<2>) -> Tensor<1>;
 }
 
 /// `r(x) = exp(a . x)`: the reward with a closed-form tilt of a Gaussian mixture.
 #[derive(Clone, Debug)]
 pub struct ExpLinearReward {
+    /// The direction and scale `a` of `log r(x) = a . x`.
     pub a: Vec<f64>,
 }
 
 impl ExpLinearReward {
+    /// `r(x) = exp(a . x)`.
     pub fn new(a: Vec<f64>) -> Self {
         Self { a }
     }
@@ -34,8 +37,11 @@ impl Reward for ExpLinearReward {
 /// (e.g. one end of the Swiss roll) without pulling samples off to infinity.
 #[derive(Clone, Debug)]
 pub struct BumpReward {
+    /// Where the bump peaks.
     pub center: Vec<f64>,
+    /// Its standard deviation.
     pub width: f64,
+    /// `log r` at the centre (the reward is `exp(height)` there and 1 far away).
     pub height: f64,
 }
 
@@ -54,12 +60,23 @@ impl Reward for BumpReward {
 #[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum RewardSpec {
     /// `r(x) = exp(a . x)` (closed-form tilt of a Gaussian mixture).
-    ExpLinear { a: Vec<f64> },
+    ExpLinear {
+        /// The direction and scale of the tilt.
+        a: Vec<f64>,
+    },
     /// `r(x) = exp(height * exp(-|x - center|^2 / (2 width^2)))`.
-    Bump { center: Vec<f64>, width: f64, height: f64 },
+    Bump {
+        /// Where the bump peaks.
+        center: Vec<f64>,
+        /// Its standard deviation.
+        width: f64,
+        /// `log r` at the centre.
+        height: f64,
+    },
 }
 
 impl RewardSpec {
+    /// The reward this spec describes.
     pub fn build(&self) -> Box<dyn Reward> {
         match self {
             RewardSpec::ExpLinear { a } => Box::new(ExpLinearReward::new(a.clone())),

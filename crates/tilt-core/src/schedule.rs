@@ -52,6 +52,32 @@ pub enum BetaSchedule {
 }
 
 /// A noise schedule, `t in [0, 1]` (module docs).
+///
+/// ```
+/// use tilt_core::Schedule;
+/// use tilt_core::schedule::BetaSchedule;
+///
+/// // Flow matching's straight path with SD3's shift: alpha = 1 - t', sigma = t'.
+/// let rf = Schedule::RectifiedFlow { shift: 3.0 };
+/// let p = rf.interpolant(0.5);
+/// assert!((p.sigma - 0.75).abs() < 1e-12 && (p.alpha - 0.25).abs() < 1e-12);
+/// // Samplers see its variance-preserving form: the same log-SNR, alpha^2 + sigma^2 = 1.
+/// assert!((rf.alpha_sq(0.5) + rf.sigma_sq(0.5) - 1.0).abs() < 1e-12);
+/// assert!((rf.alpha(0.5) - p.alpha / rf.scale(0.5)).abs() < 1e-12);
+///
+/// // diffusers' DDPM table: knot k at t = (k + 1)/N, fed to the network as the timestep N t - 1.
+/// let ddpm = Schedule::Discrete {
+///     beta_schedule: BetaSchedule::Linear,
+///     beta_start: 1e-4,
+///     beta_end: 0.02,
+///     num_train_timesteps: 1000,
+/// };
+/// assert_eq!(ddpm, Schedule::ddpm());
+/// assert!((ddpm.alpha_sq(0.5) - 0.078_587_234).abs() < 1e-7);
+/// assert_eq!(ddpm.timestep(0.5), Some(499.0));
+/// // Every schedule round-trips through OU time, what the samplers step in.
+/// assert!((ddpm.t_from_ou(ddpm.ou_time(0.3)) - 0.3).abs() < 1e-12);
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize, Default)]
 #[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum Schedule {
@@ -110,7 +136,8 @@ fn default_shift() -> f64 {
 /// (`u_0 = 0`), computed once per parameter set.
 fn discrete_knots(beta_schedule: BetaSchedule, beta_start: f64, beta_end: f64, n: usize) -> Arc<[f64]> {
     type Key = (BetaSchedule, u64, u64, usize);
-    static TABLES: OnceLock<Mutex<Vec<(Key, Arc<[f64]>)>>> = OnceLock::new();
+    type Tables = Mutex<Vec<(Key, Arc<[f64]>)>>;
+    static TABLES: OnceLock<Tables> = OnceLock::new();
     let key = (beta_schedule, beta_start.to_bits(), beta_end.to_bits(), n);
     let tables = TABLES.get_or_init(|| Mutex::new(Vec::new()));
     let mut tables = tables.lock().unwrap_or_else(|e| e.into_inner());

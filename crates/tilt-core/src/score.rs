@@ -10,12 +10,16 @@ use burn::prelude::*;
 /// What a score is conditioned on.
 #[derive(Clone, Debug)]
 // Conditions are passed by reference and live for one sampler run; boxing the labels would buy nothing.
+/// What a score is conditioned on.
 #[allow(clippy::large_enum_variant)]
 pub enum Condition {
     /// The unconditional score `grad log p_t(x)`.
     Unconditional,
     /// A class label per row: `grad log p_t(x | c_i)`.
     Labels(Tensor<1, Int>),
+    /// A per-row embedding `[n, e]` (a text or image embedding): `grad log p_t(x | e_i)`, for networks that take
+    /// one ([`ScoreModel::score`] of such a network; the exact mixture oracle takes class labels only).
+    Embedding(Tensor<2>),
 }
 
 impl Condition {
@@ -24,8 +28,9 @@ impl Condition {
         Condition::Labels(tensor_ext::labels(&vec![class; n], device))
     }
 
+    /// Whether there is anything to condition on.
     pub fn is_conditional(&self) -> bool {
-        matches!(self, Condition::Labels(_))
+        !matches!(self, Condition::Unconditional)
     }
 
     /// The same condition for a batch stacked twice, `[x; x]` (used to batch two evaluations).
@@ -33,6 +38,7 @@ impl Condition {
         match self {
             Condition::Unconditional => Condition::Unconditional,
             Condition::Labels(l) => Condition::Labels(Tensor::cat(vec![l.clone(), l.clone()], 0)),
+            Condition::Embedding(e) => Condition::Embedding(Tensor::cat(vec![e.clone(), e.clone()], 0)),
         }
     }
 }
@@ -142,9 +148,11 @@ pub struct ScoreCombination<'a> {
 }
 
 impl<'a> ScoreCombination<'a> {
+    /// `a + b` (a residual on its base).
     pub fn sum(a: &'a dyn ScoreModel, b: &'a dyn ScoreModel) -> Self {
         Self { a, b, k: 1.0 }
     }
+    /// `a - b` (a guidance term from two scores).
     pub fn difference(a: &'a dyn ScoreModel, b: &'a dyn ScoreModel) -> Self {
         Self { a, b, k: -1.0 }
     }
@@ -166,7 +174,9 @@ impl ScoreModel for ScoreCombination<'_> {
 /// `s - eps phi(x) / sigma(t)`. The error is of the same relative size at every noise level, like a trained
 /// network's (docs/theory.md §7, claim 7: the reward gain should degrade smoothly with it).
 pub struct SmoothlyPerturbed<'a> {
+    /// The exact (or any) score to perturb.
     pub score: &'a dyn ScoreModel,
+    /// The size of the perturbation, relative to the noise prediction.
     pub eps: f64,
 }
 

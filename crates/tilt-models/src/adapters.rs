@@ -14,7 +14,9 @@ use tilt_core::{Classifier, Condition, Prediction, Schedule, ScoreModel, tensor_
 /// is `c(t)` times that of `x`.
 #[derive(Clone, Debug)]
 pub struct NetScore<N: NoiseNet = ScoreNet> {
+    /// The network.
     pub net: N,
+    /// The schedule it was trained on.
     pub schedule: Schedule,
     /// What the network outputs.
     pub prediction: Prediction,
@@ -71,27 +73,50 @@ impl<N: NoiseNet> NetScore<N> {
             (Condition::Labels(l), Some(_)) => Some(l.clone()),
             (Condition::Labels(_), None) => panic!("class labels given to an unconditional score network"),
             (Condition::Unconditional, _) => None,
+            (Condition::Embedding(_), _) => unreachable!("embeddings take their own path (NetScore::output)"),
         }
     }
 
     fn noise(&self, x: Tensor<2>, t: f64, labels: Option<Tensor<1, Int>>) -> Tensor<2> {
         self.net.predict_noise_at(x, t, labels)
     }
+
+    /// The network's output under `condition`: labels, none, or a per-row embedding.
+    ///
+    /// Panics when an embedding reaches a network that takes none, or one of another width: callers check
+    /// conditions against their networks first, as for labels.
+    fn output(&self, x: Tensor<2>, t: f64, condition: &Condition) -> Tensor<2> {
+        let Condition::Embedding(e) = condition else { return self.noise(x, t, self.labels_for(condition)) };
+        match self.net.embedding_dim() {
+            Some(width) if e.dims()[1] == width => {
+                let n = x.dims()[0];
+                self.net.predict_with_embedding(x, Tensor::<1>::full([n], t, &e.device()), e.clone())
+            }
+            Some(width) => panic!("an embedding of width {} given to a network that takes {width}", e.dims()[1]),
+            None => panic!("an embedding given to a score network that takes none"),
+        }
+    }
 }
 
 impl<N: NoiseNet> ScoreModel for NetScore<N> {
     fn score(&self, x: Tensor<2>, t: f64, condition: &Condition) -> Tensor<2> {
-        let labels = self.labels_for(condition);
         let (x, c) = self.input(x, t);
-        let out = self.noise(x.clone(), t, labels);
+        let out = self.output(x.clone(), t, condition);
         self.to_score(x, out, t, c)
     }
 
     /// ONE forward pass over `[x; x]` with labels `[c; null]`.
     fn score_and_unconditional(&self, x: Tensor<2>, t: f64, condition: &Condition) -> (Tensor<2>, Tensor<2>) {
-        let Condition::Labels(l) = condition else {
-            let s = self.score(x, t, condition);
-            return (s.clone(), s);
+        let l = match condition {
+            Condition::Labels(l) => l,
+            Condition::Unconditional => {
+                let s = self.score(x, t, condition);
+                return (s.clone(), s);
+            }
+            // An embedding network's conditional and unconditional outputs are two calls.
+            Condition::Embedding(_) => {
+                return (self.score(x.clone(), t, condition), self.score(x, t, &Condition::Unconditional));
+            }
         };
         let null = self.net.null_label().expect("class labels given to an unconditional score network");
         let n = x.dims()[0];
@@ -116,6 +141,7 @@ impl<N: NoiseNet> ScoreModel for NetScore<N> {
 /// A trained noise-aware classifier behind [`Classifier`].
 #[derive(Clone, Debug)]
 pub struct NetClassifier {
+    /// The classifier network.
     pub net: NoisyClassifier,
     /// The schedule its noised inputs were drawn from: it is fed the interpolant's `x = c(t) y`.
     pub schedule: Schedule,

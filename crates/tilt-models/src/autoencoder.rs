@@ -9,16 +9,20 @@ use burn::nn::{Linear, LinearConfig};
 use burn::prelude::*;
 use burn::tensor::activation::{silu, tanh};
 
+/// An MLP autoencoder of flat rows (latent diffusion's encoder and decoder).
 #[derive(Config, Debug)]
 pub struct AutoencoderConfig {
     /// Values per input row (784 for 28 x 28 images).
     pub dim: usize,
+    /// Width of the code.
     #[config(default = 16)]
     pub latent: usize,
+    /// Width of the hidden layers.
     #[config(default = 512)]
     pub hidden: usize,
 }
 
+/// An MLP encoder and decoder.
 #[derive(Module, Debug)]
 pub struct Autoencoder {
     enc1: Linear,
@@ -30,6 +34,7 @@ pub struct Autoencoder {
 }
 
 impl AutoencoderConfig {
+    /// The autoencoder, freshly initialised on `device`.
     pub fn init(&self, device: &Device) -> Autoencoder {
         let lin = |i, o| LinearConfig::new(i, o).init(device);
         let (h, l) = (self.hidden, self.latent);
@@ -55,6 +60,7 @@ impl Autoencoder {
         tanh(self.dec3.forward(silu(self.dec2.forward(silu(self.dec1.forward(z))))))
     }
 
+    /// Encode and decode: the reconstruction of `x`.
     pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
         self.decode(self.encode(x))
     }

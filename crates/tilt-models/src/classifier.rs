@@ -5,20 +5,28 @@ use crate::score_net::Activation;
 use burn::nn::{Linear, LinearConfig};
 use burn::prelude::*;
 
+/// A noise-aware classifier `p_t(c | x)`: an MLP on the noised input and the time.
 #[derive(Config, Debug)]
 pub struct NoisyClassifierConfig {
+    /// Data dimension.
     pub dim: usize,
+    /// Number of classes.
     pub num_classes: usize,
+    /// Width of the hidden layers.
     #[config(default = 128)]
     pub hidden: usize,
+    /// Number of hidden layers.
     #[config(default = 3)]
     pub layers: usize,
+    /// Width of the time embedding.
     #[config(default = 32)]
     pub time_dim: usize,
+    /// The activation between layers.
     #[config(default = "Activation::Silu")]
     pub activation: Activation,
 }
 
+/// The noise-aware classifier; `forward` gives the class logits.
 #[derive(Module, Debug)]
 pub struct NoisyClassifier {
     input: Linear,
@@ -31,6 +39,7 @@ pub struct NoisyClassifier {
 }
 
 impl NoisyClassifierConfig {
+    /// The classifier, freshly initialised on `device`.
     pub fn init(&self, device: &Device) -> NoisyClassifier {
         let h = self.hidden;
         NoisyClassifier {

@@ -6,16 +6,19 @@ use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{GroupNorm, GroupNormConfig, Linear, LinearConfig, PaddingConfig2d, activation::SiLU};
 use burn::prelude::*;
 
+/// The evaluator CNN of clean images.
 #[derive(Config, Debug)]
 pub struct EvaluatorConfig {
     /// Channels, height and width of one image.
     pub image: [usize; 3],
+    /// Number of classes.
     pub num_classes: usize,
     /// Channels of the first convolution; the two stride-2 stages double them.
     #[config(default = 16)]
     pub channels: usize,
 }
 
+/// A small CNN classifier of clean images, the independent judge of generated ones.
 #[derive(Module, Debug)]
 pub struct Evaluator {
     convs: Vec<Conv2d>,
@@ -26,6 +29,7 @@ pub struct Evaluator {
 }
 
 impl EvaluatorConfig {
+    /// The evaluator, freshly initialised on `device`.
     pub fn init(&self, device: &Device) -> Evaluator {
         let c = self.channels;
         let widths = [(self.image[0], c, 1), (c, 2 * c, 2), (2 * c, 4 * c, 2)];

@@ -1,3 +1,4 @@
+#![warn(missing_docs)]
 //! tilt-models: the networks tilt trains, each a `#[derive(Module)]` struct with a `#[derive(Config)]` config
 //! and `XxxConfig::init(&device)`, plus adapters that plug them into the sampler's [`tilt_core::ScoreModel`]
 //! and [`tilt_core::Classifier`] interfaces.
@@ -12,13 +13,21 @@
 //! - [`noise_net`]: the [`NoiseNet`] trait every noise-prediction network implements;
 //! - [`adapters`]: [`adapters::NetScore`] (for any [`NoiseNet`]) and [`adapters::NetClassifier`].
 
+/// Trained networks behind the sampler's traits (`NetScore`, `NetClassifier`).
 pub mod adapters;
+/// The MLP autoencoder of latent diffusion.
 pub mod autoencoder;
+/// The noise-aware classifier.
 pub mod classifier;
+/// Sinusoidal time embeddings.
 pub mod embedding;
+/// The evaluator CNN.
 pub mod evaluator;
+/// The trait every score network implements.
 pub mod noise_net;
+/// The residual MLP score network.
 pub mod score_net;
+/// The pixel U-Net.
 pub mod unet;
 
 pub use adapters::{NetClassifier, NetScore};

@@ -9,6 +9,8 @@ use burn::prelude::*;
 /// `t: [n]`. A class-conditional network takes labels `[n]` and has one extra, null label (classifier-free
 /// guidance's unconditional score); an image network reshapes the rows into images itself.
 pub trait NoiseNet: Module + Clone + std::fmt::Debug {
+    /// The network's output for rows `x: [n, d]` at times `t: [n]`; `labels` `None` asks a conditional network
+    /// for its unconditional output (the null label).
     fn predict_noise(&self, x: Tensor<2>, t: Tensor<1>, labels: Option<Tensor<1, Int>>) -> Tensor<2>;
 
     /// The noise with every row at the same time `t` (the sampler's case). The default repeats `t` per row; a
@@ -21,4 +23,18 @@ pub trait NoiseNet: Module + Clone + std::fmt::Debug {
 
     /// The label that asks for the unconditional score, or `None` for an unconditional network.
     fn null_label(&self) -> Option<usize>;
+
+    /// The width `e` of the per-row embedding (`Condition::Embedding`, `[n, e]`) the network is conditioned on, or
+    /// `None` (the default) for a network that takes none.
+    fn embedding_dim(&self) -> Option<usize> {
+        None
+    }
+
+    /// The prediction conditioned on a per-row `embedding` `[n, e]`; its unconditional prediction is
+    /// [`NoiseNet::predict_noise`] with no labels. Called only when [`NoiseNet::embedding_dim`] is `Some`; the
+    /// default, for networks without embeddings, is never reached through `NetScore`.
+    fn predict_with_embedding(&self, x: Tensor<2>, t: Tensor<1>, embedding: Tensor<2>) -> Tensor<2> {
+        let _ = (t, embedding);
+        panic!("{:?} takes no embedding (embedding_dim is None); NetScore checks this first", x.dims())
+    }
 }

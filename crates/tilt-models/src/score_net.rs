@@ -7,6 +7,7 @@ use burn::prelude::*;
 use burn::tensor::activation;
 use serde::{Deserialize, Serialize};
 
+/// The activation of the MLPs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "kebab-case")]
 pub enum Activation {
@@ -18,6 +19,7 @@ pub enum Activation {
 }
 
 impl Activation {
+    /// The activation applied elementwise.
     pub fn apply<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
         match self {
             Activation::Silu => activation::silu(x),
@@ -26,21 +28,25 @@ impl Activation {
     }
 }
 
+/// The residual MLP score network for flat rows.
 #[derive(Config, Debug)]
 pub struct ScoreNetConfig {
     /// Data dimension.
     pub dim: usize,
+    /// Width of the hidden layers.
     #[config(default = 128)]
     pub hidden: usize,
     /// Residual blocks (each two linear layers).
     #[config(default = 3)]
     pub blocks: usize,
+    /// Width of the time embedding.
     #[config(default = 32)]
     pub time_dim: usize,
     /// Number of classes; 0 makes an unconditional network. A conditional network also learns the
     /// unconditional score under the extra null label `num_classes` (label dropout).
     #[config(default = 0)]
     pub num_classes: usize,
+    /// The activation between layers.
     #[config(default = "Activation::Silu")]
     pub activation: Activation,
     /// Start with a zero output (the residual term `delta_theta` then starts as "no guidance").
@@ -48,6 +54,7 @@ pub struct ScoreNetConfig {
     pub zero_init_output: bool,
 }
 
+/// Two linear layers with a time (and class) conditioning, added to their input.
 #[derive(Module, Debug)]
 pub struct ResBlock {
     lin1: Linear,
@@ -55,6 +62,7 @@ pub struct ResBlock {
     cond: Linear,
 }
 
+/// The residual MLP; its output is the declared prediction (the noise by default).
 #[derive(Module, Debug)]
 pub struct ScoreNet {
     input: Linear,
@@ -69,6 +77,7 @@ pub struct ScoreNet {
 }
 
 impl ScoreNetConfig {
+    /// The network, freshly initialised on `device`.
     pub fn init(&self, device: &Device) -> ScoreNet {
         let h = self.hidden;
         let lin = |i, o| LinearConfig::new(i, o).init(device);
@@ -144,6 +153,7 @@ impl ScoreNet {
         (self.num_classes > 0).then_some(self.num_classes)
     }
 
+    /// Number of classes (0: unconditional; label `num_classes` is the null label).
     pub fn num_classes(&self) -> usize {
         self.num_classes
     }

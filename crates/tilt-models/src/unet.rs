@@ -13,6 +13,7 @@ use burn::nn::{PaddingConfig2d, activation::SiLU};
 use burn::prelude::*;
 use burn::tensor::activation::softmax;
 
+/// The pixel U-Net of images.
 #[derive(Config, Debug)]
 pub struct UNetConfig {
     /// Channels, height and width of one image.
@@ -29,6 +30,7 @@ pub struct UNetConfig {
     /// GroupNorm groups (must divide every level's channels).
     #[config(default = 8)]
     pub groups: usize,
+    /// Width of the time embedding.
     #[config(default = 64)]
     pub time_dim: usize,
     /// Number of classes; 0 makes an unconditional network, else the extra null label `num_classes` gives the
@@ -40,6 +42,7 @@ pub struct UNetConfig {
     pub attention: bool,
 }
 
+/// Two GroupNorm-SiLU-convolutions with the time (and class) embedding added between, and a skip.
 #[derive(Module, Debug)]
 pub struct ConvBlock {
     norm1: GroupNorm,
@@ -51,6 +54,7 @@ pub struct ConvBlock {
     act: SiLU,
 }
 
+/// Single-head self-attention over the pixels of a feature map.
 #[derive(Module, Debug)]
 pub struct SelfAttention {
     norm: GroupNorm,
@@ -58,6 +62,7 @@ pub struct SelfAttention {
     out: Linear,
 }
 
+/// The U-Net: down path, middle, up path with skips; its output is the declared prediction.
 #[derive(Module, Debug)]
 pub struct UNet {
     conv_in: Conv2d,

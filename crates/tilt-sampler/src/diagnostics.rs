@@ -15,6 +15,7 @@ use tilt_core::{Condition, MixtureScore, ScoreModel, tensor_ext};
 /// The identity's terms, each a Monte Carlo mean with its standard error.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct IdentityCheck {
+    /// The guidance strength of this check.
     pub w: f64,
     /// `E[h_end(Y)] - E[h_start(Y)]`: the reward gain.
     pub gain: MeanSe,

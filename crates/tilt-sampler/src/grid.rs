@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 use tilt_core::Schedule;
 
+/// Where the steps of a chain fall between `t_max` and `t_min` (`sampler.grid`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "kebab-case")]
 pub enum TimeGrid {

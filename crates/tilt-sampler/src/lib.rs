@@ -1,3 +1,4 @@
+#![warn(missing_docs)]
 //! tilt-sampler: backward samplers and guidance terms.
 //!
 //! - [`samplers`]: Euler-Maruyama, exponential integrator, SDE-DPM-Solver-1, DDPM ancestral, probability-flow Heun
@@ -9,11 +10,17 @@
 //! - [`guidance`]: the one rule `s_base + sum_i w_i(t) g_i` and its terms (reward, CFG and its variants,
 //!   classifier, the training-free family, autoguidance, negative class).
 
+/// Checks of the theory along a chain (the improvement identity) and perfect-sampler references.
 pub mod diagnostics;
+/// Time grids.
 pub mod grid;
+/// The guided score and its terms.
 pub mod guidance;
+/// Seeded Gaussian noise.
 pub mod noise;
+/// The backward samplers and the loop that drives them.
 pub mod samplers;
+/// Sequential Monte Carlo steering.
 pub mod smc;
 
 pub use grid::TimeGrid;

@@ -8,6 +8,7 @@ use rand_distr::{Distribution as _, StandardNormal};
 
 /// Where the sampler's Gaussian noise comes from.
 // One per sampler run, passed by `&mut`: boxing the host stream would buy nothing.
+/// Where the sampler's Gaussian noise comes from (`sampler.noise`).
 #[allow(clippy::large_enum_variant)]
 pub enum NoiseSource {
     /// A ChaCha8 stream on the host, uploaded each step: the same seed gives the same noise on every
@@ -18,6 +19,7 @@ pub enum NoiseSource {
 }
 
 impl NoiseSource {
+    /// A host ChaCha8 stream seeded by `seed`: the same numbers on every backend.
     pub fn host(seed: u64) -> Self {
         Self::host_stream(seed, 0)
     }

@@ -23,23 +23,33 @@ use sha2::{Digest, Sha256};
 use std::fs;
 use std::path::{Path, PathBuf};
 
+/// The manifest format this version writes and reads.
 pub const FORMAT: &str = "tilt-checkpoint/1";
 
 /// What a file in a checkpoint holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum FileKind {
+    /// The online weights.
     Model,
+    /// The EMA weights (what sampling uses).
     EmaModel,
+    /// The optimizer state.
     Optimizer,
+    /// `state.json`: the run state.
     State,
 }
 
+/// One file of a checkpoint as the manifest records it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct FileEntry {
+    /// File name inside the checkpoint folder.
     pub name: String,
+    /// What the file holds.
     pub kind: FileKind,
+    /// SHA-256 of its bytes.
     pub sha256: String,
+    /// Its size.
     pub bytes: u64,
     /// Parameter shapes in visiting order (model files).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -74,15 +84,21 @@ impl std::fmt::Display for ModelKind {
     }
 }
 
+/// `manifest.json`: what a checkpoint holds, verified on every load.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Manifest {
+    /// [`FORMAT`].
     pub format: String,
+    /// The kind of model the run trains.
     pub model_kind: ModelKind,
+    /// The optimizer step of the checkpoint.
     pub step: usize,
+    /// Every file with its hash.
     pub files: Vec<FileEntry>,
 }
 
 impl Manifest {
+    /// The entry of the file of `kind`.
     pub fn file(&self, kind: FileKind) -> Option<&FileEntry> {
         self.files.iter().find(|f| f.kind == kind)
     }
@@ -109,23 +125,30 @@ pub fn param_shapes<M: Module>(m: &M) -> Vec<Vec<usize>> {
 
 /// One file to write: its name, kind, content and (for models) shapes.
 pub struct Artifact {
+    /// File name.
     pub name: &'static str,
+    /// What it holds.
     pub kind: FileKind,
+    /// Its bytes.
     pub bytes: Vec<u8>,
+    /// The tensor shapes of a model file (empty otherwise).
     pub shapes: Vec<Vec<usize>>,
 }
 
 impl Artifact {
+    /// A model file of `kind` (weights in Burn's format).
     pub fn model<M: Module>(name: &'static str, kind: FileKind, model: &M) -> Result<Self> {
         let shapes = param_shapes(model);
         let bytes = model.clone().into_record().into_bytes().map_err(|e| anyhow!("cannot serialise {name}: {e}"))?;
         Ok(Self { name, kind, bytes: bytes.to_vec(), shapes })
     }
+    /// The optimizer state file.
     pub fn optimizer(optim: &ModuleOptimizer) -> Result<Self> {
         let bytes = optim.into_bytes().map_err(|e| anyhow!("cannot serialise optim.bpk: {e}"))?;
         let bytes = sorted_burnpack(bytes).map_err(|e| anyhow!("cannot serialise optim.bpk: {e}"))?;
         Ok(Self { name: "optim.bpk", kind: FileKind::Optimizer, bytes, shapes: vec![] })
     }
+    /// A JSON file.
     pub fn json<T: Serialize>(name: &'static str, value: &T) -> Result<Self> {
         Ok(Self { name, kind: FileKind::State, bytes: serde_json::to_vec_pretty(value)?, shapes: vec![] })
     }
@@ -149,6 +172,7 @@ fn sorted_burnpack(bytes: Bytes) -> Result<Vec<u8>, burn_pack::Error> {
     Ok(writer.into_bytes()?.to_vec())
 }
 
+/// The `checkpoints/` folder of a run.
 pub fn checkpoints_dir(run: &Path) -> PathBuf {
     run.join("checkpoints")
 }
@@ -301,7 +325,9 @@ pub fn resolve_newest(path: &Path) -> Result<PathBuf> {
 
 /// A checkpoint opened and verified: every file exists, has its recorded size and SHA-256.
 pub struct Checkpoint {
+    /// The checkpoint folder.
     pub dir: PathBuf,
+    /// Its verified manifest.
     pub manifest: Manifest,
 }
 
@@ -391,11 +417,13 @@ impl Checkpoint {
         init.try_load_record(record).map_err(|e| anyhow!("{}: {e}", path.display()))
     }
 
+    /// The optimizer state of the checkpoint, loaded into `optim`.
     pub fn load_optimizer(&self, optim: ModuleOptimizer) -> Result<ModuleOptimizer> {
         let (path, bytes) = self.bytes(FileKind::Optimizer)?;
         optim.from_bytes(Bytes::from_bytes_vec(bytes)).map_err(|e| anyhow!("{}: {e}", path.display()))
     }
 
+    /// A JSON file of the checkpoint, verified and parsed.
     pub fn load_json<T: for<'de> Deserialize<'de>>(&self, name: &str) -> Result<T> {
         let p = self.dir.join(name);
         if !self.manifest.files.iter().any(|f| f.name == name) {

@@ -26,24 +26,34 @@ pub enum NetKind {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelSpec {
+    /// Which network.
     #[serde(default)]
     pub kind: NetKind,
+    /// MLP: width of the hidden layers.
     #[serde(default = "d_hidden")]
     pub hidden: usize,
+    /// MLP: residual blocks.
     #[serde(default = "d_blocks")]
     pub blocks: usize,
+    /// Width of the time embedding.
     #[serde(default = "d_time_dim")]
     pub time_dim: usize,
+    /// MLP: the activation.
     #[serde(default)]
     pub activation: Activation,
+    /// U-Net: base channels (evaluator: its width).
     #[serde(default = "d_channels")]
     pub channels: usize,
+    /// U-Net: channel multiplier per level.
     #[serde(default = "d_channel_mults")]
     pub channel_mults: Vec<usize>,
+    /// U-Net: convolution blocks per level.
     #[serde(default = "d_blocks_per_level")]
     pub blocks_per_level: usize,
+    /// U-Net: GroupNorm groups.
     #[serde(default = "d_groups")]
     pub groups: usize,
+    /// U-Net: self-attention at the lowest resolution.
     #[serde(default)]
     pub attention: bool,
     /// What the network outputs (`epsilon`, `v-prediction`, `sample`, `velocity`); the objective's own by default
@@ -140,14 +150,20 @@ impl Objective {
     }
 }
 
+/// The config of `tilt train` (TOML), validated with errors that name the field.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TrainConfig {
+    /// What is trained.
     pub objective: Objective,
+    /// The training data.
     pub data: DataSpec,
+    /// Optimizer steps in all.
     pub steps: usize,
+    /// Seed of the data, the initial weights and every step's draws.
     #[serde(default)]
     pub seed: u64,
+    /// Rows per step, drawn with replacement.
     #[serde(default = "d_batch")]
     pub batch_size: usize,
     /// Points drawn for generated data sets (CSV files give their own).
@@ -159,19 +175,25 @@ pub struct TrainConfig {
     /// Train on standardised coordinates (statistics saved with the model, undone when sampling).
     #[serde(default)]
     pub standardize: bool,
+    /// The noise schedule the network is trained on.
     #[serde(default)]
     pub schedule: Schedule,
     /// Training times are drawn from `U(t_min, 1)`.
     #[serde(default = "d_t_min")]
     pub t_min: f64,
+    /// Network architecture, size and prediction.
     #[serde(default)]
     pub model: ModelSpec,
+    /// Optimiser and learning rate.
     #[serde(default)]
     pub optim: OptimConfig,
+    /// Steps between loss readings (each one a host sync).
     #[serde(default = "d_log_every")]
     pub log_every: usize,
+    /// Steps between checkpoints.
     #[serde(default = "d_checkpoint_every")]
     pub checkpoint_every: usize,
+    /// Checkpoints kept (the newest).
     #[serde(default = "d_keep")]
     pub keep_checkpoints: usize,
 }
@@ -201,6 +223,7 @@ fn d_keep() -> usize {
 /// Limits checked before anything is allocated: a typo such as `batch_size = 1e11` must be a field error, not
 /// an 800 GB allocation that aborts the process.
 pub const MAX_BATCH_ROWS: usize = 1 << 20;
+/// The most points of a generated data set.
 pub const MAX_DATA_ROWS: usize = 1 << 26;
 /// The widest layer (hidden units, time-embedding size, convolution channels).
 pub const MAX_WIDTH: usize = 1 << 14;

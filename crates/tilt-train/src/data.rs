@@ -17,16 +17,19 @@ use tilt_core::MixtureSpec;
 pub enum DataSpec {
     /// A Gaussian mixture; labels are the classes of the components.
     Mixture {
+        /// The mixture (its fields sit directly in `[data]`).
         #[serde(flatten)]
         mixture: MixtureSpec,
     },
     /// The 2-D Swiss roll `(t cos t, t sin t) / 4`, `t ~ U(1.5 pi, 4.5 pi)`, plus noise; unlabelled.
     SwissRoll {
+        /// Standard deviation of the Gaussian noise added to each point.
         #[serde(default = "d_noise")]
         noise: f64,
     },
     /// Two interleaved half circles, labelled 0 and 1.
     TwoMoons {
+        /// Standard deviation of the Gaussian noise added to each point.
         #[serde(default = "d_noise")]
         noise: f64,
     },
@@ -34,13 +37,16 @@ pub enum DataSpec {
     Checkerboard,
     /// Concentric rings of radius 1, 2, ..., labelled by ring.
     Rings {
+        /// Number of rings.
         #[serde(default = "d_rings")]
         rings: usize,
+        /// Standard deviation of the radial noise.
         #[serde(default = "d_noise")]
         noise: f64,
     },
     /// Rows `x1,...,xd[,label]` of a CSV file (a header line is allowed).
     Csv {
+        /// The CSV file.
         path: PathBuf,
         /// Whether the last column is an integer class label.
         #[serde(default)]
@@ -52,7 +58,9 @@ pub enum DataSpec {
     /// Images of IDX files (MNIST, Fashion-MNIST; gzipped or raw), flattened to rows of `rows * cols` pixels
     /// scaled from 0..255 to [-1, 1]; labelled by `labels` when given.
     Idx {
+        /// The IDX image file.
         images: PathBuf,
+        /// The IDX label file, one label per image.
         labels: Option<PathBuf>,
         /// Use only the first `limit` images.
         limit: Option<usize>,
@@ -69,22 +77,29 @@ fn d_rings() -> usize {
 /// Points `[n, d]` row-major, with optional class labels.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Dataset {
+    /// Row-major values, `[len, dim]`.
     pub x: Vec<f32>,
+    /// Class labels, one per row.
     pub labels: Option<Vec<usize>>,
+    /// Values per row.
     pub dim: usize,
+    /// Number of classes (0: unlabelled).
     pub num_classes: usize,
     /// `[channels, height, width]` when the rows are flattened images (`dim` is their product).
     pub image: Option<[usize; 3]>,
 }
 
 impl Dataset {
+    /// Number of rows.
     pub fn len(&self) -> usize {
         self.x.len() / self.dim
     }
+    /// Whether there are no rows.
     pub fn is_empty(&self) -> bool {
         self.x.is_empty()
     }
 
+    /// Row `i`.
     pub fn row(&self, i: usize) -> &[f32] {
         &self.x[i * self.dim..(i + 1) * self.dim]
     }
@@ -135,14 +150,18 @@ impl Dataset {
 /// Per-coordinate affine standardisation `z = (x - mean) / std`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Standardizer {
+    /// Per-coordinate mean subtracted.
     pub mean: Vec<f64>,
+    /// Per-coordinate standard deviation divided by.
     pub std: Vec<f64>,
 }
 
 impl Standardizer {
+    /// No standardisation.
     pub fn identity(dim: usize) -> Self {
         Self { mean: vec![0.0; dim], std: vec![1.0; dim] }
     }
+    /// The standardisation of `data`'s columns.
     pub fn fit(data: &Dataset) -> Self {
         let d = data.dim;
         let n = data.len() as f64;
@@ -155,6 +174,7 @@ impl Standardizer {
         }
         Self { mean, std: var.iter().map(|v| v.sqrt().max(1e-8)).collect() }
     }
+    /// Standardise rows in place.
     pub fn apply(&self, x: &mut [f32]) {
         let d = self.mean.len();
         for row in x.chunks_exact_mut(d) {
@@ -163,6 +183,7 @@ impl Standardizer {
             }
         }
     }
+    /// Undo [`Standardizer::apply`] in place.
     pub fn invert(&self, x: &mut [f32]) {
         let d = self.mean.len();
         for row in x.chunks_exact_mut(d) {

@@ -35,7 +35,9 @@ impl ModuleMapper for Blend {
 /// `ema <- d ema + (1 - d) online` after every optimizer step, with the warm-up
 /// `d = min(decay, (1 + step) / (10 + step))` so early averages are not dominated by the random init.
 pub struct Ema<M: Module> {
+    /// The averaged weights.
     pub model: M,
+    /// The decay per step after warm-up.
     pub decay: f64,
 }
 

@@ -16,7 +16,9 @@ const MAX_BYTES: u64 = 1 << 32;
 /// An IDX array of bytes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct IdxArray {
+    /// The dimensions of the array.
     pub dims: Vec<usize>,
+    /// Its values, row-major.
     pub values: Vec<u8>,
 }
 
@@ -122,13 +124,19 @@ fn parse_header(bytes: &[u8]) -> Result<Vec<usize>> {
 
 /// Images `[n, rows, cols]` and, when given, their labels `[n]`, checked against each other.
 pub struct IdxImages {
+    /// Number of images.
     pub count: usize,
+    /// Image height.
     pub rows: usize,
+    /// Image width.
     pub cols: usize,
+    /// Pixels, image by image, row-major.
     pub pixels: Vec<u8>,
+    /// One label per image.
     pub labels: Option<Vec<u8>>,
 }
 
+/// Read an IDX image file and, optionally, its labels, checking that they belong together.
 pub fn read_images(images: &Path, labels: Option<&Path>) -> Result<IdxImages> {
     let img = read(images)?;
     let [count, rows, cols] = img.dims[..] else {

@@ -1,3 +1,4 @@
+#![warn(missing_docs)]
 //! tilt-train: a hand-written training loop (Burn's `Learner` has no per-step hooks) for
 //! - denoising score matching, unconditional or class-conditional with label dropout (one network for CFG);
 //! - noise-aware classifiers;
@@ -7,19 +8,33 @@
 //! With AdamW/Adam (explicit epsilon and weight decay), warm-up + cosine learning rate, global-norm clipping,
 //! EMA with warm-up, NaN/Inf detection, and verified atomic checkpoints that resume bit for bit.
 
+/// Atomic writes and the temporaries they leave.
 pub mod atomic;
+/// Verified checkpoints: manifests, hashes, `latest`, pruning.
 pub mod checkpoint;
+/// Global-norm gradient clipping.
 pub mod clip;
+/// The TOML config of `tilt train`.
 pub mod config;
+/// Data sets and their standardisation.
 pub mod data;
+/// The exponential moving average of the weights.
 pub mod ema;
+/// The IDX (MNIST) file format.
 pub mod idx;
+/// Loading trained models for sampling.
 pub mod load;
+/// The training objectives, one file each.
 pub mod objectives;
+/// Optimiser and learning-rate settings.
 pub mod optim;
+/// Output folders: one writer, recognised contents.
 pub mod output_dir;
+/// A training run: data, dispatch, checkpoints, resume.
 pub mod run;
+/// TOML errors that name their field.
 pub mod toml_error;
+/// The optimisation loop.
 pub mod trainer;
 
 pub use atomic::{write_atomic, write_atomic_with};

@@ -18,17 +18,24 @@ use tilt_models::{
 /// Saved with every checkpoint (`state.json`).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct RunState {
+    /// The tilt version that wrote it.
     pub tilt_version: String,
+    /// The optimizer step.
     pub step: usize,
+    /// The run's config.
     pub config: TrainConfig,
     /// The network's own config (`ScoreNetConfig` / `NoisyClassifierConfig` as JSON).
     pub net: serde_json::Value,
+    /// The standardisation of the training data (undone when sampling).
     pub standardizer: Standardizer,
+    /// Values per sample.
     pub dim: usize,
     /// `[channels, height, width]` when the data are images.
     #[serde(default)]
     pub image: Option<[usize; 3]>,
+    /// Number of classes of the data.
     pub num_classes: usize,
+    /// The loss curve so far.
     pub history: Vec<LossPoint>,
     /// SHA-256 of the training data (before the split and standardisation): `--resume` refuses changed data.
     /// Absent in checkpoints written before it existed.
@@ -83,9 +90,13 @@ fn open_with_config<C: serde::de::DeserializeOwned>(
 
 /// A trained score network (EMA weights) ready for the sampler.
 pub struct LoadedScore {
+    /// The run or checkpoint it was loaded from.
     pub path: PathBuf,
+    /// The network as a score model.
     pub score: NetScore,
+    /// The standardisation of its training data.
     pub standardizer: Standardizer,
+    /// Its run state.
     pub state: RunState,
     /// SHA-256 of the EMA weights file, as the verified manifest records it: the network's identity.
     pub ema_sha256: Option<String>,
@@ -106,11 +117,15 @@ pub fn load_score(path: &Path, kind: ModelKind, device: &Device) -> Result<Loade
 
 /// A trained score network of any architecture (the MLP or the U-Net), behind the sampler's interface.
 pub struct LoadedAnyScore {
+    /// The run or checkpoint it was loaded from.
     pub path: PathBuf,
+    /// The network as a score model.
     pub score: Box<dyn ScoreModel>,
     /// The null label of a class-conditional network (its class count), `None` when unconditional.
     pub null_label: Option<usize>,
+    /// The standardisation of its training data.
     pub standardizer: Standardizer,
+    /// Its run state.
     pub state: RunState,
     /// SHA-256 of the EMA weights file (the network's identity).
     pub ema_sha256: Option<String>,
@@ -145,11 +160,15 @@ pub fn load_any_score(path: &Path, kind: ModelKind, device: &Device) -> Result<L
 
 /// A trained noise-aware classifier (EMA weights).
 pub struct LoadedClassifier {
+    /// The classifier behind the sampler's trait.
     pub classifier: NetClassifier,
+    /// The standardisation of its training data.
     pub standardizer: Standardizer,
+    /// Its run state.
     pub state: RunState,
 }
 
+/// Load the EMA weights of a `classifier` checkpoint.
 pub fn load_classifier(path: &Path, device: &Device) -> Result<LoadedClassifier> {
     let (ck, state, net_cfg): (_, _, NoisyClassifierConfig) =
         open_with_config(path, ModelKind::Classifier, "classifier")?;

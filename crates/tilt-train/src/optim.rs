@@ -5,25 +5,34 @@
 use burn::optim::{AdamConfig, AdamWConfig, ModuleOptimizer, decay::WeightDecayConfig};
 use serde::{Deserialize, Serialize};
 
+/// Which optimiser.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum OptimizerKind {
+    /// Adam (weight decay as an L2 term).
     Adam,
+    /// AdamW (decoupled weight decay).
     #[default]
     AdamW,
 }
 
+/// Optimiser and learning-rate settings (`[optim]`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OptimConfig {
+    /// Which optimiser.
     #[serde(default)]
     pub kind: OptimizerKind,
+    /// Peak learning rate.
     #[serde(default = "d_lr")]
     pub lr: f64,
+    /// First-moment decay.
     #[serde(default = "d_beta1")]
     pub beta1: f64,
+    /// Second-moment decay.
     #[serde(default = "d_beta2")]
     pub beta2: f64,
+    /// Added to the denominator (PyTorch's 1e-8 by default).
     #[serde(default = "d_eps")]
     pub epsilon: f64,
     /// Decoupled for AdamW, L2 for Adam.
@@ -32,6 +41,7 @@ pub struct OptimConfig {
     /// Linear warm-up steps from 0 to `lr`, then cosine decay to `lr * min_lr_ratio`.
     #[serde(default)]
     pub warmup_steps: usize,
+    /// The learning rate at the end, as a fraction of `lr`.
     #[serde(default)]
     pub min_lr_ratio: f64,
     /// Global-norm gradient clipping; none when absent.
@@ -75,6 +85,7 @@ impl Default for OptimConfig {
 }
 
 impl OptimConfig {
+    /// The optimiser these settings describe.
     pub fn init(&self) -> ModuleOptimizer {
         match self.kind {
             OptimizerKind::Adam => AdamConfig::new()
@@ -104,6 +115,7 @@ impl OptimConfig {
         floor + (self.lr - floor) * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos())
     }
 
+    /// Check the settings; names the field on failure.
     pub fn validate(&self) -> Result<(), String> {
         let pos = |name: &str, v: f64| {
             if v.is_finite() && v > 0.0 {

@@ -15,15 +15,20 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
 
+/// The lock file that makes one writer per folder.
 pub const LOCK_FILE: &str = ".tilt.lock";
+/// The marker that records which command wrote a folder.
 pub const MARKER_FILE: &str = ".tilt-output.json";
 
 /// The command that owns an output folder.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum OutputKind {
+    /// A `tilt train` run.
     Train,
+    /// A `tilt sample` sweep.
     Sample,
+    /// A `tilt reproduce` report.
     Reproduce,
 }
 
@@ -127,10 +132,12 @@ impl OutputDir {
         Ok(Self { path: path.to_path_buf(), prior, _lock: lock })
     }
 
+    /// The folder.
     pub fn path(&self) -> &Path {
         &self.path
     }
 
+    /// What the folder held before it was claimed.
     pub fn prior(&self) -> &Prior {
         &self.prior
     }

@@ -32,12 +32,17 @@ pub enum Start {
 /// What a finished run reports.
 #[derive(Clone, Debug)]
 pub struct TrainOutcome {
+    /// Steps trained in all.
     pub steps: usize,
+    /// The last logged training loss.
     pub final_loss: f64,
     /// Loss of the EMA model on the held-out split (one pass, fixed noise).
     pub test_loss: Option<f64>,
+    /// The loss curve.
     pub history: Vec<LossPoint>,
+    /// The final checkpoint.
     pub checkpoint: PathBuf,
+    /// Wall-clock seconds of this call.
     pub seconds: f64,
 }
 

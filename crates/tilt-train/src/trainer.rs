@@ -17,19 +17,28 @@ use std::time::Instant;
 /// One logged point of the loss curve (means over the steps since the previous point).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LossPoint {
+    /// The step of the reading.
     pub step: usize,
+    /// Mean loss since the previous reading.
     pub loss: f64,
+    /// The learning rate at the step.
     pub lr: f64,
+    /// Mean global gradient norm since the previous reading (before clipping).
     pub grad_norm: f64,
 }
 
 /// What the loop reports at each log step.
 #[derive(Clone, Debug)]
 pub struct Progress {
+    /// Steps taken.
     pub step: usize,
+    /// Steps in all.
     pub total: usize,
+    /// Mean loss since the previous report.
     pub loss: f64,
+    /// The learning rate.
     pub lr: f64,
+    /// Steps per second since the previous report.
     pub steps_per_sec: f64,
 }
 
@@ -37,10 +46,13 @@ pub struct Progress {
 pub struct TrainState<M: Module> {
     /// The online model, on the autodiff device.
     pub model: M,
+    /// The EMA of the weights.
     pub ema: Ema<M>,
+    /// The optimizer and its state.
     pub optim: ModuleOptimizer,
     /// Optimizer steps taken.
     pub step: usize,
+    /// The loss curve.
     pub history: Vec<LossPoint>,
 }
 
@@ -51,11 +63,17 @@ pub fn step_rng(seed: u64, step: usize) -> ChaCha8Rng {
     rng
 }
 
+/// The fixed settings of the loop.
 pub struct LoopSettings<'a> {
+    /// Steps in all.
     pub total: usize,
+    /// Seed of every step's RNG.
     pub seed: u64,
+    /// Steps between loss readings.
     pub log_every: usize,
+    /// Steps between checkpoints.
     pub checkpoint_every: usize,
+    /// Optimiser and learning-rate settings.
     pub optim: &'a OptimConfig,
 }
 

@@ -6,6 +6,7 @@ use super::{BaseEval, GuidanceTerm};
 use burn::prelude::*;
 use tilt_core::ScoreModel;
 
+/// Autoguidance (Karras et al. 2024): `g = s_good(x|c) - s_weak(x|c)` with a separately trained weaker network.
 pub struct AutoGuidance<'a> {
     weak: &'a dyn ScoreModel,
 }

@@ -21,10 +21,13 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Apg {
+    /// The weight kept of the component parallel to the conditional prediction (0 drops it).
     #[serde(default)]
     pub eta: f64,
+    /// The largest norm of the update per sample; larger ones are scaled down (0: no limit).
     #[serde(default)]
     pub norm_threshold: f64,
+    /// The momentum of the running average of the difference (negative values push away from the average).
     #[serde(default)]
     pub momentum: f64,
 }
@@ -95,9 +98,13 @@ pub enum CfgVariant {
     /// Tangential CFG: `u` projected on the first right-singular vector of `[c; u]`.
     Tangential,
     /// MAMBO-G: `g = e^{-alpha |c - u| / |u|} (c - u)` (diffusers' default `alpha = 8`).
-    MagnitudeAware { alpha: f64 },
+    MagnitudeAware {
+        /// How fast the weight falls with the relative size of the update.
+        alpha: f64,
+    },
 }
 
+/// Classifier-free guidance `g = s(x|c) - s(x)` and its variants, evaluated in one batched model call.
 #[derive(Default)]
 pub struct CfgGuidance {
     variant: CfgVariant,
@@ -108,9 +115,11 @@ pub struct CfgGuidance {
 }
 
 impl CfgGuidance {
+    /// Plain CFG.
     pub fn new() -> Self {
         Self::default()
     }
+    /// Adaptive projected guidance with these settings.
     pub fn with_apg(apg: Apg) -> Self {
         Self { apg: Some(apg), ..Self::default() }
     }
@@ -118,6 +127,7 @@ impl CfgGuidance {
     pub fn apg_mix(apg: Apg, start_step: usize) -> Self {
         Self { apg: Some(apg), apg_start_step: start_step, ..Self::default() }
     }
+    /// CFG in one of its published variants.
     pub fn variant(variant: CfgVariant) -> Self {
         Self { variant, ..Self::default() }
     }

@@ -4,12 +4,14 @@ use super::{BaseEval, GuidanceTerm, input_gradient};
 use burn::prelude::*;
 use tilt_core::{Classifier, tensor_ext};
 
+/// Classifier guidance: `g = grad_x log p_t(c | x)` of a noise-aware classifier.
 pub struct ClassifierGuidance<'a> {
     classifier: &'a dyn Classifier,
     class: usize,
 }
 
 impl<'a> ClassifierGuidance<'a> {
+    /// Guidance toward `class` by `classifier`.
     pub fn new(classifier: &'a dyn Classifier, class: usize) -> Self {
         Self { classifier, class }
     }

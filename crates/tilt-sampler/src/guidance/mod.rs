@@ -28,7 +28,9 @@ use tilt_core::{Condition, ScoreModel};
 
 /// What the base model gave at `(x, t)`, handed to every term.
 pub struct BaseEval<'a> {
+    /// The base model the sampler guides.
     pub model: &'a dyn ScoreModel,
+    /// The condition of the chains.
     pub condition: &'a Condition,
     /// `s_base(x, t | condition)`.
     pub score: Tensor<2>,
@@ -64,12 +66,20 @@ pub enum WeightSchedule {
     /// `w(t) = w` everywhere.
     Constant(f64),
     /// `w` for `t` in `[min(t_start, t_end), max(t_start, t_end)]`, 0 outside (guidance intervals).
-    Interval { w: f64, t_start: f64, t_end: f64 },
+    Interval {
+        /// The weight inside the interval.
+        w: f64,
+        /// One end of the interval in `t`.
+        t_start: f64,
+        /// The other end.
+        t_end: f64,
+    },
     /// One weight per sampler step (the last one repeats when the sampler takes more steps).
     PerStep(Vec<f64>),
 }
 
 impl WeightSchedule {
+    /// The weight at time `t` of step `step`.
     pub fn at(&self, t: f64, step: usize) -> f64 {
         match self {
             WeightSchedule::Constant(w) => *w,
@@ -82,7 +92,38 @@ impl WeightSchedule {
     }
 }
 
-/// A base score model, a condition, and weighted guidance terms.
+/// A base score model, a condition, and weighted guidance terms: `s_base + sum_i w_i(t) g_i` (the papers' rule).
+///
+/// ```
+/// use burn::prelude::*;
+/// use tilt_core::{Condition, ExpLinearReward, GaussianMixture, MixtureScore, Schedule};
+/// use tilt_sampler::guidance::{CfgGuidance, RewardGuidance};
+/// use tilt_sampler::{GuidedScore, NoiseSource, Sampler, SamplerKind, TimeGrid, WeightSchedule};
+///
+/// // Library crates enable no backend: the caller brings the device (`Device::flex()` in the `tilt` binary).
+/// fn guided_draws(device: &Device) -> (Tensor<2>, Tensor<2>) {
+///     let mixture = GaussianMixture::new(
+///         vec![0.5, 0.5],
+///         vec![vec![-1.0, 0.0], vec![1.0, 0.0]],
+///         vec![vec![0.5, 0.5], vec![0.5, 0.5]],
+///         vec![vec![0], vec![1]],
+///     )
+///     .unwrap();
+///     let schedule = Schedule::rectified_flow();
+///     let sampler = Sampler::new(SamplerKind::default(), schedule, TimeGrid::LogSnr, 50);
+///     // Classifier-free guidance toward class 1 at w = 2 (one batched call per step for a network).
+///     let exact = MixtureScore::new(mixture.clone(), schedule, device);
+///     let mut cfg = GuidedScore::new(&exact, Condition::class(1, 1000, device))
+///         .with(CfgGuidance::new(), WeightSchedule::Constant(2.0));
+///     let toward_class = sampler.draw(&mut cfg, 1000, 2, device, &mut NoiseSource::host(0));
+///     // Reward guidance g = s_r - s with the exact tilted score: w = 1 samples p_r ∝ exp(a . x) p exactly.
+///     let tilted = MixtureScore::new(mixture.tilted(&ExpLinearReward::new(vec![1.0, 0.0])), schedule, device);
+///     let mut reward = GuidedScore::new(&exact, Condition::Unconditional)
+///         .with(RewardGuidance::reweighted(&tilted), WeightSchedule::Constant(1.0));
+///     let tilted_draws = sampler.draw(&mut reward, 1000, 2, device, &mut NoiseSource::host(1));
+///     (toward_class, tilted_draws)
+/// }
+/// ```
 pub struct GuidedScore<'a> {
     base: &'a dyn ScoreModel,
     condition: Condition,
@@ -101,6 +142,7 @@ pub struct GuidedScore<'a> {
 }
 
 impl<'a> GuidedScore<'a> {
+    /// The unguided score of `base` under `condition`; add terms with [`GuidedScore::with`].
     pub fn new(base: &'a dyn ScoreModel, condition: Condition) -> Self {
         Self {
             base,
@@ -125,6 +167,7 @@ impl<'a> GuidedScore<'a> {
         self
     }
 
+    /// Guidance rescale (Lin et al. 2024) with factor `phi` in [0, 1], applied to CFG.
     pub fn with_rescale(mut self, phi: f64) -> Self {
         self.rescale = phi;
         self
@@ -136,6 +179,7 @@ impl<'a> GuidedScore<'a> {
         self
     }
 
+    /// The condition of the chains.
     pub fn condition(&self) -> &Condition {
         &self.condition
     }

@@ -7,11 +7,13 @@ use super::{BaseEval, GuidanceTerm};
 use burn::prelude::*;
 use tilt_core::Condition;
 
+/// Negative-class guidance: `g = s(x) - s(x|c-)`, away from class `c-`.
 pub struct NegativeClassGuidance {
     class: usize,
 }
 
 impl NegativeClassGuidance {
+    /// Guidance away from `class`.
     pub fn new(class: usize) -> Self {
         Self { class }
     }

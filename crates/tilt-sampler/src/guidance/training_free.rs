@@ -69,6 +69,7 @@ pub enum TrainingFreePreset {
 }
 
 impl TrainingFreePreset {
+    /// Every preset, for listings and tests.
     pub const ALL: [TrainingFreePreset; 6] = [
         TrainingFreePreset::RewardGradient,
         TrainingFreePreset::Dps,
@@ -78,6 +79,7 @@ impl TrainingFreePreset {
         TrainingFreePreset::Lgd,
     ];
 
+    /// The TFG parameters this preset stands for.
     pub fn params(&self) -> TrainingFreeParams {
         let base = TrainingFreeParams::default();
         match self {
@@ -154,6 +156,7 @@ impl<'a> TrainingFreeGuidance<'a> {
         Self::new(reward, TrainingFreeParams::default(), 0)
     }
 
+    /// The training-free term of `preset` for `reward`, its Monte Carlo draws seeded by `seed`.
     pub fn preset(reward: &'a dyn Reward, preset: TrainingFreePreset, seed: u64) -> Self {
         Self::new(reward, preset.params(), seed)
     }

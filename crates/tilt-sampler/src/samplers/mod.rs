@@ -1,8 +1,8 @@
-//! Backward samplers, k-diffusion style: each sampler is a short step over a score closure ([`Solver`]), and one
+//! Backward samplers, k-diffusion style: each sampler is a short step over a score closure (`Solver`), and one
 //! loop ([`Sampler::run`]) drives them all.
 //!
-//! - [`single_step`]: Euler-Maruyama, exponential integrator, SDE-DPM-Solver-1, DDPM ancestral, Heun, DDIM;
-//! - [`dpm_solver_pp`]: the multistep DPM-Solver++ 2M and 2M SDE, which keep the previous denoise.
+//! - `single_step`: Euler-Maruyama, exponential integrator, SDE-DPM-Solver-1, DDPM ancestral, Heun, DDIM;
+//! - `dpm_solver_pp`: the multistep DPM-Solver++ 2M and 2M SDE, which keep the previous denoise.
 
 mod dpm_solver_pp;
 mod single_step;
@@ -24,9 +24,11 @@ pub const DEFAULT_T_MAX: f64 = 1.0 - 1e-5;
 /// The end of every chain, where the final Tweedie denoise is taken.
 pub const DEFAULT_T_MIN: f64 = 1e-3;
 
+/// The step of the backward chain (`sampler.kind`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "kebab-case")]
 pub enum SamplerKind {
+    /// Euler-Maruyama on the reverse SDE.
     EulerMaruyama,
     /// Score frozen over the step (over-disperses; kept for comparison).
     ExponentialIntegrator,
@@ -35,8 +37,11 @@ pub enum SamplerKind {
     #[default]
     #[serde(rename = "sde-dpm-solver-1")]
     SdeDpmSolver1,
+    /// DDPM ancestral: a draw from the Gaussian posterior with the denoise frozen.
     Ddpm,
+    /// Heun's second-order method on the probability-flow ODE.
     Heun,
+    /// DDIM: the exact probability-flow step with the noise prediction frozen.
     Ddim,
     /// DPM-Solver++ 2M: second-order multistep on the probability-flow ODE, in the data prediction.
     #[serde(rename = "dpm-solver++-2m")]
@@ -51,6 +56,7 @@ pub enum SamplerKind {
 }
 
 impl SamplerKind {
+    /// Every sampler, for listings and tests.
     pub const ALL: [SamplerKind; 9] = [
         SamplerKind::EulerMaruyama,
         SamplerKind::ExponentialIntegrator,
@@ -68,6 +74,7 @@ impl SamplerKind {
         if *self == SamplerKind::Heun { 2 } else { 1 }
     }
 
+    /// Whether the sampler draws noise at every step.
     pub fn is_stochastic(&self) -> bool {
         !matches!(
             self,
@@ -100,27 +107,37 @@ impl SamplerKind {
 /// The two ends of one step, with the schedule quantities the step functions need.
 #[derive(Clone, Copy, Debug)]
 pub struct StepPoint {
+    /// The step index, from 0.
     pub k: usize,
+    /// The time the step starts from.
     pub t: f64,
+    /// The time the step ends at (smaller).
     pub t_next: f64,
     /// OU step `h = u(t) - u(t_next) > 0`.
     pub h: f64,
+    /// Signal scale of the VP form at `t`.
     pub alpha: f64,
+    /// Noise scale of the VP form at `t`.
     pub sigma: f64,
+    /// Signal scale of the VP form at `t_next`.
     pub alpha_next: f64,
+    /// Noise scale of the VP form at `t_next`.
     pub sigma_next: f64,
     /// Half log-SNR `lambda = ln(alpha / sigma)` at both ends (increasing along the chain).
     pub lambda: f64,
+    /// The half log-SNR at `t_next`.
     pub lambda_next: f64,
     /// The schedule's interpolant itself (not its VP form) at both ends: `x = c y` with
     /// `c = sqrt(alpha^2 + sigma^2)` (1 on a VP schedule), for steps written in the interpolant's coordinates.
     pub interpolant: Interpolant,
+    /// The interpolant at `t_next`.
     pub interpolant_next: Interpolant,
 }
 
 /// One step of a backward chain. `&mut self` holds what a multistep method carries between steps; a fresh
 /// solver is made for every run ([`SamplerKind::solver`]), so nothing leaks from one chain into the next.
 pub trait Solver {
+    /// `x` at `p.t_next` from `x` at `p.t`, calling `score(x, t, step)` as often as the method needs.
     fn step(&mut self, p: &StepPoint, score: &mut ScoreFn, x: Tensor<2>, noise: &mut NoiseSource) -> Tensor<2>;
 }
 
@@ -131,7 +148,9 @@ pub trait Solver {
 /// the final denoise, `X_{t_min}` of the interpolant).
 #[derive(Clone, Debug)]
 pub struct Sampler {
+    /// The step of the chain.
     pub kind: SamplerKind,
+    /// The schedule the chain runs on (its VP form).
     pub schedule: Schedule,
     /// Decreasing times, `times[0] = t_max`, last = `t_min`.
     pub times: Vec<f64>,
@@ -154,6 +173,7 @@ impl Sampler {
         Self { recurrence, ..self }
     }
 
+    /// The number of steps.
     pub fn steps(&self) -> usize {
         self.times.len() - 1
     }
@@ -211,16 +231,18 @@ impl Sampler {
     ///     }
     /// }
     ///
-    /// let device = Device::flex();
-    /// let mixture = GaussianMixture::new(vec![1.0], vec![vec![2.0]], vec![vec![0.5]], vec![vec![0]]).unwrap();
-    /// let oracle = MixtureScore::new(mixture, Schedule::Linear, &device);
-    /// let mut guided = GuidedScore::new(&oracle, Condition::Unconditional);
-    /// let sampler = Sampler::new(SamplerKind::Ddim, Schedule::Linear, TimeGrid::LogSnr, 100);
-    /// let mut noise = NoiseSource::host(0);
-    /// let x0 = noise.normal(2000, 1, &device);
-    /// let x = sampler.run_solver(&mut OdeEuler, &mut |x, t, k| guided.score(x, t, k), x0, &mut noise, &mut |_, _, x| x);
-    /// let mean = x.mean().into_scalar::<f64>();
-    /// assert!((mean - 2.0).abs() < 0.1, "{mean}");
+    /// // Library crates enable no backend: the caller brings the device (`Device::flex()` in the `tilt` binary).
+    /// fn mean_of_draws(device: &Device) -> f64 {
+    ///     let mixture = GaussianMixture::new(vec![1.0], vec![vec![2.0]], vec![vec![0.5]], vec![vec![0]]).unwrap();
+    ///     let oracle = MixtureScore::new(mixture, Schedule::Linear, device);
+    ///     let mut guided = GuidedScore::new(&oracle, Condition::Unconditional);
+    ///     let sampler = Sampler::new(SamplerKind::Ddim, Schedule::Linear, TimeGrid::LogSnr, 100);
+    ///     let mut noise = NoiseSource::host(0);
+    ///     let x0 = noise.normal(2000, 1, device);
+    ///     let mut score = |x, t, k| guided.score(x, t, k);
+    ///     let x = sampler.run_solver(&mut OdeEuler, &mut score, x0, &mut noise, &mut |_, _, x| x);
+    ///     x.mean().into_scalar::<f64>() // about 2, the mixture's mean
+    /// }
     /// ```
     pub fn run_solver(
         &self,

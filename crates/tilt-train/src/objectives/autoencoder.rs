@@ -16,6 +16,7 @@ use tilt_models::AutoencoderConfig;
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Autoencoder {
+    /// Width of the code.
     #[serde(default = "d_latent")]
     pub latent: usize,
 }
@@ -35,6 +36,6 @@ impl TrainObjective for Autoencoder {
             let (x, _) = clean_batch(data, &uniform_indices(data.len(), b, rng), dev);
             (m.forward(x.clone()) - x).square().mean()
         };
-        run.run(seeded_init(&ad, cfg.seed, || net_cfg.init(&ad)), &net_cfg, &train_set, &test_set, loss, progress)
+        run.run(seeded_init(&ad, cfg.seed, || net_cfg.init(&ad)), &net_cfg, train_set, test_set, loss, progress)
     }
 }

@@ -39,6 +39,6 @@ impl TrainObjective for Classifier {
             let labels = tensor_ext::labels(batch.labels.as_ref().expect("labelled"), dev);
             log_softmax(m.forward(batch.x_t, batch.t), 1).gather(1, labels.reshape([b, 1])).mean().neg()
         };
-        run.run(seeded_init(&ad, cfg.seed, || net_cfg.init(&ad)), &net_cfg, &train_set, &test_set, loss, progress)
+        run.run(seeded_init(&ad, cfg.seed, || net_cfg.init(&ad)), &net_cfg, train_set, test_set, loss, progress)
     }
 }

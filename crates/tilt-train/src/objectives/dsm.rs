@@ -21,8 +21,10 @@ use tilt_models::{NoiseNet, ScoreNet, UNet};
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Dsm {
+    /// Train a class-conditional network when the data are labelled.
     #[serde(default = "d_true")]
     pub conditional: bool,
+    /// Probability of dropping a label to the null label.
     #[serde(default = "d_p_uncond")]
     pub p_uncond: f64,
 }
@@ -84,14 +86,14 @@ pub(crate) fn train_noise_net(
         NetKind::Mlp => {
             let net_cfg = mlp_config(sets.dim, &cfg.model, classes);
             let init = seeded_init(&ad, cfg.seed, || net_cfg.init(&ad));
-            run.run(init, &net_cfg, &train_set, &test_set, |m: &ScoreNet, d, r, v| loss(m, d, r, v, s), progress)
+            run.run(init, &net_cfg, train_set, test_set, |m: &ScoreNet, d, r, v| loss(m, d, r, v, s), progress)
         }
         NetKind::Unet => {
             let image = sets.image.ok_or_else(|| anyhow!("model.kind: the U-Net needs image data"))?;
             let net_cfg = cfg.model.unet(image, classes);
             net_cfg.check().map_err(|e| anyhow!("model.{e}"))?;
             let init = seeded_init(&ad, cfg.seed, || net_cfg.init(&ad));
-            run.run(init, &net_cfg, &train_set, &test_set, |m: &UNet, d, r, v| loss(m, d, r, v, s), progress)
+            run.run(init, &net_cfg, train_set, test_set, |m: &UNet, d, r, v| loss(m, d, r, v, s), progress)
         }
     }
 }

@@ -34,6 +34,6 @@ impl TrainObjective for Evaluator {
             let labels = tensor_ext::labels(&labels.expect("labelled"), dev);
             log_softmax(m.forward(x), 1).gather(1, labels.reshape([b, 1])).mean().neg()
         };
-        run.run(seeded_init(&ad, cfg.seed, || net_cfg.init(&ad)), &net_cfg, &train_set, &test_set, loss, progress)
+        run.run(seeded_init(&ad, cfg.seed, || net_cfg.init(&ad)), &net_cfg, train_set, test_set, loss, progress)
     }
 }

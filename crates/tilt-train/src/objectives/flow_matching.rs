@@ -23,10 +23,13 @@ pub enum TimeSampling {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FlowMatching {
+    /// Train a class-conditional network when the data are labelled.
     #[serde(default = "d_true")]
     pub conditional: bool,
+    /// Probability of dropping a label to the null label.
     #[serde(default = "d_p_uncond")]
     pub p_uncond: f64,
+    /// How training times are drawn.
     #[serde(default)]
     pub time: TimeSampling,
     /// Mean of the logit of `t` (logit-normal only).

@@ -1,15 +1,22 @@
-//! The training objectives, one file each behind [`TrainObjective`], and the batches they share ([`batches`]).
+//! The training objectives, one file each behind one trait (`TrainObjective`), and the batches they share
+//! (`batches`: noised batches toward any prediction, reward weights, seeded initialisation).
 //!
-//! An objective builds the network it trains and its loss, and hands both to the shared run
-//! ([`crate::run::RunContext::run`]: state, loop, checkpoints, resume); `tilt_train::train` only prepares the data
-//! and dispatches. A new objective is a file here plus its arm in [`crate::Objective`].
+//! An objective builds the network it trains and its loss, and hands both to the shared run (`RunContext::run`:
+//! state, loop, checkpoints, resume); [`crate::train`] only prepares the data and dispatches. A new objective is a
+//! file here plus its arm in [`crate::Objective`].
 
+/// The autoencoder of latent diffusion.
 pub mod autoencoder;
 pub(crate) mod batches;
+/// The noise-aware classifier.
 pub mod classifier;
+/// Denoising score matching.
 pub mod dsm;
+/// The evaluator of generated images.
 pub mod evaluator;
+/// Flow matching.
 pub mod flow_matching;
+/// The papers' reward-weighted trainer.
 pub mod reward_weighted;
 
 pub use autoencoder::Autoencoder;

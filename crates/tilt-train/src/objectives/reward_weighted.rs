@@ -37,7 +37,9 @@ pub enum RewardForm {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RewardWeighted {
+    /// Which form.
     pub form: RewardForm,
+    /// The reward `r`.
     pub reward: RewardSpec,
     /// A trained unconditional score checkpoint: required by `residual` (the frozen base), optional
     /// initialisation for `full` and `resample`.
@@ -123,8 +125,8 @@ impl TrainObjective for RewardWeighted {
             None => None,
         };
         let scale = RewardScale {
-            train: RewardScale::of(&train_set, reward.as_ref(), &run.standardizer, device),
-            test: RewardScale::of(&test_set, reward.as_ref(), &run.standardizer, device),
+            train: RewardScale::of(train_set, reward.as_ref(), &run.standardizer, device),
+            test: RewardScale::of(test_set, reward.as_ref(), &run.standardizer, device),
         };
         // A reward that overflows f32 on the data would surface as "training diverged" a step later.
         if !scale.train.is_finite() || (!test_set.is_empty() && !scale.test.is_finite()) {
@@ -140,7 +142,7 @@ impl TrainObjective for RewardWeighted {
         let weights_of = |x0: &[f32], set: &Dataset, dev: &Device| {
             weights_relative_to(
                 &log_rewards(reward.as_ref(), x0, sets.dim, &run.standardizer, dev),
-                scale.for_set(set, &train_set),
+                scale.for_set(set, train_set),
             )
         };
         match form {
@@ -171,12 +173,12 @@ impl TrainObjective for RewardWeighted {
                         let w = weights_of(&batch.x0, data, dev);
                         weighted_mse(m.forward(batch.x_t, batch.t, None), batch.target, Some(&w))
                     };
-                    run.run(model, &net_cfg, &train_set, &test_set, loss, progress)
+                    run.run(model, &net_cfg, train_set, test_set, loss, progress)
                 } else {
                     // Categorical over the training rows with probabilities ∝ r(x0), drawn by inverse CDF.
                     let cdf = |data: &Dataset| {
                         let log_r = log_rewards(reward.as_ref(), &data.x, sets.dim, &run.standardizer, device);
-                        let w = weights_relative_to(&log_r, scale.for_set(data, &train_set));
+                        let w = weights_relative_to(&log_r, scale.for_set(data, train_set));
                         let mut acc = 0.0f64;
                         w.iter()
                             .map(|v| {
@@ -185,7 +187,7 @@ impl TrainObjective for RewardWeighted {
                             })
                             .collect::<Vec<f64>>()
                     };
-                    let (train_cdf, test_cdf) = (cdf(&train_set), cdf(&test_set));
+                    let (train_cdf, test_cdf) = (cdf(train_set), cdf(test_set));
                     let loss = |m: &ScoreNet, data: &Dataset, rng: &mut ChaCha8Rng, dev: &Device| {
                         let c = if std::ptr::eq(data, train_set) { &train_cdf } else { &test_cdf };
                         let total = *c.last().expect("non-empty data");
@@ -198,7 +200,7 @@ impl TrainObjective for RewardWeighted {
                         let batch = noised(data, &idx, noising, rng, dev);
                         weighted_mse(m.forward(batch.x_t, batch.t, None), batch.target, None)
                     };
-                    run.run(model, &net_cfg, &train_set, &test_set, loss, progress)
+                    run.run(model, &net_cfg, train_set, test_set, loss, progress)
                 }
             }
             RewardForm::Residual => {
@@ -215,14 +217,7 @@ impl TrainObjective for RewardWeighted {
                     let out = m.forward(batch.x_t, batch.t, None) + base_out;
                     weighted_mse(out, batch.target, Some(&w))
                 };
-                run.run(
-                    seeded_init(&ad, cfg.seed, || net_cfg.init(&ad)),
-                    &net_cfg,
-                    &train_set,
-                    &test_set,
-                    loss,
-                    progress,
-                )
+                run.run(seeded_init(&ad, cfg.seed, || net_cfg.init(&ad)), &net_cfg, train_set, test_set, loss, progress)
             }
         }
     }

@@ -250,7 +250,7 @@ fn sizes_beyond_the_budget_are_refused_before_anything_is_allocated() {
         ("unet_13_levels_7px", unet(&format!("channel_mults = [{}]", vec!["1"; 13].join(", "))), "model.channel_mults"),
         (
             "evaluator_channels0",
-            format!("steps = 2\n[objective]\nkind = \"evaluator\"\n[model]\nchannels = 0\n{idx}"),
+            format!("steps = 2\n[objective]\nkind = \"evaluator\"\n[model]\nkind = \"cnn\"\nchannels = 0\n{idx}"),
             "model.channels",
         ),
     ];

@@ -341,7 +341,7 @@ fn the_evaluator_learns_to_classify_clean_images() {
     std::fs::write(d.join("lab"), tilt_train::idx::encode(&[n], &labels)).unwrap();
     let text = format!(
         "steps = 150\nseed = 2\nbatch_size = 64\nlog_every = 50\ncheckpoint_every = 150\n[objective]\nkind = \"evaluator\"\n\
-         [model]\nchannels = 8\n[optim]\nlr = 5e-3\n[data]\nkind = \"idx\"\nimages = \"{}\"\nlabels = \"{}\"\n",
+         [model]\nkind = \"cnn\"\nchannels = 8\n[optim]\nlr = 5e-3\n[data]\nkind = \"idx\"\nimages = \"{}\"\nlabels = \"{}\"\n",
         d.join("img").display(),
         d.join("lab").display()
     );

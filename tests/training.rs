@@ -215,7 +215,7 @@ fn small(steps: usize) -> TrainConfig {
     c.checkpoint_every = 20;
     c.log_every = 10;
     c.batch_size = 64;
-    c.model.hidden = 16;
+    c.model = tilt_train::ModelSpec::mlp(16, 2);
     c
 }
 

@@ -34,7 +34,7 @@ pub fn run(checkpoint: &Path, out: &Path, force: bool, device: &Device) -> Resul
         ModelKind::Classifier => {
             tilt_train::load_classifier(&ck.dir, device)?.classifier.net.save_into(&mut store).map_err(err)?
         }
-        ModelKind::ScoreNet if tilt_train::load::run_state(&ck.dir)?.config.model.kind == NetKind::Unet => {
+        ModelKind::ScoreNet if tilt_train::load::run_state(&ck.dir)?.config.model.kind() == NetKind::Unet => {
             tilt_train::load_unet(&ck.dir, device)?.0.net.save_into(&mut store).map_err(err)?
         }
         ModelKind::ScoreNet | ModelKind::Residual => {

@@ -9,113 +9,8 @@ use anyhow::{Context, Result, anyhow, bail};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 use tilt_core::{Prediction, Schedule};
-use tilt_models::{Activation, UNetConfig};
 
-/// Which network is trained.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "kebab-case")]
-pub enum NetKind {
-    /// The residual MLP (`hidden`, `blocks`, `activation`): points, or any data as flat rows.
-    #[default]
-    Mlp,
-    /// The pixel U-Net (`channels`, `channel_mults`, `blocks_per_level`, `groups`, `attention`): image data.
-    Unet,
-}
-
-/// Network architecture and size. `kind` picks the network; the fields of the other kind are ignored.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ModelSpec {
-    /// Which network.
-    #[serde(default)]
-    pub kind: NetKind,
-    /// MLP: width of the hidden layers.
-    #[serde(default = "d_hidden")]
-    pub hidden: usize,
-    /// MLP: residual blocks.
-    #[serde(default = "d_blocks")]
-    pub blocks: usize,
-    /// Width of the time embedding.
-    #[serde(default = "d_time_dim")]
-    pub time_dim: usize,
-    /// MLP: the activation.
-    #[serde(default)]
-    pub activation: Activation,
-    /// U-Net: base channels (evaluator: its width).
-    #[serde(default = "d_channels")]
-    pub channels: usize,
-    /// U-Net: channel multiplier per level.
-    #[serde(default = "d_channel_mults")]
-    pub channel_mults: Vec<usize>,
-    /// U-Net: convolution blocks per level.
-    #[serde(default = "d_blocks_per_level")]
-    pub blocks_per_level: usize,
-    /// U-Net: GroupNorm groups.
-    #[serde(default = "d_groups")]
-    pub groups: usize,
-    /// U-Net: self-attention at the lowest resolution.
-    #[serde(default)]
-    pub attention: bool,
-    /// What the network outputs (`epsilon`, `v-prediction`, `sample`, `velocity`); the objective's own by default
-    /// (`velocity` for flow matching, `epsilon` otherwise). Saved with the run: `tilt sample` reads the score off it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub prediction: Option<Prediction>,
-}
-
-fn d_hidden() -> usize {
-    128
-}
-fn d_blocks() -> usize {
-    3
-}
-fn d_time_dim() -> usize {
-    32
-}
-fn d_channels() -> usize {
-    32
-}
-fn d_channel_mults() -> Vec<usize> {
-    vec![1, 2]
-}
-fn d_blocks_per_level() -> usize {
-    1
-}
-fn d_groups() -> usize {
-    8
-}
-
-impl Default for ModelSpec {
-    fn default() -> Self {
-        Self {
-            kind: NetKind::Mlp,
-            hidden: d_hidden(),
-            blocks: d_blocks(),
-            time_dim: d_time_dim(),
-            activation: Activation::Silu,
-            channels: d_channels(),
-            channel_mults: d_channel_mults(),
-            blocks_per_level: d_blocks_per_level(),
-            groups: d_groups(),
-            attention: false,
-            prediction: None,
-        }
-    }
-}
-
-impl ModelSpec {
-    /// The U-Net of this spec for images of `image = [channels, height, width]`.
-    pub fn unet(&self, image: [usize; 3], num_classes: usize) -> UNetConfig {
-        UNetConfig::new(image)
-            .with_base_channels(self.channels)
-            .with_channel_mults(self.channel_mults.clone())
-            .with_blocks_per_level(self.blocks_per_level)
-            .with_groups(self.groups)
-            .with_time_dim(self.time_dim)
-            .with_num_classes(num_classes)
-            .with_attention(self.attention)
-    }
-}
-
+pub use crate::model_spec::{CnnSpec, MlpSpec, ModelSpec, NetKind, UNetSpec};
 pub use crate::objectives::{RewardForm, TimeSampling};
 
 /// What is trained: one type per objective, each in its file of [`crate::objectives`].
@@ -269,30 +164,7 @@ impl TrainConfig {
         positive("data_size", self.data_size)?;
         positive("log_every", self.log_every)?;
         positive("checkpoint_every", self.checkpoint_every)?;
-        positive("model.hidden", self.model.hidden)?;
-        positive("model.time_dim", self.model.time_dim)?;
-        positive("model.blocks", self.model.blocks)?;
-        positive("model.channels", self.model.channels)?;
-        positive("model.blocks_per_level", self.model.blocks_per_level)?;
-        for (name, v, max) in [
-            ("model.hidden", self.model.hidden, MAX_WIDTH),
-            ("model.time_dim", self.model.time_dim, MAX_WIDTH),
-            ("model.channels", self.model.channels, MAX_WIDTH),
-            ("model.blocks", self.model.blocks, MAX_DEPTH),
-            ("model.blocks_per_level", self.model.blocks_per_level, MAX_DEPTH),
-        ] {
-            if v > max {
-                bail!("{name}: expected at most {max}, got {v}");
-            }
-        }
-        if let Some(m) =
-            self.model.channel_mults.iter().find(|m| self.model.channels.checked_mul(**m).is_none_or(|c| c > MAX_WIDTH))
-        {
-            bail!("model.channel_mults: model.channels x {m} is more than {MAX_WIDTH} channels");
-        }
-        if !self.model.time_dim.is_multiple_of(2) {
-            bail!("model.time_dim: expected an even number, got {}", self.model.time_dim);
-        }
+        self.check_model()?;
         if !(0.0..0.9).contains(&self.test_fraction) {
             bail!("test_fraction: expected a value in [0, 0.9), got {}", self.test_fraction);
         }
@@ -326,7 +198,7 @@ impl TrainConfig {
             bail!("objective.kind: the evaluator is trained on labelled images (data.kind = \"idx\" with data.labels)");
         }
         self.check_prediction()?;
-        if self.model.kind == NetKind::Unet {
+        if let ModelSpec::Unet(u) = &self.model {
             if !matches!(self.objective, Objective::Dsm(_) | Objective::FlowMatching(_)) {
                 bail!(
                     "model.kind: the U-Net is trained with objective.kind = \"dsm\" or \"flow-matching\" (the other \
@@ -341,22 +213,34 @@ impl TrainConfig {
             }
             // The image size is known once the data are read (then `check_size` runs); everything else is checked
             // here, on an image the levels divide.
-            if !(1..=MAX_UNET_LEVELS).contains(&self.model.channel_mults.len()) {
-                bail!(
-                    "model.channel_mults: expected 1 to {MAX_UNET_LEVELS} levels, got {}",
-                    self.model.channel_mults.len()
-                );
+            if !(1..=MAX_UNET_LEVELS).contains(&u.channel_mults.len()) {
+                bail!("model.channel_mults: expected 1 to {MAX_UNET_LEVELS} levels, got {}", u.channel_mults.len());
             }
-            let side = 1usize << (self.model.channel_mults.len() - 1);
-            self.model.unet([1, side, side], 0).check().map_err(|e| anyhow!("model.{e}"))?;
+            let side = 1usize << (u.channel_mults.len() - 1);
+            u.config([1, side, side], 0).check().map_err(|e| anyhow!("model.{e}"))?;
+        }
+        // Which objectives train which network.
+        let wanted = match self.objective {
+            Objective::Evaluator(_) => &[NetKind::Cnn][..],
+            Objective::Dsm(_) | Objective::FlowMatching(_) => &[NetKind::Mlp, NetKind::Unet][..],
+            _ => &[NetKind::Mlp][..],
+        };
+        // An evaluator config without `[model]` gets the CNN's defaults.
+        let evaluator_default = matches!(self.objective, Objective::Evaluator(_)) && self.model == ModelSpec::default();
+        if !wanted.contains(&self.model.kind()) && !evaluator_default {
+            bail!(
+                "model.kind: {:?} is not a network of this objective (it trains {})",
+                self.model.kind(),
+                wanted.iter().map(|k| format!("{k:?}")).collect::<Vec<_>>().join(" or ")
+            );
         }
         match &self.objective {
             Objective::Autoencoder(objectives::Autoencoder { latent })
-                if *latent == 0 || *latent >= self.model.hidden =>
+                if *latent == 0 || *latent >= self.mlp().hidden =>
             {
                 bail!(
                     "objective.latent: expected a code smaller than model.hidden = {}, got {latent}",
-                    self.model.hidden
+                    self.mlp().hidden
                 )
             }
             Objective::Dsm(objectives::Dsm { p_uncond, .. })
@@ -390,11 +274,10 @@ impl TrainConfig {
     /// this config builds for `dim`-dimensional data (or `image`s) with `classes` labels, and the activations of
     /// one training step. Estimates, generous by design: they bound memory and time, not exact counts.
     pub fn check_size(&self, dim: usize, image: Option<[usize; 3]>, classes: usize) -> Result<()> {
-        let m = &self.model;
         let (dim, classes, b) = (dim as u128, classes as u128, self.batch_size as u128);
-        let (params, activations): (u128, u128) = match (&self.objective, m.kind, image) {
-            (Objective::Dsm(_) | Objective::FlowMatching(_), NetKind::Unet, Some([c, h, w])) => {
-                if let Err(e) = self.model.unet([c, h, w], 0).check() {
+        let (params, activations): (u128, u128) = match (&self.model, image) {
+            (ModelSpec::Unet(m), Some([c, h, w])) => {
+                if let Err(e) = m.config([c, h, w], 0).check() {
                     bail!("model.{e} (the data are {c} x {h} x {w} images)");
                 }
                 let (bpl, levels) = (m.blocks_per_level as u128, m.channel_mults.len() as u128);
@@ -409,15 +292,16 @@ impl TrainConfig {
                     * levels;
                 (p, a)
             }
-            (Objective::Evaluator(_), _, Some([c, h, w])) => {
-                let ch = m.channels as u128;
+            (_, Some([c, h, w])) if matches!(self.objective, Objective::Evaluator(_)) => {
+                let ch = self.cnn().channels as u128;
                 (9 * 21 * ch * ch + 9 * c as u128 * ch + 4 * ch * classes, b * ch * (h * w) as u128 * 8)
             }
-            _ => {
+            (ModelSpec::Mlp(m), _) => {
                 let (hdn, blocks) = (m.hidden as u128, m.blocks as u128);
                 let p = (dim + m.time_dim as u128 + classes + 2) * hdn + blocks * 3 * hdn * hdn + 2 * hdn * dim;
                 (p, b * (hdn * (blocks + 2) * 8 + m.time_dim as u128 + dim))
             }
+            (_, _) => bail!("model.kind: {:?} needs image data (data.kind = \"idx\")", self.model.kind()),
         };
         if params > MAX_PARAMETERS as u128 {
             bail!(
@@ -437,9 +321,63 @@ impl TrainConfig {
         Ok(())
     }
 
+    /// The MLP spec of an objective that trains the MLP (validated; the default MLP otherwise).
+    pub fn mlp(&self) -> MlpSpec {
+        match &self.model {
+            ModelSpec::Mlp(m) => m.clone(),
+            _ => MlpSpec::default(),
+        }
+    }
+
+    /// The CNN spec of the evaluator (its defaults when `[model]` is left out).
+    pub fn cnn(&self) -> CnnSpec {
+        match &self.model {
+            ModelSpec::Cnn(c) => c.clone(),
+            _ => CnnSpec { channels: 32 },
+        }
+    }
+
+    /// Sizes of `[model]`: positive, within the limits, and an even time embedding.
+    fn check_model(&self) -> Result<()> {
+        let positive = |name: &str, v: usize| if v == 0 { bail!("{name}: expected a positive number") } else { Ok(()) };
+        let limits: Vec<(&str, usize, usize)> = match &self.model {
+            ModelSpec::Mlp(m) => vec![
+                ("model.hidden", m.hidden, MAX_WIDTH),
+                ("model.time_dim", m.time_dim, MAX_WIDTH),
+                ("model.blocks", m.blocks, MAX_DEPTH),
+            ],
+            ModelSpec::Unet(u) => vec![
+                ("model.channels", u.channels, MAX_WIDTH),
+                ("model.time_dim", u.time_dim, MAX_WIDTH),
+                ("model.blocks_per_level", u.blocks_per_level, MAX_DEPTH),
+            ],
+            ModelSpec::Cnn(c) => vec![("model.channels", c.channels, MAX_WIDTH)],
+        };
+        for (name, v, max) in limits {
+            positive(name, v)?;
+            if v > max {
+                bail!("{name}: expected at most {max}, got {v}");
+            }
+        }
+        if let ModelSpec::Unet(u) = &self.model
+            && let Some(m) = u.channel_mults.iter().find(|m| u.channels.checked_mul(**m).is_none_or(|c| c > MAX_WIDTH))
+        {
+            bail!("model.channel_mults: model.channels x {m} is more than {MAX_WIDTH} channels");
+        }
+        let time_dim = match &self.model {
+            ModelSpec::Mlp(m) => m.time_dim,
+            ModelSpec::Unet(u) => u.time_dim,
+            ModelSpec::Cnn(_) => 2,
+        };
+        if !time_dim.is_multiple_of(2) {
+            bail!("model.time_dim: expected an even number, got {time_dim}");
+        }
+        Ok(())
+    }
+
     /// What the trained score network outputs: `model.prediction`, else the objective's own.
     pub fn prediction(&self) -> Prediction {
-        match (&self.objective, self.model.prediction) {
+        match (&self.objective, self.model.prediction()) {
             (_, Some(p)) => p,
             (Objective::FlowMatching(_), None) => Prediction::Velocity,
             _ => Prediction::Epsilon,
@@ -450,7 +388,7 @@ impl TrainConfig {
     fn check_prediction(&self) -> Result<()> {
         let scores =
             matches!(self.objective, Objective::Dsm(_) | Objective::FlowMatching(_) | Objective::RewardWeighted(_));
-        if let (Some(p), false) = (self.model.prediction, scores) {
+        if let (Some(p), false) = (self.model.prediction(), scores) {
             bail!(
                 "model.prediction: only score networks (objective.kind = \"dsm\", \"flow-matching\" or \
                  \"reward-weighted\") have a prediction; remove model.prediction = \"{}\"",
@@ -465,7 +403,7 @@ impl TrainConfig {
                     self.schedule.name()
                 );
             }
-            if let Some(p) = self.model.prediction.filter(|p| *p != Prediction::Velocity) {
+            if let Some(p) = self.model.prediction().filter(|p| *p != Prediction::Velocity) {
                 bail!(
                     "model.prediction: flow matching regresses the velocity; got \"{}\" (use objective.kind = \"dsm\" \
                      with schedule.kind = \"rectified-flow\" to train another prediction on that path)",

@@ -24,6 +24,8 @@ pub mod ema;
 pub mod idx;
 /// Loading trained models for sampling.
 pub mod load;
+/// `[model]`: the network trained, tagged by kind.
+pub mod model_spec;
 /// The training objectives, one file each.
 pub mod objectives;
 /// Optimiser and learning-rate settings.
@@ -39,7 +41,7 @@ pub mod trainer;
 
 pub use atomic::{write_atomic, write_atomic_with};
 pub use checkpoint::ModelKind;
-pub use config::{ModelSpec, NetKind, Objective, RewardForm, TimeSampling, TrainConfig};
+pub use config::{CnnSpec, MlpSpec, ModelSpec, NetKind, Objective, RewardForm, TimeSampling, TrainConfig, UNetSpec};
 pub use data::{DataSpec, Dataset, Standardizer};
 pub use load::{
     LoadedAnyScore, LoadedClassifier, LoadedScore, RunState, load_any_score, load_autoencoder, load_classifier,

@@ -74,7 +74,7 @@ fn open_with_config<C: serde::de::DeserializeOwned>(
 ) -> Result<(Checkpoint, RunState, C)> {
     let ck = Checkpoint::open(path, kind)?;
     let state = load_state(&ck)?;
-    let is_unet = state.config.model.kind == crate::NetKind::Unet;
+    let is_unet = state.config.model.kind() == crate::NetKind::Unet;
     if is_unet != (what == "U-Net") && kind == ModelKind::ScoreNet {
         bail!(
             "{}: holds a {} score network, but a {what} was expected here{}",
@@ -134,7 +134,7 @@ pub struct LoadedAnyScore {
 /// Load a `score-net` or `residual` checkpoint of any architecture, with its prediction and schedule.
 pub fn load_any_score(path: &Path, kind: ModelKind, device: &Device) -> Result<LoadedAnyScore> {
     let state = run_state(path)?;
-    if state.config.model.kind == crate::NetKind::Unet && kind == ModelKind::ScoreNet {
+    if state.config.model.kind() == crate::NetKind::Unet && kind == ModelKind::ScoreNet {
         let (score, state) = load_unet(path, device)?;
         let ck = Checkpoint::open(path, kind)?;
         let ema_sha256 = ck.manifest.files.iter().find(|f| f.kind == FileKind::EmaModel).map(|f| f.sha256.clone());

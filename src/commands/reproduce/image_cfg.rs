@@ -159,7 +159,7 @@ pub fn run(ctx: &Ctx, dir: &Path) -> Result<StageOutput> {
             cfg.seed,
             false,
         );
-        c.model.hidden = cfg.autoencoder.hidden;
+        c.model = tilt_train::ModelSpec::mlp(cfg.autoencoder.hidden, tilt_train::MlpSpec::default().blocks);
         c
     };
     let ae_run = ctx.trained("image_autoencoder", &ae_cfg)?;
@@ -172,7 +172,7 @@ pub fn run(ctx: &Ctx, dir: &Path) -> Result<StageOutput> {
             cfg.seed,
             false,
         );
-        c.model.channels = cfg.evaluator.channels;
+        c.model = tilt_train::ModelSpec::Cnn(tilt_train::CnnSpec { channels: cfg.evaluator.channels });
         c.batch_size = 64; // convolutions are the slow part on the CPU (docs/results.md)
         c.optim.lr = 3e-3;
         c
@@ -193,8 +193,7 @@ pub fn run(ctx: &Ctx, dir: &Path) -> Result<StageOutput> {
     let latent_data = DataSpec::Csv { path: latents, labelled: true, classes: Some(classes) };
     let net = |spec: &NetSpec, objective: Objective| {
         let mut c = train_config(latent_data.clone(), objective, spec.steps.get(p), cfg.seed, true);
-        c.model.hidden = spec.hidden.get(p);
-        c.model.blocks = spec.blocks;
+        c.model = tilt_train::ModelSpec::mlp(spec.hidden.get(p), spec.blocks);
         c
     };
     let dsm = Objective::Dsm(tilt_train::objectives::Dsm { conditional: true, p_uncond: cfg.diffusion.p_uncond });

@@ -551,7 +551,7 @@ impl TrainSpec {
             standardize: false,
             schedule: Default::default(),
             t_min: 1e-3,
-            model: tilt_train::ModelSpec { hidden: self.hidden.get(p), blocks: self.blocks, ..Default::default() },
+            model: tilt_train::ModelSpec::mlp(self.hidden.get(p), self.blocks),
             optim: tilt_train::OptimConfig {
                 lr: self.lr,
                 warmup_steps: (steps / 20).min(200),

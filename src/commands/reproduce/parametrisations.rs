@@ -101,7 +101,7 @@ pub fn run(ctx: &Ctx, dir: &Path) -> Result<StageOutput> {
         let train_cfg = |base: Option<&Path>| {
             let mut c = cfg.train.config(mixture_data(&cfg.mixture), objective(base), p, cfg.seed);
             c.schedule = schedule;
-            c.model.prediction = Some(prediction);
+            c.model.set_prediction(Some(prediction));
             c
         };
         let stem = format!("{}_{}", schedule.name(), prediction.name()).replace('-', "_");

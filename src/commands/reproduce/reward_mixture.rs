@@ -40,7 +40,7 @@ pub fn reward_weighted(
         form,
         reward: reward.clone(),
         base: Some(base.to_path_buf()),
-        residual_model: tilt_train::ModelSpec { hidden: spec.hidden.get(p), blocks: spec.blocks, ..Default::default() },
+        residual_model: tilt_train::ModelSpec::mlp(spec.hidden.get(p), spec.blocks),
     })
 }
 
@@ -70,7 +70,7 @@ pub fn run(ctx: &Ctx, dir: &Path) -> Result<StageOutput> {
             p,
             cfg.seed,
         );
-        c.model.hidden = cfg.base_train.hidden.get(p); // the full form starts from the base network
+        c.model = tilt_train::ModelSpec::mlp(cfg.base_train.hidden.get(p), cfg.train.blocks); // the full form starts from the base network
         c
     })?;
     let residual_run = ctx.trained(

@@ -31,7 +31,7 @@ impl TrainObjective for Autoencoder {
         let (cfg, b, device) = (run.cfg, run.cfg.batch_size, run.device);
         let ad = device.clone().autodiff();
         let (train_set, test_set) = (sets.train, sets.test);
-        let net_cfg = AutoencoderConfig::new(sets.dim).with_latent(*latent).with_hidden(cfg.model.hidden);
+        let net_cfg = AutoencoderConfig::new(sets.dim).with_latent(*latent).with_hidden(cfg.mlp().hidden);
         let loss = move |m: &tilt_models::Autoencoder, data: &Dataset, rng: &mut ChaCha8Rng, dev: &Device| {
             let (x, _) = clean_batch(data, &uniform_indices(data.len(), b, rng), dev);
             (m.forward(x.clone()) - x).square().mean()

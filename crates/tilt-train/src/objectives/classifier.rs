@@ -28,11 +28,12 @@ impl TrainObjective for Classifier {
         if train_set.labels.is_none() || train_set.num_classes < 2 {
             bail!("data: the classifier objective needs labelled data with at least 2 classes");
         }
+        let m = cfg.mlp();
         let net_cfg = NoisyClassifierConfig::new(sets.dim, train_set.num_classes)
-            .with_hidden(cfg.model.hidden)
-            .with_layers(cfg.model.blocks)
-            .with_time_dim(cfg.model.time_dim)
-            .with_activation(cfg.model.activation);
+            .with_hidden(m.hidden)
+            .with_layers(m.blocks)
+            .with_time_dim(m.time_dim)
+            .with_activation(m.activation);
         let loss = move |m: &NoisyClassifier, data: &Dataset, rng: &mut ChaCha8Rng, dev: &Device| {
             let idx = uniform_indices(data.len(), b, rng);
             let batch = noised(data, &idx, classifier_noising, rng, dev);

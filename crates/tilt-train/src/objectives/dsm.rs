@@ -3,12 +3,12 @@
 //! score).
 
 use super::batches::{Noising, noised, seeded_init, uniform_indices, weighted_mse};
-use super::{Sets, TrainObjective, mlp_config};
-use crate::config::NetKind;
+use super::{Sets, TrainObjective};
+use crate::config::ModelSpec;
 use crate::data::Dataset;
 use crate::run::{RunContext, TrainOutcome};
 use crate::trainer::Progress;
-use anyhow::{Result, anyhow};
+use anyhow::{Result, anyhow, bail};
 use burn::prelude::*;
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
@@ -82,18 +82,19 @@ pub(crate) fn train_noise_net(
         weighted_mse(m.predict_noise(batch.x_t, batch.t, labels), batch.target, None)
     }
     let s = Settings { batch: b, noising, classes, p_uncond };
-    match cfg.model.kind {
-        NetKind::Mlp => {
-            let net_cfg = mlp_config(sets.dim, &cfg.model, classes);
+    match &cfg.model {
+        ModelSpec::Mlp(spec) => {
+            let net_cfg = spec.score_net(sets.dim, classes);
             let init = seeded_init(&ad, cfg.seed, || net_cfg.init(&ad));
             run.run(init, &net_cfg, train_set, test_set, |m: &ScoreNet, d, r, v| loss(m, d, r, v, s), progress)
         }
-        NetKind::Unet => {
+        ModelSpec::Unet(spec) => {
             let image = sets.image.ok_or_else(|| anyhow!("model.kind: the U-Net needs image data"))?;
-            let net_cfg = cfg.model.unet(image, classes);
+            let net_cfg = spec.config(image, classes);
             net_cfg.check().map_err(|e| anyhow!("model.{e}"))?;
             let init = seeded_init(&ad, cfg.seed, || net_cfg.init(&ad));
             run.run(init, &net_cfg, train_set, test_set, |m: &UNet, d, r, v| loss(m, d, r, v, s), progress)
         }
+        ModelSpec::Cnn(_) => bail!("model.kind: the CNN is the evaluator's; a score network is an MLP or a U-Net"),
     }
 }

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use tilt_core::tensor_ext;
 use tilt_models::EvaluatorConfig;
 
-/// The evaluator (`model.channels` sets its width).
+/// The evaluator (`[model] kind = "cnn"`, `channels` sets its width).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Evaluator {}
@@ -28,7 +28,7 @@ impl TrainObjective for Evaluator {
         if train_set.num_classes < 2 {
             bail!("data: the evaluator needs labelled images with at least 2 classes");
         }
-        let net_cfg = EvaluatorConfig::new(image, train_set.num_classes).with_channels(cfg.model.channels);
+        let net_cfg = EvaluatorConfig::new(image, train_set.num_classes).with_channels(cfg.cnn().channels);
         let loss = move |m: &tilt_models::Evaluator, data: &Dataset, rng: &mut ChaCha8Rng, dev: &Device| {
             let (x, labels) = clean_batch(data, &uniform_indices(data.len(), b, rng), dev);
             let labels = tensor_ext::labels(&labels.expect("labelled"), dev);

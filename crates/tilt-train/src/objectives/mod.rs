@@ -26,13 +26,11 @@ pub use evaluator::Evaluator;
 pub use flow_matching::{FlowMatching, TimeSampling};
 pub use reward_weighted::{RewardForm, RewardWeighted};
 
-use crate::config::ModelSpec;
 use crate::data::Dataset;
 use crate::run::{RunContext, TrainOutcome};
 use crate::trainer::Progress;
 use anyhow::Result;
 use batches::Noising;
-use tilt_models::ScoreNetConfig;
 
 /// The data of a run, split and standardised, and how its batches are noised by default.
 pub(crate) struct Sets<'a> {
@@ -49,14 +47,4 @@ pub(crate) struct Sets<'a> {
 /// What is trained: builds its network and loss and runs them through the shared loop.
 pub(crate) trait TrainObjective {
     fn train(&self, run: &mut RunContext, sets: &Sets, progress: &mut dyn FnMut(&Progress)) -> Result<TrainOutcome>;
-}
-
-/// The residual MLP of `spec` for `dim`-dimensional data with `classes` labels (0: unconditional).
-pub(crate) fn mlp_config(dim: usize, spec: &ModelSpec, classes: usize) -> ScoreNetConfig {
-    ScoreNetConfig::new(dim)
-        .with_hidden(spec.hidden)
-        .with_blocks(spec.blocks)
-        .with_time_dim(spec.time_dim)
-        .with_activation(spec.activation)
-        .with_num_classes(classes)
 }

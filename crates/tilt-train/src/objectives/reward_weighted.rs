@@ -4,7 +4,7 @@
 use super::batches::{
     RewardScale, log_rewards, noised, seeded_init, uniform_indices, weighted_mse, weights_relative_to,
 };
-use super::{Sets, TrainObjective, mlp_config};
+use super::{Sets, TrainObjective};
 use crate::checkpoint::{Checkpoint, FileKind, ModelKind};
 use crate::config::ModelSpec;
 use crate::data::Dataset;
@@ -50,7 +50,7 @@ pub struct RewardWeighted {
 }
 
 fn d_residual_model() -> ModelSpec {
-    ModelSpec { hidden: 64, blocks: 2, ..ModelSpec::default() }
+    ModelSpec::mlp(64, 2)
 }
 
 impl TrainObjective for RewardWeighted {
@@ -161,7 +161,7 @@ impl TrainObjective for RewardWeighted {
                         (net_cfg, model)
                     }
                     None => {
-                        let net_cfg = mlp_config(sets.dim, &cfg.model, 0);
+                        let net_cfg = cfg.mlp().score_net(sets.dim, 0);
                         let model = seeded_init(&ad, cfg.seed, || net_cfg.init(&ad));
                         (net_cfg, model)
                     }
@@ -206,7 +206,10 @@ impl TrainObjective for RewardWeighted {
             RewardForm::Residual => {
                 let base = base.expect("validated: residual needs a base");
                 let base_net = base.score.net.clone();
-                let net_cfg = mlp_config(sets.dim, residual_model, 0).with_zero_init_output(true);
+                let ModelSpec::Mlp(residual_model) = residual_model else {
+                    bail!("objective.residual_model.kind: the residual delta_theta is an MLP (kind = \"mlp\")")
+                };
+                let net_cfg = residual_model.score_net(sets.dim, 0).with_zero_init_output(true);
                 let loss = |m: &ScoreNet, data: &Dataset, rng: &mut ChaCha8Rng, dev: &Device| {
                     let idx = uniform_indices(data.len(), b, rng);
                     let batch = noised(data, &idx, noising, rng, dev);

@@ -163,7 +163,9 @@ const FLAT_FIELDS: [&str; 10] = [
 
 impl<'de> Deserialize<'de> for ModelSpec {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let mut map = serde_json::Map::<String, serde_json::Value>::deserialize(deserializer)?;
+        // A TOML table keeps every value as written (NaN and infinities included), so a type error below still
+        // quotes the value and `toml_error` can name its field; JSON (state.json) reads into it as well.
+        let mut map = toml::Table::deserialize(deserializer)?;
         let kind = match map.remove("kind") {
             None => {
                 // No kind is the MLP; a field only another kind has is a missing `kind`, said so.
@@ -177,7 +179,7 @@ impl<'de> Deserialize<'de> for ModelSpec {
                 }
                 NetKind::Mlp
             }
-            Some(k) => serde_json::from_value(k).map_err(|e| D::Error::custom(format!("model.kind: {e}")))?,
+            Some(k) => k.try_into().map_err(|e| D::Error::custom(format!("model.kind: {e}")))?,
         };
         // A flat spec as tilt wrote it into state.json before `[model]` was tagged: all ten fields present.
         if FLAT_FIELDS.iter().all(|f| *f == "kind" || map.contains_key(*f)) {
@@ -186,13 +188,13 @@ impl<'de> Deserialize<'de> for ModelSpec {
                 NetKind::Unet => &UNET_FIELDS,
                 NetKind::Cnn => &["channels"],
             };
-            map.retain(|k, _| keep.contains(&k.as_str()) || k == "prediction");
+            map.retain(|k, _| keep.contains(&k) || k == "prediction");
         }
-        let value = serde_json::Value::Object(map);
+        let value = toml::Value::Table(map);
         let spec = match kind {
-            NetKind::Mlp => serde_json::from_value(value).map(ModelSpec::Mlp),
-            NetKind::Unet => serde_json::from_value(value).map(ModelSpec::Unet),
-            NetKind::Cnn => serde_json::from_value(value).map(ModelSpec::Cnn),
+            NetKind::Mlp => value.try_into().map(ModelSpec::Mlp),
+            NetKind::Unet => value.try_into().map(ModelSpec::Unet),
+            NetKind::Cnn => value.try_into().map(ModelSpec::Cnn),
         };
         spec.map_err(|e| D::Error::custom(format!("model.kind = \"{}\": {e}", kind_name(kind))))
     }

@@ -201,8 +201,8 @@ pub fn run(ctx: &Ctx, dir: &Path) -> Result<StageOutput> {
             fmt(m_ref.mean, 4),
             String::new(),
             String::new(),
-            format!("{:+.5}", m_ref.mean / target_mean - 1.0),
-            fmt(m_ref.se / target_mean, 5),
+            format!("{:+.3e}", m_ref.mean / target_mean - 1.0),
+            format!("{:.1e}", m_ref.se / target_mean),
         ]);
         references.push(format!("{} {}", schedule.name(), versus(m_ref, target_mean)));
         let mut pts = Vec::new();
@@ -215,10 +215,10 @@ pub fn run(ctx: &Ctx, dir: &Path) -> Result<StageOutput> {
                 schedule.name().into(),
                 k.to_string(),
                 fmt(tilt_core::metrics::mean_se(&r).mean, 4),
-                format!("{:+.5}", d.mean),
-                fmt(d.se, 5),
-                format!("{rel:+.5}"),
-                fmt(rel_se, 5),
+                format!("{:+.3e}", d.mean),
+                format!("{:.1e}", d.se),
+                format!("{rel:+.3e}"),
+                format!("{rel_se:.1e}"),
             ]);
             if rel.is_finite() && rel_se.is_finite() {
                 match floor.iter_mut().find(|f| f.0 == k as f64) {

@@ -33,7 +33,7 @@ fn base_eval<'a>(model: &'a dyn ScoreModel, cond: &'a Condition, x: &Tensor<2>, 
 fn mixture_score_matches_host_density_by_finite_differences() {
     // The tensor score against central differences of the independent f64 host density.
     let mix = overlapping();
-    for sched in [Schedule::Linear, Schedule::cosine()] {
+    for sched in [Schedule::Linear, Schedule::cosine(), Schedule::ddpm(), Schedule::rectified_flow()] {
         let oracle = MixtureScore::new(mix.clone(), sched, &device());
         for t in [1e-3, 0.1, 0.6, 0.99] {
             let s = tensor_ext::to_vec(oracle.score(points(), t, &Condition::Unconditional));

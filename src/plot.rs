@@ -121,7 +121,9 @@ pub fn curves(
     curves_scaled(path, title, x_label, y_label, series, references, false)
 }
 
-/// As [`curves`], with a logarithmic x axis when `log_x` (points with x <= 0 are left out).
+/// As [`curves`], with a logarithmic x axis when `log_x` (points with x <= 0 are left out). The y axis is
+/// logarithmic whenever the values (and references) are all positive and span more than two decades, so that one large
+/// value does not flatten every other curve onto the axis.
 pub fn curves_scaled(
     path: &Path,
     title: &str,
@@ -131,17 +133,24 @@ pub fn curves_scaled(
     references: &[(String, f64)],
     log_x: bool,
 ) -> Result<()> {
-    if log_x {
-        let logged: Vec<Series> = series
-            .iter()
-            .map(|s| Series {
-                name: s.name.clone(),
-                points: s.points.iter().filter(|p| p.0 > 0.0).map(|p| (p.0.log10(), p.1)).collect(),
-            })
-            .collect();
-        return draw_curves(path, title, x_label, y_label, &logged, references, true);
-    }
-    draw_curves(path, title, x_label, y_label, series, references, false)
+    let log_y = spans_decades(series, references);
+    let axis = |v: f64, log: bool| if log { v.log10() } else { v };
+    let keep = |v: f64, log: bool| !log || v > 0.0;
+    let scaled: Vec<Series> = series
+        .iter()
+        .map(|s| Series {
+            name: s.name.clone(),
+            points: s
+                .points
+                .iter()
+                .filter(|p| keep(p.0, log_x) && keep(p.1, log_y))
+                .map(|p| (axis(p.0, log_x), axis(p.1, log_y)))
+                .collect(),
+        })
+        .collect();
+    let refs: Vec<(String, f64)> =
+        references.iter().filter(|r| keep(r.1, log_y)).map(|r| (r.0.clone(), axis(r.1, log_y))).collect();
+    draw_curves(path, title, x_label, y_label, &scaled, &refs, log_x, log_y)
 }
 
 fn draw_curves(
@@ -152,6 +161,7 @@ fn draw_curves(
     series: &[Series],
     references: &[(String, f64)],
     log_x: bool,
+    log_y: bool,
 ) -> Result<()> {
     ensure_font();
     // Non-finite values (an overflowed reward, say) are left out rather than drawn at the frame's edge.
@@ -188,11 +198,26 @@ fn draw_curves(
             .map_err(err(path))?;
         let log_fmt = |v: &f64| {
             let x = 10f64.powf(*v);
-            if x >= 1.0 { format!("{x:.0}") } else { format!("{x:.2}") }
+            if !(1e-2..1e5).contains(&x) {
+                format!("{x:.0e}")
+            } else if x >= 1.0 {
+                format!("{x:.0}")
+            } else {
+                format!("{x:.2}")
+            }
         };
         let lin_fmt = |v: &f64| format!("{v}");
-        let fmt: &dyn Fn(&f64) -> String = if log_x { &log_fmt } else { &lin_fmt };
-        chart.configure_mesh().x_desc(x_label).y_desc(y_label).x_label_formatter(fmt).draw().map_err(err(path))?;
+        let x_fmt: &dyn Fn(&f64) -> String = if log_x { &log_fmt } else { &lin_fmt };
+        let y_fmt: &dyn Fn(&f64) -> String = if log_y { &log_fmt } else { &lin_fmt };
+        let y_desc = if log_y { format!("{y_label} (log scale)") } else { y_label.to_string() };
+        chart
+            .configure_mesh()
+            .x_desc(x_label)
+            .y_desc(y_desc)
+            .x_label_formatter(x_fmt)
+            .y_label_formatter(y_fmt)
+            .draw()
+            .map_err(err(path))?;
         for (i, s) in series.iter().enumerate() {
             let color = Palette99::pick(i).to_rgba();
             chart
@@ -221,6 +246,13 @@ fn draw_curves(
         root.present().map_err(err(path))?;
     }
     write_png(path, buf, size)
+}
+
+/// Whether every finite value (and reference) is positive and the largest is more than 100 times the smallest.
+fn spans_decades(series: &[Series], references: &[(String, f64)]) -> bool {
+    let ys = series.iter().flat_map(|s| s.points.iter().map(|p| p.1)).chain(references.iter().map(|r| r.1));
+    let (lo, hi) = min_max(ys);
+    lo > 0.0 && hi / lo > 100.0
 }
 
 /// `[lo, hi]` widened by 6 % of its span, and by at least a relative 1e-6 so that a single value (of any size)
@@ -283,5 +315,22 @@ mod tests {
         }
         assert!(!dir.path().join("all_nan.png").exists());
         assert!(dir.path().join("one_huge_value.png").exists());
+    }
+
+    #[test]
+    fn values_spanning_decades_get_a_log_axis() {
+        let s = |points: Vec<(f64, f64)>| [Series { name: "s".into(), points }];
+        // image_cfg's E[1/p_eval(c|Y)]: 111,244 beside values near 1 (the flattened CFG curve).
+        assert!(spans_decades(&s(vec![(0.0, 111_244.0), (1.0, 1.3), (2.0, 1.05)]), &[("real".into(), 1.2)]));
+        assert!(!spans_decades(&s(vec![(0.0, 3.3), (1.0, 1.1)]), &[]));
+        // A zero or negative value keeps the linear axis (a log axis cannot show it).
+        assert!(!spans_decades(&s(vec![(0.0, 1000.0), (1.0, 0.0)]), &[]));
+        assert!(!spans_decades(&s(vec![(0.0, 1000.0), (1.0, 1.0)]), &[("ref".into(), -1.0)]));
+        // A span of decades with a reference far below still counts the reference.
+        assert!(spans_decades(&s(vec![(0.0, 2.0), (1.0, 3.0)]), &[("floor".into(), 1e-3)]));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log.png");
+        curves(&path, "log", "w", "y", &s(vec![(0.0, 111_244.0), (1.0, 1.3), (2.0, 1.05)]), &[]).unwrap();
+        assert!(path.exists());
     }
 }

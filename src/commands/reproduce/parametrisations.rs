@@ -225,7 +225,7 @@ pub fn run(ctx: &Ctx, dir: &Path) -> Result<StageOutput> {
                     Some(f) => f.1 = f.1.max(2.0 * rel_se),
                     None => floor.push((k as f64, 2.0 * rel_se)),
                 }
-                pts.push((k as f64, rel.abs().max(1e-9).log10()));
+                pts.push((k as f64, rel.abs()));
             }
             if Some(&k) == bias_steps.last() {
                 at_most.push(format!("{} {:+.4} % ± {:.4} %", schedule.name(), 100.0 * rel, 100.0 * rel_se));
@@ -235,16 +235,13 @@ pub fn run(ctx: &Ctx, dir: &Path) -> Result<StageOutput> {
         series.push(Series { name: schedule.name().into(), points: pts });
     }
     bar.finish_and_clear();
-    series.push(Series {
-        name: "noise floor (largest 2 SE)".into(),
-        points: floor.iter().map(|(k, f)| (*k, f.max(1e-9).log10())).collect(),
-    });
+    series.push(Series { name: "noise floor (largest 2 SE)".into(), points: floor.clone() });
     let worst_floor = floor.iter().map(|f| f.1).fold(0.0, f64::max);
     plot::curves_scaled(
         &dir.join("bias_vs_steps.png"),
         "Reward guidance w = 1 (exact, Heun): discretisation bias against steps",
         "steps",
-        "log10 |E[r(Y_k) - r(Y_ref)]| / E_p_r[r]",
+        "|E[r(Y_k) - r(Y_ref)]| / E_p_r[r]",
         &series,
         &[],
         true,

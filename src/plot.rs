@@ -150,19 +150,19 @@ pub fn curves_scaled(
         .collect();
     let refs: Vec<(String, f64)> =
         references.iter().filter(|r| keep(r.1, log_y)).map(|r| (r.0.clone(), axis(r.1, log_y))).collect();
-    draw_curves(path, title, x_label, y_label, &scaled, &refs, log_x, log_y)
+    draw_curves(path, title, (x_label, y_label), &scaled, &refs, (log_x, log_y))
 }
 
+/// `labels` and `log` are `(x, y)`: the axis descriptions and whether each axis holds log10 values.
 fn draw_curves(
     path: &Path,
     title: &str,
-    x_label: &str,
-    y_label: &str,
+    labels: (&str, &str),
     series: &[Series],
     references: &[(String, f64)],
-    log_x: bool,
-    log_y: bool,
+    log: (bool, bool),
 ) -> Result<()> {
+    let ((x_label, y_label), (log_x, log_y)) = (labels, log);
     ensure_font();
     // Non-finite values (an overflowed reward, say) are left out rather than drawn at the frame's edge.
     let finite: Vec<Series> = series

@@ -503,9 +503,9 @@ fn the_oracle_on_rectified_flow_is_the_interpolants_own_density_rescaled() {
         let terms: Vec<f64> = (0..mix.n_components())
             .map(|k| {
                 let mut l = mix.weights[k].ln();
-                for j in 0..2 {
-                    let v = (p.alpha * mix.stds[k][j]).powi(2) + p.sigma * p.sigma;
-                    let d = x[j] - p.alpha * mix.means[k][j];
+                for ((xj, mean), std) in x.iter().zip(&mix.means[k]).zip(&mix.stds[k]) {
+                    let v = (p.alpha * std).powi(2) + p.sigma * p.sigma;
+                    let d = xj - p.alpha * mean;
                     l -= 0.5 * (d * d / v + (2.0 * std::f64::consts::PI * v).ln());
                 }
                 l

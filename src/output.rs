@@ -19,3 +19,15 @@ pub fn write_samples_csv(path: &Path, x: &[f32], d: usize) -> Result<()> {
     }
     write_atomic(path, &w.into_inner()?)
 }
+
+/// Image samples `[n, c, h, w]` (rows of `x`) as a safetensors file with the one f32 tensor `samples`.
+pub fn write_samples_safetensors(path: &Path, x: &[f32], image: [usize; 3]) -> Result<()> {
+    let n = x.len() / image.iter().product::<usize>();
+    let bytes: Vec<u8> = x.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let view =
+        safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![n, image[0], image[1], image[2]], &bytes)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let out =
+        safetensors::serialize([("samples", view)], None).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    write_atomic(path, &out)
+}

@@ -293,6 +293,25 @@ pub fn image_grid(path: &Path, x: &[f32], image: [usize; 3], columns: usize, max
     tilt_train::write_atomic(path, &bytes)
 }
 
+/// One image (`[channels, height, width]` values in [-1, 1], pixel for pixel) as a grey (1 channel) or RGB PNG.
+pub fn image_png(path: &Path, pixels: &[f32], image: [usize; 3]) -> Result<()> {
+    let [c, h, w] = image;
+    let byte = |v: f32| ((v + 1.0) * 127.5).round().clamp(0.0, 255.0) as u8;
+    let mut bytes = Vec::new();
+    let mut cursor = std::io::Cursor::new(&mut bytes);
+    let encoded = if c >= 3 {
+        let rgb: Vec<u8> = (0..h * w).flat_map(|p| [0, 1, 2].map(|k| byte(pixels[k * h * w + p]))).collect();
+        image::RgbImage::from_raw(w as u32, h as u32, rgb).map(|i| i.write_to(&mut cursor, image::ImageFormat::Png))
+    } else {
+        let grey: Vec<u8> = pixels[..h * w].iter().map(|v| byte(*v)).collect();
+        image::GrayImage::from_raw(w as u32, h as u32, grey).map(|i| i.write_to(&mut cursor, image::ImageFormat::Png))
+    };
+    encoded
+        .ok_or_else(|| anyhow!("{}: {c} x {h} x {w} does not match {} values", path.display(), pixels.len()))?
+        .with_context(|| format!("cannot encode {}", path.display()))?;
+    tilt_train::write_atomic(path, &bytes)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

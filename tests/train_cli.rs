@@ -310,6 +310,31 @@ fn idx_images_train_and_bad_idx_files_are_named() {
     for f in ["summary.json", "samples_w2.csv", "samples_w2_grid.png", "samples_w0_grid.png"] {
         assert!(d.join("sweep").join(f).is_file(), "tilt sample on a U-Net wrote no {f}: {err}");
     }
+    // One PNG per sample, pixel for pixel, and the raw samples as [n, c, h, w] f32.
+    for i in 0..6 {
+        let png = image::open(d.join(format!("sweep/samples/w2/class1_{i}.png"))).unwrap();
+        assert_eq!((png.width(), png.height()), (4, 4));
+    }
+    let raw = std::fs::read(d.join("sweep/samples_w2.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&raw).unwrap();
+    let samples = st.tensor("samples").unwrap();
+    assert_eq!(samples.shape(), &[6, 1, 4, 4]);
+    let csv_rows = std::fs::read_to_string(d.join("sweep/samples_w2.csv")).unwrap();
+    let first: Vec<f32> = csv_rows.lines().nth(1).unwrap().split(',').map(|v| v.parse().unwrap()).collect();
+    let stored: Vec<f32> =
+        samples.data()[..64].chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+    assert_eq!(first, stored, "the safetensors rows are the CSV's");
+    // A rerun with fewer samples leaves no picture of the earlier sweep behind.
+    std::fs::write(
+        d.join("sweep4.toml"),
+        std::fs::read_to_string(d.join("sweep.toml")).unwrap().replace("samples = 6", "samples = 4"),
+    )
+    .unwrap();
+    let (ok, err) = tilt(&["sample", "--config", &path("sweep4.toml"), "--out", &path("sweep"), "--force"]);
+    assert!(ok, "{err}");
+    assert!(d.join("sweep/samples/w2/class1_3.png").is_file() && !d.join("sweep/samples/w2/class1_4.png").exists());
+    let (ok, err) = tilt(&["sample", "--config", &path("sweep.toml"), "--out", &path("sweep"), "--force"]);
+    assert!(ok, "{err}");
     let grid = image::open(d.join("sweep/samples_w2_grid.png")).unwrap();
     // 6 images of 4 x 4 in a row of 6, 2-pixel gaps: 6 * 6 + 2 = 38 wide, 4 + 4 = 8 high.
     assert_eq!((grid.width(), grid.height()), (38, 8));

@@ -176,6 +176,20 @@ pub fn run(cfg: &SampleConfig, out: &Path, force: bool, device: &Device) -> Resu
     // summary.json is what says a folder's sweep is complete: it goes before the first new file is written and
     // comes back after the last, so a rerun that fails midway (a full disk) never leaves new samples under the old
     // summary.
+    // Per-sample pictures of an earlier sweep here would mix with this one's (fewer samples, other strengths): the
+    // folder goes when tilt wrote it, and a `samples/` tilt did not write is left alone and refused.
+    let per_sample = out.join("samples");
+    if scores.base.shape().len() == 3 && per_sample.symlink_metadata().is_ok() {
+        if *dir.prior() != tilt_train::Prior::Own || !per_sample.is_dir() || per_sample.is_symlink() {
+            bail!(
+                "{}: exists and was not written by tilt sample (per-sample pictures go there); move it or choose \
+                 another --out",
+                per_sample.display()
+            );
+        }
+        std::fs::remove_dir_all(&per_sample)
+            .with_context(|| format!("cannot remove the earlier {}", per_sample.display()))?;
+    }
     match std::fs::remove_file(out.join("summary.json")) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
             return Err(e).with_context(|| format!("cannot remove the earlier {}", out.join("summary.json").display()));
@@ -302,8 +316,17 @@ pub fn run(cfg: &SampleConfig, out: &Path, force: bool, device: &Device) -> Resu
             kebab(&s.kind)
         );
         let png = out.join(format!("{stem}.png"));
-        if let [c, h, w] = scores.base.shape()[..] {
-            plot::image_grid(&out.join(format!("{stem}_grid.png")), &x, [c, h, w], 8, 64)?;
+        if let [channels, height, width] = scores.base.shape()[..] {
+            // Image models: a grid to look at, one PNG per sample, and the raw samples.
+            let image = [channels, height, width];
+            plot::image_grid(&out.join(format!("{stem}_grid.png")), &x, image, 8, 64)?;
+            output::write_samples_safetensors(&out.join(format!("{stem}.safetensors")), &x, image)?;
+            let folder = out.join("samples").join(format!("w{}", w_label(w)));
+            std::fs::create_dir_all(&folder).with_context(|| format!("cannot create {}", folder.display()))?;
+            let who = cfg.class.map_or("sample".to_string(), |c| format!("class{c}"));
+            for (i, pixels) in x.chunks_exact(channels * height * width).enumerate() {
+                plot::image_png(&folder.join(format!("{who}_{i}.png")), pixels, image)?;
+            }
         }
         match &problem {
             Some(p) => {

@@ -77,7 +77,15 @@ pub fn scatter_over_density(
             .y_label_area_size(44)
             .build_cartesian_2d(x0..x1, y0..y1)
             .map_err(err(path))?;
-        chart.configure_mesh().disable_mesh().x_desc("x1").y_desc("x2").draw().map_err(err(path))?;
+        chart
+            .configure_mesh()
+            .disable_mesh()
+            .x_desc("x1")
+            .y_desc("x2")
+            .x_label_formatter(&|v| tick(*v))
+            .y_label_formatter(&|v| tick(*v))
+            .draw()
+            .map_err(err(path))?;
 
         let (nx, ny) = (160usize, 140usize);
         let (dx, dy) = ((x1 - x0) / nx as f64, (y1 - y0) / ny as f64);
@@ -206,7 +214,7 @@ fn draw_curves(
                 format!("{x:.2}")
             }
         };
-        let lin_fmt = |v: &f64| format!("{v}");
+        let lin_fmt = |v: &f64| tick(*v);
         let x_fmt: &dyn Fn(&f64) -> String = if log_x { &log_fmt } else { &lin_fmt };
         let y_fmt: &dyn Fn(&f64) -> String = if log_y { &log_fmt } else { &lin_fmt };
         let y_desc = if log_y { format!("{y_label} (log scale)") } else { y_label.to_string() };
@@ -246,6 +254,25 @@ fn draw_curves(
         root.present().map_err(err(path))?;
     }
     write_png(path, buf, size)
+}
+
+/// A tick label: six significant digits at most, trailing zeros dropped (the tick positions plotters computes carry
+/// binary rounding: 0.30000000000000004, 1.2999999999999998).
+fn tick(v: f64) -> String {
+    let trim = |s: String| {
+        if s.contains('.') { s.trim_end_matches('0').trim_end_matches('.').to_string() } else { s }
+    };
+    if v == 0.0 || !v.is_finite() {
+        return format!("{v}");
+    }
+    let magnitude = v.abs().log10().floor() as i32;
+    if !(-4..6).contains(&magnitude) {
+        let sci = format!("{v:.5e}");
+        let (mantissa, exponent) = sci.split_once('e').unwrap_or((&sci, "0"));
+        return format!("{}e{exponent}", trim(mantissa.to_string()));
+    }
+    let decimals = (5 - magnitude).max(0) as usize;
+    trim(format!("{v:.decimals$}"))
 }
 
 /// Whether every finite value (and reference) is positive and the largest is more than 100 times the smallest.
@@ -351,5 +378,19 @@ mod tests {
         let path = dir.path().join("log.png");
         curves(&path, "log", "w", "y", &s(vec![(0.0, 111_244.0), (1.0, 1.3), (2.0, 1.05)]), &[]).unwrap();
         assert!(path.exists());
+    }
+
+    #[test]
+    fn tick_labels_drop_binary_rounding() {
+        assert_eq!(tick(0.30000000000000004), "0.3");
+        assert_eq!(tick(1.2999999999999998), "1.3");
+        assert_eq!(tick(3.5999999999999996), "3.6");
+        assert_eq!(tick(-0.5), "-0.5");
+        assert_eq!(tick(0.0), "0");
+        assert_eq!(tick(250.0), "250");
+        assert_eq!(tick(111_244.0), "111244");
+        assert_eq!(tick(1.5e6), "1.5e6");
+        assert_eq!(tick(2.5e-7), "2.5e-7");
+        assert_eq!(tick(0.0012345678), "0.00123457");
     }
 }

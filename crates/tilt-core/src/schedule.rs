@@ -315,7 +315,9 @@ impl Schedule {
     /// table is fed at `t` (knot `k` sits at `t = (k + 1) / N`); `None` for the continuous schedules.
     pub fn timestep(&self, t: f64) -> Option<f64> {
         match *self {
-            Schedule::Discrete { num_train_timesteps: n, .. } => Some((n as f64 * t - 1.0).clamp(0.0, (n - 1) as f64)),
+            Schedule::Discrete { num_train_timesteps: n, .. } => {
+                Some((n as f64 * t - 1.0).clamp(0.0, n.saturating_sub(1) as f64))
+            }
             _ => None,
         }
     }

@@ -74,6 +74,17 @@ fn open_with_config<C: serde::de::DeserializeOwned>(
 ) -> Result<(Checkpoint, RunState, C)> {
     let ck = Checkpoint::open(path, kind)?;
     let state = load_state(&ck)?;
+    let net_cfg = net_config(&ck, &state, kind, what)?;
+    Ok((ck, state, net_cfg))
+}
+
+/// The network config of an opened checkpoint, refused when its architecture is not `what`.
+fn net_config<C: serde::de::DeserializeOwned>(
+    ck: &Checkpoint,
+    state: &RunState,
+    kind: ModelKind,
+    what: &str,
+) -> Result<C> {
     let is_unet = state.config.model.kind() == crate::NetKind::Unet;
     if is_unet != (what == "U-Net") && kind == ModelKind::ScoreNet {
         bail!(
@@ -83,9 +94,28 @@ fn open_with_config<C: serde::de::DeserializeOwned>(
             if is_unet { " (this use takes MLP score networks of vector data)" } else { "" }
         );
     }
-    let net_cfg = serde_json::from_value(state.net.clone())
-        .with_context(|| format!("{}: state.json holds no {what} config", ck.dir.display()))?;
-    Ok((ck, state, net_cfg))
+    serde_json::from_value(state.net.clone())
+        .with_context(|| format!("{}: state.json holds no {what} config", ck.dir.display()))
+}
+
+/// SHA-256 of the EMA weights file, as the verified manifest records it: the network's identity.
+fn ema_sha256(ck: &Checkpoint) -> Option<String> {
+    ck.manifest.file(FileKind::EmaModel).map(|f| f.sha256.clone())
+}
+
+/// The EMA weights of an opened MLP score checkpoint as a score model, with its prediction (a residual reads as one).
+fn mlp_score(ck: &Checkpoint, state: &RunState, kind: ModelKind, device: &Device) -> Result<NetScore> {
+    let net_cfg: ScoreNetConfig = net_config(ck, state, kind, "score-network")?;
+    let net = ck.load_model(FileKind::EmaModel, net_cfg.init(device))?;
+    let score = NetScore::new(net, state.config.schedule, vec![state.dim]).with_prediction(state.config.prediction());
+    Ok(if kind == ModelKind::Residual { score.as_residual() } else { score })
+}
+
+/// The EMA weights of an opened U-Net score checkpoint as a score model, with its prediction.
+fn unet_score(ck: &Checkpoint, state: &RunState, device: &Device) -> Result<NetScore<UNet>> {
+    let net_cfg: UNetConfig = net_config(ck, state, ModelKind::ScoreNet, "U-Net")?;
+    let net = ck.load_model(FileKind::EmaModel, net_cfg.init(device))?;
+    Ok(NetScore::new(net, state.config.schedule, net_cfg.image.to_vec()).with_prediction(state.config.prediction()))
 }
 
 /// A trained score network (EMA weights) ready for the sampler.
@@ -104,14 +134,10 @@ pub struct LoadedScore {
 
 /// Load the EMA weights of a `score-net` or `residual` checkpoint (a run or checkpoint directory).
 pub fn load_score(path: &Path, kind: ModelKind, device: &Device) -> Result<LoadedScore> {
-    let (ck, state, net_cfg): (_, _, ScoreNetConfig) = open_with_config(path, kind, "score-network")?;
-    let net = ck.load_model(FileKind::EmaModel, net_cfg.init(device))?;
-    let ema_sha256 = ck.manifest.files.iter().find(|f| f.kind == FileKind::EmaModel).map(|f| f.sha256.clone());
-    let mut score =
-        NetScore::new(net, state.config.schedule, vec![state.dim]).with_prediction(state.config.prediction());
-    if kind == ModelKind::Residual {
-        score = score.as_residual();
-    }
+    let ck = Checkpoint::open(path, kind)?;
+    let state = load_state(&ck)?;
+    let score = mlp_score(&ck, &state, kind, device)?;
+    let ema_sha256 = ema_sha256(&ck);
     Ok(LoadedScore { path: path.to_path_buf(), score, standardizer: state.standardizer.clone(), state, ema_sha256 })
 }
 
@@ -133,28 +159,26 @@ pub struct LoadedAnyScore {
 
 /// Load a `score-net` or `residual` checkpoint of any architecture, with its prediction and schedule.
 pub fn load_any_score(path: &Path, kind: ModelKind, device: &Device) -> Result<LoadedAnyScore> {
-    let state = run_state(path)?;
-    if state.config.model.kind() == crate::NetKind::Unet && kind == ModelKind::ScoreNet {
-        let (score, state) = load_unet(path, device)?;
-        let ck = Checkpoint::open(path, kind)?;
-        let ema_sha256 = ck.manifest.files.iter().find(|f| f.kind == FileKind::EmaModel).map(|f| f.sha256.clone());
-        return Ok(LoadedAnyScore {
-            path: path.to_path_buf(),
-            null_label: score.net.null_label(),
-            score: Box::new(score),
-            standardizer: state.standardizer.clone(),
-            state,
-            ema_sha256,
-        });
-    }
-    let l = load_score(path, kind, device)?;
+    // One open: the checkpoint's files are hashed once, whatever the architecture.
+    let ck = Checkpoint::open(path, kind)?;
+    let state = load_state(&ck)?;
+    let (score, null_label): (Box<dyn ScoreModel>, _) =
+        if state.config.model.kind() == crate::NetKind::Unet && kind == ModelKind::ScoreNet {
+            let s = unet_score(&ck, &state, device)?;
+            let null = s.net.null_label();
+            (Box::new(s), null)
+        } else {
+            let s = mlp_score(&ck, &state, kind, device)?;
+            let null = s.net.null_label();
+            (Box::new(s), null)
+        };
     Ok(LoadedAnyScore {
-        path: l.path,
-        null_label: l.score.net.null_label(),
-        score: Box::new(l.score),
-        standardizer: l.standardizer,
-        state: l.state,
-        ema_sha256: l.ema_sha256,
+        path: path.to_path_buf(),
+        score,
+        null_label,
+        standardizer: state.standardizer.clone(),
+        ema_sha256: ema_sha256(&ck),
+        state,
     })
 }
 
@@ -182,11 +206,9 @@ pub fn load_classifier(path: &Path, device: &Device) -> Result<LoadedClassifier>
 
 /// The EMA weights of a U-Net score checkpoint.
 pub fn load_unet(path: &Path, device: &Device) -> Result<(NetScore<UNet>, RunState)> {
-    let (ck, state, net_cfg): (_, _, UNetConfig) = open_with_config(path, ModelKind::ScoreNet, "U-Net")?;
-    let net = ck.load_model(FileKind::EmaModel, net_cfg.init(device))?;
-    let score =
-        NetScore::new(net, state.config.schedule, net_cfg.image.to_vec()).with_prediction(state.config.prediction());
-    Ok((score, state))
+    let ck = Checkpoint::open(path, ModelKind::ScoreNet)?;
+    let state = load_state(&ck)?;
+    Ok((unet_score(&ck, &state, device)?, state))
 }
 
 /// The EMA weights of an evaluator checkpoint.

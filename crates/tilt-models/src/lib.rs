@@ -7,6 +7,7 @@
 //!   an optional class embedding that has an extra null label for classifier-free guidance; the small residual
 //!   term `delta_theta` of reward-weighted training is the same network with a zero-initialised output;
 //! - [`unet`]: a pixel-space U-Net for images (GroupNorm, SiLU, skips, optional self-attention);
+//! - [`diffusers`]: diffusers' `UNet2DModel` (config, blocks, loader of a model folder) as a [`NoiseNet`];
 //! - [`autoencoder`]: an MLP autoencoder to a small latent code (latent diffusion on the CPU);
 //! - [`classifier`]: a noise-aware classifier `p_t(c | x)`;
 //! - [`evaluator`]: the independent CNN that measures generated images (trained on clean images only);
@@ -19,6 +20,8 @@ pub mod adapters;
 pub mod autoencoder;
 /// The noise-aware classifier.
 pub mod classifier;
+/// diffusers' `UNet2DModel`: loader, network and its `NoiseNet`.
+pub mod diffusers;
 /// Sinusoidal time embeddings.
 pub mod embedding;
 /// The evaluator CNN.

@@ -237,7 +237,7 @@ impl SelfAttention {
 }
 
 /// Nearest-neighbour up-sampling by 2 in height and width.
-fn upsample2(x: Tensor<4>) -> Tensor<4> {
+pub(crate) fn upsample2(x: Tensor<4>) -> Tensor<4> {
     let [n, c, h, w] = x.dims();
     x.reshape([n, c, h, 1, w, 1]).repeat_dim(3, 2).repeat_dim(5, 2).reshape([n, c, 2 * h, 2 * w])
 }

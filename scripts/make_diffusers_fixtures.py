@@ -166,7 +166,8 @@ def make(out_dir):
 
 
 def forward(model_dir, input_path, output_path):
-    model = UNet2DModel.from_pretrained(model_dir, low_cpu_mem_usage=False).eval()
+    subfolder = "unet" if os.path.exists(os.path.join(model_dir, "model_index.json")) else None
+    model = UNet2DModel.from_pretrained(model_dir, subfolder=subfolder, low_cpu_mem_usage=False).eval()
     inputs = load_file(input_path)
     labels = inputs.get("class_labels")
     with torch.no_grad():

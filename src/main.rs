@@ -78,6 +78,24 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// One raw forward pass of a network (a diffusers model folder or a tilt run) on tensors `sample`, `timestep`
+    /// (the model's own units: diffusers' training timesteps, or a tilt network's t in [0, 1]) and, for a
+    /// class-conditional model, `class_labels` from a safetensors file; writes tensor `sample`.
+    Forward {
+        /// A diffusers model or pipeline folder, or a tilt run.
+        #[arg(long)]
+        model: PathBuf,
+        /// safetensors file with `sample` [n, c, h, w] (or [n, d]), `timestep` [n] and optional `class_labels` [n].
+        #[arg(long)]
+        input: PathBuf,
+        /// safetensors file to write (tensor `sample`).
+        #[arg(long)]
+        out: PathBuf,
+        /// Also time this many forwards after one warm-up and print the median (loading excluded; the host-device
+        /// copies of input and output included).
+        #[arg(long, default_value_t = 0)]
+        repeat: usize,
+    },
     /// List the backends compiled into this binary.
     Devices,
 }
@@ -127,6 +145,14 @@ fn main() -> Result<()> {
             let device = device::select(cli.device.as_deref())?;
             commands::export::run(&checkpoint, &out, force, &device)?;
             eprintln!("wrote {}", out.display());
+        }
+        Command::Forward { model, input, out, repeat } => {
+            let device = device::select(cli.device.as_deref())?;
+            let median = commands::forward::run(&model, &input, &out, repeat, &device)?;
+            eprintln!("wrote {}", out.display());
+            if let Some(s) = median {
+                println!("median {s:.6} s per forward over {repeat} runs on {}", device::describe(&device));
+            }
         }
         Command::Devices => println!("{}", device::compiled_backends().join("\n")),
     }

@@ -57,6 +57,13 @@ pub struct ModelsConfig {
     pub residual: Option<PathBuf>,
     /// A `classifier` checkpoint for classifier guidance (and nothing else: metrics stay exact).
     pub classifier: Option<PathBuf>,
+    /// For diffusers model folders among the models: the class label a class-conditional model was trained to
+    /// treat as "no class" (classifier-free guidance's unconditional score; diffusers has no convention). tilt
+    /// needs it to be the last label of the table.
+    pub null_label: Option<usize>,
+    /// For a diffusers model folder without a scheduler config: what the network outputs (`epsilon`,
+    /// `v-prediction`, `sample`); its schedule then comes from `[schedule]`.
+    pub prediction: Option<tilt_core::Prediction>,
 }
 
 #[derive(Clone, Debug, Deserialize)]

@@ -119,6 +119,7 @@ pub fn run(cfg: &SampleConfig, out: &Path, force: bool, device: &Device) -> Resu
     let mixture = match cfg.built_mixture() {
         Some(m) => Some(m),
         None => match cfg.models.as_ref().and_then(|m| m.base.as_ref()) {
+            Some(p) if tilt_models::diffusers::is_diffusers_dir(p) => None,
             Some(p) => {
                 let state = tilt_train::load::run_state(p).with_context(|| format!("models.base = {}", p.display()))?;
                 match &state.config.data {

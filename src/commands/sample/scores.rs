@@ -71,6 +71,112 @@ fn check_labels(cfg: &SampleConfig, labelled: &[(String, Option<usize>)], classi
 
 pub type BoxedScore = Box<dyn ScoreModel>;
 
+/// A score network `tilt sample` loaded: a tilt run (any architecture) or a diffusers model folder.
+pub struct LoadedNet {
+    pub score: Box<dyn ScoreModel>,
+    /// A class-conditional network's class count (its null label), `None` when unconditional.
+    pub null_label: Option<usize>,
+    pub standardizer: Standardizer,
+    /// The schedule it was trained on.
+    pub schedule: Schedule,
+    pub dim: usize,
+    pub num_classes: usize,
+}
+
+impl From<tilt_train::LoadedAnyScore> for LoadedNet {
+    fn from(l: tilt_train::LoadedAnyScore) -> Self {
+        Self {
+            schedule: l.state.config.schedule,
+            dim: l.state.dim,
+            num_classes: l.state.num_classes,
+            score: l.score,
+            null_label: l.null_label,
+            standardizer: l.standardizer,
+        }
+    }
+}
+
+/// A diffusers model folder as a score model: the schedule and prediction of its scheduler config (or
+/// `[schedule]` and `models.prediction` when it has none), the null label of `models.null_label`.
+fn load_diffusers(cfg: &SampleConfig, dir: &Path, device: &Device) -> Result<LoadedNet> {
+    use tilt_models::diffusers::{DiffusersFiles, DiffusersNet, load_unet, read_config, read_scheduler};
+    let models = cfg.models.clone().unwrap_or_default();
+    let files = DiffusersFiles::find(dir)?;
+    let config = read_config(&files.config)?;
+    let (schedule, prediction) = match &files.scheduler {
+        Some(path) => {
+            let s = read_scheduler(path)?;
+            if let Some(p) = models.prediction.filter(|p| *p != s.prediction) {
+                bail!(
+                    "models.prediction: {} says the network predicts {}, not {}; remove models.prediction",
+                    path.display(),
+                    s.prediction.name(),
+                    p.name()
+                );
+            }
+            check_schedule(cfg, &s.schedule, dir)?;
+            (s.schedule, s.prediction)
+        }
+        None => {
+            let schedule = cfg.schedule.ok_or_else(|| {
+                anyhow::anyhow!(
+                    "schedule: {} has no scheduler config (scheduler/scheduler_config.json), so give the schedule the                      model was trained on in [schedule] (kind = \"discrete\" with diffusers' beta_schedule, beta_start,                      beta_end, num_train_timesteps)",
+                    dir.display()
+                )
+            })?;
+            if !matches!(schedule, Schedule::Discrete { .. }) {
+                bail!(
+                    "schedule.kind: a diffusers UNet2DModel takes discrete training timesteps; expected kind =                      \"discrete\", got {}",
+                    schedule.name()
+                );
+            }
+            (schedule, models.prediction.unwrap_or_default())
+        }
+    };
+    let steps = schedule.timestep(1.0).expect("a discrete schedule") as usize + 1;
+    if let (Some(n), Some(l)) = (config.num_class_embeds, models.null_label)
+        && l + 1 != n
+    {
+        bail!(
+            "models.null_label: tilt reads labels 0 to K - 1 as classes and K as \"no class\", so the null label must              be the last of the model's {n} (expected {}), got {l}",
+            n - 1
+        );
+    }
+    let unet = load_unet(&config, &files.weights, device)?;
+    let net = DiffusersNet::new(unet, &config, steps, models.null_label)
+        .map_err(|e| anyhow::anyhow!("models.{e} ({})", dir.display()))?;
+    let [c, h, w] = net.image();
+    let null_label = tilt_models::NoiseNet::null_label(&net);
+    let score = tilt_models::NetScore::new(net, schedule, vec![c, h, w]).with_prediction(prediction);
+    Ok(LoadedNet {
+        score: Box::new(score),
+        null_label,
+        standardizer: Standardizer::identity(c * h * w),
+        schedule,
+        dim: c * h * w,
+        num_classes: null_label.unwrap_or(0),
+    })
+}
+
+/// A score network from a tilt run or a diffusers model folder (`field` names it in errors).
+fn load_net(
+    cfg: &SampleConfig,
+    p: &Path,
+    kind: tilt_train::ModelKind,
+    field: &str,
+    device: &Device,
+) -> Result<LoadedNet> {
+    let loaded = if tilt_models::diffusers::is_diffusers_dir(p) {
+        if kind == tilt_train::ModelKind::Residual {
+            bail!("{field} = {}: a diffusers model folder is a full score network, not a residual", p.display());
+        }
+        load_diffusers(cfg, p, device)
+    } else {
+        tilt_train::load_any_score(p, kind, device).map(LoadedNet::from)
+    };
+    loaded.with_context(|| format!("{field} = {}", p.display()))
+}
+
 /// A classifier trained on another schedule, asked at the time of its own with the sampler's log-SNR (as
 /// [`Retimed`] does for scores).
 struct RetimedClassifier {
@@ -159,26 +265,24 @@ pub fn load_scores(cfg: &SampleConfig, mixture: Option<&GaussianMixture>, device
     let mut description = Vec::new();
     let trained_base = match &models.base {
         Some(p) => {
-            let l = tilt_train::load_any_score(p, tilt_train::ModelKind::ScoreNet, device)
-                .with_context(|| format!("models.base = {}", p.display()))?;
-            check_schedule(cfg, &l.state.config.schedule, p)?;
+            let l = load_net(cfg, p, tilt_train::ModelKind::ScoreNet, "models.base", device)?;
+            check_schedule(cfg, &l.schedule, p)?;
             agree(&l.standardizer, "base")?;
             description.push(format!("base: {}", p.display()));
             Some(l)
         }
         None => None,
     };
-    let load_net = |p: &Path, kind: tilt_train::ModelKind, field: &str| -> Result<tilt_train::LoadedAnyScore> {
-        tilt_train::load_any_score(p, kind, device).with_context(|| format!("models.{field} = {}", p.display()))
-    };
-    let reweighted =
-        models.reweighted.as_deref().map(|p| load_net(p, tilt_train::ModelKind::ScoreNet, "reweighted")).transpose()?;
+    let net = |p: &Path, kind: tilt_train::ModelKind, field: &str| load_net(cfg, p, kind, field, device);
+    let reweighted = (models.reweighted.as_deref())
+        .map(|p| net(p, tilt_train::ModelKind::ScoreNet, "models.reweighted"))
+        .transpose()?;
     let residual =
-        models.residual.as_deref().map(|p| load_net(p, tilt_train::ModelKind::Residual, "residual")).transpose()?;
-    for (l, what) in [(&reweighted, "reweighted"), (&residual, "residual")] {
-        if let Some(l) = l {
+        models.residual.as_deref().map(|p| net(p, tilt_train::ModelKind::Residual, "models.residual")).transpose()?;
+    for (l, what, p) in [(&reweighted, "reweighted", &models.reweighted), (&residual, "residual", &models.residual)] {
+        if let (Some(l), Some(p)) = (l, p) {
             agree(&l.standardizer, what)?;
-            description.push(format!("{what}: {}", l.path.display()));
+            description.push(format!("{what}: {}", p.display()));
         }
     }
     let classifier = match &models.classifier {
@@ -201,8 +305,7 @@ pub fn load_scores(cfg: &SampleConfig, mixture: Option<&GaussianMixture>, device
     for (i, t) in terms.iter().enumerate() {
         weak.push(match &t.kind {
             TermKind::Autoguidance { model } => {
-                let l = tilt_train::load_any_score(model, tilt_train::ModelKind::ScoreNet, device)
-                    .with_context(|| format!("guidance.terms[{i}].model = {}", model.display()))?;
+                let l = net(model, tilt_train::ModelKind::ScoreNet, &format!("guidance.terms[{i}].model"))?;
                 agree(&l.standardizer, &format!("guidance.terms[{i}].model"))?;
                 description.push(format!("autoguidance weak network: {}", model.display()));
                 labelled.push((format!("guidance.terms[{i}].model"), l.null_label));
@@ -247,7 +350,7 @@ pub fn load_scores(cfg: &SampleConfig, mixture: Option<&GaussianMixture>, device
         Ok(MixtureScore::new(m.clone(), schedule, device))
     };
     let (dim, num_classes) = match (&trained_base, mixture) {
-        (Some(b), _) => (b.state.dim, b.state.num_classes),
+        (Some(b), _) => (b.dim, b.num_classes),
         (None, Some(m)) => (m.dim(), m.n_classes()),
         (None, None) => bail!("mixture: missing (no trained base model either)"),
     };

@@ -1,0 +1,203 @@
+//! diffusers models through the binary: `tilt forward` against diffusers' outputs, and `tilt sample` guiding a
+//! loaded class-conditional model, with every refusal naming its field.
+
+mod binary;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+const LIMIT: Duration = Duration::from_secs(120);
+
+fn own(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/diffusers").join(name)
+}
+
+fn tensors(path: &Path) -> Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)> {
+    let bytes = std::fs::read(path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    st.tensors().into_iter().map(|(k, v)| (k, v.dtype(), v.shape().to_vec(), v.data().to_vec())).collect()
+}
+
+fn write(path: &Path, tensors: &[(String, safetensors::Dtype, Vec<usize>, Vec<u8>)]) {
+    let views: Vec<_> = tensors
+        .iter()
+        .map(|(k, dt, s, b)| (k.clone(), safetensors::tensor::TensorView::new(*dt, s.clone(), b).unwrap()))
+        .collect();
+    std::fs::write(path, safetensors::serialize(views, None).unwrap()).unwrap();
+}
+
+fn f32s(bytes: &[u8]) -> Vec<f32> {
+    bytes.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect()
+}
+
+/// The reference inputs of a fixture under `tilt forward`'s names.
+fn forward_input(fixture: &Path, dir: &Path) -> PathBuf {
+    let reference = tensors(&fixture.join("reference.safetensors"));
+    let rename = |from: &str, to: &str| {
+        reference.iter().find(|t| t.0 == from).map(|t| (to.to_string(), t.1, t.2.clone(), t.3.clone()))
+    };
+    let input: Vec<_> =
+        [rename("x", "sample"), rename("timesteps", "timestep"), rename("class_labels", "class_labels")]
+            .into_iter()
+            .flatten()
+            .collect();
+    let path = dir.join("in.safetensors");
+    write(&path, &input);
+    path
+}
+
+#[test]
+fn forward_writes_diffusers_output() {
+    let tmp = tempfile::tempdir().unwrap();
+    for name in ["tiny-fashion-classcond-pipeline", "tiny-default-multihead-v"] {
+        let fixture = own(name);
+        let input = forward_input(&fixture, tmp.path());
+        let out = tmp.path().join(format!("{name}.safetensors"));
+        let args = ["forward", "--model", fixture.to_str().unwrap(), "--input", input.to_str().unwrap()];
+        let r = binary::tilt_within(LIMIT, &[&args[..], &["--out", out.to_str().unwrap(), "--repeat", "2"]].concat());
+        assert!(r.ok, "{}", r.stderr);
+        let got = tensors(&out);
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].0, "sample");
+        let want = tensors(&fixture.join("reference.safetensors"));
+        let want = want.iter().find(|t| t.0 == "output").unwrap();
+        assert_eq!(got[0].2, want.2);
+        let (a, b) = (f32s(&got[0].3), f32s(&want.3));
+        let scale = b.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let err = a.iter().zip(&b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale;
+        assert!(err <= 1e-5, "{name}: {err:e}");
+    }
+}
+
+#[test]
+fn forward_refuses_bad_inputs_naming_the_tensor() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fixture = own("tiny-fashion-classcond-pipeline");
+    let mut good = tensors(&forward_input(&fixture, tmp.path()));
+    let order = |name: &str| ["sample", "timestep", "class_labels"].iter().position(|n| *n == name);
+    good.sort_by_key(|t| order(&t.0));
+    let out = tmp.path().join("out.safetensors");
+    let cases: Vec<(&str, Box<dyn Fn(&mut Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)>)>, &str)> = vec![
+        ("huge timestep", Box::new(|t| t[1].3[..4].copy_from_slice(&1e30f32.to_le_bytes())), "timestep"),
+        ("NaN timestep", Box::new(|t| t[1].3[..4].copy_from_slice(&f32::NAN.to_le_bytes())), "timestep"),
+        ("negative timestep", Box::new(|t| t[1].3[..4].copy_from_slice(&(-1f32).to_le_bytes())), "timestep"),
+        ("NaN sample", Box::new(|t| t[0].3[8..12].copy_from_slice(&f32::NAN.to_le_bytes())), "sample"),
+        ("label past the table", Box::new(|t| t[2].3[..8].copy_from_slice(&11i64.to_le_bytes())), "class_labels"),
+        ("no labels", Box::new(|t| t.truncate(2)), "class_labels"),
+        ("wrong channels", Box::new(|t| t[0].2 = vec![4, 28, 28, 1]), "sample"),
+        (
+            "timestep count",
+            Box::new(|t| {
+                t[1].2 = vec![2];
+                t[1].3.truncate(8)
+            }),
+            "timestep",
+        ),
+        (
+            "no sample",
+            Box::new(|t| {
+                t.remove(0);
+            }),
+            "sample",
+        ),
+    ];
+    for (what, edit, field) in cases {
+        let mut t = good.clone();
+        edit(&mut t);
+        let input = tmp.path().join("bad.safetensors");
+        write(&input, &t);
+        let r = binary::tilt_within(
+            LIMIT,
+            &[
+                "forward",
+                "--model",
+                fixture.to_str().unwrap(),
+                "--input",
+                input.to_str().unwrap(),
+                "--out",
+                out.to_str().unwrap(),
+            ],
+        );
+        assert!(!r.ok, "{what}: accepted");
+        assert!(r.stderr.contains(field), "{what}: {}", r.stderr);
+        assert!(!out.exists(), "{what}: wrote an output");
+    }
+}
+
+fn sample_config(dir: &Path, models: &str, guidance: &str) -> PathBuf {
+    let path = dir.join("sample.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "samples = 4\nclass = 3\n[models]\n{models}\n[sampler]\nkind = \"ddim\"\nsteps = 6\n[guidance]\n{guidance}\n"
+        ),
+    )
+    .unwrap();
+    path
+}
+
+#[test]
+fn sample_guides_a_loaded_class_conditional_model() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = own("tiny-fashion-classcond-pipeline");
+    let cfg = sample_config(
+        tmp.path(),
+        &format!("base = {:?}\nnull_label = 10", model),
+        "kind = \"cfg\"\nstrengths = [0.0, 3.0]",
+    );
+    let out = tmp.path().join("out");
+    let r = binary::tilt_within(LIMIT, &["sample", "--config", cfg.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    assert!(r.ok, "{}", r.stderr);
+    for f in ["samples_w0_grid.png", "samples_w3_grid.png", "samples_w0.safetensors", "samples/w3/class3_0.png"] {
+        assert!(out.join(f).is_file(), "{f} missing");
+    }
+    let raw = |w: &str| {
+        let t = tensors(&out.join(format!("samples_w{w}.safetensors")));
+        assert_eq!(t[0].2, vec![4, 1, 28, 28]);
+        f32s(&t[0].3)
+    };
+    let (a, b) = (raw("0"), raw("3"));
+    assert!(a.iter().chain(&b).all(|v| v.is_finite()));
+    // The same noise under a guidance term that is not zero: CFG reaches the loaded model's labels.
+    assert!(a.iter().zip(&b).any(|(x, y)| (x - y).abs() > 1e-3), "w = 3 drew the same samples as w = 0");
+}
+
+#[test]
+fn sample_refusals_name_the_field() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = own("tiny-fashion-classcond-pipeline");
+    let cases = [
+        (format!("base = {:?}", model), "null_label"),
+        (format!("base = {:?}\nnull_label = 3", model), "null_label"),
+        (format!("base = {:?}\nnull_label = 10\nprediction = \"epsilon\"", model), "models.prediction"),
+    ];
+    for (models, field) in cases {
+        let cfg = sample_config(tmp.path(), &models, "kind = \"cfg\"\nstrengths = [1.0]");
+        let out = tmp.path().join("out");
+        let r =
+            binary::tilt_within(LIMIT, &["sample", "--config", cfg.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+        assert!(!r.ok && r.stderr.contains(field), "{models}: {}", r.stderr);
+        assert!(!out.exists(), "{models}: left an output folder");
+    }
+    // A bare model folder (no scheduler config) needs [schedule].
+    let bare = tmp.path().join("bare");
+    std::fs::create_dir(&bare).unwrap();
+    for f in ["config.json", "diffusion_pytorch_model.safetensors"] {
+        std::fs::copy(model.join("unet").join(f), bare.join(f)).unwrap();
+    }
+    let cfg =
+        sample_config(tmp.path(), &format!("base = {:?}\nnull_label = 10", bare), "kind = \"cfg\"\nstrengths = [1.0]");
+    let r = binary::tilt_within(
+        LIMIT,
+        &["sample", "--config", cfg.to_str().unwrap(), "--out", tmp.path().join("o2").to_str().unwrap()],
+    );
+    assert!(!r.ok && r.stderr.contains("schedule"), "{}", r.stderr);
+    let text = std::fs::read_to_string(&cfg).unwrap()
+        + "[schedule]\nkind = \"discrete\"\nbeta_schedule = \"scaled-linear\"\nbeta_start = 0.00085\nbeta_end = 0.012\n";
+    std::fs::write(&cfg, text.replace("null_label = 10", "null_label = 10\nprediction = \"sample\"")).unwrap();
+    let r = binary::tilt_within(
+        LIMIT,
+        &["sample", "--config", cfg.to_str().unwrap(), "--out", tmp.path().join("o3").to_str().unwrap()],
+    );
+    assert!(r.ok, "{}", r.stderr);
+}

@@ -12,13 +12,18 @@ fn own(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/diffusers").join(name)
 }
 
-fn tensors(path: &Path) -> Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)> {
+/// Name, dtype, shape and bytes of each tensor of a file.
+type Tensors = Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)>;
+/// A bad input: what it is, how it is made from a good one, the tensor the error must name.
+type Case = (&'static str, Box<dyn Fn(&mut Tensors)>, &'static str);
+
+fn tensors(path: &Path) -> Tensors {
     let bytes = std::fs::read(path).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     st.tensors().into_iter().map(|(k, v)| (k, v.dtype(), v.shape().to_vec(), v.data().to_vec())).collect()
 }
 
-fn write(path: &Path, tensors: &[(String, safetensors::Dtype, Vec<usize>, Vec<u8>)]) {
+fn write(path: &Path, tensors: &Tensors) {
     let views: Vec<_> = tensors
         .iter()
         .map(|(k, dt, s, b)| (k.clone(), safetensors::tensor::TensorView::new(*dt, s.clone(), b).unwrap()))
@@ -77,7 +82,7 @@ fn forward_refuses_bad_inputs_naming_the_tensor() {
     let order = |name: &str| ["sample", "timestep", "class_labels"].iter().position(|n| *n == name);
     good.sort_by_key(|t| order(&t.0));
     let out = tmp.path().join("out.safetensors");
-    let cases: Vec<(&str, Box<dyn Fn(&mut Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)>)>, &str)> = vec![
+    let cases: Vec<Case> = vec![
         ("huge timestep", Box::new(|t| t[1].3[..4].copy_from_slice(&1e30f32.to_le_bytes())), "timestep"),
         ("NaN timestep", Box::new(|t| t[1].3[..4].copy_from_slice(&f32::NAN.to_le_bytes())), "timestep"),
         ("negative timestep", Box::new(|t| t[1].3[..4].copy_from_slice(&(-1f32).to_le_bytes())), "timestep"),

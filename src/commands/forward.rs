@@ -17,7 +17,7 @@ const MAX_VALUES: usize = 1 << 30;
 
 /// A network `tilt forward` can run.
 enum Network {
-    Diffusers(UNet2D, [usize; 3], Option<usize>),
+    Diffusers(Box<UNet2D>, [usize; 3], Option<usize>),
     Tilt(Box<dyn RawForward>),
 }
 
@@ -52,7 +52,7 @@ fn load(model: &Path, device: &Device) -> Result<Network> {
         let config = read_config(&files.config)?;
         let unet = load_unet(&config, &files.weights, device)?;
         let [h, w] = config.sample_size;
-        return Ok(Network::Diffusers(unet, [config.in_channels, h, w], config.num_class_embeds));
+        return Ok(Network::Diffusers(Box::new(unet), [config.in_channels, h, w], config.num_class_embeds));
     }
     let state = tilt_train::load::run_state(model).with_context(|| {
         format!("{}: neither a diffusers model folder (config.json) nor a tilt run", model.display())

@@ -192,10 +192,25 @@ impl TrainConfig {
                 self.batch_size
             );
         }
+        let images = matches!(self.data, DataSpec::Idx { .. } | DataSpec::ImageFolder { .. });
         if matches!(self.objective, Objective::Evaluator(_))
-            && !matches!(self.data, DataSpec::Idx { labels: Some(_), .. })
+            && !matches!(self.data, DataSpec::Idx { labels: Some(_), .. } | DataSpec::ImageFolder { .. })
         {
-            bail!("objective.kind: the evaluator is trained on labelled images (data.kind = \"idx\" with data.labels)");
+            bail!(
+                "objective.kind: the evaluator is trained on labelled images (data.kind = \"idx\" with data.labels, or \
+                 \"image-folder\" with class sub-folders)"
+            );
+        }
+        if let DataSpec::ImageFolder { .. } = self.data {
+            if self.standardize {
+                bail!("standardize: images are already scaled to [-1, 1]; per-pixel standardisation is not supported");
+            }
+            if matches!(self.objective, Objective::RewardWeighted(_)) {
+                bail!(
+                    "objective.kind: reward-weighted training normalises by the mean reward over every row, which an \
+                     image folder decoded on demand does not hold; train it on data.kind = \"idx\""
+                );
+            }
         }
         self.check_prediction()?;
         if let ModelSpec::Unet(u) = &self.model {
@@ -205,8 +220,8 @@ impl TrainConfig {
                      objectives use the MLP)"
                 );
             }
-            if !matches!(self.data, DataSpec::Idx { .. }) {
-                bail!("model.kind: the U-Net needs image data (data.kind = \"idx\")");
+            if !images {
+                bail!("model.kind: the U-Net needs image data (data.kind = \"idx\" or \"image-folder\")");
             }
             if self.standardize {
                 bail!("standardize: images are already scaled to [-1, 1]; per-pixel standardisation is not supported");

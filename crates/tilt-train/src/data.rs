@@ -1,5 +1,6 @@
-//! Training data: 2-D toy sets, Gaussian mixtures (any dimension), and CSV files; seeded, split and
-//! optionally standardised (the statistics are saved with the model).
+//! Training data: 2-D toy sets, Gaussian mixtures (any dimension), CSV and IDX files, and folders of images
+//! (decoded on demand, [`crate::image_folder`]); seeded, split and optionally standardised (the statistics are saved
+//! with the model).
 
 use anyhow::{Context, Result, bail};
 use rand::seq::SliceRandom;
@@ -9,6 +10,7 @@ use rand_distr::{Distribution, StandardNormal};
 use serde::{Deserialize, Serialize};
 use std::f64::consts::PI;
 use std::path::PathBuf;
+use std::sync::Arc;
 use tilt_core::MixtureSpec;
 
 /// Where the training points come from.
@@ -65,6 +67,26 @@ pub enum DataSpec {
         /// Use only the first `limit` images.
         limit: Option<usize>,
     },
+    /// A folder of PNG and JPEG images, one sub-folder per class (sorted names; the label map is saved with the
+    /// run), or images directly in it for unlabelled data. Each image is resized (shorter side to `size`),
+    /// centre-cropped to `size x size` and scaled to [-1, 1]; images are decoded when a batch is drawn, so memory
+    /// does not grow with the number of images.
+    ImageFolder {
+        /// The folder.
+        path: PathBuf,
+        /// Side of the square training images.
+        size: usize,
+        /// 1 (grey) or 3 (RGB).
+        #[serde(default = "d_channels")]
+        channels: usize,
+        /// Mirror each training image left-right with probability 1/2 (drawn from the step's own random stream,
+        /// so a resumed run is byte-identical).
+        #[serde(default)]
+        flip: bool,
+        /// Leave out files that do not decode (counted on stderr) instead of refusing the folder.
+        #[serde(default)]
+        skip_bad: bool,
+    },
 }
 
 fn d_noise() -> f64 {
@@ -72,6 +94,26 @@ fn d_noise() -> f64 {
 }
 fn d_rings() -> usize {
     3
+}
+fn d_channels() -> usize {
+    3
+}
+
+/// Rows that live in image files and are decoded when drawn.
+#[derive(Clone, Debug)]
+pub struct Streamed {
+    /// The scanned folder.
+    pub folder: Arc<crate::image_folder::ImageFolder>,
+    /// Row `i` is file `index[i]` of the folder.
+    pub index: Vec<usize>,
+    /// Mirror rows left-right at random when drawn.
+    pub flip: bool,
+}
+
+impl PartialEq for Streamed {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.folder, &other.folder) && self.index == other.index && self.flip == other.flip
+    }
 }
 
 /// Points `[n, d]` row-major, with optional class labels.
@@ -87,37 +129,71 @@ pub struct Dataset {
     pub num_classes: usize,
     /// `[channels, height, width]` when the rows are flattened images (`dim` is their product).
     pub image: Option<[usize; 3]>,
+    /// Rows decoded from files when drawn (then `x` is empty): an image folder.
+    pub streamed: Option<Streamed>,
 }
 
 impl Dataset {
     /// Number of rows.
     pub fn len(&self) -> usize {
-        self.x.len() / self.dim
+        match &self.streamed {
+            Some(s) => s.index.len(),
+            None => self.x.len() / self.dim,
+        }
     }
     /// Whether there are no rows.
     pub fn is_empty(&self) -> bool {
-        self.x.is_empty()
+        self.len() == 0
     }
 
-    /// Row `i`.
+    /// Row `i` of an in-memory data set (panics for streamed rows: use [`Dataset::rows`]).
     pub fn row(&self, i: usize) -> &[f32] {
+        assert!(self.streamed.is_none(), "streamed rows are drawn with Dataset::rows");
         &self.x[i * self.dim..(i + 1) * self.dim]
+    }
+
+    /// The rows `idx`, in order, flattened: copied, or decoded from their files (where `rng` draws the random
+    /// flips of an image folder with `flip = true`; it is not touched otherwise).
+    pub fn rows(&self, idx: &[usize], rng: &mut ChaCha8Rng) -> Result<Vec<f32>> {
+        match &self.streamed {
+            Some(s) => {
+                let files: Vec<usize> = idx.iter().map(|&i| s.index[i]).collect();
+                s.folder.rows(&files, s.flip.then_some(rng))
+            }
+            None => Ok(idx.iter().flat_map(|&i| self.row(i).iter().copied()).collect()),
+        }
     }
 
     /// The rows `idx`, in order.
     pub fn subset(&self, idx: &[usize]) -> Dataset {
+        let streamed =
+            self.streamed.as_ref().map(|s| Streamed { index: idx.iter().map(|&i| s.index[i]).collect(), ..s.clone() });
         Dataset {
-            x: idx.iter().flat_map(|&i| self.row(i).iter().copied()).collect(),
+            x: if streamed.is_some() {
+                Vec::new()
+            } else {
+                idx.iter().flat_map(|&i| self.row(i).iter().copied()).collect()
+            },
             labels: self.labels.as_ref().map(|l| idx.iter().map(|&i| l[i]).collect()),
             dim: self.dim,
             num_classes: self.num_classes,
             image: self.image,
+            streamed,
         }
     }
 
-    /// SHA-256 of the rows and labels (hex): what `--resume` compares to refuse changed data.
+    /// The class names of an image folder (its sub-folders), in label order.
+    pub fn class_names(&self) -> Option<Vec<String>> {
+        self.streamed.as_ref().map(|s| s.folder.class_names.clone()).filter(|n| !n.is_empty())
+    }
+
+    /// SHA-256 of the rows and labels (hex): what `--resume` compares to refuse changed data. For an image folder,
+    /// of the decoding settings and every file's name and bytes.
     pub fn sha256(&self) -> String {
         use sha2::{Digest, Sha256};
+        if let Some(s) = &self.streamed {
+            return s.folder.sha256.clone();
+        }
         let mut h = Sha256::new();
         h.update((self.dim as u64).to_le_bytes());
         for v in &self.x {
@@ -143,7 +219,12 @@ impl Dataset {
         let mut idx: Vec<usize> = (0..self.len()).collect();
         idx.shuffle(&mut ChaCha8Rng::seed_from_u64(seed));
         let n_test = ((self.len() as f64) * test_fraction).round() as usize;
-        (self.subset(&idx[n_test..]), self.subset(&idx[..n_test]))
+        let mut test = self.subset(&idx[..n_test]);
+        // The held-out loss is measured on the images as they are.
+        if let Some(s) = &mut test.streamed {
+            s.flip = false;
+        }
+        (self.subset(&idx[n_test..]), test)
     }
 }
 
@@ -206,6 +287,12 @@ impl DataSpec {
                 bail!("data.rings: expected 1 to {MAX_CLASSES} rings (one class each), got {rings}")
             }
             DataSpec::Idx { limit: Some(0), .. } => bail!("data.limit: expected at least 1 image"),
+            DataSpec::ImageFolder { size, .. } if !(1..=crate::image_folder::MAX_SIZE).contains(size) => {
+                bail!("data.size: expected an image side of 1 to {} pixels, got {size}", crate::image_folder::MAX_SIZE)
+            }
+            DataSpec::ImageFolder { channels, .. } if ![1, 3].contains(channels) => {
+                bail!("data.channels: expected 1 (grey) or 3 (RGB), got {channels}")
+            }
             DataSpec::Csv { classes: Some(c), .. } if !(1..=MAX_CLASSES).contains(c) => {
                 bail!("data.classes: expected 1 to {MAX_CLASSES} classes, got {c}")
             }
@@ -229,6 +316,7 @@ impl DataSpec {
             dim: 2,
             num_classes: classes,
             image: None,
+            streamed: None,
         };
         Ok(match self {
             DataSpec::Mixture { mixture } => {
@@ -237,7 +325,7 @@ impl DataSpec {
                 let owner = m.component_class();
                 let labels =
                     owner.iter().all(Option::is_some).then(|| comps.iter().map(|&k| owner[k].unwrap()).collect());
-                Dataset { x, labels, dim: m.dim(), num_classes: m.n_classes(), image: None }
+                Dataset { x, labels, dim: m.dim(), num_classes: m.n_classes(), image: None, streamed: None }
             }
             DataSpec::SwissRoll { noise } => {
                 let pts = (0..n)
@@ -288,6 +376,29 @@ impl DataSpec {
             }
             DataSpec::Csv { path, labelled, classes } => read_csv(path, *labelled, *classes)?,
             DataSpec::Idx { images, labels, limit } => read_idx(images, labels.as_deref(), *limit)?,
+            DataSpec::ImageFolder { path, size, channels, flip, skip_bad } => {
+                let decoding = crate::image_folder::Decoding { size: *size, channels: *channels };
+                let folder = crate::image_folder::ImageFolder::scan(path, decoding, *skip_bad)?;
+                if let Some(first) = folder.skipped.first() {
+                    eprintln!(
+                        "data.path: skipped {} file(s) that do not decode (skip_bad = true), the first {}",
+                        folder.skipped.len(),
+                        first.display()
+                    );
+                }
+                Dataset {
+                    x: Vec::new(),
+                    labels: folder.labels.clone(),
+                    dim: folder.dim(),
+                    num_classes: folder.class_names.len(),
+                    image: Some([*channels, *size, *size]),
+                    streamed: Some(Streamed {
+                        index: (0..folder.files.len()).collect(),
+                        folder: Arc::new(folder),
+                        flip: *flip,
+                    }),
+                }
+            }
         })
     }
 }
@@ -332,7 +443,7 @@ pub fn read_idx(images: &std::path::Path, labels: Option<&std::path::Path>, limi
     x.extend(set.pixels[..n * dim].iter().map(|&p| p as f32 / 127.5 - 1.0));
     let labels: Option<Vec<usize>> = set.labels.map(|l| l[..n].iter().map(|&c| c as usize).collect());
     let num_classes = labels.as_ref().and_then(|l| l.iter().max()).map_or(0, |m| m + 1);
-    Ok(Dataset { x, labels, dim, num_classes, image: Some([1, set.rows, set.cols]) })
+    Ok(Dataset { x, labels, dim, num_classes, image: Some([1, set.rows, set.cols]), streamed: None })
 }
 
 /// Read `x1,...,xd[,label]` rows; errors name the file, the line (as an editor counts it) and the column.
@@ -426,5 +537,5 @@ pub fn read_csv(path: &std::path::Path, labelled: bool, classes: Option<usize>) 
             first_line_of.len()
         }
     };
-    Ok(Dataset { x, labels: labelled.then_some(labels), dim, num_classes, image: None })
+    Ok(Dataset { x, labels: labelled.then_some(labels), dim, num_classes, image: None, streamed: None })
 }

@@ -22,6 +22,8 @@ pub mod data;
 pub mod ema;
 /// The IDX (MNIST) file format.
 pub mod idx;
+/// Folders of PNG/JPEG images, decoded on demand.
+pub mod image_folder;
 /// Loading trained models for sampling.
 pub mod load;
 /// `[model]`: the network trained, tagged by kind.
@@ -42,7 +44,7 @@ pub mod trainer;
 pub use atomic::{write_atomic, write_atomic_with};
 pub use checkpoint::ModelKind;
 pub use config::{CnnSpec, MlpSpec, ModelSpec, NetKind, Objective, RewardForm, TimeSampling, TrainConfig, UNetSpec};
-pub use data::{DataSpec, Dataset, Standardizer};
+pub use data::{DataSpec, Dataset, Standardizer, Streamed};
 pub use load::{
     LoadedAnyScore, LoadedClassifier, LoadedScore, RunState, load_any_score, load_autoencoder, load_classifier,
     load_evaluator, load_score, load_unet,

@@ -44,6 +44,9 @@ pub struct RunState {
     /// SHA-256 of the EMA weights of `objective.base` (reward-weighted runs): `--resume` refuses a changed base.
     #[serde(default)]
     pub base_sha256: Option<String>,
+    /// The class names of an image folder (its sub-folders), in label order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class_names: Option<Vec<String>>,
 }
 
 /// `state.json` of a verified checkpoint, cross-checked with the manifest's step.

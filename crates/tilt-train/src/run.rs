@@ -94,6 +94,7 @@ pub fn train(
         dim: data.dim,
         image: data.image,
         data_sha256,
+        class_names: data.class_names(),
         base_sha256: None,
         _dir: dir,
     };
@@ -118,6 +119,8 @@ pub(crate) struct RunContext<'a> {
     pub(crate) dim: usize,
     pub(crate) image: Option<[usize; 3]>,
     pub(crate) data_sha256: String,
+    /// The class names of an image folder.
+    pub(crate) class_names: Option<Vec<String>>,
     /// SHA-256 of the EMA weights of `objective.base`, when the objective reads one.
     pub(crate) base_sha256: Option<String>,
     /// Holds the run directory's lock until the run ends.
@@ -132,7 +135,7 @@ impl RunContext<'_> {
         net_cfg: &C,
         train_set: &Dataset,
         test_set: &Dataset,
-        loss: impl Fn(&M, &Dataset, &mut ChaCha8Rng, &Device) -> Tensor<1>,
+        loss: impl Fn(&M, &Dataset, &mut ChaCha8Rng, &Device) -> Result<Tensor<1>>,
         progress: &mut dyn FnMut(&Progress),
     ) -> Result<TrainOutcome> {
         let start = std::time::Instant::now();
@@ -198,6 +201,7 @@ impl RunContext<'_> {
                 history: st.history.clone(),
                 data_sha256: Some(self.data_sha256.clone()),
                 base_sha256: self.base_sha256.clone(),
+                class_names: self.class_names.clone(),
             };
             let artifacts = [
                 Artifact::model("model.bpk", FileKind::Model, &st.model)?,
@@ -222,10 +226,12 @@ impl RunContext<'_> {
         // never repairs.
         checkpoint::prune_after(self.run_dir, state.step, cfg.keep_checkpoints)?;
         write_loss_csv(&self.run_dir.join("loss.csv"), &state.history)?;
-        let test_loss = (!test_set.is_empty()).then(|| {
-            let mut rng = crate::trainer::step_rng(cfg.seed ^ 0x7e57, 0);
-            loss(&state.ema.model, test_set, &mut rng, self.device).into_scalar::<f64>()
-        });
+        let test_loss = (!test_set.is_empty())
+            .then(|| -> Result<f64> {
+                let mut rng = crate::trainer::step_rng(cfg.seed ^ 0x7e57, 0);
+                Ok(loss(&state.ema.model, test_set, &mut rng, self.device)?.into_scalar::<f64>())
+            })
+            .transpose()?;
         let checkpoint = checkpoint::resolve(self.run_dir)?;
         Ok(TrainOutcome {
             steps: state.step,

@@ -82,7 +82,7 @@ pub struct LoopSettings<'a> {
 pub fn train_loop<M: Module>(
     st: &mut TrainState<M>,
     settings: &LoopSettings,
-    mut loss_fn: impl FnMut(&M, &mut ChaCha8Rng) -> Tensor<1>,
+    mut loss_fn: impl FnMut(&M, &mut ChaCha8Rng) -> Result<Tensor<1>>,
     mut save: impl FnMut(&TrainState<M>) -> Result<()>,
     progress: &mut dyn FnMut(&Progress),
 ) -> Result<()> {
@@ -92,7 +92,7 @@ pub fn train_loop<M: Module>(
     let mut last_checkpoint = (st.step > 0).then_some(st.step);
     while st.step < settings.total {
         let mut rng = step_rng(settings.seed, st.step);
-        let loss = loss_fn(&st.model, &mut rng);
+        let loss = loss_fn(&st.model, &mut rng)?;
         let value = loss.clone().detach().inner();
         let grads = GradientsParams::from_grads(loss.backward(), &st.model);
         let (grads, norm) = clip_grad_norm(&st.model, grads, settings.optim.clip_grad_norm);

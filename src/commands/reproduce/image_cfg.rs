@@ -602,7 +602,8 @@ fn class_probs(ev: &tilt_models::Evaluator, x: &[f32], dim: usize, labels: &[usi
 }
 
 fn accuracy_of(ev: &tilt_models::Evaluator, x: &[f32], dim: usize, labels: &[usize], dev: &Device) -> f64 {
-    let data = Dataset { x: x.to_vec(), labels: Some(labels.to_vec()), dim, num_classes: 0, image: None };
+    let data =
+        Dataset { x: x.to_vec(), labels: Some(labels.to_vec()), dim, num_classes: 0, image: None, streamed: None };
     tilt_train::load::accuracy(ev, &data, dev)
 }
 

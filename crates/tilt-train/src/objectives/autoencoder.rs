@@ -33,8 +33,9 @@ impl TrainObjective for Autoencoder {
         let (train_set, test_set) = (sets.train, sets.test);
         let net_cfg = AutoencoderConfig::new(sets.dim).with_latent(*latent).with_hidden(cfg.mlp().hidden);
         let loss = move |m: &tilt_models::Autoencoder, data: &Dataset, rng: &mut ChaCha8Rng, dev: &Device| {
-            let (x, _) = clean_batch(data, &uniform_indices(data.len(), b, rng), dev);
-            (m.forward(x.clone()) - x).square().mean()
+            let idx = uniform_indices(data.len(), b, rng);
+            let (x, _) = clean_batch(data, &idx, rng, dev)?;
+            Ok((m.forward(x.clone()) - x).square().mean())
         };
         run.run(seeded_init(&ad, cfg.seed, || net_cfg.init(&ad)), &net_cfg, train_set, test_set, loss, progress)
     }

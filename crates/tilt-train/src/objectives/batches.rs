@@ -46,20 +46,27 @@ impl Noising {
     }
 }
 
-pub(crate) fn noised(data: &Dataset, idx: &[usize], how: Noising, rng: &mut ChaCha8Rng, device: &Device) -> Noised {
+pub(crate) fn noised(
+    data: &Dataset,
+    idx: &[usize],
+    how: Noising,
+    rng: &mut ChaCha8Rng,
+    device: &Device,
+) -> anyhow::Result<Noised> {
     let d = data.dim;
+    let rows = data.rows(idx, rng)?;
     let b = idx.len();
     let (mut x0, mut xt, mut z, mut ts) =
         (Vec::with_capacity(b * d), Vec::with_capacity(b * d), Vec::with_capacity(b * d), Vec::with_capacity(b));
     // Target = cx X_0 + cz Z per row (epsilon: the noise itself, uploaded as drawn).
     let mut target = Vec::with_capacity(if how.prediction == Prediction::Epsilon { 0 } else { b * d });
-    for &i in idx {
+    for row in rows.chunks_exact(d) {
         let t = how.draw_t(rng);
         let p = how.schedule.interpolant(t);
         let (a, s) = (p.alpha, p.sigma);
         let (cx, cz) = how.prediction.target_coefficients(p);
         ts.push(t as f32);
-        for &v in data.row(i) {
+        for &v in row {
             let e: f64 = StandardNormal.sample(rng);
             x0.push(v);
             z.push(e as f32);
@@ -69,13 +76,13 @@ pub(crate) fn noised(data: &Dataset, idx: &[usize], how: Noising, rng: &mut ChaC
             }
         }
     }
-    Noised {
+    Ok(Noised {
         x_t: tensor_ext::matrix(&xt, b, d, device),
         t: Tensor::from_data(TensorData::new(ts, [b]), device),
         target: tensor_ext::matrix(if target.is_empty() { &z } else { &target }, b, d, device),
         x0,
         labels: data.labels.as_ref().map(|l| idx.iter().map(|&i| l[i]).collect()),
-    }
+    })
 }
 
 pub(crate) fn uniform_indices(n: usize, b: usize, rng: &mut ChaCha8Rng) -> Vec<usize> {
@@ -165,9 +172,14 @@ fn with_sequential_ids<M: Module>(model: M) -> M {
     model.map(&mut Sequential(0))
 }
 
-/// The clean rows `idx` of `data` as a tensor, and their labels.
-pub(crate) fn clean_batch(data: &Dataset, idx: &[usize], device: &Device) -> (Tensor<2>, Option<Vec<usize>>) {
-    let rows: Vec<f32> = idx.iter().flat_map(|&i| data.row(i).iter().copied()).collect();
+/// The clean rows `idx` of `data` as a tensor, and their labels (`rng` draws an image folder's flips).
+pub(crate) fn clean_batch(
+    data: &Dataset,
+    idx: &[usize],
+    rng: &mut ChaCha8Rng,
+    device: &Device,
+) -> anyhow::Result<(Tensor<2>, Option<Vec<usize>>)> {
+    let rows = data.rows(idx, rng)?;
     let labels = data.labels.as_ref().map(|l| idx.iter().map(|&i| l[i]).collect());
-    (tensor_ext::matrix(&rows, idx.len(), data.dim, device), labels)
+    Ok((tensor_ext::matrix(&rows, idx.len(), data.dim, device), labels))
 }

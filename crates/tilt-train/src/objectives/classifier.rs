@@ -36,9 +36,9 @@ impl TrainObjective for Classifier {
             .with_activation(m.activation);
         let loss = move |m: &NoisyClassifier, data: &Dataset, rng: &mut ChaCha8Rng, dev: &Device| {
             let idx = uniform_indices(data.len(), b, rng);
-            let batch = noised(data, &idx, classifier_noising, rng, dev);
+            let batch = noised(data, &idx, classifier_noising, rng, dev)?;
             let labels = tensor_ext::labels(batch.labels.as_ref().expect("labelled"), dev);
-            log_softmax(m.forward(batch.x_t, batch.t), 1).gather(1, labels.reshape([b, 1])).mean().neg()
+            Ok(log_softmax(m.forward(batch.x_t, batch.t), 1).gather(1, labels.reshape([b, 1])).mean().neg())
         };
         run.run(seeded_init(&ad, cfg.seed, || net_cfg.init(&ad)), &net_cfg, train_set, test_set, loss, progress)
     }

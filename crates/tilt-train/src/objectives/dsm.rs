@@ -66,9 +66,9 @@ pub(crate) fn train_noise_net(
     let (train_set, test_set) = (sets.train, sets.test);
     let classes = if conditional && train_set.labels.is_some() { train_set.num_classes } else { 0 };
     // One loss for every noise network: label dropout to the null label with probability `p_uncond`.
-    fn loss<N: NoiseNet>(m: &N, data: &Dataset, rng: &mut ChaCha8Rng, dev: &Device, s: Settings) -> Tensor<1> {
+    fn loss<N: NoiseNet>(m: &N, data: &Dataset, rng: &mut ChaCha8Rng, dev: &Device, s: Settings) -> Result<Tensor<1>> {
         let idx = uniform_indices(data.len(), s.batch, rng);
-        let batch = noised(data, &idx, s.noising, rng, dev);
+        let batch = noised(data, &idx, s.noising, rng, dev)?;
         let labels = (s.classes > 0).then(|| {
             let l: Vec<usize> = batch
                 .labels
@@ -79,7 +79,7 @@ pub(crate) fn train_noise_net(
                 .collect();
             tensor_ext::labels(&l, dev)
         });
-        weighted_mse(m.predict_noise(batch.x_t, batch.t, labels), batch.target, None)
+        Ok(weighted_mse(m.predict_noise(batch.x_t, batch.t, labels), batch.target, None))
     }
     let s = Settings { batch: b, noising, classes, p_uncond };
     match &cfg.model {

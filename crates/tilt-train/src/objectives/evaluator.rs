@@ -30,9 +30,10 @@ impl TrainObjective for Evaluator {
         }
         let net_cfg = EvaluatorConfig::new(image, train_set.num_classes).with_channels(cfg.cnn().channels);
         let loss = move |m: &tilt_models::Evaluator, data: &Dataset, rng: &mut ChaCha8Rng, dev: &Device| {
-            let (x, labels) = clean_batch(data, &uniform_indices(data.len(), b, rng), dev);
+            let idx = uniform_indices(data.len(), b, rng);
+            let (x, labels) = clean_batch(data, &idx, rng, dev)?;
             let labels = tensor_ext::labels(&labels.expect("labelled"), dev);
-            log_softmax(m.forward(x), 1).gather(1, labels.reshape([b, 1])).mean().neg()
+            Ok(log_softmax(m.forward(x), 1).gather(1, labels.reshape([b, 1])).mean().neg())
         };
         run.run(seeded_init(&ad, cfg.seed, || net_cfg.init(&ad)), &net_cfg, train_set, test_set, loss, progress)
     }

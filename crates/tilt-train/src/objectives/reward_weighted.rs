@@ -169,9 +169,9 @@ impl TrainObjective for RewardWeighted {
                 if *form == RewardForm::Full {
                     let loss = |m: &ScoreNet, data: &Dataset, rng: &mut ChaCha8Rng, dev: &Device| {
                         let idx = uniform_indices(data.len(), b, rng);
-                        let batch = noised(data, &idx, noising, rng, dev);
+                        let batch = noised(data, &idx, noising, rng, dev)?;
                         let w = weights_of(&batch.x0, data, dev);
-                        weighted_mse(m.forward(batch.x_t, batch.t, None), batch.target, Some(&w))
+                        Ok(weighted_mse(m.forward(batch.x_t, batch.t, None), batch.target, Some(&w)))
                     };
                     run.run(model, &net_cfg, train_set, test_set, loss, progress)
                 } else {
@@ -197,8 +197,8 @@ impl TrainObjective for RewardWeighted {
                                 c.partition_point(|&v| v < u).min(c.len() - 1)
                             })
                             .collect();
-                        let batch = noised(data, &idx, noising, rng, dev);
-                        weighted_mse(m.forward(batch.x_t, batch.t, None), batch.target, None)
+                        let batch = noised(data, &idx, noising, rng, dev)?;
+                        Ok(weighted_mse(m.forward(batch.x_t, batch.t, None), batch.target, None))
                     };
                     run.run(model, &net_cfg, train_set, test_set, loss, progress)
                 }
@@ -212,13 +212,13 @@ impl TrainObjective for RewardWeighted {
                 let net_cfg = residual_model.score_net(sets.dim, 0).with_zero_init_output(true);
                 let loss = |m: &ScoreNet, data: &Dataset, rng: &mut ChaCha8Rng, dev: &Device| {
                     let idx = uniform_indices(data.len(), b, rng);
-                    let batch = noised(data, &idx, noising, rng, dev);
+                    let batch = noised(data, &idx, noising, rng, dev)?;
                     let w = weights_of(&batch.x0, data, dev);
                     // The frozen base runs on the plain device: a constant for autodiff. Its output and the
                     // residual's are both the run's prediction, so they add.
                     let base_out = base_net.forward(batch.x_t.clone().inner(), batch.t.clone().inner(), None);
                     let out = m.forward(batch.x_t, batch.t, None) + base_out;
-                    weighted_mse(out, batch.target, Some(&w))
+                    Ok(weighted_mse(out, batch.target, Some(&w)))
                 };
                 run.run(seeded_init(&ad, cfg.seed, || net_cfg.init(&ad)), &net_cfg, train_set, test_set, loss, progress)
             }

@@ -1,0 +1,185 @@
+//! `data.kind = "image-folder"`: decoding (resize, centre crop, channels, scaling), classes from sub-folders,
+//! training a U-Net with random flips that resumes byte for byte, and the refusals (a file that does not decode,
+//! a changed folder, stray images).
+
+mod common;
+
+use std::path::Path;
+use tilt_train::image_folder::{Decoding, decode};
+use tilt_train::{Start, TrainConfig};
+
+/// An RGB image whose pixel (x, y) has channels (10 x + 1, 10 y + 2, 7).
+fn gradient(w: u32, h: u32) -> image::RgbImage {
+    image::RgbImage::from_fn(w, h, |x, y| image::Rgb([(10 * x + 1) as u8, (10 * y + 2) as u8, 7]))
+}
+
+fn scaled(v: u8) -> f32 {
+    v as f32 / 127.5 - 1.0
+}
+
+#[test]
+fn decoding_crops_the_centre_and_scales_to_minus_one_one() {
+    let dir = tempfile::tempdir().unwrap();
+    // 6 x 4 at size 4: the shorter side is already 4, so no resampling; the centre 4 columns are x = 1..5.
+    let path = dir.path().join("wide.png");
+    gradient(6, 4).save(&path).unwrap();
+    let v = decode(&path, Decoding { size: 4, channels: 3 }).unwrap();
+    assert_eq!(v.len(), 3 * 16);
+    for y in 0..4 {
+        for x in 0..4 {
+            assert_eq!(v[y * 4 + x], scaled((10 * (x + 1) + 1) as u8), "R at ({x}, {y})");
+            assert_eq!(v[16 + y * 4 + x], scaled((10 * y + 2) as u8), "G at ({x}, {y})");
+            assert_eq!(v[32 + y * 4 + x], 7.0 / 127.5 - 1.0);
+        }
+    }
+    // Tall: rows y = 1..5 of 4 x 6.
+    let path = dir.path().join("tall.png");
+    gradient(4, 6).save(&path).unwrap();
+    let v = decode(&path, Decoding { size: 4, channels: 3 }).unwrap();
+    assert_eq!(v[16], scaled(12), "G of the first row is y = 1");
+    // Grey: the image crate's luma of a flat colour.
+    let path = dir.path().join("flat.png");
+    image::RgbImage::from_pixel(8, 8, image::Rgb([200, 200, 200])).save(&path).unwrap();
+    let v = decode(&path, Decoding { size: 2, channels: 1 }).unwrap();
+    assert_eq!(v, vec![scaled(200); 4], "a flat image stays flat when downscaled");
+    // A JPEG decodes too (lossy: within a few levels).
+    let path = dir.path().join("flat.jpg");
+    image::RgbImage::from_pixel(16, 16, image::Rgb([40, 120, 200])).save(&path).unwrap();
+    let v = decode(&path, Decoding { size: 8, channels: 3 }).unwrap();
+    for (c, want) in [40u8, 120, 200].iter().enumerate() {
+        assert!(v[c * 64..(c + 1) * 64].iter().all(|x| (x - scaled(*want)).abs() < 4.0 / 127.5), "channel {c}");
+    }
+}
+
+/// Two classes, `n` images each, of mixed sizes and formats.
+fn make_folder(root: &Path, n: u32) {
+    for (c, class) in ["coat", "shoe"].iter().enumerate() {
+        let dir = root.join(class);
+        std::fs::create_dir_all(&dir).unwrap();
+        for i in 0..n {
+            let img = image::RgbImage::from_fn(10 + i, 12, |x, y| {
+                image::Rgb([(x * 20 + c as u32 * 90) as u8, (y * 15) as u8, (i * 30) as u8])
+            });
+            let ext = if i % 3 == 0 { "jpg" } else { "png" };
+            img.save(dir.join(format!("{i:03}.{ext}"))).unwrap();
+        }
+    }
+    std::fs::write(root.join("README.txt"), "not an image: ignored").unwrap();
+}
+
+fn config(root: &Path, steps: usize, extra: &str) -> TrainConfig {
+    TrainConfig::parse(&format!(
+        r#"
+steps = {steps}
+seed = 3
+batch_size = 4
+log_every = 2
+checkpoint_every = 2
+test_fraction = 0.2
+[optim]
+min_lr_ratio = 1.0
+[objective]
+kind = "dsm"
+p_uncond = 0.2
+[model]
+kind = "unet"
+channels = 8
+groups = 4
+time_dim = 16
+channel_mults = [1, 2]
+[data]
+kind = "image-folder"
+path = "{}"
+size = 8
+flip = true
+{extra}
+"#,
+        root.display()
+    ))
+    .unwrap()
+}
+
+/// The checkpoint's weight and optimizer files, by name.
+fn files_of(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let ck = tilt_train::checkpoint::resolve(dir).unwrap();
+    let mut files: Vec<_> = std::fs::read_dir(&ck)
+        .unwrap()
+        .map(|e| e.unwrap())
+        .filter(|e| e.file_name() != "state.json" && e.file_name() != "manifest.json")
+        .map(|e| (e.file_name().to_string_lossy().into_owned(), std::fs::read(e.path()).unwrap()))
+        .collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn a_folder_trains_with_flips_and_resumes_byte_for_byte() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("images");
+    make_folder(&root, 6);
+    let data = config(&root, 4, "").data.generate(0, 0).unwrap();
+    assert_eq!((data.len(), data.dim, data.num_classes, data.image), (12, 3 * 64, 2, Some([3, 8, 8])));
+    assert_eq!(data.class_names(), Some(vec!["coat".to_string(), "shoe".to_string()]));
+    assert_eq!(data.labels.as_ref().unwrap().iter().filter(|l| **l == 1).count(), 6);
+    let device = common::device();
+    let straight = tmp.path().join("straight");
+    tilt_train::train(&config(&root, 4, ""), &straight, Start::New, &device, &mut |_| {}).unwrap();
+    let halves = tmp.path().join("halves");
+    tilt_train::train(&config(&root, 2, ""), &halves, Start::New, &device, &mut |_| {}).unwrap();
+    tilt_train::train(&config(&root, 4, ""), &halves, Start::Resume, &device, &mut |_| {}).unwrap();
+    assert!(files_of(&straight) == files_of(&halves), "a resumed run differs from a straight one");
+    // The label map travels with the run.
+    let state = tilt_train::load::run_state(&straight).unwrap();
+    assert_eq!(state.class_names, Some(vec!["coat".to_string(), "shoe".to_string()]));
+    assert_eq!(state.image, Some([3, 8, 8]));
+    // Flips are drawn: the same run without them trains other weights.
+    let unflipped = tmp.path().join("unflipped");
+    let text = |root: &Path| config(root, 4, "");
+    let mut cfg = text(&root);
+    if let tilt_train::DataSpec::ImageFolder { flip, .. } = &mut cfg.data {
+        *flip = false;
+    }
+    tilt_train::train(&cfg, &unflipped, Start::New, &device, &mut |_| {}).unwrap();
+    assert!(files_of(&straight) != files_of(&unflipped), "flip = true trained the same weights as flip = false");
+    // A changed image: resume is refused.
+    image::RgbImage::from_pixel(10, 12, image::Rgb([1, 2, 3])).save(root.join("shoe/001.png")).unwrap();
+    let e = format!(
+        "{:#}",
+        tilt_train::train(&config(&root, 6, ""), &halves, Start::Resume, &device, &mut |_| {}).unwrap_err()
+    );
+    assert!(e.contains("data differ"), "{e}");
+}
+
+#[test]
+fn bad_files_are_named_or_skipped() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("images");
+    make_folder(&root, 3);
+    std::fs::write(root.join("coat/broken.png"), b"\x89PNG\r\n\x1a\n not really").unwrap();
+    let e = format!("{:#}", config(&root, 2, "").data.generate(0, 0).unwrap_err());
+    assert!(e.contains("broken.png") && e.contains("skip_bad"), "{e}");
+    let data = config(&root, 2, "skip_bad = true").data.generate(0, 0).unwrap();
+    assert_eq!(data.len(), 6, "the broken file is left out, the rest kept");
+    // An image beside the class folders, an empty folder, a bad size or channel count.
+    std::fs::copy(root.join("coat/001.png"), root.join("stray.png")).unwrap();
+    let e = format!("{:#}", config(&root, 2, "").data.generate(0, 0).unwrap_err());
+    assert!(e.contains("stray.png"), "{e}");
+    let empty = tmp.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let e = format!("{:#}", config(&empty, 2, "").data.generate(0, 0).unwrap_err());
+    assert!(e.contains("no PNG or JPEG"), "{e}");
+    for (field, value) in [("size", "0"), ("size", "100000"), ("channels", "2")] {
+        let text = format!(
+            "steps = 1\n[objective]\nkind = \"dsm\"\n[model]\nkind = \"unet\"\n[data]\nkind = \"image-folder\"\npath = \"{}\"\n{}\n",
+            root.display(),
+            if field == "size" { format!("size = {value}") } else { format!("size = 8\nchannels = {value}") }
+        );
+        let e = format!("{:#}", TrainConfig::parse(&text).unwrap_err());
+        assert!(e.contains(&format!("data.{field}")), "{field} = {value}: {e}");
+    }
+    let text = format!(
+        "steps = 1\nstandardize = true\n[objective]\nkind = \"dsm\"\n[model]\nkind = \"unet\"\n[data]\nkind = \"image-folder\"\npath = \"{}\"\nsize = 8\n",
+        root.display()
+    );
+    assert!(format!("{:#}", TrainConfig::parse(&text).unwrap_err()).contains("standardize"));
+}

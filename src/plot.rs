@@ -320,6 +320,62 @@ pub fn image_grid(path: &Path, x: &[f32], image: [usize; 3], columns: usize, max
     tilt_train::write_atomic(path, &bytes)
 }
 
+/// A labelled sweep: one column per strength (headed by its label), one row per sample index (the same noise in
+/// every column, so a row shows one chain under growing guidance), under a title. Small images are enlarged by an
+/// integer factor (nearest neighbour) so that the labels fit.
+pub fn sweep_grid(
+    path: &Path,
+    title: &str,
+    columns: &[(String, Vec<f32>)],
+    row_labels: &[String],
+    image: [usize; 3],
+) -> Result<()> {
+    ensure_font();
+    let [c, h, w] = image;
+    let rows = row_labels.len();
+    let zoom = (64usize.div_ceil(h.max(w))).clamp(1, 8);
+    let (cell_w, cell_h, gap) = (w * zoom, h * zoom, 4usize);
+    let (left, top) = (80usize, 56usize);
+    // Wide enough for the title (about 9 pixels a character at this size).
+    let width = (left + columns.len() * (cell_w + gap) + gap).max(9 * title.chars().count() + 16);
+    let height = top + rows * (cell_h + gap) + gap;
+    let mut buf = vec![255u8; width * height * 3];
+    {
+        let root = BitMapBackend::with_buffer(&mut buf, (width as u32, height as u32)).into_drawing_area();
+        let font = ("sans-serif", 15).into_font().color(&BLACK);
+        root.draw(&Text::new(title.to_string(), (8, 6), ("sans-serif", 17).into_font().color(&BLACK)))
+            .map_err(err(path))?;
+        for (j, (label, _)) in columns.iter().enumerate() {
+            let x = (left + gap + j * (cell_w + gap)) as i32;
+            root.draw(&Text::new(label.clone(), (x, (top - 22) as i32), font.clone())).map_err(err(path))?;
+        }
+        for (i, label) in row_labels.iter().enumerate() {
+            let y = (top + gap + i * (cell_h + gap) + cell_h / 2 - 8) as i32;
+            root.draw(&Text::new(label.clone(), (8, y), font.clone())).map_err(err(path))?;
+        }
+        root.present().map_err(err(path))?;
+    }
+    let byte = |v: f32| ((v + 1.0) * 127.5).round().clamp(0.0, 255.0) as u8;
+    for (j, (_, x)) in columns.iter().enumerate() {
+        for (i, pixels) in x.chunks_exact(c * h * w).take(rows).enumerate() {
+            let (x0, y0) = (left + gap + j * (cell_w + gap), top + gap + i * (cell_h + gap));
+            for py in 0..cell_h {
+                for px in 0..cell_w {
+                    let p = (py / zoom) * w + px / zoom;
+                    let rgb = if c >= 3 {
+                        [byte(pixels[p]), byte(pixels[h * w + p]), byte(pixels[2 * h * w + p])]
+                    } else {
+                        [byte(pixels[p]); 3]
+                    };
+                    let at = ((y0 + py) * width + x0 + px) * 3;
+                    buf[at..at + 3].copy_from_slice(&rgb);
+                }
+            }
+        }
+    }
+    write_png(path, buf, (width as u32, height as u32))
+}
+
 /// One image (`[channels, height, width]` values in [-1, 1], pixel for pixel) as a grey (1 channel) or RGB PNG.
 pub fn image_png(path: &Path, pixels: &[f32], image: [usize; 3]) -> Result<()> {
     let [c, h, w] = image;

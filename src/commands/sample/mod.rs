@@ -52,6 +52,13 @@ fn sample_bounds(x: &[f32], d: usize) -> plot::Bounds {
 /// printed in full is a 301-character file name). Both forms are Rust's shortest round-trip representation, so
 /// distinct strengths never share a label (a rounded mantissa would map 1.00000000001 and 1.00000000002 onto one
 /// file), and the plain form never contains an `e`, so the two forms cannot collide either.
+/// A class name as part of a file name: letters, digits, `-` and `_` kept, anything else `_`.
+fn file_stem(name: &str) -> String {
+    let stem: String =
+        name.chars().map(|c| if c.is_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect();
+    if stem.is_empty() { "class".into() } else { stem }
+}
+
 pub fn w_label(w: f64) -> String {
     let plain = format!("{w}");
     if plain.len() <= 12 { plain } else { format!("{w:e}") }
@@ -207,6 +214,14 @@ pub fn run(cfg: &SampleConfig, out: &Path, force: bool, device: &Device) -> Resu
     let sampler = Sampler { kind: s.kind, schedule, times, denoise_final: s.denoise_final, recurrence: s.recurrence };
     let chunks: Vec<usize> = (0..n.div_ceil(s.batch)).map(|i| s.batch.min(n - i * s.batch)).collect();
 
+    if let Some(names) = &scores.class_names {
+        let list: Vec<String> = names.iter().enumerate().map(|(i, n)| format!("{i} {n}")).collect();
+        eprintln!("classes of models.base: {}", list.join(", "));
+    }
+    let class_name = |c: usize| scores.class_names.as_ref().and_then(|n| n.get(c).cloned());
+    // The first chains of every strength, for the labelled sweep grid of image models.
+    const GRID_ROWS: usize = 8;
+    let mut sweep_columns: Vec<(String, Vec<f32>)> = Vec::new();
     let mut records = Vec::new();
     for &strength in &cfg.guidance.strengths {
         let w = cfg.guidance.papers_w(strength);
@@ -324,12 +339,19 @@ pub fn run(cfg: &SampleConfig, out: &Path, force: bool, device: &Device) -> Resu
             output::write_samples_safetensors(&out.join(format!("{stem}.safetensors")), &x, image)?;
             let folder = out.join("samples").join(format!("w{}", w_label(w)));
             std::fs::create_dir_all(&folder).with_context(|| format!("cannot create {}", folder.display()))?;
-            let who = cfg.class.map_or("sample".to_string(), |c| format!("class{c}"));
+            let who = match cfg.class {
+                Some(c) => class_name(c).map_or(format!("class{c}"), |n| file_stem(&n)),
+                None => "sample".to_string(),
+            };
             for (i, pixels) in x.chunks_exact(channels * height * width).enumerate() {
                 plot::image_png(&folder.join(format!("{who}_{i}.png")), pixels, image)?;
             }
+            let shown = x.len().min(GRID_ROWS * d);
+            sweep_columns.push((format!("w = {}", w_label(w)), x[..shown].to_vec()));
         }
         match &problem {
+            // The first two pixels of an image say nothing: image models get the grids instead.
+            _ if scores.base.shape().len() == 3 => {}
             Some(p) => {
                 let marginal = p.base_law.marginal(&[0, 1.min(d - 1)]);
                 let sched = schedule;
@@ -351,6 +373,16 @@ pub fn run(cfg: &SampleConfig, out: &Path, force: bool, device: &Device) -> Resu
         seed: cfg.seed,
         records,
     };
+    if let [channels, height, width] = scores.base.shape()[..] {
+        let rows = sweep_columns.iter().map(|c| c.1.len() / d).min().unwrap_or(0);
+        let target = match cfg.class {
+            Some(c) => format!(" toward class {c}{}", class_name(c).map_or(String::new(), |n| format!(" ({n})"))),
+            None => String::new(),
+        };
+        let title = format!("{} guidance{target}, {} {} steps", kebab(&kind), sampler.steps(), kebab(&s.kind));
+        let labels: Vec<String> = (0..rows).map(|i| format!("chain {i}")).collect();
+        plot::sweep_grid(&out.join("grid.png"), &title, &sweep_columns, &labels, [channels, height, width])?;
+    }
     record::curve_plot(&out.join("curve.png"), &summary)?;
     output::write_json(&out.join("summary.json"), &summary)?;
     Ok(summary)

@@ -81,11 +81,14 @@ pub struct LoadedNet {
     pub schedule: Schedule,
     pub dim: usize,
     pub num_classes: usize,
+    /// The class names of an image-folder run, in label order.
+    pub class_names: Option<Vec<String>>,
 }
 
 impl From<tilt_train::LoadedAnyScore> for LoadedNet {
     fn from(l: tilt_train::LoadedAnyScore) -> Self {
         Self {
+            class_names: l.state.class_names.clone(),
             schedule: l.state.config.schedule,
             dim: l.state.dim,
             num_classes: l.state.num_classes,
@@ -155,6 +158,7 @@ fn load_diffusers(cfg: &SampleConfig, dir: &Path, device: &Device) -> Result<Loa
         schedule,
         dim: c * h * w,
         num_classes: null_label.unwrap_or(0),
+        class_names: None,
     })
 }
 
@@ -229,6 +233,8 @@ pub struct Scores {
     pub description: String,
     pub dim: usize,
     pub num_classes: usize,
+    /// The base's class names (an image-folder run), in label order.
+    pub class_names: Option<Vec<String>>,
 }
 
 pub fn load_scores(cfg: &SampleConfig, mixture: Option<&GaussianMixture>, device: &Device) -> Result<Scores> {
@@ -354,6 +360,7 @@ pub fn load_scores(cfg: &SampleConfig, mixture: Option<&GaussianMixture>, device
         (None, Some(m)) => (m.dim(), m.n_classes()),
         (None, None) => bail!("mixture: missing (no trained base model either)"),
     };
+    let class_names = trained_base.as_ref().and_then(|b| b.class_names.clone());
     let base: Box<dyn ScoreModel> = match trained_base {
         Some(b) => b.score,
         None => Box::new(exact(mixture, "base score")?),
@@ -403,5 +410,6 @@ pub fn load_scores(cfg: &SampleConfig, mixture: Option<&GaussianMixture>, device
         description: description.join(", "),
         dim,
         num_classes,
+        class_names,
     })
 }

@@ -57,6 +57,9 @@ pub struct ModelsConfig {
     pub residual: Option<PathBuf>,
     /// A `classifier` checkpoint for classifier guidance (and nothing else: metrics stay exact).
     pub classifier: Option<PathBuf>,
+    /// An `evaluator` run (a CNN trained on clean labelled images): image samples are measured by it
+    /// (`E[1/p_eval(c|Y)]`, accuracy, Fréchet distance beside its noise floor).
+    pub evaluator: Option<PathBuf>,
     /// For diffusers model folders among the models: the class label a class-conditional model was trained to
     /// treat as "no class" (classifier-free guidance's unconditional score; diffusers has no convention). tilt
     /// needs it to be the last label of the table.

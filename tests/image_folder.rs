@@ -183,3 +183,78 @@ fn bad_files_are_named_or_skipped() {
     );
     assert!(format!("{:#}", TrainConfig::parse(&text).unwrap_err()).contains("standardize"));
 }
+
+/// A folder of quadrant images: class `c` is bright in quadrant `c` of an 8 x 8 RGB image, with a little noise.
+fn quadrant_folder(root: &Path, per_class: usize) {
+    for (c, name) in ["top left", "top-right"].iter().enumerate() {
+        let dir = root.join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        for i in 0..per_class {
+            let img = image::RgbImage::from_fn(8, 8, |x, y| {
+                let quadrant = (y / 4) * 2 + x / 4;
+                let noise = ((i as u32 * 131 + x * 17 + y * 29) % 41) as u8;
+                let v = if quadrant == c as u32 { 200 + noise } else { 10 + noise };
+                image::Rgb([v, v / 2, 255 - v])
+            });
+            img.save(dir.join(format!("{i}.png"))).unwrap();
+        }
+    }
+}
+
+/// Train a U-Net and an evaluator on one folder; `tilt sample` names the per-sample files by class, labels the
+/// sweep grid, and reports the evaluator's measures with the Fréchet floor.
+#[test]
+fn sample_reports_the_evaluator_on_an_image_folder_model() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let root = d.join("quadrants");
+    quadrant_folder(&root, 40);
+    let run = |text: String, out: &str| {
+        let cfg = TrainConfig::parse(&text).unwrap();
+        tilt_train::train(&cfg, &d.join(out), Start::New, &common::device(), &mut |_| {}).unwrap();
+    };
+    let data = format!("[data]\nkind = \"image-folder\"\npath = \"{}\"\nsize = 8\n", root.display());
+    run(
+        format!(
+            "steps = 60\nseed = 2\nbatch_size = 32\nlog_every = 20\ncheckpoint_every = 60\n[objective]\nkind = \"evaluator\"\n\
+             [model]\nkind = \"cnn\"\nchannels = 8\n[optim]\nlr = 5e-3\n{data}"
+        ),
+        "evaluator",
+    );
+    run(
+        format!(
+            "steps = 20\nseed = 2\nbatch_size = 16\nlog_every = 10\ncheckpoint_every = 20\n[objective]\nkind = \"dsm\"\n\
+             conditional = true\np_uncond = 0.2\n[model]\nkind = \"unet\"\nchannels = 8\ngroups = 4\ntime_dim = 16\n{data}"
+        ),
+        "unet",
+    );
+    let sweep = format!(
+        "samples = 12\nclass = 1\n[models]\nbase = \"{}\"\nevaluator = \"{}\"\n[sampler]\nsteps = 4\n[guidance]\nkind = \"cfg\"\nstrengths = [0.0, 2.0]\n",
+        d.join("unet").display(),
+        d.join("evaluator").display()
+    );
+    std::fs::write(d.join("sweep.toml"), sweep).unwrap();
+    let out = d.join("sweep");
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_tilt"))
+        .args(["sample", "--config", d.join("sweep.toml").to_str().unwrap(), "--out", out.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{stderr}");
+    assert!(stderr.contains("0 top left, 1 top-right"), "the label map is shown: {stderr}");
+    for f in ["grid.png", "frechet.png", "curve.png", "samples/w2/top-right_0.png", "samples/w0/top-right_11.png"] {
+        assert!(out.join(f).is_file(), "{f} missing");
+    }
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    for r in summary["records"].as_array().unwrap() {
+        let e = &r["evaluator"];
+        let inv = e["inv_class_prob"]["mean"].as_f64().unwrap();
+        let acc = e["accuracy"].as_f64().unwrap();
+        let (fd, floor) = (e["frechet"].as_f64().unwrap(), e["frechet_floor"].as_f64().unwrap());
+        assert!(inv >= 1.0 && (0.0..=1.0).contains(&acc), "{e}");
+        assert!(fd.is_finite() && floor.is_finite() && floor >= 0.0, "{e}");
+        // 40 real images of the class: 12 (the sample count) held back for the floor, 28 as the reference.
+        assert_eq!((e["floor_images"].as_u64(), e["reference_images"].as_u64()), (Some(12), Some(28)), "{e}");
+    }
+}

@@ -375,7 +375,7 @@ fn the_evaluator_learns_to_classify_clean_images() {
     let (evaluator, state) = tilt_train::load_evaluator(&d.join("ev"), &common::device()).unwrap();
     assert_eq!(state.image, Some([1, 4, 4]));
     let data = cfg.data.generate(0, 0).unwrap();
-    let acc = tilt_train::load::accuracy(&evaluator, &data, &common::device());
+    let acc = tilt_train::load::accuracy(&evaluator, &data, &common::device()).unwrap();
     assert!(acc > 0.95, "accuracy {acc}");
     // The features are the penultimate layer: 4 x channels per image.
     let x = tilt_core::tensor_ext::matrix(&data.x[..32], 2, 16, &common::device());

@@ -164,6 +164,14 @@ impl Dataset {
         }
     }
 
+    /// The rows `idx` as they are (never flipped), flattened.
+    pub fn clean_rows(&self, idx: &[usize]) -> Result<Vec<f32>> {
+        match &self.streamed {
+            Some(s) => s.folder.rows(&idx.iter().map(|&i| s.index[i]).collect::<Vec<_>>(), None),
+            None => Ok(idx.iter().flat_map(|&i| self.row(i).iter().copied()).collect()),
+        }
+    }
+
     /// The rows `idx`, in order.
     pub fn subset(&self, idx: &[usize]) -> Dataset {
         let streamed =

@@ -221,17 +221,17 @@ pub fn load_evaluator(path: &Path, device: &Device) -> Result<(Evaluator, RunSta
 }
 
 /// The fraction of `data`'s rows the evaluator classifies as their label, in batches of 1000.
-pub fn accuracy(evaluator: &Evaluator, data: &Dataset, device: &Device) -> f64 {
-    let labels = data.labels.as_ref().expect("labelled data");
+pub fn accuracy(evaluator: &Evaluator, data: &Dataset, device: &Device) -> Result<f64> {
+    let labels = data.labels.as_ref().ok_or_else(|| anyhow::anyhow!("accuracy needs labelled data"))?;
     let mut hits = 0usize;
     for start in (0..data.len()).step_by(1000) {
         let n = 1000.min(data.len() - start);
-        let rows = &data.x[start * data.dim..(start + n) * data.dim];
-        let logits = evaluator.forward(tilt_core::tensor_ext::matrix(rows, n, data.dim, device));
+        let rows = data.clean_rows(&(start..start + n).collect::<Vec<_>>())?;
+        let logits = evaluator.forward(tilt_core::tensor_ext::matrix(&rows, n, data.dim, device));
         let predicted = tilt_core::tensor_ext::to_vec_i64(logits.argmax(1).reshape([n]));
         hits += predicted.iter().zip(&labels[start..start + n]).filter(|(p, l)| **p as usize == **l).count();
     }
-    hits as f64 / data.len() as f64
+    Ok(hits as f64 / data.len() as f64)
 }
 
 /// The EMA weights of an autoencoder checkpoint.

@@ -178,7 +178,7 @@ pub fn run(ctx: &Ctx, dir: &Path) -> Result<StageOutput> {
         c
     };
     let (evaluator, _) = tilt_train::load_evaluator(&ctx.trained("image_evaluator", &ev_cfg)?, dev)?;
-    let held_accuracy = tilt_train::load::accuracy(&evaluator, &held, dev);
+    let held_accuracy = tilt_train::load::accuracy(&evaluator, &held, dev)?;
 
     // Latent codes of the training images, written once as a labelled CSV (full f32 precision).
     let latents = ctx.models_dir().join("image_latents.csv");
@@ -604,7 +604,7 @@ fn class_probs(ev: &tilt_models::Evaluator, x: &[f32], dim: usize, labels: &[usi
 fn accuracy_of(ev: &tilt_models::Evaluator, x: &[f32], dim: usize, labels: &[usize], dev: &Device) -> f64 {
     let data =
         Dataset { x: x.to_vec(), labels: Some(labels.to_vec()), dim, num_classes: 0, image: None, streamed: None };
-    tilt_train::load::accuracy(ev, &data, dev)
+    tilt_train::load::accuracy(ev, &data, dev).expect("in-memory labelled rows")
 }
 
 /// Rows = classes, columns = `per` images for each strength, with a 2-pixel gap between strengths.

@@ -5,6 +5,7 @@
 //! `samples_w<w>.csv` and `samples_w<w>.png` (samples over the density contours of the base law), and
 //! `curve.png` (the headline metric against `w`).
 
+mod evaluate;
 mod problem;
 mod record;
 mod scores;
@@ -174,6 +175,16 @@ pub fn run(cfg: &SampleConfig, out: &Path, force: bool, device: &Device) -> Resu
     }
     let n = cfg.samples;
     check_memory(n, d, scores.num_classes)?;
+    let evaluation = match (cfg.models.as_ref().and_then(|m| m.evaluator.as_deref()), &scores.base.shape()[..]) {
+        (None, _) => None,
+        (Some(p), &[c, h, w]) => {
+            Some(evaluate::Evaluation::load(p, [c, h, w], cfg.class, scores.class_names.as_deref(), device)?)
+        }
+        (Some(p), _) => bail!(
+            "models.evaluator = {}: the evaluator measures images, and models.base is not an image model",
+            p.display()
+        ),
+    };
     let dir = tilt_train::OutputDir::claim(out, tilt_train::OutputKind::Sample, force)?;
     if *dir.prior() == tilt_train::Prior::Own && !force {
         bail!(
@@ -315,6 +326,7 @@ pub fn run(cfg: &SampleConfig, out: &Path, force: bool, device: &Device) -> Resu
                 .flatten()
                 .map(|(p, r)| p.base_law.tilted_mean_reward(r)),
             class: problem.as_ref().and_then(|p| p.class_stats(&x, device)),
+            evaluator: evaluation.as_ref().map(|e| e.measure(&x, device)),
             target: target.map(|t| t.0),
             distance_to_target: distance,
             non_finite_samples,

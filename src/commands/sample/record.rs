@@ -28,6 +28,9 @@ pub struct Record {
     pub target_mean_reward: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub class: Option<ClassStats>,
+    /// Image samples measured by `models.evaluator`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub evaluator: Option<super::evaluate::EvaluatorStats>,
     /// The law this strength samples exactly with exact scores, when one is known (`w = 0`; `w = 1` for
     /// reward and classifier guidance; `w = -1` for CFG).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -86,6 +89,12 @@ pub fn one_line(r: &Record) -> String {
             m.mmd.mmd2, m.mmd.p_value, m.sliced_wasserstein, m.sliced_wasserstein_floor
         );
     }
+    if let Some(e) = &r.evaluator {
+        if let (Some(inv), Some(acc)) = (&e.inv_class_prob, e.accuracy) {
+            s += &format!("  E[1/p_eval(c|Y)] = {:.4} ± {:.4}, acc = {acc:.3}", inv.mean, inv.se);
+        }
+        s += &format!("  Fréchet = {:.4} (floor {:.4})", e.frechet, e.frechet_floor);
+    }
     if let Some(smc) = &r.smc {
         s += &format!("  SMC: final ESS {:.3}, {} resamplings", smc.final_ess, smc.resamplings);
     }
@@ -118,6 +127,8 @@ pub fn curve_plot(path: &Path, summary: &Summary) -> Result<()> {
             &[Series { name: "sampled".into(), points: pts }],
             &refs,
         )
+    } else if recs[0].evaluator.is_some() {
+        evaluator_plots(path, recs)
     } else if let Some(c0) = &recs[0].class {
         let pts = recs.iter().filter_map(|r| r.class.as_ref().map(|c| (r.w, c.mean_inv_class_prob.mean))).collect();
         plot::curves(
@@ -131,4 +142,32 @@ pub fn curve_plot(path: &Path, summary: &Summary) -> Result<()> {
     } else {
         Ok(())
     }
+}
+
+/// The evaluator's measures against `w`: `E[1/p_eval(c|Y)]` (when a class is guided toward) in `path`, the
+/// Fréchet distance with its noise floor in `frechet.png` beside it.
+fn evaluator_plots(path: &Path, recs: &[Record]) -> Result<()> {
+    let stats: Vec<(f64, &super::evaluate::EvaluatorStats)> =
+        recs.iter().filter_map(|r| r.evaluator.as_ref().map(|e| (r.w, e))).collect();
+    let inv: Vec<(f64, f64)> = stats.iter().filter_map(|(w, e)| e.inv_class_prob.map(|m| (*w, m.mean))).collect();
+    if !inv.is_empty() {
+        plot::curves(
+            path,
+            "E[1/p_eval(c|Y)] against guidance strength (independent evaluator)",
+            "w",
+            "E[1/p_eval(c|Y)]",
+            &[Series { name: "sampled".into(), points: inv }],
+            &[],
+        )?;
+    }
+    let frechet = stats.iter().map(|(w, e)| (*w, e.frechet)).collect();
+    let floor = stats.iter().map(|(_, e)| e.frechet_floor).fold(f64::NAN, f64::max);
+    plot::curves(
+        &path.with_file_name("frechet.png"),
+        "Fréchet distance of evaluator features to real images",
+        "w",
+        "Fréchet distance",
+        &[Series { name: "samples".into(), points: frechet }],
+        &[("noise floor (real vs real, same size)".to_string(), floor)],
+    )
 }

@@ -68,18 +68,23 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
-    /// Export a checkpoint's EMA weights as SafeTensors.
+    /// Export a checkpoint's EMA weights as SafeTensors, or a U-Net run as a diffusers model folder.
     Export {
         #[arg(long)]
         checkpoint: PathBuf,
+        /// The .safetensors file, or the folder of --format diffusers.
         #[arg(long)]
         out: PathBuf,
-        /// Replace an existing --out file.
+        /// `safetensors` (tilt's module names) or `diffusers` (a folder `UNet2DModel.from_pretrained` loads).
+        #[arg(long, value_enum, default_value = "safetensors")]
+        format: commands::export::Format,
+        /// Replace an existing --out file (or an earlier export in the --out folder).
         #[arg(long)]
         force: bool,
     },
     /// One raw forward pass of a network (a diffusers model folder or a tilt run) on tensors `sample`, `timestep`
-    /// (the model's own units: diffusers' training timesteps, or a tilt network's t in [0, 1]) and, for a
+    /// (the model's own units: diffusers' timesteps for diffusers models and tilt's U-Net, t in [0, 1] for tilt's
+    /// MLP) and, for a
     /// class-conditional model, `class_labels` from a safetensors file; writes tensor `sample`.
     Forward {
         /// A diffusers model or pipeline folder, or a tilt run.
@@ -141,9 +146,16 @@ fn main() -> Result<()> {
         Command::Demo { out, force } => {
             reproduce(commands::reproduce::Preset::Fast, &[], &out, force, cli.device.as_deref())?
         }
-        Command::Export { checkpoint, out, force } => {
+        Command::Export { checkpoint, out, format, force } => {
             let device = device::select(cli.device.as_deref())?;
-            commands::export::run(&checkpoint, &out, force, &device)?;
+            match format {
+                commands::export::Format::Safetensors => commands::export::run(&checkpoint, &out, force, &device)?,
+                commands::export::Format::Diffusers => {
+                    if let Some(note) = commands::export::run_diffusers(&checkpoint, &out, force, &device)? {
+                        eprintln!("{note}");
+                    }
+                }
+            }
             eprintln!("wrote {}", out.display());
         }
         Command::Forward { model, input, out, repeat } => {

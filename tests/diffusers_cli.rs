@@ -206,3 +206,125 @@ fn sample_refusals_name_the_field() {
     );
     assert!(r.ok, "{}", r.stderr);
 }
+
+/// A tiny class-conditional U-Net trained on the repository's Fashion-MNIST test split on a discrete
+/// scaled-linear table with v-prediction, exported with `tilt export --format diffusers`. Returns the run, the
+/// export and a `tilt forward` input.
+fn trained_and_exported(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/data/fashion-mnist");
+    let config = dir.join("train.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "steps = 6\nseed = 1\nbatch_size = 8\nlog_every = 3\ncheckpoint_every = 6\n\
+             [schedule]\nkind = \"discrete\"\nbeta_schedule = \"scaled-linear\"\nbeta_start = 0.00085\nbeta_end = 0.012\n\
+             [objective]\nkind = \"dsm\"\nconditional = true\np_uncond = 0.2\n\
+             [model]\nkind = \"unet\"\nchannels = 8\ngroups = 4\ntime_dim = 32\nattention = true\nprediction = \"v-prediction\"\n\
+             [data]\nkind = \"idx\"\nimages = \"{}\"\nlabels = \"{}\"\nlimit = 100\n",
+            data.join("t10k-images-idx3-ubyte.gz").display(),
+            data.join("t10k-labels-idx1-ubyte.gz").display()
+        ),
+    )
+    .unwrap();
+    let (run, export) = (dir.join("run"), dir.join("export"));
+    let r =
+        binary::tilt_within(LIMIT, &["train", "--config", config.to_str().unwrap(), "--out", run.to_str().unwrap()]);
+    assert!(r.ok, "{}", r.stderr);
+    let args =
+        ["export", "--checkpoint", run.to_str().unwrap(), "--out", export.to_str().unwrap(), "--format", "diffusers"];
+    let r = binary::tilt_within(LIMIT, &args);
+    assert!(r.ok, "{}", r.stderr);
+    // Inputs: 4 images, timesteps 0, 10, 123.456 (fractional) and 999, labels 0, 3, 9 and the null label 10.
+    let sample: Vec<u8> = (0..4 * 784).flat_map(|i| (((i * 37) % 101) as f32 / 50.0 - 1.0).to_le_bytes()).collect();
+    let t: Vec<u8> = [0.0f32, 10.0, 123.456, 999.0].iter().flat_map(|v| v.to_le_bytes()).collect();
+    let l: Vec<u8> = [0i64, 3, 9, 10].iter().flat_map(|v| v.to_le_bytes()).collect();
+    let input = dir.join("in.safetensors");
+    write(
+        &input,
+        &vec![
+            ("sample".into(), safetensors::Dtype::F32, vec![4, 1, 28, 28], sample),
+            ("timestep".into(), safetensors::Dtype::F32, vec![4], t),
+            ("class_labels".into(), safetensors::Dtype::I64, vec![4], l),
+        ],
+    );
+    (run, export, input)
+}
+
+fn forward(model: &Path, input: &Path, out: &Path) -> Vec<f32> {
+    let args = [
+        "forward",
+        "--model",
+        model.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    let r = binary::tilt_within(LIMIT, &args);
+    assert!(r.ok, "{}", r.stderr);
+    f32s(&tensors(out)[0].3)
+}
+
+#[test]
+fn export_writes_a_diffusers_folder_tilt_reads_back_exactly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (run, export, input) = trained_and_exported(tmp.path());
+    let a = forward(&run, &input, &tmp.path().join("run_out.safetensors"));
+    let b = forward(&export, &input, &tmp.path().join("export_out.safetensors"));
+    assert!(a.iter().any(|v| v.abs() > 1e-4), "the trained network's output is still zero");
+    assert_eq!(a, b, "the exported folder computes other numbers than the run");
+    // config.json is diffusers' (every field tilt writes is one it reads), the scheduler the run's.
+    let config = std::fs::read_to_string(export.join("config.json")).unwrap();
+    let parsed = tilt_models::diffusers::UNet2DConfig::from_json(&config).unwrap();
+    assert_eq!(
+        (parsed.block_out_channels.clone(), parsed.num_class_embeds, parsed.add_attention),
+        (vec![8, 16], Some(11), true)
+    );
+    let scheduler = std::fs::read_to_string(export.join("scheduler/scheduler_config.json")).unwrap();
+    assert!(scheduler.contains("\"scaled_linear\"") && scheduler.contains("\"v_prediction\""), "{scheduler}");
+    // Refusals: again without --force, into a folder with other files, an MLP run.
+    let args =
+        ["export", "--checkpoint", run.to_str().unwrap(), "--out", export.to_str().unwrap(), "--format", "diffusers"];
+    let r = binary::tilt_within(LIMIT, &args);
+    assert!(!r.ok && r.stderr.contains("--force"), "{}", r.stderr);
+    let r = binary::tilt_within(LIMIT, &[&args[..], &["--force"]].concat());
+    assert!(r.ok, "{}", r.stderr);
+    std::fs::write(export.join("notes.txt"), "mine").unwrap();
+    let r = binary::tilt_within(LIMIT, &[&args[..], &["--force"]].concat());
+    assert!(!r.ok && r.stderr.contains("notes.txt"), "{}", r.stderr);
+    // The exported folder guides like the run: `tilt sample` with CFG on it, null label 10.
+    std::fs::remove_file(export.join("notes.txt")).unwrap();
+    let cfg = sample_config(
+        tmp.path(),
+        &format!("base = {:?}\nnull_label = 10", export),
+        "kind = \"cfg\"\nstrengths = [2.0]",
+    );
+    let out = tmp.path().join("sampled");
+    let r = binary::tilt_within(LIMIT, &["sample", "--config", cfg.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    assert!(r.ok, "{}", r.stderr);
+}
+
+/// diffusers itself loads the export with the same outputs. Needs PyTorch and diffusers (a virtualenv made as
+/// `scripts/make_diffusers_fixtures.py` says; its python in $TILT_TORCH_PYTHON, default
+/// ~/.cache/tilt-torch/bin/python): `cargo test --test diffusers_cli -- --ignored`.
+#[test]
+#[ignore = "needs PyTorch and diffusers: cargo test --test diffusers_cli -- --ignored"]
+fn diffusers_loads_the_export_with_the_same_outputs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (run, export, input) = trained_and_exported(tmp.path());
+    let ours = forward(&run, &input, &tmp.path().join("run_out.safetensors"));
+    let python = std::env::var("TILT_TORCH_PYTHON")
+        .unwrap_or_else(|_| format!("{}/.cache/tilt-torch/bin/python", std::env::var("HOME").unwrap()));
+    let theirs_path = tmp.path().join("diffusers_out.safetensors");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/make_diffusers_fixtures.py");
+    let o = std::process::Command::new(python)
+        .args([script.to_str().unwrap(), "--forward", export.to_str().unwrap(), "--input", input.to_str().unwrap()])
+        .args(["--output", theirs_path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let theirs = f32s(&tensors(&theirs_path)[0].3);
+    let scale = theirs.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let err = ours.iter().zip(&theirs).fold(0f32, |m, (a, b)| m.max((a - b).abs())) / scale;
+    assert!(err <= 1e-5, "tilt vs diffusers on the export: {err:e} relative");
+}

@@ -128,7 +128,8 @@ fn noise_net_feeds_the_training_timestep_and_drops_the_learned_variance() {
     let scheduler = read_scheduler(files.scheduler.as_ref().unwrap()).unwrap();
     let steps = scheduler.schedule.timestep(1.0).unwrap() as usize + 1;
     assert_eq!(steps, 1000);
-    let net = DiffusersNet::new(load_unet(&config, &files.weights, &device).unwrap(), &config, steps, None).unwrap();
+    let map = tilt_models::diffusers::TimestepMap::for_schedule(scheduler.schedule);
+    let net = DiffusersNet::new(load_unet(&config, &files.weights, &device).unwrap(), &config, map, None).unwrap();
     let reference = Reference::open(&dir);
     let (x, shape) = reference.f32("x");
     let (k, _) = reference.f32("timesteps");
@@ -294,8 +295,28 @@ fn scheduler_configs_give_the_schedule_and_prediction() {
         }
     );
     assert_eq!(SchedulerConfig::from_json("{}").unwrap().schedule, Schedule::ddpm());
+    let flow =
+        SchedulerConfig::from_json(r#"{"_class_name": "FlowMatchEulerDiscreteScheduler", "shift": 3.0}"#).unwrap();
+    assert_eq!((flow.schedule, flow.prediction), (Schedule::RectifiedFlow { shift: 3.0 }, Prediction::Velocity));
+    // What tilt writes for a model it exports reads back as the same schedule and prediction.
+    for (schedule, prediction) in [
+        (Schedule::ddpm(), Prediction::Epsilon),
+        (c.schedule, Prediction::VPrediction),
+        (Schedule::RectifiedFlow { shift: 3.0 }, Prediction::Velocity),
+    ] {
+        let text = SchedulerConfig::to_json(schedule, prediction).unwrap().to_string();
+        assert_eq!(SchedulerConfig::from_json(&text).unwrap(), SchedulerConfig { schedule, prediction });
+    }
+    let cosine = SchedulerConfig::from_json(
+        &SchedulerConfig::to_json(Schedule::cosine(), Prediction::Sample).unwrap().to_string(),
+    )
+    .unwrap();
+    assert_eq!(cosine.schedule.name(), "discrete");
+    assert!(SchedulerConfig::to_json(Schedule::Linear, Prediction::Epsilon).unwrap_err().contains("schedule.kind"));
     for (text, field) in [
-        (r#"{"_class_name": "FlowMatchEulerDiscreteScheduler"}"#, "_class_name"),
+        (r#"{"_class_name": "FlowMatchHeunDiscreteScheduler"}"#, "_class_name"),
+        (r#"{"_class_name": "FlowMatchEulerDiscreteScheduler", "use_dynamic_shifting": true}"#, "use_dynamic_shifting"),
+        (r#"{"_class_name": "FlowMatchEulerDiscreteScheduler", "shift": 1e300}"#, "shift"),
         (r#"{"beta_schedule": "sigmoid"}"#, "beta_schedule"),
         (r#"{"prediction_type": "flow"}"#, "prediction_type"),
         (r#"{"beta_end": 1e300}"#, "beta_end"),
@@ -311,20 +332,24 @@ fn scheduler_configs_give_the_schedule_and_prediction() {
 
 #[test]
 fn null_labels_are_checked_against_the_model() {
-    use tilt_models::diffusers::DiffusersNet;
+    use tilt_models::diffusers::{DiffusersNet, TimestepMap};
     let device = common::device();
     let dir = shared("tiny-classcond-scaleshift");
     let files = DiffusersFiles::find(&dir).unwrap();
     let config = read_config(&files.config).unwrap();
     let unet = || load_unet(&config, &files.weights, &device).unwrap();
-    assert!(DiffusersNet::new(unet(), &config, 1000, None).unwrap_err().contains("null_label"));
-    assert!(DiffusersNet::new(unet(), &config, 1000, Some(11)).unwrap_err().contains("null_label"));
-    assert!(DiffusersNet::new(unet(), &config, 1000, Some(10)).is_ok());
+    assert!(DiffusersNet::new(unet(), &config, TimestepMap::discrete(1000), None).unwrap_err().contains("null_label"));
+    assert!(
+        DiffusersNet::new(unet(), &config, TimestepMap::discrete(1000), Some(11)).unwrap_err().contains("null_label")
+    );
+    assert!(DiffusersNet::new(unet(), &config, TimestepMap::discrete(1000), Some(10)).is_ok());
     let dir = shared("tiny-ddpm-like-attn");
     let files = DiffusersFiles::find(&dir).unwrap();
     let config = read_config(&files.config).unwrap();
     let unet = load_unet(&config, &files.weights, &device).unwrap();
-    assert!(DiffusersNet::new(unet, &config, 1000, Some(0)).unwrap_err().contains("unconditional"));
+    assert!(
+        DiffusersNet::new(unet, &config, TimestepMap::discrete(1000), Some(0)).unwrap_err().contains("unconditional")
+    );
 }
 
 #[test]

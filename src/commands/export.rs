@@ -1,4 +1,5 @@
-//! `tilt export`: the EMA weights of a checkpoint as SafeTensors, byte for byte the same on every export.
+//! `tilt export`: the EMA weights of a checkpoint as SafeTensors, byte for byte the same on every export; or a
+//! trained U-Net as a diffusers model folder (`--format diffusers`).
 
 use anyhow::{Context, Result, anyhow, bail};
 use burn::prelude::*;
@@ -43,6 +44,84 @@ pub fn run(checkpoint: &Path, out: &Path, force: bool, device: &Device) -> Resul
     }
     let bytes = store.get_bytes().map_err(err)?;
     tilt_train::write_atomic(out, &canonical(&bytes).with_context(|| format!("cannot write {}", out.display()))?)
+}
+
+/// What `tilt export` writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// One SafeTensors file of the EMA weights under tilt's module names.
+    Safetensors,
+    /// A diffusers model folder (a U-Net run only): `config.json`, `diffusion_pytorch_model.safetensors` and
+    /// `scheduler/scheduler_config.json`, which `UNet2DModel.from_pretrained` loads.
+    Diffusers,
+}
+
+/// The files of a diffusers model folder tilt writes.
+const DIFFUSERS_FILES: [&str; 3] =
+    ["config.json", "diffusion_pytorch_model.safetensors", "scheduler/scheduler_config.json"];
+
+/// Writes the U-Net run `checkpoint` as a diffusers model folder `out` (absent or empty; with `force`, a folder
+/// holding an earlier export is overwritten). Without a diffusers scheduler for the run's schedule the folder has
+/// no scheduler config, and the returned note says why.
+pub fn run_diffusers(checkpoint: &Path, out: &Path, force: bool, device: &Device) -> Result<Option<String>> {
+    use tilt_models::diffusers::SchedulerConfig;
+    let ck = Checkpoint::open_any(checkpoint)?;
+    if ck.manifest.model_kind != ModelKind::ScoreNet
+        || tilt_train::load::run_state(&ck.dir)?.config.model.kind() != NetKind::Unet
+    {
+        bail!(
+            "--checkpoint {}: --format diffusers exports a U-Net score network (model.kind = \"unet\"); this run \
+             trained a {:?} {}",
+            checkpoint.display(),
+            tilt_train::load::run_state(&ck.dir)?.config.model.kind(),
+            ck.manifest.model_kind
+        );
+    }
+    refuse_run_files(out)?;
+    if out.is_file() {
+        bail!("{}: is a file; --format diffusers writes a folder", out.display());
+    }
+    let _lock = lock_folder_of(out)?;
+    if let Ok(entries) = std::fs::read_dir(out) {
+        let existing: Vec<String> =
+            entries.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+        let ours =
+            |n: &String| ["config.json", "diffusion_pytorch_model.safetensors", "scheduler"].contains(&n.as_str());
+        if let Some(foreign) = existing.iter().find(|n| !ours(n)) {
+            bail!(
+                "{}: holds {foreign}, which tilt did not write; export into an absent or empty folder",
+                out.display()
+            );
+        }
+        if !existing.is_empty() && !force {
+            bail!("{}: holds an earlier export; pass --force to replace it, or choose another --out", out.display());
+        }
+    }
+    let (score, state) = tilt_train::load_unet(&ck.dir, device)?;
+    let config = score.net.unet_config();
+    let scheduler = SchedulerConfig::to_json(state.config.schedule, state.config.prediction());
+    let err = |e: burn::store::SafetensorsStoreError| anyhow!("cannot serialise {}: {e}", ck.dir.display());
+    let mut store =
+        SafetensorsStore::from_bytes(None).with_to_adapter(burn::store::BurnToPyTorchAdapter).metadata("format", "pt");
+    score.net.unet.save_into(&mut store).map_err(err)?;
+    let weights = canonical(&store.get_bytes().map_err(err)?)?;
+    std::fs::create_dir_all(out.join("scheduler")).with_context(|| format!("cannot create {}", out.display()))?;
+    tilt_train::write_atomic(&out.join(DIFFUSERS_FILES[1]), &weights)?;
+    tilt_train::write_atomic(
+        &out.join(DIFFUSERS_FILES[0]),
+        serde_json::to_string_pretty(&config.to_json())?.as_bytes(),
+    )?;
+    match scheduler {
+        Ok(s) => {
+            tilt_train::write_atomic(&out.join(DIFFUSERS_FILES[2]), serde_json::to_string_pretty(&s)?.as_bytes())?;
+            Ok(None)
+        }
+        Err(why) => {
+            let _ = std::fs::remove_file(out.join(DIFFUSERS_FILES[2]));
+            let _ = std::fs::remove_dir(out.join("scheduler"));
+            Ok(Some(format!("no scheduler config written: {why}")))
+        }
+    }
 }
 
 /// Names tilt's commands write into their output folders: an export never replaces one of them (`--force`

@@ -58,18 +58,15 @@ fn load(model: &Path, device: &Device) -> Result<Network> {
         format!("{}: neither a diffusers model folder (config.json) nor a tilt run", model.display())
     })?;
     let null = |n: Option<usize>| n.map_or(0, |k| k + 1);
-    Ok(Network::Tilt(match state.config.model.kind() {
-        NetKind::Unet => {
-            let (s, _) = tilt_train::load_unet(model, device)?;
-            let num_labels = null(s.net.null_label());
-            Box::new(TiltNet { shape: s.shape.clone(), net: s.net, num_labels })
-        }
-        _ => {
-            let s = tilt_train::load_score(model, ModelKind::ScoreNet, device)?.score;
-            let num_labels = null(s.net.null_label());
-            Box::new(TiltNet { shape: s.shape.clone(), net: s.net, num_labels })
-        }
-    }))
+    if state.config.model.kind() == NetKind::Unet {
+        // tilt's U-Net is a diffusers UNet2DModel: run it in diffusers' units, as its export would be.
+        let (s, _) = tilt_train::load_unet(model, device)?;
+        let (labels, image) = (s.net.unet.num_class_embeds(), s.net.image());
+        return Ok(Network::Diffusers(Box::new(s.net.unet), image, labels));
+    }
+    let s = tilt_train::load_score(model, ModelKind::ScoreNet, device)?.score;
+    let num_labels = null(s.net.null_label());
+    Ok(Network::Tilt(Box::new(TiltNet { shape: s.shape.clone(), net: s.net, num_labels })))
 }
 
 /// A tensor of the input file as f64 values with its shape; integer and float dtypes accepted.
@@ -139,7 +136,7 @@ pub fn run(model: &Path, input: &Path, out: &Path, repeat: usize, device: &Devic
         bail!(
             "{}: tensor timestep: expected values in [0, {t_max}] (the model's own units{}), got {v}",
             input.display(),
-            if t_max == 1.0 { ": a tilt network's time t" } else { ": diffusers' training timesteps" }
+            if t_max == 1.0 { ": a tilt MLP's time t" } else { ": diffusers' training timesteps" }
         );
     }
     let num_labels = match &network {

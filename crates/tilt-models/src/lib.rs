@@ -6,7 +6,7 @@
 //! - [`score_net`]: residual MLP score network in the noise parametrisation, with a sinusoidal time embedding and
 //!   an optional class embedding that has an extra null label for classifier-free guidance; the small residual
 //!   term `delta_theta` of reward-weighted training is the same network with a zero-initialised output;
-//! - [`unet`]: a pixel-space U-Net for images (GroupNorm, SiLU, skips, optional self-attention);
+//! - [`unet`]: the pixel U-Net for images, a compact configuration of diffusers' `UNet2DModel`;
 //! - [`diffusers`]: diffusers' `UNet2DModel` (config, blocks, loader of a model folder) as a [`NoiseNet`];
 //! - [`autoencoder`]: an MLP autoencoder to a small latent code (latent diffusion on the CPU);
 //! - [`classifier`]: a noise-aware classifier `p_t(c | x)`;

@@ -117,7 +117,13 @@ fn mlp_score(ck: &Checkpoint, state: &RunState, kind: ModelKind, device: &Device
 /// The EMA weights of an opened U-Net score checkpoint as a score model, with its prediction.
 fn unet_score(ck: &Checkpoint, state: &RunState, device: &Device) -> Result<NetScore<UNet>> {
     let net_cfg: UNetConfig = net_config(ck, state, ModelKind::ScoreNet, "U-Net")?;
-    let net = ck.load_model(FileKind::EmaModel, net_cfg.init(device))?;
+    let net = ck.load_model(FileKind::EmaModel, net_cfg.init(device)).with_context(|| {
+        format!(
+            "{}: a U-Net checkpoint of the layout tilt used before its U-Net became a configuration of diffusers' \
+             UNet2DModel (exportable to diffusers); train it again",
+            ck.dir.display()
+        )
+    })?;
     Ok(NetScore::new(net, state.config.schedule, net_cfg.image.to_vec()).with_prediction(state.config.prediction()))
 }
 

@@ -102,7 +102,7 @@ impl From<tilt_train::LoadedAnyScore> for LoadedNet {
 /// A diffusers model folder as a score model: the schedule and prediction of its scheduler config (or
 /// `[schedule]` and `models.prediction` when it has none), the null label of `models.null_label`.
 fn load_diffusers(cfg: &SampleConfig, dir: &Path, device: &Device) -> Result<LoadedNet> {
-    use tilt_models::diffusers::{DiffusersFiles, DiffusersNet, load_unet, read_config, read_scheduler};
+    use tilt_models::diffusers::{DiffusersFiles, DiffusersNet, TimestepMap, load_unet, read_config, read_scheduler};
     let models = cfg.models.clone().unwrap_or_default();
     let files = DiffusersFiles::find(dir)?;
     let config = read_config(&files.config)?;
@@ -136,7 +136,6 @@ fn load_diffusers(cfg: &SampleConfig, dir: &Path, device: &Device) -> Result<Loa
             (schedule, models.prediction.unwrap_or_default())
         }
     };
-    let steps = schedule.timestep(1.0).expect("a discrete schedule") as usize + 1;
     if let (Some(n), Some(l)) = (config.num_class_embeds, models.null_label)
         && l + 1 != n
     {
@@ -146,7 +145,7 @@ fn load_diffusers(cfg: &SampleConfig, dir: &Path, device: &Device) -> Result<Loa
         );
     }
     let unet = load_unet(&config, &files.weights, device)?;
-    let net = DiffusersNet::new(unet, &config, steps, models.null_label)
+    let net = DiffusersNet::new(unet, &config, TimestepMap::for_schedule(schedule), models.null_label)
         .map_err(|e| anyhow::anyhow!("models.{e} ({})", dir.display()))?;
     let [c, h, w] = net.image();
     let null_label = tilt_models::NoiseNet::null_label(&net);

@@ -230,6 +230,59 @@ impl UNet2DConfig {
         self.attention_head_dim.map_or(1, |d| channels / d)
     }
 
+    /// The `config.json` diffusers 0.42 writes for this model (read back by [`UNet2DConfig::from_json`] and by
+    /// `UNet2DModel.from_pretrained`).
+    pub fn to_json(&self) -> Value {
+        let down: Vec<&str> = (self.down_block_types.iter())
+            .map(|b| match b {
+                DownBlockType::Plain => "DownBlock2D",
+                DownBlockType::Attention => "AttnDownBlock2D",
+            })
+            .collect();
+        let up: Vec<&str> = (self.up_block_types.iter())
+            .map(|b| match b {
+                UpBlockType::Plain => "UpBlock2D",
+                UpBlockType::Attention => "AttnUpBlock2D",
+            })
+            .collect();
+        let [h, w] = self.sample_size;
+        serde_json::json!({
+            "_class_name": "UNet2DModel",
+            "_diffusers_version": "0.42.1",
+            "act_fn": "silu",
+            "add_attention": self.add_attention,
+            "attention_head_dim": self.attention_head_dim,
+            "attn_norm_num_groups": self.attn_norm_num_groups,
+            "block_out_channels": self.block_out_channels,
+            "center_input_sample": self.center_input_sample,
+            "class_embed_type": null,
+            "down_block_types": down,
+            "downsample_padding": self.downsample_padding,
+            "downsample_type": "conv",
+            "dropout": 0.0,
+            "flip_sin_to_cos": self.flip_sin_to_cos,
+            "freq_shift": self.freq_shift,
+            "in_channels": self.in_channels,
+            "layers_per_block": self.layers_per_block,
+            "mid_block_scale_factor": self.mid_block_scale_factor,
+            "mid_block_type": "UNetMidBlock2D",
+            "norm_eps": self.norm_eps,
+            "norm_num_groups": self.norm_num_groups,
+            "num_class_embeds": self.num_class_embeds,
+            "num_train_timesteps": null,
+            "out_channels": self.out_channels,
+            "resnet_time_scale_shift": match self.resnet_time_scale_shift {
+                TimeScaleShift::Add => "default",
+                TimeScaleShift::ScaleShift => "scale_shift",
+            },
+            "sample_size": if h == w { serde_json::json!(h) } else { serde_json::json!([h, w]) },
+            "time_embedding_dim": self.time_embed_dim,
+            "time_embedding_type": "positional",
+            "up_block_types": up,
+            "upsample_type": "conv",
+        })
+    }
+
     /// Whether the model predicts a variance too (`out_channels = 2 * in_channels`): tilt reads the first half.
     pub fn learned_variance(&self) -> bool {
         self.out_channels == 2 * self.in_channels
@@ -449,24 +502,94 @@ pub struct SchedulerConfig {
 }
 
 impl SchedulerConfig {
+    /// The `scheduler_config.json` of a model trained on `schedule` to output `prediction`: diffusers'
+    /// `DDPMScheduler` for discrete tables and tilt's cosine (diffusers' `squaredcos_cap_v2`), its
+    /// `FlowMatchEulerDiscreteScheduler` for velocity on rectified flow. `Err` names what diffusers has no
+    /// scheduler for (tilt's `linear` schedule, a cosine offset other than 0.008, a non-velocity flow model).
+    pub fn to_json(schedule: Schedule, prediction: Prediction) -> Result<Value, String> {
+        let prediction_type = match prediction {
+            Prediction::Epsilon => "epsilon",
+            Prediction::VPrediction => "v_prediction",
+            Prediction::Sample => "sample",
+            Prediction::Velocity => "velocity",
+        };
+        let ddpm = |beta_schedule: &str, beta_start: f64, beta_end: f64, n: usize| -> Result<Value, String> {
+            if prediction == Prediction::Velocity {
+                return Err("model.prediction: diffusers' DDPM scheduler takes epsilon, v-prediction or sample, \
+                            not velocity"
+                    .into());
+            }
+            Ok(serde_json::json!({
+                "_class_name": "DDPMScheduler",
+                "_diffusers_version": "0.42.1",
+                "beta_end": beta_end,
+                "beta_schedule": beta_schedule,
+                "beta_start": beta_start,
+                "clip_sample": false,
+                "num_train_timesteps": n,
+                "prediction_type": prediction_type,
+                "timestep_spacing": "trailing",
+                "variance_type": "fixed_small",
+            }))
+        };
+        match schedule {
+            Schedule::Discrete { beta_schedule, beta_start, beta_end, num_train_timesteps } => {
+                let name = match beta_schedule {
+                    BetaSchedule::Linear => "linear",
+                    BetaSchedule::ScaledLinear => "scaled_linear",
+                    BetaSchedule::SquaredcosCapV2 => "squaredcos_cap_v2",
+                };
+                ddpm(name, beta_start, beta_end, num_train_timesteps)
+            }
+            Schedule::Cosine { s } if s == 0.008 => ddpm("squaredcos_cap_v2", 1e-4, 0.02, 1000),
+            Schedule::Cosine { s } => {
+                Err(format!("schedule.s: diffusers' squaredcos_cap_v2 is the cosine schedule with s = 0.008, got {s}"))
+            }
+            Schedule::RectifiedFlow { shift } if prediction == Prediction::Velocity => Ok(serde_json::json!({
+                "_class_name": "FlowMatchEulerDiscreteScheduler",
+                "_diffusers_version": "0.42.1",
+                "num_train_timesteps": 1000,
+                "shift": shift,
+            })),
+            Schedule::RectifiedFlow { .. } => Err(format!(
+                "model.prediction: diffusers' flow-matching scheduler takes velocity, got {}",
+                prediction.name()
+            )),
+            Schedule::Linear => Err("schedule.kind: diffusers has no scheduler for tilt's linear schedule \
+                                     (alpha^2 = 1 - t); train on \"discrete\" or \"cosine\" to export one"
+                .into()),
+        }
+    }
+
     /// Parses `scheduler_config.json` of any discrete-time diffusers scheduler (DDPM, DDIM, PNDM, Euler,
     /// DPM-Solver, ...), with their defaults (1000 steps, linear betas 1e-4 to 0.02, epsilon).
     pub fn from_json(text: &str) -> Result<Self, String> {
         let map: Map<String, Value> =
             serde_json::from_str(text).map_err(|e| format!("not a JSON object of scheduler fields: {e}"))?;
         let class = map.get("_class_name").and_then(Value::as_str).unwrap_or("DDPMScheduler");
-        if class.starts_with("FlowMatch") {
-            return Err(format!(
-                "_class_name: \"{class}\" is a flow-matching scheduler; tilt loads UNet2DModel checkpoints trained on \
-                 a discrete beta schedule (give `schedule = {{ kind = \"rectified-flow\" }}` in the config instead)"
-            ));
-        }
         let number = |field: &str, default: f64| -> Result<f64, String> {
             match map.get(field) {
                 None | Some(Value::Null) => Ok(default),
                 Some(v) => v.as_f64().ok_or(format!("{field}: expected a number, got {v}")),
             }
         };
+        if class == "FlowMatchEulerDiscreteScheduler" {
+            // Rectified flow, the network predicting the velocity noise - x0 at timestep 1000 t.
+            for field in ["use_dynamic_shifting", "use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas"] {
+                if map.get(field).and_then(Value::as_bool) == Some(true) {
+                    return Err(format!("{field}: tilt implements the static shift of the flow-matching scheduler"));
+                }
+            }
+            if number("num_train_timesteps", 1000.0)? != 1000.0 {
+                return Err("num_train_timesteps: tilt reads flow-matching models fed timestep 1000 t".into());
+            }
+            let schedule = Schedule::RectifiedFlow { shift: number("shift", 1.0)? };
+            schedule.validate().map_err(|e| e.replace("schedule.", ""))?;
+            return Ok(Self { schedule, prediction: Prediction::Velocity });
+        }
+        if class.starts_with("FlowMatch") {
+            return Err(format!("_class_name: tilt reads FlowMatchEulerDiscreteScheduler, not \"{class}\""));
+        }
         let string = |field: &str, default: &'static str| -> Result<String, String> {
             match map.get(field) {
                 None | Some(Value::Null) => Ok(default.to_string()),

@@ -16,5 +16,5 @@ pub mod unet2d;
 
 pub use config::{SchedulerConfig, UNet2DConfig};
 pub use load::{DiffusersFiles, is_diffusers_dir, load_unet, read_config, read_scheduler};
-pub use net::DiffusersNet;
+pub use net::{DiffusersNet, TimestepMap};
 pub use unet2d::UNet2D;

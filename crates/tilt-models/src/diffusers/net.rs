@@ -6,6 +6,43 @@ use super::config::UNet2DConfig;
 use super::unet2d::UNet2D;
 use crate::noise_net::NoiseNet;
 use burn::prelude::*;
+use serde::{Deserialize, Serialize};
+use tilt_core::Schedule;
+
+/// How tilt's time `t in [0, 1]` becomes the network's timestep: `clamp(scale t + offset, 0, max)`.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TimestepMap {
+    /// Timesteps per unit of `t`.
+    pub scale: f64,
+    /// Added after scaling.
+    pub offset: f64,
+    /// The largest timestep fed.
+    pub max: f64,
+}
+
+impl TimestepMap {
+    /// diffusers' convention for `schedule`: a discrete table of `N` steps has knot `k` at `t = (k + 1) / N`
+    /// (timestep `N t - 1`); the cosine schedule is diffusers' `squaredcos_cap_v2` table of 1000 steps under the
+    /// same map; flow matching feeds `1000 t` (diffusers' `FlowMatchEulerDiscreteScheduler`); tilt's `linear`
+    /// schedule, which diffusers lacks, takes the 1000-step map.
+    pub fn for_schedule(schedule: Schedule) -> Self {
+        match schedule {
+            Schedule::Discrete { num_train_timesteps: n, .. } => Self::discrete(n),
+            Schedule::RectifiedFlow { .. } => Self { scale: 1000.0, offset: 0.0, max: 1000.0 },
+            Schedule::Linear | Schedule::Cosine { .. } => Self::discrete(1000),
+        }
+    }
+
+    /// The map of a table of `n` training steps.
+    pub fn discrete(n: usize) -> Self {
+        Self { scale: n as f64, offset: -1.0, max: n.saturating_sub(1) as f64 }
+    }
+
+    /// The timesteps of times `t`.
+    pub fn apply(&self, t: Tensor<1>) -> Tensor<1> {
+        t.mul_scalar(self.scale).add_scalar(self.offset).clamp(0.0, self.max)
+    }
+}
 
 /// A diffusers `UNet2DModel` behind tilt's [`NoiseNet`]; wrap it in [`crate::NetScore`] with the schedule and
 /// prediction of its scheduler config.
@@ -15,18 +52,21 @@ pub struct DiffusersNet {
     pub unet: UNet2D,
     image: [usize; 3],
     out_channels: usize,
-    num_train_timesteps: usize,
+    #[module(skip)]
+    timesteps: TimestepMap,
     null_label: Option<usize>,
+    #[module(skip)]
+    config: UNet2DConfig,
 }
 
 impl DiffusersNet {
-    /// `unet` (of `config`) trained on `num_train_timesteps` discrete steps; `null_label` is the class label that
-    /// means "no class" for a class-conditional model (classifier-free guidance's unconditional score). Errors name
-    /// the field: a conditional model needs a null label inside its table, an unconditional one takes none.
+    /// `unet` (of `config`) fed timesteps by `timesteps`; `null_label` is the class label that means "no class"
+    /// for a class-conditional model (classifier-free guidance's unconditional score). Errors name the field: a
+    /// conditional model needs a null label inside its table, an unconditional one takes none.
     pub fn new(
         unet: UNet2D,
         config: &UNet2DConfig,
-        num_train_timesteps: usize,
+        timesteps: TimestepMap,
         null_label: Option<usize>,
     ) -> Result<Self, String> {
         match (config.num_class_embeds, null_label) {
@@ -51,8 +91,9 @@ impl DiffusersNet {
             unet,
             image: [config.in_channels, h, w],
             out_channels: config.out_channels,
-            num_train_timesteps,
+            timesteps,
             null_label,
+            config: config.clone(),
         })
     }
 
@@ -66,10 +107,20 @@ impl DiffusersNet {
         self.unet.num_class_embeds().unwrap_or(0)
     }
 
-    /// The model's timestep for tilt's `t`: knot `k` of the training table sits at `t = (k + 1) / N`.
-    fn timesteps(&self, t: Tensor<1>) -> Tensor<1> {
-        let n = self.num_train_timesteps as f64;
-        t.mul_scalar(n).sub_scalar(1.0).clamp(0.0, n - 1.0)
+    /// The diffusers configuration of the network.
+    pub fn unet_config(&self) -> &UNet2DConfig {
+        &self.config
+    }
+
+    /// How tilt's `t` becomes the network's timestep.
+    pub fn timestep_map(&self) -> TimestepMap {
+        self.timesteps
+    }
+
+    /// The output for flattened images `x: [n, c * h * w]` at tilt's times `t: [n]` (the null label when
+    /// `labels` is `None` for a conditional network).
+    pub fn forward(&self, x: Tensor<2>, t: Tensor<1>, labels: Option<Tensor<1, Int>>) -> Tensor<2> {
+        self.predict_noise(x, t, labels)
     }
 }
 
@@ -81,7 +132,7 @@ impl NoiseNet for DiffusersNet {
             (Some(null), None) => Some(Tensor::<1, Int>::full([n], null as i64, &x.device())),
             (_, labels) => labels,
         };
-        let out = self.unet.forward(x.reshape([n, c, h, w]), self.timesteps(t), labels);
+        let out = self.unet.forward(x.reshape([n, c, h, w]), self.timesteps.apply(t), labels);
         // A learned-variance model's second half is the variance interpolation, which tilt's samplers do not use.
         let out = if self.out_channels == c { out } else { out.narrow(1, 0, c) };
         out.reshape([n, c * h * w])

@@ -90,7 +90,9 @@ pub(crate) fn train_noise_net(
         }
         ModelSpec::Unet(spec) => {
             let image = sets.image.ok_or_else(|| anyhow!("model.kind: the U-Net needs image data"))?;
-            let net_cfg = spec.config(image, classes);
+            let net_cfg = spec
+                .config(image, classes)
+                .with_timesteps(tilt_models::diffusers::TimestepMap::for_schedule(cfg.schedule));
             net_cfg.check().map_err(|e| anyhow!("model.{e}"))?;
             let init = seeded_init(&ad, cfg.seed, || net_cfg.init(&ad));
             run.run(init, &net_cfg, train_set, test_set, |m: &UNet, d, r, v| loss(m, d, r, v, s), progress)

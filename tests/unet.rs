@@ -182,3 +182,20 @@ fn score_net_at_one_time_equals_the_per_row_time() {
         }
     }
 }
+
+/// The U-Net of the paired benchmark (benches/workloads `unet_config`) has exactly the parameters of its PyTorch
+/// twin, diffusers' `UNet2DModel` in the same configuration (268,017, counted by diffusers 0.42.1 in
+/// benches/pytorch/twin.py).
+#[test]
+fn the_benchmark_unet_has_its_diffusers_twins_parameter_count() {
+    let net = UNetConfig::new([1, 28, 28])
+        .with_base_channels(16)
+        .with_channel_mults(vec![1, 2, 2])
+        .with_blocks_per_level(1)
+        .with_groups(8)
+        .with_time_dim(64)
+        .with_num_classes(10)
+        .with_attention(true)
+        .init(&common::device());
+    assert_eq!(burn::module::Module::num_params(&net), 268_017);
+}

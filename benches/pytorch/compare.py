@@ -21,7 +21,7 @@ WORKLOADS = {  # name: (repeats per process, description)
     "sample": (3, "sampling 10,000 points x 20 steps, plain"),
     "cfg": (3, "sampling with CFG (cond + uncond in one batch)"),
     "matmul": (200, "one hidden-layer product [1024,128] x [128,128] (the GEMM floor)"),
-    "unet_train": (5, "U-Net training step, batch 32 (28x28, 16 base channels, 203,505 parameters)"),
+    "unet_train": (5, "U-Net training step, batch 32 (28x28, 16 base channels, 268,017 parameters, diffusers UNet2DModel layout)"),
     "unet_cfg": (2, "U-Net sampling with CFG, 20 images x 10 steps"),
 }
 # tilt's sampling forward computes the conditioning once per label and time (score_net.rs `forward_at`); the twin

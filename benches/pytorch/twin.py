@@ -81,87 +81,30 @@ UNET_BASE, UNET_TRAIN_BATCH, UNET_SAMPLE_N, UNET_SAMPLE_STEPS = 16, 32, 20, 10
 UNET_WARMUP_STEPS = 3
 
 
-class ConvBlock(nn.Module):
-    """tilt-models unet.rs ConvBlock: GroupNorm, SiLU, 3x3 conv, the embedding added per channel, again, skip."""
-
-    def __init__(self, i, o, emb_dim, groups):
-        super().__init__()
-        self.norm1, self.conv1 = nn.GroupNorm(groups, i), nn.Conv2d(i, o, 3, padding=1)
-        self.emb = nn.Linear(emb_dim, o)
-        self.norm2, self.conv2 = nn.GroupNorm(groups, o), nn.Conv2d(o, o, 3, padding=1)
-        self.skip = nn.Conv2d(i, o, 1) if i != o else None
-        self.act = nn.SiLU()
-
-    def forward(self, x, emb):
-        h = self.conv1(self.act(self.norm1(x)))
-        h = h + self.emb(self.act(emb))[:, :, None, None]
-        h = self.conv2(self.act(self.norm2(h)))
-        return (self.skip(x) if self.skip is not None else x) + h
-
-
-class SelfAttention(nn.Module):
-    def __init__(self, c, groups):
-        super().__init__()
-        self.norm, self.qkv, self.out = nn.GroupNorm(groups, c), nn.Linear(c, 3 * c), nn.Linear(c, c)
-        nn.init.zeros_(self.out.weight)
-        nn.init.zeros_(self.out.bias)
-
-    def forward(self, x):
-        n, c, h, w = x.shape
-        tokens = self.norm(x).reshape(n, c, h * w).transpose(1, 2)
-        q, k, v = self.qkv(tokens).split(c, dim=2)
-        weights = torch.softmax(q @ k.transpose(1, 2) / math.sqrt(c), dim=2)
-        return x + self.out(weights @ v).transpose(1, 2).reshape(n, c, h, w)
-
-
 class UNet(nn.Module):
-    """tilt-models unet.rs at benches/workloads `unet_config`: 28x28x1, levels x1 x2 x2, one block per level,
-    GroupNorm(8), 64-d time embedding, 10 classes + null, attention at the lowest level, zero output conv."""
+    """tilt's U-Net at benches/workloads `unet_config`, which is diffusers' UNet2DModel in this configuration: 28x28x1,
+    block_out_channels (16, 32, 32), one resnet per down level, GroupNorm(8), a 64-wide time embedding MLP, 10 classes
+    + null, single-head attention in the middle block, zero output conv; tilt's t in [0, 1] is fed as timestep
+    clamp(1000 t - 1, 0, 999) (tilt-models diffusers/net.rs `TimestepMap`)."""
 
     def __init__(self, base=UNET_BASE, mults=(1, 2, 2), groups=8, time_dim=64, num_classes=10):
         super().__init__()
-        self.time_dim, self.num_classes = time_dim, num_classes
-        emb_dim = 4 * base
-        ch = [base * m for m in mults]
-        self.conv_in = nn.Conv2d(1, ch[0], 3, padding=1)
-        self.time_mlp1, self.time_mlp2 = nn.Linear(time_dim, emb_dim), nn.Linear(emb_dim, emb_dim)
-        self.class_emb = nn.Embedding(num_classes + 1, emb_dim)
-        self.down, self.downsample, skips, c = nn.ModuleList(), nn.ModuleList(), [], ch[0]
-        for level, out in enumerate(ch):
-            self.down.append(ConvBlock(c, out, emb_dim, groups))
-            c = out
-            skips.append(c)
-            if level + 1 < len(ch):
-                self.downsample.append(nn.Conv2d(c, c, 3, stride=2, padding=1))
-        self.mid1, self.attention, self.mid2 = (ConvBlock(c, c, emb_dim, groups), SelfAttention(c, groups),
-                                                ConvBlock(c, c, emb_dim, groups))
-        self.up, self.upsample = nn.ModuleList(), nn.ModuleList()
-        for level in reversed(range(len(ch))):
-            self.up.append(ConvBlock(c + skips.pop(), ch[level], emb_dim, groups))
-            c = ch[level]
-            if level > 0:
-                self.upsample.append(nn.Conv2d(c, c, 3, padding=1))
-        self.norm_out, self.conv_out = nn.GroupNorm(groups, c), nn.Conv2d(c, 1, 3, padding=1)
-        nn.init.zeros_(self.conv_out.weight)
-        nn.init.zeros_(self.conv_out.bias)
-        self.act = nn.SiLU()
+        from diffusers import UNet2DModel
+
+        levels = len(mults)
+        self.num_classes = num_classes
+        self.unet = UNet2DModel(
+            sample_size=28, in_channels=1, out_channels=1, block_out_channels=tuple(base * m for m in mults),
+            down_block_types=("DownBlock2D",) * levels, up_block_types=("UpBlock2D",) * levels, layers_per_block=1,
+            norm_num_groups=groups, time_embedding_dim=time_dim, num_class_embeds=num_classes + 1,
+            attention_head_dim=None, add_attention=True)
+        nn.init.zeros_(self.unet.conv_out.weight)
+        nn.init.zeros_(self.unet.conv_out.bias)
 
     def forward(self, x, t, labels):
         n = x.shape[0]
-        emb = self.time_mlp2(self.act(self.time_mlp1(time_embedding(t, self.time_dim)))) + self.class_emb(labels)
-        x = self.conv_in(x.reshape(n, 1, 28, 28))
-        skips = []
-        for level, block in enumerate(self.down):
-            x = block(x, emb)
-            skips.append(x)
-            if level < len(self.downsample):
-                x = self.downsample[level](x)
-        x = self.mid2(self.attention(self.mid1(x, emb)), emb)
-        for i, block in enumerate(self.up):
-            x = block(torch.cat([x, skips.pop()], dim=1), emb)
-            if i < len(self.upsample):
-                x = self.upsample[i](nn.functional.interpolate(x, scale_factor=2, mode="nearest"))
-        return self.conv_out(self.act(self.norm_out(x))).reshape(n, 784)
+        k = (t * 1000.0 - 1.0).clamp(0.0, 999.0)
+        return self.unet(x.reshape(n, 1, 28, 28), k, class_labels=labels).sample.reshape(n, 784)
 
 
 def timed(run, warmup, repeats):

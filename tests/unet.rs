@@ -199,3 +199,47 @@ fn the_benchmark_unet_has_its_diffusers_twins_parameter_count() {
         .init(&common::device());
     assert_eq!(burn::module::Module::num_params(&net), 268_017);
 }
+
+/// A loaded diffusers model on wgpu: the forward agrees with the CPU, and `tilt --device wgpu sample` guides it
+/// with CFG and writes its pictures. Needs a Vulkan/Metal/DX12 driver (CI: lavapipe):
+/// `cargo test --features wgpu --test unet -- --ignored`.
+#[cfg(feature = "wgpu")]
+#[test]
+#[ignore = "needs a wgpu driver: cargo test --features wgpu --test unet -- --ignored"]
+fn wgpu_runs_a_loaded_diffusers_model_and_samples_images() {
+    use tilt_models::diffusers::{DiffusersFiles, load_unet, read_config};
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/diffusers/tiny-fashion-classcond-pipeline");
+    let files = DiffusersFiles::find(&dir).unwrap();
+    let config = read_config(&files.config).unwrap();
+    let run = |dev: &Device| {
+        let unet = load_unet(&config, &files.weights, dev).unwrap();
+        let xs: Vec<f32> = (0..2 * 784).map(|i| ((i * 37) % 101) as f32 / 50.0 - 1.0).collect();
+        let x = Tensor::<1>::from_data(TensorData::new(xs, [2 * 784]), dev).reshape([2, 1, 28, 28]);
+        let t = Tensor::<1>::from_data(TensorData::new(vec![10.0f32, 500.5], [2]), dev);
+        let l = Tensor::<1, Int>::from_data(TensorData::new(vec![3i64, 10], [2]), dev);
+        tilt_core::tensor_ext::to_vec(unet.forward(x, t, Some(l)).reshape([2, 784]))
+    };
+    let gpu = Device::wgpu(burn::tensor::DeviceKind::DefaultDevice);
+    let (a, b) = (run(&Device::flex()), run(&gpu));
+    let scale = a.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let gap = a.iter().zip(&b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale;
+    assert!(gap < 1e-4, "flex vs wgpu on a diffusers model: {gap:e} relative");
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tmp.path().join("sample.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "samples = 2\nclass = 3\n[models]\nbase = {:?}\nnull_label = 10\n[sampler]\nkind = \"ddim\"\nsteps = 3\n[guidance]\nkind = \"cfg\"\nstrengths = [2.0]\n",
+            dir
+        ),
+    )
+    .unwrap();
+    let out = tmp.path().join("out");
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_tilt"))
+        .args(["--device", "wgpu", "sample", "--config", cfg.to_str().unwrap(), "--out", out.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(out.join("grid.png").is_file() && out.join("samples/w2/class3_1.png").is_file());
+}

@@ -185,6 +185,19 @@ fn every_numeric_field_of_every_shipped_train_config_is_refused_by_name_or_runs(
         if v["data"]["kind"] == "idx" {
             v["data"]["limit"] = Value::from(256);
         }
+        // An image folder: a few small images in two classes, at most 8 x 8.
+        if v["data"]["kind"] == "image-folder" {
+            let folder = c.path("images");
+            for class in ["a", "b"] {
+                std::fs::create_dir_all(folder.join(class)).unwrap();
+                for i in 0..4u8 {
+                    let img = image::RgbImage::from_fn(10, 9, |x, y| image::Rgb([x as u8 * 20, y as u8 * 25, i * 60]));
+                    img.save(folder.join(class).join(format!("{i}.png"))).unwrap();
+                }
+            }
+            v["data"]["path"] = Value::from(s(&folder));
+            v["data"]["size"] = Value::from(v["data"]["size"].as_u64().unwrap().min(8));
+        }
         // `objective.base` names another run: the residual form needs it (its fields are those of the full form,
         // checked here), the other forms only start from it.
         if v["objective"].get("form").and_then(Value::as_str) == Some("residual") {

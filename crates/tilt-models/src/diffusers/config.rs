@@ -541,7 +541,7 @@ impl SchedulerConfig {
                 };
                 ddpm(name, beta_start, beta_end, num_train_timesteps)
             }
-            Schedule::Cosine { s } if s == 0.008 => ddpm("squaredcos_cap_v2", 1e-4, 0.02, 1000),
+            Schedule::Cosine { s: 0.008 } => ddpm("squaredcos_cap_v2", 1e-4, 0.02, 1000),
             Schedule::Cosine { s } => {
                 Err(format!("schedule.s: diffusers' squaredcos_cap_v2 is the cosine schedule with s = 0.008, got {s}"))
             }

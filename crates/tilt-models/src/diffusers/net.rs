@@ -1,4 +1,4 @@
-//! A loaded diffusers model as a [`NoiseNet`]: tilt's time `t` becomes the model's fractional training timestep
+//! A loaded diffusers model as a [`crate::NoiseNet`]: tilt's time `t` becomes the model's fractional training timestep
 //! `N t - 1`, rows become images, a learned variance is dropped, and the null label of classifier-free guidance is
 //! the one the user declares (diffusers has no convention for it).
 

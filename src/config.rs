@@ -57,6 +57,9 @@ pub struct ModelsConfig {
     pub residual: Option<PathBuf>,
     /// A `classifier` checkpoint for classifier guidance (and nothing else: metrics stay exact).
     pub classifier: Option<PathBuf>,
+    /// An `autoencoder` run: the base draws its latent codes (trained with `data.kind = "latent"` on this run), and
+    /// the samples are decoded to images (pictures, evaluator) by it.
+    pub autoencoder: Option<PathBuf>,
     /// An `evaluator` run (a CNN trained on clean labelled images): image samples are measured by it
     /// (`E[1/p_eval(c|Y)]`, accuracy, Fréchet distance beside its noise floor).
     pub evaluator: Option<PathBuf>,

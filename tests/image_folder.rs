@@ -258,3 +258,68 @@ fn sample_reports_the_evaluator_on_an_image_folder_model() {
         assert_eq!((e["floor_images"].as_u64(), e["reference_images"].as_u64()), (Some(12), Some(28)), "{e}");
     }
 }
+
+/// Latent pairs: an autoencoder on the folder, a class-conditional MLP on its codes (`data.kind = "latent"`), and
+/// `tilt sample` with `models.autoencoder` decoding the guided codes into pictures the evaluator measures.
+#[test]
+fn latent_pairs_sample_decoded_pictures() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let root = d.join("quadrants");
+    quadrant_folder(&root, 30);
+    let run = |text: String, out: &str| {
+        let cfg = TrainConfig::parse(&text).unwrap();
+        tilt_train::train(&cfg, &d.join(out), Start::New, &common::device(), &mut |_| {}).unwrap();
+    };
+    let images = format!("[data]\nkind = \"image-folder\"\npath = \"{}\"\nsize = 8\n", root.display());
+    let head = "seed = 2\nbatch_size = 32\nlog_every = 20\ncheckpoint_every = 40\nsteps = 40\n";
+    run(format!("{head}[objective]\nkind = \"autoencoder\"\nlatent = 4\n[model]\nhidden = 32\n{images}"), "ae");
+    run(
+        format!("{head}[objective]\nkind = \"evaluator\"\n[model]\nkind = \"cnn\"\nchannels = 8\n{images}"),
+        "evaluator",
+    );
+    let latent = format!("[data]\nkind = \"latent\"\nautoencoder = \"{}\"\n", d.join("ae").display());
+    run(
+        format!(
+            "{head}standardize = true\n[objective]\nkind = \"dsm\"\nconditional = true\n[model]\nhidden = 32\n{latent}"
+        ),
+        "latent",
+    );
+    let state = tilt_train::load::run_state(&d.join("latent")).unwrap();
+    assert_eq!((state.dim, state.num_classes), (4, 2));
+    let sweep = |autoencoder: &Path| {
+        format!(
+            "samples = 10\nclass = 0\n[models]\nbase = \"{}\"\nautoencoder = \"{}\"\nevaluator = \"{}\"\n[sampler]\nsteps = 6\n[guidance]\nkind = \"cfg\"\nstrengths = [0.0, 3.0]\n",
+            d.join("latent").display(),
+            autoencoder.display(),
+            d.join("evaluator").display()
+        )
+    };
+    std::fs::write(d.join("sweep.toml"), sweep(&d.join("ae"))).unwrap();
+    let out = d.join("sweep");
+    let sample = |out: &Path| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_tilt"))
+            .args(["sample", "--config", d.join("sweep.toml").to_str().unwrap(), "--out", out.to_str().unwrap()])
+            .output()
+            .unwrap()
+    };
+    let o = sample(&out);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    for f in ["grid.png", "samples_w3_grid.png", "samples/w3/class0_9.png", "samples_w0.csv"] {
+        assert!(out.join(f).is_file(), "{f} missing");
+    }
+    let bytes = std::fs::read(out.join("samples_w3.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    assert_eq!(st.tensor("samples").unwrap().shape(), &[10, 3, 8, 8], "decoded pictures, not codes");
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    assert!(summary["records"][1]["evaluator"]["frechet"].as_f64().unwrap().is_finite());
+    assert_eq!(summary["records"][1]["sample_mean"].as_array().unwrap().len(), 4, "the record describes the codes");
+    // An autoencoder of another code width is refused by name before anything is written.
+    run(format!("{head}[objective]\nkind = \"autoencoder\"\nlatent = 6\n[model]\nhidden = 32\n{images}"), "ae6");
+    std::fs::write(d.join("sweep.toml"), sweep(&d.join("ae6"))).unwrap();
+    let o = sample(&d.join("refused"));
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && stderr.contains("models.autoencoder"), "{stderr}");
+    assert!(!d.join("refused").exists());
+}

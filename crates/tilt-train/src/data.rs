@@ -87,6 +87,13 @@ pub enum DataSpec {
         #[serde(default)]
         skip_bad: bool,
     },
+    /// Latent diffusion: the codes of an autoencoder run (`objective.kind = "autoencoder"`) for the images it was
+    /// trained on, with their labels. `tilt sample` decodes what a network trained on them draws when given the
+    /// same autoencoder as `models.autoencoder`.
+    Latent {
+        /// The autoencoder run.
+        autoencoder: PathBuf,
+    },
 }
 
 fn d_noise() -> f64 {
@@ -384,6 +391,10 @@ impl DataSpec {
             }
             DataSpec::Csv { path, labelled, classes } => read_csv(path, *labelled, *classes)?,
             DataSpec::Idx { images, labels, limit } => read_idx(images, labels.as_deref(), *limit)?,
+            DataSpec::Latent { autoencoder } => bail!(
+                "data.kind = \"latent\": the codes of {} are computed on the training device (tilt train), not here",
+                autoencoder.display()
+            ),
             DataSpec::ImageFolder { path, size, channels, flip, skip_bad } => {
                 let decoding = crate::image_folder::Decoding { size: *size, channels: *channels };
                 let folder = crate::image_folder::ImageFolder::scan(path, decoding, *skip_bad)?;
@@ -546,4 +557,33 @@ pub fn read_csv(path: &std::path::Path, labelled: bool, classes: Option<usize>) 
         }
     };
     Ok(Dataset { x, labels: labelled.then_some(labels), dim, num_classes, image: None, streamed: None })
+}
+
+/// The latent codes of the images autoencoder run `autoencoder` was trained on (all of them, encoded on `device`
+/// in batches of 500), with their labels: the data of `data.kind = "latent"`.
+pub fn latent_codes(autoencoder: &std::path::Path, device: &burn::prelude::Device) -> Result<Dataset> {
+    let (ae, state) = crate::load::load_autoencoder(autoencoder, device)
+        .with_context(|| format!("data.autoencoder = {}", autoencoder.display()))?;
+    let images = state
+        .config
+        .data
+        .generate(state.config.data_size, state.config.seed)
+        .with_context(|| format!("data.autoencoder = {}: the images it was trained on", autoencoder.display()))?;
+    let mut codes = Vec::new();
+    for start in (0..images.len()).step_by(500) {
+        let idx: Vec<usize> = (start..(start + 500).min(images.len())).collect();
+        let mut rows = images.clean_rows(&idx)?;
+        state.standardizer.apply(&mut rows);
+        let x = tilt_core::tensor_ext::matrix(&rows, idx.len(), images.dim, device);
+        codes.extend(tilt_core::tensor_ext::to_vec(ae.encode(x)));
+    }
+    let dim = codes.len() / images.len();
+    Ok(Dataset {
+        x: codes,
+        labels: images.labels.clone(),
+        dim,
+        num_classes: images.num_classes,
+        image: None,
+        streamed: None,
+    })
 }

@@ -56,7 +56,10 @@ pub fn train(
 ) -> Result<TrainOutcome> {
     let resume = start == Start::Resume;
     // Everything that can fail on the config or the data fails before the run directory is touched.
-    let mut data = cfg.data.generate(cfg.data_size, cfg.seed)?;
+    let mut data = match &cfg.data {
+        crate::DataSpec::Latent { autoencoder } => crate::data::latent_codes(autoencoder, device)?,
+        spec => spec.generate(cfg.data_size, cfg.seed)?,
+    };
     let data_sha256 = data.sha256();
     let standardizer = if cfg.standardize { Standardizer::fit(&data) } else { Standardizer::identity(data.dim) };
     standardizer.apply(&mut data.x);
@@ -270,7 +273,7 @@ fn check_same_config(saved: &TrainConfig, now: &TrainConfig, content_hashed: boo
     if content_hashed {
         for v in [&mut a, &mut b] {
             if let Some(serde_json::Value::Object(data)) = v.get_mut("data") {
-                for path_field in ["path", "images", "labels"] {
+                for path_field in ["path", "images", "labels", "autoencoder"] {
                     if let Some(p) = data.get_mut(path_field)
                         && !p.is_null()
                     {

@@ -53,6 +53,47 @@ fn sample_bounds(x: &[f32], d: usize) -> plot::Bounds {
 /// printed in full is a 301-character file name). Both forms are Rust's shortest round-trip representation, so
 /// distinct strengths never share a label (a rounded mantissa would map 1.00000000001 and 1.00000000002 onto one
 /// file), and the plain form never contains an `e`, so the two forms cannot collide either.
+/// The autoencoder run at `path` as the decoder of `latent`-dimensional codes, with the shape of its images.
+fn load_decoder(path: &Path, latent: usize, device: &Device) -> Result<(Decoder, [usize; 3])> {
+    let (ae, state) = tilt_train::load_autoencoder(path, device)
+        .with_context(|| format!("models.autoencoder = {}", path.display()))?;
+    let net: tilt_models::AutoencoderConfig = serde_json::from_value(state.net.clone())
+        .with_context(|| format!("models.autoencoder = {}: its network config", path.display()))?;
+    if net.latent != latent {
+        bail!(
+            "models.autoencoder = {}: decodes {}-dimensional codes, but models.base draws {latent}-dimensional \
+             samples; train the base with data.kind = \"latent\" on this autoencoder",
+            path.display(),
+            net.latent
+        );
+    }
+    let image = state.image.ok_or_else(|| {
+        anyhow::anyhow!(
+            "models.autoencoder = {}: was not trained on images, so its output is no picture",
+            path.display()
+        )
+    })?;
+    Ok((Decoder { ae, standardizer: state.standardizer }, image))
+}
+
+/// An autoencoder's decoder and the standardisation of the images it was trained on (undone after decoding).
+pub struct Decoder {
+    ae: tilt_models::Autoencoder,
+    standardizer: tilt_train::Standardizer,
+}
+
+/// Codes `[n, latent]` decoded to image rows, in batches of 500.
+fn decode(decoder: &Decoder, x: &[f32], latent: usize, device: &Device) -> Vec<f32> {
+    let mut images: Vec<f32> = x
+        .chunks(500 * latent)
+        .flat_map(|rows| {
+            tensor_ext::to_vec(decoder.ae.decode(tensor_ext::matrix(rows, rows.len() / latent, latent, device)))
+        })
+        .collect();
+    decoder.standardizer.invert(&mut images);
+    images
+}
+
 /// A class name as part of a file name: letters, digits, `-` and `_` kept, anything else `_`.
 fn file_stem(name: &str) -> String {
     let stem: String =
@@ -175,13 +216,25 @@ pub fn run(cfg: &SampleConfig, out: &Path, force: bool, device: &Device) -> Resu
     }
     let n = cfg.samples;
     check_memory(n, d, scores.num_classes)?;
-    let evaluation = match (cfg.models.as_ref().and_then(|m| m.evaluator.as_deref()), &scores.base.shape()[..]) {
+    // Latent pairs: the autoencoder that decodes the base's codes to images.
+    let decoder = match cfg.models.as_ref().and_then(|m| m.autoencoder.as_deref()) {
+        Some(p) => Some(load_decoder(p, d, device)?),
+        None => None,
+    };
+    // The shape of the pictures: the samples' own (a pixel model), or the decoded images'.
+    let image_shape: Option<[usize; 3]> = match (&decoder, &scores.base.shape()[..]) {
+        (Some((_, image)), _) => Some(*image),
+        (None, &[c, h, w]) => Some([c, h, w]),
+        _ => None,
+    };
+    let evaluation = match (cfg.models.as_ref().and_then(|m| m.evaluator.as_deref()), image_shape) {
         (None, _) => None,
-        (Some(p), &[c, h, w]) => {
-            Some(evaluate::Evaluation::load(p, [c, h, w], cfg.class, scores.class_names.as_deref(), device)?)
+        (Some(p), Some(image)) => {
+            Some(evaluate::Evaluation::load(p, image, cfg.class, scores.class_names.as_deref(), device)?)
         }
-        (Some(p), _) => bail!(
-            "models.evaluator = {}: the evaluator measures images, and models.base is not an image model",
+        (Some(p), None) => bail!(
+            "models.evaluator = {}: the evaluator measures images, and models.base is not an image model (give \
+             models.autoencoder for a latent one)",
             p.display()
         ),
     };
@@ -198,7 +251,7 @@ pub fn run(cfg: &SampleConfig, out: &Path, force: bool, device: &Device) -> Resu
     // Per-sample pictures of an earlier sweep here would mix with this one's (fewer samples, other strengths): the
     // folder goes when tilt wrote it, and a `samples/` tilt did not write is left alone and refused.
     let per_sample = out.join("samples");
-    if scores.base.shape().len() == 3 && per_sample.symlink_metadata().is_ok() {
+    if image_shape.is_some() && per_sample.symlink_metadata().is_ok() {
         if *dir.prior() != tilt_train::Prior::Own || !per_sample.is_dir() || per_sample.is_symlink() {
             bail!(
                 "{}: exists and was not written by tilt sample (per-sample pictures go there); move it or choose \
@@ -298,6 +351,9 @@ pub fn run(cfg: &SampleConfig, out: &Path, force: bool, device: &Device) -> Resu
             bail!("w = {}: fewer than 2 finite samples ({n} of {all}); nothing to measure", w_label(w));
         }
 
+        // The pictures of the samples: themselves, or their decoded codes.
+        let decoded = decoder.as_ref().map(|(ae, _)| decode(ae, &x, d, device));
+        let pixels: &[f32] = decoded.as_deref().unwrap_or(&x);
         let mean_reward = reward.as_ref().map(|r| {
             let lr = tensor_ext::to_vec_f64(r.log_reward(tensor_ext::matrix(&x, n, d, device)));
             metrics::mean_se(&lr.into_iter().map(f64::exp).collect::<Vec<_>>())
@@ -326,7 +382,7 @@ pub fn run(cfg: &SampleConfig, out: &Path, force: bool, device: &Device) -> Resu
                 .flatten()
                 .map(|(p, r)| p.base_law.tilted_mean_reward(r)),
             class: problem.as_ref().and_then(|p| p.class_stats(&x, device)),
-            evaluator: evaluation.as_ref().map(|e| e.measure(&x, device)),
+            evaluator: evaluation.as_ref().map(|e| e.measure(pixels, device)),
             target: target.map(|t| t.0),
             distance_to_target: distance,
             non_finite_samples,
@@ -344,22 +400,22 @@ pub fn run(cfg: &SampleConfig, out: &Path, force: bool, device: &Device) -> Resu
             kebab(&s.kind)
         );
         let png = out.join(format!("{stem}.png"));
-        if let [channels, height, width] = scores.base.shape()[..] {
-            // Image models: a grid to look at, one PNG per sample, and the raw samples.
-            let image = [channels, height, width];
-            plot::image_grid(&out.join(format!("{stem}_grid.png")), &x, image, 8, 64)?;
-            output::write_samples_safetensors(&out.join(format!("{stem}.safetensors")), &x, image)?;
+        if let Some(image) = image_shape {
+            // Image models: a grid to look at, one PNG per sample, and the raw samples (decoded, for latent ones).
+            let [channels, height, width] = image;
+            plot::image_grid(&out.join(format!("{stem}_grid.png")), pixels, image, 8, 64)?;
+            output::write_samples_safetensors(&out.join(format!("{stem}.safetensors")), pixels, image)?;
             let folder = out.join("samples").join(format!("w{}", w_label(w)));
             std::fs::create_dir_all(&folder).with_context(|| format!("cannot create {}", folder.display()))?;
             let who = match cfg.class {
                 Some(c) => class_name(c).map_or(format!("class{c}"), |n| file_stem(&n)),
                 None => "sample".to_string(),
             };
-            for (i, pixels) in x.chunks_exact(channels * height * width).enumerate() {
-                plot::image_png(&folder.join(format!("{who}_{i}.png")), pixels, image)?;
+            for (i, one) in pixels.chunks_exact(channels * height * width).enumerate() {
+                plot::image_png(&folder.join(format!("{who}_{i}.png")), one, image)?;
             }
-            let shown = x.len().min(GRID_ROWS * d);
-            sweep_columns.push((format!("w = {}", w_label(w)), x[..shown].to_vec()));
+            let shown = pixels.len().min(GRID_ROWS * channels * height * width);
+            sweep_columns.push((format!("w = {}", w_label(w)), pixels[..shown].to_vec()));
         }
         match &problem {
             // The first two pixels of an image say nothing: image models get the grids instead.
@@ -385,15 +441,15 @@ pub fn run(cfg: &SampleConfig, out: &Path, force: bool, device: &Device) -> Resu
         seed: cfg.seed,
         records,
     };
-    if let [channels, height, width] = scores.base.shape()[..] {
-        let rows = sweep_columns.iter().map(|c| c.1.len() / d).min().unwrap_or(0);
+    if let Some(image) = image_shape {
+        let rows = sweep_columns.iter().map(|c| c.1.len() / image.iter().product::<usize>()).min().unwrap_or(0);
         let target = match cfg.class {
             Some(c) => format!(" toward class {c}{}", class_name(c).map_or(String::new(), |n| format!(" ({n})"))),
             None => String::new(),
         };
         let title = format!("{} guidance{target}, {} {} steps", kebab(&kind), sampler.steps(), kebab(&s.kind));
         let labels: Vec<String> = (0..rows).map(|i| format!("chain {i}")).collect();
-        plot::sweep_grid(&out.join("grid.png"), &title, &sweep_columns, &labels, [channels, height, width])?;
+        plot::sweep_grid(&out.join("grid.png"), &title, &sweep_columns, &labels, image)?;
     }
     record::curve_plot(&out.join("curve.png"), &summary)?;
     output::write_json(&out.join("summary.json"), &summary)?;

@@ -79,8 +79,10 @@ impl TrainObjective for RewardWeighted {
                 // The trainer reweights the base's own law: a base of another law would be tilted toward
                 // something else entirely. Generated data are the same law when their specs agree (the draws
                 // differ with data_size and seed, so their hashes are not compared); files are the user's call.
-                let generated =
-                    |d: &crate::DataSpec| !matches!(d, crate::DataSpec::Csv { .. } | crate::DataSpec::Idx { .. });
+                let generated = |d: &crate::DataSpec| {
+                    use crate::DataSpec::{Csv, Idx, ImageFolder, Latent};
+                    !matches!(d, Csv { .. } | Idx { .. } | ImageFolder { .. } | Latent { .. })
+                };
                 let theirs = &loaded.state.config.data;
                 if generated(theirs) && generated(&cfg.data) && *theirs != cfg.data {
                     bail!(

@@ -323,3 +323,30 @@ fn latent_pairs_sample_decoded_pictures() {
     assert!(!o.status.success() && stderr.contains("models.autoencoder"), "{stderr}");
     assert!(!d.join("refused").exists());
 }
+
+/// The prefetch decodes exactly the batch a step draws first from its stream (indices, then flips), serves it
+/// when asked, and a request it did not predict is decoded afresh: the same rows either way.
+#[test]
+fn the_prefetched_batch_is_the_drawn_one() {
+    use rand::Rng;
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("images");
+    make_folder(&root, 5);
+    let data = config(&root, 4, "").data.generate(0, 0).unwrap();
+    let folder = data.streamed.as_ref().unwrap().folder.clone();
+    let draw = |step: usize| {
+        let mut rng = tilt_train::trainer::step_rng(3, step);
+        let idx: Vec<usize> = (0..4).map(|_| rng.random_range(0..data.len())).collect();
+        let rows = data.rows(&idx, &mut rng).unwrap();
+        (idx, rows, rng.random::<u64>())
+    };
+    let (_, fresh, after_fresh) = draw(7);
+    data.prefetch(4, tilt_train::trainer::step_rng(3, 7));
+    let (_, served, after_served) = draw(7);
+    assert_eq!(folder.prefetch_hits(), 1, "the prefetch of step 7 was not the batch step 7 drew");
+    assert_eq!((fresh, after_fresh), (served, after_served), "prefetched rows or the stream after them differ");
+    data.prefetch(4, tilt_train::trainer::step_rng(3, 8));
+    let (_, other, _) = draw(9);
+    assert_eq!(folder.prefetch_hits(), 1, "a mismatched prefetch was served");
+    assert_eq!(other, draw(9).1);
+}

@@ -171,6 +171,16 @@ impl Dataset {
         }
     }
 
+    /// For a streamed data set, starts decoding the batch that a step drawing `batch` uniform indices (then its flips)
+    /// from `rng` will ask for; a no-op for rows in memory. A wrong guess costs only the background decoding.
+    pub fn prefetch(&self, batch: usize, mut rng: ChaCha8Rng) {
+        let Some(s) = &self.streamed else { return };
+        let idx = crate::objectives::batches::uniform_indices(self.len(), batch, &mut rng);
+        let mirrored: Vec<bool> =
+            if s.flip { idx.iter().map(|_| rng.random::<bool>()).collect() } else { vec![false; idx.len()] };
+        s.folder.prefetch(idx.iter().map(|&i| s.index[i]).collect(), mirrored);
+    }
+
     /// The rows `idx` as they are (never flipped), flattened.
     pub fn clean_rows(&self, idx: &[usize]) -> Result<Vec<f32>> {
         match &self.streamed {

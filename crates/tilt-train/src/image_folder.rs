@@ -1,7 +1,9 @@
 //! A folder of PNG and JPEG images as training data, decoded on demand: classes are the sorted names of its
 //! sub-folders (torchvision's `ImageFolder` convention), every image is resized (shorter side to `size`) and
 //! centre-cropped to `size × size`, in 1 or 3 channels, scaled to [-1, 1]. Only the list of files and their labels
-//! stay in memory; the pixels of a batch are decoded when the batch is drawn, by a bounded pool of worker threads.
+//! stay in memory; the pixels of a batch are decoded when the batch is drawn, by a bounded pool of worker threads,
+//! and the next step's batch is decoded in the background while the current step computes (a prefetch of one batch:
+//! the next indices and flips are known ahead because each step draws them first from its own random stream).
 
 use anyhow::{Context, Result, bail};
 use image::imageops::FilterType;
@@ -43,6 +45,18 @@ pub struct ImageFolder {
     pub sha256: String,
     /// Files that did not decode and were skipped (`skip_bad`).
     pub skipped: Vec<PathBuf>,
+    /// The batch being decoded ahead: its files, flips and the decoding thread.
+    prefetched: std::sync::Mutex<Option<Prefetch>>,
+    /// Batches served from the prefetch.
+    hits: std::sync::atomic::AtomicUsize,
+}
+
+/// One batch decoded on a background thread.
+#[derive(Debug)]
+struct Prefetch {
+    files: Vec<usize>,
+    mirrored: Vec<bool>,
+    handle: std::thread::JoinHandle<Result<Vec<f32>>>,
 }
 
 fn is_image(path: &Path) -> bool {
@@ -198,7 +212,17 @@ impl ImageFolder {
             bail!("data.path: none of the {} images under {} decodes", skipped.len(), root.display());
         }
         let sha256 = hash.finalize().iter().map(|b| format!("{b:02x}")).collect();
-        Ok(Self { root: root.to_path_buf(), files, labels, class_names, decoding, sha256, skipped })
+        Ok(Self {
+            root: root.to_path_buf(),
+            files,
+            labels,
+            class_names,
+            decoding,
+            sha256,
+            skipped,
+            prefetched: std::sync::Mutex::new(None),
+            hits: std::sync::atomic::AtomicUsize::new(0),
+        })
     }
 
     /// Values per image.
@@ -213,21 +237,56 @@ impl ImageFolder {
             Some(rng) => idx.iter().map(|_| rng.random::<bool>()).collect(),
             None => vec![false; idx.len()],
         };
-        let s = self.decoding.size;
-        let jobs: Vec<(usize, bool)> = idx.iter().copied().zip(mirrored).collect();
-        let decoded = parallel(&jobs, |&(i, m)| -> Result<Vec<f32>> {
-            let mut v = decode(&self.files[i], self.decoding)?;
-            if m {
-                for row in v.chunks_exact_mut(s) {
-                    row.reverse();
-                }
+        let ahead = self.prefetched.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(p) = ahead {
+            let decoded = p.handle.join().map_err(|_| anyhow::anyhow!("data.path: a decoding thread panicked"))?;
+            // A prediction that missed is dropped: the batch is then decoded here, the same bytes either way.
+            if p.files == idx && p.mirrored == mirrored {
+                self.hits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                return decoded;
             }
-            Ok(v)
-        });
-        let mut out = Vec::with_capacity(idx.len() * self.dim());
-        for d in decoded {
-            out.extend(d.context("data.path: an image changed or vanished since the run scanned the folder")?);
         }
-        Ok(out)
+        decode_batch(&self.files, self.decoding, idx, &mirrored)
     }
+
+    /// How many batches [`ImageFolder::rows`] took from the prefetch.
+    pub fn prefetch_hits(&self) -> usize {
+        self.hits.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Starts decoding the files `idx` (with `mirrored` flips) on a background thread, for the next
+    /// [`ImageFolder::rows`] that asks for exactly them.
+    pub fn prefetch(self: &std::sync::Arc<Self>, idx: Vec<usize>, mirrored: Vec<bool>) {
+        let folder = std::sync::Arc::clone(self);
+        let (files, flips) = (idx.clone(), mirrored.clone());
+        let handle = std::thread::spawn(move || decode_batch(&folder.files, folder.decoding, &files, &flips));
+        let previous = self.prefetched.lock().unwrap_or_else(|e| e.into_inner()).replace(Prefetch {
+            files: idx,
+            mirrored,
+            handle,
+        });
+        if let Some(p) = previous {
+            let _ = p.handle.join();
+        }
+    }
+}
+
+/// Decodes the files `idx` of `files` in parallel, mirroring those marked in `mirrored`.
+fn decode_batch(files: &[PathBuf], decoding: Decoding, idx: &[usize], mirrored: &[bool]) -> Result<Vec<f32>> {
+    let s = decoding.size;
+    let jobs: Vec<(usize, bool)> = idx.iter().copied().zip(mirrored.iter().copied()).collect();
+    let decoded = parallel(&jobs, |&(i, m)| -> Result<Vec<f32>> {
+        let mut v = decode(&files[i], decoding)?;
+        if m {
+            for row in v.chunks_exact_mut(s) {
+                row.reverse();
+            }
+        }
+        Ok(v)
+    });
+    let mut out = Vec::with_capacity(idx.len() * decoding.channels * s * s);
+    for d in decoded {
+        out.extend(d.context("data.path: an image changed or vanished since the run scanned the folder")?);
+    }
+    Ok(out)
 }

@@ -223,7 +223,19 @@ impl RunContext<'_> {
             optim: &cfg.optim,
         };
         let ad_dev = ad.clone();
-        train_loop(&mut state, &settings, |m, rng| loss(m, train_set, rng, &ad_dev), save, progress)?;
+        // Image folders: the next step's batch is decoded while this one computes (every objective that trains on
+        // them draws its batch's indices first, uniformly, from the step's own stream).
+        let mut step = state.step;
+        let with_prefetch = |m: &M, rng: &mut ChaCha8Rng| {
+            let out = loss(m, train_set, rng, &ad_dev);
+            // After this step's batch is drawn: the decoding overlaps its backward pass and optimiser step.
+            if step + 1 < cfg.steps {
+                train_set.prefetch(cfg.batch_size, crate::trainer::step_rng(cfg.seed, step + 1));
+            }
+            step += 1;
+            out
+        };
+        train_loop(&mut state, &settings, with_prefetch, save, progress)?;
         // Finished again from the final state: a kill between the last checkpoint and its pruning or its loss.csv
         // would otherwise leave an extra checkpoint or a stale loss.csv, which a resume with no step left to train
         // never repairs.

@@ -407,7 +407,14 @@ impl DataSpec {
             ),
             DataSpec::ImageFolder { path, size, channels, flip, skip_bad } => {
                 let decoding = crate::image_folder::Decoding { size: *size, channels: *channels };
+                let start = std::time::Instant::now();
                 let folder = crate::image_folder::ImageFolder::scan(path, decoding, *skip_bad)?;
+                eprintln!(
+                    "data.path: {} images in {} classes, each decoded and hashed in {:.1} s",
+                    folder.files.len(),
+                    folder.class_names.len(),
+                    start.elapsed().as_secs_f64()
+                );
                 if let Some(first) = folder.skipped.first() {
                     eprintln!(
                         "data.path: skipped {} file(s) that do not decode (skip_bad = true), the first {}",

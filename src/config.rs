@@ -92,9 +92,9 @@ pub struct SamplerConfig {
     #[serde(default)]
     pub noise: NoiseKind,
     /// Chains run at once: larger sample counts are drawn in chunks of this many rows (host noise: stream `i`
-    /// of the seed for chunk `i`), which bounds the sampler's memory.
-    #[serde(default = "default_batch")]
-    pub batch: usize,
+    /// of the seed for chunk `i`), which bounds the sampler's memory. Default: 100,000 for points; for an image
+    /// network as many images as about 2 GB of activations hold (`image_chunk_rows`: 158 of 32 × 32).
+    pub batch: Option<usize>,
     /// TFG's recurrence (FreeDoM's time travel): take every step this many times, noising back in between.
     #[serde(default = "default_recurrence")]
     pub recurrence: usize,
@@ -110,7 +110,7 @@ impl Default for SamplerConfig {
             t_min: default_t_min(),
             denoise_final: true,
             noise: NoiseKind::Host,
-            batch: default_batch(),
+            batch: None,
             recurrence: default_recurrence(),
         }
     }
@@ -126,6 +126,24 @@ pub enum NoiseKind {
 
 fn default_batch() -> usize {
     100_000
+}
+
+/// The default chunk of an image network's chains: about 2 GB of activations, reckoned at 4 bytes × 3,072 values
+/// per pixel and chain (a U-Net of 128 base channels keeps some 24 such maps alive, its skips included; CFG's doubled
+/// batch included), at least 1.
+pub fn image_chunk_rows(height: usize, width: usize) -> usize {
+    (2_000_000_000 / (4 * 3072 * height.max(1) * width.max(1))).clamp(1, default_batch())
+}
+
+impl SamplerConfig {
+    /// Chains per chunk: `batch` when given, else the default for points or for images of `image` (`[c, h, w]`).
+    pub fn chunk_rows(&self, image: Option<[usize; 3]>) -> usize {
+        match (self.batch, image) {
+            (Some(b), _) => b,
+            (None, Some([_, h, w])) => image_chunk_rows(h, w),
+            (None, None) => default_batch(),
+        }
+    }
 }
 fn default_recurrence() -> usize {
     1
@@ -405,8 +423,10 @@ impl SampleConfig {
         if s.steps > MAX_STEPS {
             bail!("sampler.steps: expected at most {MAX_STEPS}, got {}", s.steps);
         }
-        if !(1..=MAX_BATCH).contains(&s.batch) {
-            bail!("sampler.batch: expected 1 to {MAX_BATCH} chains at once, got {}", s.batch);
+        if let Some(b) = s.batch
+            && !(1..=MAX_BATCH).contains(&b)
+        {
+            bail!("sampler.batch: expected 1 to {MAX_BATCH} chains at once, got {b}");
         }
         if !(1..=100).contains(&s.recurrence) {
             bail!("sampler.recurrence: expected 1 (no time travel) to 100, got {}", s.recurrence);
@@ -599,14 +619,14 @@ impl SampleConfig {
                     if let Some(p) = params {
                         p.validate(&field("params")).map_err(anyhow::Error::msg)?;
                         // Each smoothing draw copies the batch of chains: bound the rows one step holds.
-                        let rows = p.smoothing_samples.saturating_mul(s.batch);
+                        let rows = p.smoothing_samples.saturating_mul(s.chunk_rows(None));
                         if rows > MAX_SMOOTHING_ROWS {
                             bail!(
                                 "{}: {} draws x sampler.batch = {} chains is {rows} rows per step, more than \
                                  {MAX_SMOOTHING_ROWS}; lower one of them",
                                 field("params.smoothing_samples"),
                                 p.smoothing_samples,
-                                s.batch
+                                s.chunk_rows(None)
                             );
                         }
                     }

@@ -328,3 +328,15 @@ fn diffusers_loads_the_export_with_the_same_outputs() {
     let err = ours.iter().zip(&theirs).fold(0f32, |m, (a, b)| m.max((a - b).abs())) / scale;
     assert!(err <= 1e-5, "tilt vs diffusers on the export: {err:e} relative");
 }
+
+/// Image networks sample in chunks sized by their activations unless `sampler.batch` says otherwise; points keep
+/// chunks of 100,000.
+#[test]
+fn image_chains_run_in_chunks_that_fit_memory() {
+    use tilt::config::{SamplerConfig, image_chunk_rows};
+    assert_eq!((image_chunk_rows(32, 32), image_chunk_rows(28, 28), image_chunk_rows(4096, 4096)), (158, 207, 1));
+    let mut s = SamplerConfig::default();
+    assert_eq!((s.chunk_rows(None), s.chunk_rows(Some([3, 32, 32]))), (100_000, 158));
+    s.batch = Some(7);
+    assert_eq!(s.chunk_rows(Some([3, 32, 32])), 7);
+}

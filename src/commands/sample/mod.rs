@@ -276,7 +276,12 @@ pub fn run(cfg: &SampleConfig, out: &Path, force: bool, device: &Device) -> Resu
         _ => Condition::Unconditional,
     };
     let sampler = Sampler { kind: s.kind, schedule, times, denoise_final: s.denoise_final, recurrence: s.recurrence };
-    let chunks: Vec<usize> = (0..n.div_ceil(s.batch)).map(|i| s.batch.min(n - i * s.batch)).collect();
+    let pixel_image = match scores.base.shape()[..] {
+        [c, h, w] => Some([c, h, w]),
+        _ => None,
+    };
+    let batch = s.chunk_rows(pixel_image);
+    let chunks: Vec<usize> = (0..n.div_ceil(batch)).map(|i| batch.min(n - i * batch)).collect();
 
     if let Some(names) = &scores.class_names {
         let list: Vec<String> = names.iter().enumerate().map(|(i, n)| format!("{i} {n}")).collect();

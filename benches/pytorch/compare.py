@@ -9,6 +9,7 @@ twin as a PyTorch user writes it.
 """
 
 import argparse
+import platform
 import json
 import os
 import statistics
@@ -42,6 +43,25 @@ def run(cmd, env_extra):
     return json.loads(line)
 
 
+def cpu():
+    """The CPU model and the widest vector ISA it offers, as the kernels on both sides choose at run time: AVX-512
+    (tilt: gemm's x86-v4 kernels, compiled in and picked when the CPU has avx512f), AVX2, or NEON."""
+    model, flags = platform.machine(), set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and model == platform.machine():
+                    model = value.strip()
+                elif key.strip() in ("flags", "Features"):
+                    flags |= set(value.split())
+    except OSError:
+        pass
+    isa = next((name for flag, name in (("avx512f", "AVX-512"), ("avx2", "AVX2"), ("asimd", "NEON")) if flag in flags),
+               "scalar/SSE")
+    return f"{model} ({os.cpu_count()} logical CPUs), vector ISA: {isa}"
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--tilt", required=True, help="the built benches/paired.rs executable")
@@ -65,7 +85,8 @@ def main():
                 print(f"threads {threads} round {r + 1}/{args.rounds} {name}: done", file=sys.stderr, flush=True)
     import torch
 
-    print(f"\nPyTorch {torch.__version__}, tilt Flex; median per repeat over {args.rounds} interleaved rounds\n")
+    print(f"\nCPU: {cpu()}")
+    print(f"PyTorch {torch.__version__}, tilt Flex; median per repeat over {args.rounds} interleaved rounds\n")
     print("| workload | threads | tilt (Flex) | PyTorch | tilt / PyTorch | PyTorch, per-label conditioning "
           "| tilt / that |")
     print("|---|---|---|---|---|---|---|")

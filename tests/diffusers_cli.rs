@@ -340,3 +340,40 @@ fn image_chains_run_in_chunks_that_fit_memory() {
     s.batch = Some(7);
     assert_eq!(s.chunk_rows(Some([3, 32, 32])), 7);
 }
+
+/// A batch larger than one chunk (207 images of 28 x 28) runs in chunks with the same numbers: the reference images
+/// sit across the chunk boundary.
+#[test]
+fn forward_runs_large_batches_in_chunks() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fixture = own("tiny-fashion-classcond-pipeline");
+    let reference = tensors(&fixture.join("reference.safetensors"));
+    let get = |name: &str| reference.iter().find(|t| t.0 == name).unwrap().3.clone();
+    let (x, t, l) = (get("x"), get("timesteps"), get("class_labels"));
+    let n = 210;
+    let at = 205; // rows 205..209: two in the first chunk, two in the second
+    let mut sample = vec![0u8; n * 784 * 4];
+    sample[at * 784 * 4..(at + 4) * 784 * 4].copy_from_slice(&x);
+    let mut timestep: Vec<u8> = (0..n).flat_map(|_| 500f32.to_le_bytes()).collect();
+    timestep[at * 4..(at + 4) * 4].copy_from_slice(&t);
+    let mut labels = vec![0u8; n * 8];
+    labels[at * 8..(at + 4) * 8].copy_from_slice(&l);
+    let input = tmp.path().join("big.safetensors");
+    write(
+        &input,
+        &vec![
+            ("sample".into(), safetensors::Dtype::F32, vec![n, 1, 28, 28], sample),
+            ("timestep".into(), safetensors::Dtype::F32, vec![n], timestep),
+            ("class_labels".into(), safetensors::Dtype::I64, vec![n], labels),
+        ],
+    );
+    let out = tmp.path().join("out.safetensors");
+    let args = ["forward", "--model", fixture.to_str().unwrap(), "--input", input.to_str().unwrap()];
+    let r = binary::tilt_within(LIMIT, &[&args[..], &["--out", out.to_str().unwrap()]].concat());
+    assert!(r.ok, "{}", r.stderr);
+    let got = f32s(&tensors(&out)[0].3);
+    let want = f32s(&get("output"));
+    let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let err = got[at * 784..(at + 4) * 784].iter().zip(&want).fold(0f32, |m, (a, b)| m.max((a - b).abs())) / scale;
+    assert!(err <= 1e-5, "across the chunk boundary: {err:e}");
+}

@@ -12,8 +12,8 @@ use tilt_train::{ModelKind, NetKind};
 /// Largest timestep accepted from the file: far above any training table, far below where f32 sinusoids lose
 /// every digit.
 const MAX_TIMESTEP: f64 = 1e5;
-/// Largest number of values in `sample` (4 GiB of f32).
-const MAX_VALUES: usize = 1 << 30;
+/// Largest number of values in `sample` (1 GiB of f32; the batch then runs in chunks that fit memory).
+const MAX_VALUES: usize = 1 << 28;
 
 /// A network `tilt forward` can run.
 enum Network {
@@ -159,17 +159,23 @@ pub fn run(model: &Path, input: &Path, out: &Path, repeat: usize, device: &Devic
             if let Some(v) = l.iter().find(|v| !(v.fract() == 0.0 && **v >= 0.0 && **v < k as f64)) {
                 bail!("{}: tensor class_labels: expected integer labels 0 to {}, got {v}", input.display(), k - 1);
             }
-            Some(Tensor::<1, Int>::from_data(
-                TensorData::new(l.iter().map(|v| *v as i64).collect::<Vec<_>>(), [n]),
-                device,
-            ))
+            Some(l.iter().map(|v| *v as i64).collect::<Vec<_>>())
         }
     };
     let x32: Vec<f32> = x.iter().map(|v| *v as f32).collect();
     let t32: Vec<f32> = t.iter().map(|v| *v as f32).collect();
+    // Rows `start..start + rows` of the inputs on the device.
+    let d = x32.len() / n;
+    let slice = |start: usize, rows: usize| {
+        let xs =
+            Tensor::<1>::from_data(TensorData::new(x32[start * d..(start + rows) * d].to_vec(), [rows * d]), device);
+        let ts = Tensor::<1>::from_data(TensorData::new(t32[start..start + rows].to_vec(), [rows]), device);
+        let ls = labels
+            .as_ref()
+            .map(|l| Tensor::<1, Int>::from_data(TensorData::new(l[start..start + rows].to_vec(), [rows]), device));
+        (xs, ts, ls)
+    };
     let forward = || -> Result<(Vec<f32>, Vec<usize>)> {
-        let xs = Tensor::<1>::from_data(TensorData::new(x32.clone(), [x32.len()]), device);
-        let ts = Tensor::<1>::from_data(TensorData::new(t32.clone(), [n]), device);
         match &network {
             Network::Diffusers(unet, [c, h, w], _) => {
                 if shape.len() != 4 || shape[1] != *c {
@@ -190,9 +196,18 @@ pub fn run(model: &Path, input: &Path, out: &Path, repeat: usize, device: &Devic
                         input.display()
                     );
                 }
-                let y = unet.forward(xs.reshape([n, *c, shape[2], shape[3]]), ts, labels.clone());
-                let dims = y.dims().to_vec();
-                Ok((tilt_core::tensor_ext::to_vec(y.reshape([n, dims[1] * dims[2] * dims[3]])), dims))
+                // In chunks that fit memory (every image's output depends on that image alone).
+                let chunk = crate::config::image_chunk_rows(shape[2], shape[3]);
+                let (mut y, mut dims) = (Vec::with_capacity(x32.len()), vec![n, *c, shape[2], shape[3]]);
+                for start in (0..n).step_by(chunk) {
+                    let rows = chunk.min(n - start);
+                    let (xs, ts, ls) = slice(start, rows);
+                    let out = unet.forward(xs.reshape([rows, *c, shape[2], shape[3]]), ts, ls);
+                    let [_, oc, oh, ow] = out.dims();
+                    dims = vec![n, oc, oh, ow];
+                    y.extend(tilt_core::tensor_ext::to_vec(out.reshape([rows, oc * oh * ow])));
+                }
+                Ok((y, dims))
             }
             Network::Tilt(net) => {
                 let want = net.shape();
@@ -203,8 +218,8 @@ pub fn run(model: &Path, input: &Path, out: &Path, repeat: usize, device: &Devic
                         want.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(", ")
                     );
                 }
-                let d: usize = want.iter().product();
-                let y = net.forward(xs.reshape([n, d]), ts, labels.clone());
+                let (xs, ts, ls) = slice(0, n);
+                let y = net.forward(xs.reshape([n, d]), ts, ls);
                 Ok((tilt_core::tensor_ext::to_vec(y), shape.clone()))
             }
         }

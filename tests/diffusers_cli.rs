@@ -2,6 +2,7 @@
 //! loaded class-conditional model, with every refusal naming its field.
 
 mod binary;
+mod common;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -68,8 +69,7 @@ fn forward_writes_diffusers_output() {
         let want = want.iter().find(|t| t.0 == "output").unwrap();
         assert_eq!(got[0].2, want.2);
         let (a, b) = (f32s(&got[0].3), f32s(&want.3));
-        let scale = b.iter().fold(0f32, |m, v| m.max(v.abs()));
-        let err = a.iter().zip(&b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale;
+        let err = common::relative_error(&a, &b);
         assert!(err <= 1e-5, "{name}: {err:e}");
     }
 }
@@ -324,8 +324,7 @@ fn diffusers_loads_the_export_with_the_same_outputs() {
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let theirs = f32s(&tensors(&theirs_path)[0].3);
-    let scale = theirs.iter().fold(0f32, |m, v| m.max(v.abs()));
-    let err = ours.iter().zip(&theirs).fold(0f32, |m, (a, b)| m.max((a - b).abs())) / scale;
+    let err = common::relative_error(&ours, &theirs);
     assert!(err <= 1e-5, "tilt vs diffusers on the export: {err:e} relative");
 }
 
@@ -373,7 +372,6 @@ fn forward_runs_large_batches_in_chunks() {
     assert!(r.ok, "{}", r.stderr);
     let got = f32s(&tensors(&out)[0].3);
     let want = f32s(&get("output"));
-    let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
-    let err = got[at * 784..(at + 4) * 784].iter().zip(&want).fold(0f32, |m, (a, b)| m.max((a - b).abs())) / scale;
+    let err = common::relative_error(&got[at * 784..(at + 4) * 784], &want);
     assert!(err <= 1e-5, "across the chunk boundary: {err:e}");
 }

@@ -50,14 +50,6 @@ impl Reference {
     }
 }
 
-/// Relative max-abs error of `got` against `want`.
-fn relative_error(got: &[f32], want: &[f32]) -> f64 {
-    assert_eq!(got.len(), want.len());
-    let scale = want.iter().fold(0f64, |m, v| m.max(v.abs() as f64));
-    let err = got.iter().zip(want).fold(0f64, |m, (a, b)| m.max((*a as f64 - *b as f64).abs()));
-    err / scale
-}
-
 /// Loads the model in `dir`, runs it on the reference inputs and compares the output and, block by block, the
 /// intermediate activations the reference carries (so a mismatch names the first block that differs).
 fn check(dir: &Path) {
@@ -78,14 +70,14 @@ fn check(dir: &Path) {
     });
     if reference.has("act.time_proj") {
         let got = unet.time_proj.forward(timesteps.clone()).into_data().convert::<f32>().try_into_vec::<f32>().unwrap();
-        let err = relative_error(&got, &reference.f32("act.time_proj").0);
+        let err = common::relative_error(&got, &reference.f32("act.time_proj").0);
         assert!(err <= 1e-6, "{}: time_proj off by {err:e}", dir.display());
     }
     let out = unet.forward(x, timesteps, labels).into_data().convert::<f32>().try_into_vec::<f32>().unwrap();
-    let err = relative_error(&out, &reference.f32("output").0);
+    let err = common::relative_error(&out, &reference.f32("output").0);
     assert!(err <= TOLERANCE, "{}: output off by {err:e} relative (tolerance {TOLERANCE:e})", dir.display());
     // The f64 forward of the same weights: tilt is as close to it as diffusers' f32 forward is, give or take.
-    let err64 = relative_error(&out, &reference.f32("output_f64").0);
+    let err64 = common::relative_error(&out, &reference.f32("output_f64").0);
     assert!(err64 <= TOLERANCE, "{}: output off the f64 forward by {err64:e}", dir.display());
     eprintln!("{}: {err:.2e} from diffusers' f32 forward, {err64:.2e} from its f64 forward", dir.display());
 }
@@ -146,7 +138,7 @@ fn noise_net_feeds_the_training_timestep_and_drops_the_learned_variance() {
     // The first `c` of `2c` output channels of each image.
     let want: Vec<f32> = full.chunks_exact(2 * d).flat_map(|img| img[..d].to_vec()).collect();
     // (k + 1)/N rounded to f32 and back moves k by up to 1e-4: the embedding's slope is at most max freq = 1.
-    let err = relative_error(&got, &want);
+    let err = common::relative_error(&got, &want);
     assert!(err <= 1e-4, "NoiseNet output off by {err:e}");
 }
 

@@ -222,8 +222,7 @@ fn wgpu_runs_a_loaded_diffusers_model_and_samples_images() {
     };
     let gpu = Device::wgpu(burn::tensor::DeviceKind::DefaultDevice);
     let (a, b) = (run(&Device::flex()), run(&gpu));
-    let scale = a.iter().fold(0f32, |m, v| m.max(v.abs()));
-    let gap = a.iter().zip(&b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale;
+    let gap = common::relative_error(&b, &a);
     assert!(gap < 1e-4, "flex vs wgpu on a diffusers model: {gap:e} relative");
     let tmp = tempfile::tempdir().unwrap();
     let cfg = tmp.path().join("sample.toml");

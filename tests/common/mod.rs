@@ -56,3 +56,11 @@ pub fn perfect_sampler_output(law: &GaussianMixture, n: usize, seed: u64) -> Vec
         &device(),
     )
 }
+
+/// Max-abs error of `got` against `want`, relative to the largest `|want|` (how ports are compared to PyTorch).
+pub fn relative_error(got: &[f32], want: &[f32]) -> f64 {
+    assert_eq!(got.len(), want.len());
+    let scale = want.iter().fold(0f64, |m, v| m.max(v.abs() as f64));
+    let err = got.iter().zip(want).fold(0f64, |m, (a, b)| m.max((*a as f64 - *b as f64).abs()));
+    err / scale
+}

@@ -35,3 +35,9 @@ pub fn labels(values: &[usize], device: &Device) -> Tensor<1, Int> {
     let v: Vec<i64> = values.iter().map(|&c| c as i64).collect();
     Tensor::from_data(TensorData::new(v, [values.len()]), device)
 }
+
+/// `f` over the rows of `x` (`[n, d]`, row-major) in batches of `batch` rows, the outputs concatenated on the host:
+/// memory holds one batch of activations however many rows there are.
+pub fn map_rows(x: &[f32], d: usize, batch: usize, f: impl Fn(Tensor<2>) -> Tensor<2>, device: &Device) -> Vec<f32> {
+    x.chunks(batch * d).flat_map(|rows| to_vec(f(matrix(rows, rows.len() / d, d, device)))).collect()
+}

@@ -6,7 +6,7 @@
 //! It takes and returns flattened rows `[n, channels * height * width]` like every [`crate::NoiseNet`], so the
 //! sampler, the guidance terms and the trainers are the same for points and images.
 
-use crate::diffusers::config::{DownBlockType, TimeScaleShift, UpBlockType};
+use crate::diffusers::config::{BlockType, TimeScaleShift};
 use crate::diffusers::{DiffusersNet, TimestepMap, UNet2D, UNet2DConfig};
 use burn::nn::conv::Conv2dConfig;
 use burn::nn::{Initializer, PaddingConfig2d};
@@ -112,8 +112,8 @@ impl UNetConfig {
             freq_shift: 0.0,
             time_embed_dim: self.time_dim,
             block_out_channels: self.channel_mults.iter().map(|m| self.base_channels * m).collect(),
-            down_block_types: vec![DownBlockType::Plain; levels],
-            up_block_types: vec![UpBlockType::Plain; levels],
+            down_block_types: vec![BlockType::Plain; levels],
+            up_block_types: vec![BlockType::Plain; levels],
             layers_per_block: self.blocks_per_level,
             mid_block_scale_factor: 1.0,
             downsample_padding: 1,

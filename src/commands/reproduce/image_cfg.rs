@@ -589,9 +589,7 @@ fn features(ev: &tilt_models::Evaluator, x: &[f32], dim: usize, dev: &Device) ->
 
 /// `f` over `[n, d]` rows in batches of 1000, concatenated on the host.
 fn batched(x: &[f32], d: usize, f: impl Fn(Tensor<2>) -> Tensor<2>, dev: &Device) -> Vec<f32> {
-    x.chunks(1000 * d)
-        .flat_map(|rows| tensor_ext::to_vec(f(tensor_ext::matrix(rows, rows.len() / d, d, dev))))
-        .collect()
+    tensor_ext::map_rows(x, d, 1000, f, dev)
 }
 
 /// `p_eval(label_i | x_i)` of every row.

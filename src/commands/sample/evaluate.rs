@@ -43,11 +43,9 @@ pub struct Evaluation {
     feature_dim: usize,
 }
 
-/// `f` over `[n, d]` rows in batches of 500, concatenated on the host.
+/// `f` over `[n, d]` rows in batches of 500.
 fn batched(x: &[f32], d: usize, f: impl Fn(Tensor<2>) -> Tensor<2>, device: &Device) -> Vec<f32> {
-    x.chunks(500 * d)
-        .flat_map(|rows| tensor_ext::to_vec(f(tensor_ext::matrix(rows, rows.len() / d, d, device))))
-        .collect()
+    tensor_ext::map_rows(x, d, 500, f, device)
 }
 
 impl Evaluation {

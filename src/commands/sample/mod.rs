@@ -84,12 +84,7 @@ pub struct Decoder {
 
 /// Codes `[n, latent]` decoded to image rows, in batches of 500.
 fn decode(decoder: &Decoder, x: &[f32], latent: usize, device: &Device) -> Vec<f32> {
-    let mut images: Vec<f32> = x
-        .chunks(500 * latent)
-        .flat_map(|rows| {
-            tensor_ext::to_vec(decoder.ae.decode(tensor_ext::matrix(rows, rows.len() / latent, latent, device)))
-        })
-        .collect();
+    let mut images = tensor_ext::map_rows(x, latent, 500, |z| decoder.ae.decode(z), device);
     decoder.standardizer.invert(&mut images);
     images
 }

@@ -6,22 +6,39 @@ use serde_json::{Map, Value};
 use tilt_core::Prediction;
 use tilt_core::schedule::{BetaSchedule, Schedule};
 
-/// The block types of a down path tilt builds.
+/// The down and up block types tilt builds: `DownBlock2D` / `UpBlock2D`, or with self-attention after each residual
+/// block, `AttnDownBlock2D` / `AttnUpBlock2D`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DownBlockType {
-    /// `DownBlock2D`: residual blocks only.
+pub enum BlockType {
+    /// Residual blocks only.
     Plain,
-    /// `AttnDownBlock2D`: each residual block followed by self-attention.
+    /// Each residual block followed by self-attention.
     Attention,
 }
 
-/// The block types of an up path tilt builds.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum UpBlockType {
-    /// `UpBlock2D`.
-    Plain,
-    /// `AttnUpBlock2D`.
-    Attention,
+impl BlockType {
+    /// diffusers' class name of this block on the `side` ("Down" or "Up") of the network.
+    fn name(self, side: &str) -> String {
+        match self {
+            BlockType::Plain => format!("{side}Block2D"),
+            BlockType::Attention => format!("Attn{side}Block2D"),
+        }
+    }
+
+    /// The blocks of `field` (`side` "Down" or "Up"), each entry refused by index when tilt does not build it.
+    fn parse_all(field: &str, side: &str, names: &[String]) -> Result<Vec<Self>, String> {
+        (names.iter().enumerate())
+            .map(|(i, b)| {
+                [BlockType::Plain, BlockType::Attention].into_iter().find(|t| t.name(side) == *b).ok_or_else(|| {
+                    format!(
+                        "{field}[{i}]: tilt implements \"{}\" and \"{}\", got \"{b}\"",
+                        BlockType::Plain.name(side),
+                        BlockType::Attention.name(side)
+                    )
+                })
+            })
+            .collect()
+    }
 }
 
 /// How a residual block takes the time embedding (`resnet_time_scale_shift`).
@@ -54,9 +71,9 @@ pub struct UNet2DConfig {
     /// Channels of each level.
     pub block_out_channels: Vec<usize>,
     /// Down block of each level.
-    pub down_block_types: Vec<DownBlockType>,
+    pub down_block_types: Vec<BlockType>,
     /// Up block of each level (from the lowest resolution up).
-    pub up_block_types: Vec<UpBlockType>,
+    pub up_block_types: Vec<BlockType>,
     /// Residual blocks per down block (one more per up block).
     pub layers_per_block: usize,
     /// Output divisor of the middle block's residual blocks and attention.
@@ -233,18 +250,8 @@ impl UNet2DConfig {
     /// The `config.json` diffusers 0.42 writes for this model (read back by [`UNet2DConfig::from_json`] and by
     /// `UNet2DModel.from_pretrained`).
     pub fn to_json(&self) -> Value {
-        let down: Vec<&str> = (self.down_block_types.iter())
-            .map(|b| match b {
-                DownBlockType::Plain => "DownBlock2D",
-                DownBlockType::Attention => "AttnDownBlock2D",
-            })
-            .collect();
-        let up: Vec<&str> = (self.up_block_types.iter())
-            .map(|b| match b {
-                UpBlockType::Plain => "UpBlock2D",
-                UpBlockType::Attention => "AttnUpBlock2D",
-            })
-            .collect();
+        let down: Vec<String> = self.down_block_types.iter().map(|b| b.name("Down")).collect();
+        let up: Vec<String> = self.up_block_types.iter().map(|b| b.name("Up")).collect();
         let [h, w] = self.sample_size;
         serde_json::json!({
             "_class_name": "UNet2DModel",
@@ -370,24 +377,8 @@ impl RawUNet2D {
                 return Err(format!("{field}: expected one block per level of block_out_channels ({levels}), got {n}"));
             }
         }
-        let down_block_types = (self.down_block_types.iter().enumerate())
-            .map(|(i, b)| match b.as_str() {
-                "DownBlock2D" => Ok(DownBlockType::Plain),
-                "AttnDownBlock2D" => Ok(DownBlockType::Attention),
-                other => Err(format!(
-                    "down_block_types[{i}]: tilt implements \"DownBlock2D\" and \"AttnDownBlock2D\", got \"{other}\""
-                )),
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        let up_block_types = (self.up_block_types.iter().enumerate())
-            .map(|(i, b)| match b.as_str() {
-                "UpBlock2D" => Ok(UpBlockType::Plain),
-                "AttnUpBlock2D" => Ok(UpBlockType::Attention),
-                other => Err(format!(
-                    "up_block_types[{i}]: tilt implements \"UpBlock2D\" and \"AttnUpBlock2D\", got \"{other}\""
-                )),
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let down_block_types = BlockType::parse_all("down_block_types", "Down", &self.down_block_types)?;
+        let up_block_types = BlockType::parse_all("up_block_types", "Up", &self.up_block_types)?;
         let factor = 1usize << (levels - 1);
         if sample_size.iter().any(|s| !s.is_multiple_of(factor)) {
             return Err(format!(
@@ -424,8 +415,8 @@ impl RawUNet2D {
         }
         if let Some(d) = self.attention_head_dim {
             let attention_levels = (0..levels).filter(|&i| {
-                down_block_types[i] == DownBlockType::Attention
-                    || up_block_types[levels - 1 - i] == UpBlockType::Attention
+                down_block_types[i] == BlockType::Attention
+                    || up_block_types[levels - 1 - i] == BlockType::Attention
                     || (i == levels - 1 && self.add_attention)
             });
             for i in attention_levels {

@@ -50,8 +50,6 @@ impl TimestepMap {
 pub struct DiffusersNet {
     /// The network.
     pub unet: UNet2D,
-    image: [usize; 3],
-    out_channels: usize,
     #[module(skip)]
     timesteps: TimestepMap,
     null_label: Option<usize>,
@@ -86,20 +84,13 @@ impl DiffusersNet {
             }
             _ => {}
         }
-        let [h, w] = config.sample_size;
-        Ok(Self {
-            unet,
-            image: [config.in_channels, h, w],
-            out_channels: config.out_channels,
-            timesteps,
-            null_label,
-            config: config.clone(),
-        })
+        Ok(Self { unet, timesteps, null_label, config: config.clone() })
     }
 
     /// The shape of one image, `[channels, height, width]`.
     pub fn image(&self) -> [usize; 3] {
-        self.image
+        let [h, w] = self.config.sample_size;
+        [self.config.in_channels, h, w]
     }
 
     /// Class labels the model takes, the null label included (0 for an unconditional model).
@@ -127,14 +118,14 @@ impl DiffusersNet {
 impl NoiseNet for DiffusersNet {
     fn predict_noise(&self, x: Tensor<2>, t: Tensor<1>, labels: Option<Tensor<1, Int>>) -> Tensor<2> {
         let n = x.dims()[0];
-        let [c, h, w] = self.image;
+        let [c, h, w] = self.image();
         let labels = match (self.null_label, labels) {
             (Some(null), None) => Some(Tensor::<1, Int>::full([n], null as i64, &x.device())),
             (_, labels) => labels,
         };
         let out = self.unet.forward(x.reshape([n, c, h, w]), self.timesteps.apply(t), labels);
         // A learned-variance model's second half is the variance interpolation, which tilt's samplers do not use.
-        let out = if self.out_channels == c { out } else { out.narrow(1, 0, c) };
+        let out = if self.config.learned_variance() { out.narrow(1, 0, c) } else { out };
         out.reshape([n, c * h * w])
     }
 

@@ -3,7 +3,7 @@
 use super::blocks::{
     Attention, Downsample2D, ResnetBlock2D, ResnetSettings, TimestepEmbedding, Timesteps, Upsample2D, conv3, group_norm,
 };
-use super::config::{DownBlockType, TimeScaleShift, UNet2DConfig, UpBlockType};
+use super::config::{BlockType, TimeScaleShift, UNet2DConfig};
 use burn::nn::conv::Conv2d;
 use burn::nn::{Embedding, EmbeddingConfig, GroupNorm};
 use burn::prelude::*;
@@ -87,10 +87,10 @@ impl UNet2D {
                 .map(|i| ResnetBlock2D::new(if i == 0 { c } else { out }, out, settings, 1.0, device))
                 .collect();
             let attentions = match kind {
-                DownBlockType::Attention => {
+                BlockType::Attention => {
                     (0..config.layers_per_block).map(|_| attention(out, Some(config.norm_num_groups), 1.0)).collect()
                 }
-                DownBlockType::Plain => Vec::new(),
+                BlockType::Plain => Vec::new(),
             };
             let downsamplers = if level + 1 < levels {
                 vec![Downsample2D::new(out, config.downsample_padding, device)]
@@ -123,10 +123,10 @@ impl UNet2D {
                 })
                 .collect();
             let attentions = match kind {
-                UpBlockType::Attention => {
+                BlockType::Attention => {
                     (0..layers).map(|_| attention(out, Some(config.norm_num_groups), 1.0)).collect()
                 }
-                UpBlockType::Plain => Vec::new(),
+                BlockType::Plain => Vec::new(),
             };
             let upsamplers = if i + 1 < levels { vec![Upsample2D::new(out, device)] } else { vec![] };
             up_blocks.push(UpBlock2D { resnets, attentions, upsamplers });

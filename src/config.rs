@@ -187,13 +187,44 @@ pub enum GuidanceKind {
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct SmcConfig {
-    /// Resample when the effective sample size over the particles falls below this fraction.
+    /// Resample a group when its effective sample size falls below this fraction of its particles.
     #[serde(default = "half")]
     pub ess_threshold: f64,
+    /// `base` (the unguided sampler moves the particles) or `guided` (the papers' rule with the reward term at the
+    /// same `w` moves them, corrected exactly toward the base).
+    #[serde(default)]
+    pub proposal: tilt_sampler::Proposal,
+    /// The intermediate potentials: `difference`, `max` or `sum` (all end in `w log r(Y)`).
+    #[serde(default)]
+    pub potential: tilt_sampler::Potential,
+    /// Look at the ESS (and maybe resample) before every this-many-th step.
+    #[serde(default = "one")]
+    pub resample_every: usize,
+    /// Independent particle systems; the standard error is the spread of their estimates.
+    #[serde(default = "default_smc_groups")]
+    pub groups: usize,
+}
+
+impl Default for SmcConfig {
+    fn default() -> Self {
+        Self {
+            ess_threshold: half(),
+            proposal: Default::default(),
+            potential: Default::default(),
+            resample_every: 1,
+            groups: default_smc_groups(),
+        }
+    }
 }
 
 fn half() -> f64 {
     0.5
+}
+fn one() -> usize {
+    1
+}
+fn default_smc_groups() -> usize {
+    10
 }
 
 /// How `guidance.strengths` are written: the papers' `w` (`s(x|c) + w (s(x|c) - s(x))`, 0 = no guidance), or
@@ -215,9 +246,14 @@ pub struct GuidanceConfig {
     pub strengths: Vec<f64>,
     #[serde(default)]
     pub convention: StrengthConvention,
-    /// Optional guidance interval `[t_start, t_end]` (both or neither), single-term form.
+    /// Optional guidance interval, single-term form: `[t_start, t_end]` in time, `[sigma_start, sigma_end]` in noise
+    /// level `sigma_t / alpha_t`, or `[log_snr_start, log_snr_end]` (one pair, both ends).
     pub t_start: Option<f64>,
     pub t_end: Option<f64>,
+    pub sigma_start: Option<f64>,
+    pub sigma_end: Option<f64>,
+    pub log_snr_start: Option<f64>,
+    pub log_snr_end: Option<f64>,
     /// Guidance rescale `phi` in [0, 1].
     #[serde(default)]
     pub rescale: f64,
@@ -236,15 +272,96 @@ pub struct GuidanceConfig {
 }
 
 /// One guidance term of `[[guidance.terms]]`. Its weight at strength `w` of the sweep is `weight * w` when
-/// `sweep = true`, else `weight`; `t_start`/`t_end` restrict it to a time interval.
+/// `sweep = true`, else `weight`; an interval (in time, noise level or log-SNR) restricts it.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(try_from = "toml::Table")]
 pub struct TermConfig {
     pub kind: TermKind,
     pub weight: f64,
     pub sweep: bool,
+    pub interval: IntervalFields,
+}
+
+/// The interval fields of a term as written: at most one pair, both ends ([`IntervalFields::resolve`]).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct IntervalFields {
     pub t_start: Option<f64>,
     pub t_end: Option<f64>,
+    pub sigma_start: Option<f64>,
+    pub sigma_end: Option<f64>,
+    pub log_snr_start: Option<f64>,
+    pub log_snr_end: Option<f64>,
+}
+
+/// Where a term acts, in the coordinate the user wrote.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum GuidanceInterval {
+    /// Sampler time, in `[0, 1]`.
+    Time(f64, f64),
+    /// Noise level `sigma_t / alpha_t` (k-diffusion's and EDM's sigma), `>= 0`.
+    Sigma(f64, f64),
+    /// `ln(alpha_t^2 / sigma_t^2)`.
+    LogSnr(f64, f64),
+}
+
+impl IntervalFields {
+    /// Whether no interval is given.
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// The interval, checked; `field(name)` spells a field in errors.
+    pub fn resolve(&self, field: impl Fn(&str) -> String) -> Result<Option<GuidanceInterval>> {
+        let pairs = [
+            ("t_start", "t_end", self.t_start, self.t_end),
+            ("sigma_start", "sigma_end", self.sigma_start, self.sigma_end),
+            ("log_snr_start", "log_snr_end", self.log_snr_start, self.log_snr_end),
+        ];
+        let given: Vec<_> = pairs.iter().filter(|p| p.2.is_some() || p.3.is_some()).collect();
+        if given.len() > 1 {
+            bail!(
+                "{}, {}: give the interval in one coordinate (time, sigma or log-SNR), not two",
+                field(given[0].0),
+                field(given[1].0)
+            );
+        }
+        let Some(&&(start_name, end_name, start, end)) = given.first() else { return Ok(None) };
+        let (Some(start), Some(end)) = (start, end) else {
+            bail!("{}, {}: give both ends of the interval or neither", field(start_name), field(end_name));
+        };
+        for (name, v) in [(start_name, start), (end_name, end)] {
+            let ok = match start_name {
+                "t_start" => (0.0..=1.0).contains(&v),
+                "sigma_start" => v >= 0.0,
+                _ => !v.is_nan(),
+            };
+            if !ok {
+                let expected = match start_name {
+                    "t_start" => "a time in [0, 1]",
+                    "sigma_start" => "a noise level sigma >= 0 (inf allowed)",
+                    _ => "a log-SNR (any number, inf allowed; not NaN)",
+                };
+                bail!("{}: expected {expected}, got {v}", field(name));
+            }
+        }
+        Ok(Some(match start_name {
+            "t_start" => GuidanceInterval::Time(start, end),
+            "sigma_start" => GuidanceInterval::Sigma(start, end),
+            _ => GuidanceInterval::LogSnr(start, end),
+        }))
+    }
+}
+
+impl GuidanceInterval {
+    /// The weight schedule of weight `w` on this interval, in the time of `schedule`.
+    pub fn weight_schedule(&self, w: f64, schedule: &tilt_core::Schedule) -> tilt_sampler::WeightSchedule {
+        use tilt_sampler::WeightSchedule;
+        match *self {
+            GuidanceInterval::Time(t_start, t_end) => WeightSchedule::Interval { w, t_start, t_end },
+            GuidanceInterval::Sigma(a, b) => WeightSchedule::sigma_interval(w, a, b, schedule),
+            GuidanceInterval::LogSnr(a, b) => WeightSchedule::log_snr_interval(w, a, b, schedule),
+        }
+    }
 }
 
 impl TryFrom<toml::Table> for TermConfig {
@@ -261,7 +378,15 @@ impl TryFrom<toml::Table> for TermConfig {
                 Some(other) => Err(format!("{field}: expected a number, got {other}")),
             }
         };
-        let (weight, t_start, t_end) = (number("weight")?, number("t_start")?, number("t_end")?);
+        let weight = number("weight")?;
+        let interval = IntervalFields {
+            t_start: number("t_start")?,
+            t_end: number("t_end")?,
+            sigma_start: number("sigma_start")?,
+            sigma_end: number("sigma_end")?,
+            log_snr_start: number("log_snr_start")?,
+            log_snr_end: number("log_snr_end")?,
+        };
         let sweep = match table.remove("sweep") {
             None => false,
             Some(toml::Value::Boolean(b)) => b,
@@ -269,7 +394,7 @@ impl TryFrom<toml::Table> for TermConfig {
         };
         let kind =
             TermKind::deserialize(toml::Value::Table(table)).map_err(|e| e.to_string().trim_end().to_string())?;
-        Ok(Self { kind, weight: weight.unwrap_or(1.0), sweep, t_start, t_end })
+        Ok(Self { kind, weight: weight.unwrap_or(1.0), sweep, interval })
     }
 }
 
@@ -320,7 +445,7 @@ impl GuidanceConfig {
             (Some(k), _) => k,
             (None, [t]) => match &t.kind {
                 TermKind::TrainingFree { preset: None | Some(TrainingFreePreset::RewardGradient), params: None }
-                    if t.sweep && t.weight == 1.0 && t.t_start.is_none() =>
+                    if t.sweep && t.weight == 1.0 && t.interval.is_empty() =>
                 {
                     GuidanceKind::RewardGradient
                 }
@@ -328,7 +453,7 @@ impl GuidanceConfig {
                 | TermKind::Cfg { variant: None | Some(CfgVariant::Plain), apg: None, .. }
                 | TermKind::Classifier
                 | TermKind::NegativeClass { .. }
-                    if t.sweep && t.weight == 1.0 && t.t_start.is_none() =>
+                    if t.sweep && t.weight == 1.0 && t.interval.is_empty() =>
                 {
                     t.kind.guidance_kind()
                 }
@@ -345,6 +470,8 @@ impl GuidanceConfig {
             return self.terms.clone();
         }
         let kind = match self.kind {
+            // SMC's guided proposal is the papers' rule: the reward term at the tilt exponent.
+            Some(GuidanceKind::Smc) if self.smc_config().proposal == tilt_sampler::Proposal::Guided => TermKind::Reward,
             None | Some(GuidanceKind::None | GuidanceKind::Composite | GuidanceKind::Smc) => return Vec::new(),
             Some(GuidanceKind::Reward) => TermKind::Reward,
             Some(GuidanceKind::Cfg) => TermKind::Cfg { variant: None, apg: self.apg.clone(), apg_start_step: 0 },
@@ -354,7 +481,24 @@ impl GuidanceConfig {
                 TermKind::NegativeClass { class: self.negative_class.expect("validated: negative_class given") }
             }
         };
-        vec![TermConfig { kind, weight: 1.0, sweep: true, t_start: self.t_start, t_end: self.t_end }]
+        vec![TermConfig { kind, weight: 1.0, sweep: true, interval: self.interval_fields() }]
+    }
+
+    /// The single-term form's interval fields.
+    pub fn interval_fields(&self) -> IntervalFields {
+        IntervalFields {
+            t_start: self.t_start,
+            t_end: self.t_end,
+            sigma_start: self.sigma_start,
+            sigma_end: self.sigma_end,
+            log_snr_start: self.log_snr_start,
+            log_snr_end: self.log_snr_end,
+        }
+    }
+
+    /// `guidance.smc` with its defaults.
+    pub fn smc_config(&self) -> SmcConfig {
+        self.smc.clone().unwrap_or_default()
     }
 
     /// The papers' `w` of a strength as written.
@@ -483,6 +627,10 @@ impl SampleConfig {
             for (field, given) in [
                 ("t_start", g.t_start.is_some()),
                 ("t_end", g.t_end.is_some()),
+                ("sigma_start", g.sigma_start.is_some()),
+                ("sigma_end", g.sigma_end.is_some()),
+                ("log_snr_start", g.log_snr_start.is_some()),
+                ("log_snr_end", g.log_snr_end.is_some()),
                 ("apg", g.apg.is_some()),
                 ("negative_class", g.negative_class.is_some()),
             ] {
@@ -516,8 +664,30 @@ impl SampleConfig {
                     kebab(&k)
                 );
             }
-            if let Some(t) = g.smc.as_ref().map(|c| c.ess_threshold).filter(|t| !(0.0..=1.0).contains(t)) {
-                bail!("guidance.smc.ess_threshold: expected a fraction in [0, 1], got {t}");
+            let smc = g.smc_config();
+            if !(0.0..=1.0).contains(&smc.ess_threshold) {
+                bail!("guidance.smc.ess_threshold: expected a fraction in [0, 1], got {}", smc.ess_threshold);
+            }
+            if !(1..=s.steps).contains(&smc.resample_every) {
+                bail!(
+                    "guidance.smc.resample_every: expected 1 to sampler.steps = {} steps, got {}",
+                    s.steps,
+                    smc.resample_every
+                );
+            }
+            if smc.groups < 2 || smc.groups > self.samples / 2 {
+                bail!(
+                    "guidance.smc.groups: expected 2 to samples / 2 = {} independent groups (the standard error is their spread; each needs 2 particles), got {}",
+                    self.samples / 2,
+                    smc.groups
+                );
+            }
+            if self.samples > s.chunk_rows(None) {
+                bail!(
+                    "samples: SMC runs all its particles at once, at most sampler.batch = {} (raise sampler.batch or lower samples), got {}",
+                    s.chunk_rows(None),
+                    self.samples
+                );
             }
         }
         if g.rescale > 0.0 && !g.has(|k| matches!(k, TermKind::Cfg { .. })) {
@@ -556,14 +726,7 @@ impl SampleConfig {
             if !(t.weight.is_finite() && t.weight.abs() <= MAX_STRENGTH) {
                 bail!("{}: expected a weight in [-{MAX_STRENGTH}, {MAX_STRENGTH}], got {}", field("weight"), t.weight);
             }
-            if t.t_start.is_some() != t.t_end.is_some() {
-                bail!("{}, {}: give both ends of the interval or neither", field("t_start"), field("t_end"));
-            }
-            for (name, v) in [("t_start", t.t_start), ("t_end", t.t_end)] {
-                if let Some(v) = v.filter(|v| !(0.0..=1.0).contains(v)) {
-                    bail!("{}: expected a time in [0, 1], got {v}", field(name));
-                }
-            }
+            t.interval.resolve(field)?;
             let needs_class = |what: &str| -> Result<()> {
                 if self.class.is_none() {
                     bail!("class: {what} needs the class to guide toward");

@@ -65,6 +65,23 @@ fn malformed_configs_name_the_field() {
         ),
         ("[guidance]", "[guidance]\nt_start = nan\nt_end = 0.5", "guidance.t_start: expected a time in [0, 1]"),
         ("[guidance]", "[guidance]\nt_start = 0.2\nt_end = 1.5", "guidance.t_end: expected a time in [0, 1]"),
+        (
+            "[guidance]",
+            "[guidance]\nsigma_start = -1.0\nsigma_end = 5.0",
+            "guidance.sigma_start: expected a noise level",
+        ),
+        ("[guidance]", "[guidance]\nsigma_start = 0.3\nsigma_end = nan", "guidance.sigma_end: expected a noise level"),
+        ("[guidance]", "[guidance]\nsigma_start = 0.3", "guidance.sigma_start, guidance.sigma_end: give both ends"),
+        (
+            "[guidance]",
+            "[guidance]\nlog_snr_start = nan\nlog_snr_end = 2.0",
+            "guidance.log_snr_start: expected a log-SNR",
+        ),
+        (
+            "[guidance]",
+            "[guidance]\nt_start = 0.1\nt_end = 0.5\nsigma_start = 0.3\nsigma_end = 2.0",
+            "guidance.t_start, guidance.sigma_start: give the interval in one coordinate",
+        ),
         ("[guidance]", "[guidance]\napg = { eta = nan }", "guidance.apg.eta: expected a finite value"),
         (
             "[guidance]",
@@ -105,6 +122,12 @@ fn guidance_term_lists_name_the_term_and_the_field() {
     let cases: &[(&str, &str, &str)] = &[
         ("weight = 0.5", "weight = nan", "guidance.terms[1].weight: expected a weight in"),
         ("weight = 0.5", "weight = 0.5\nt_start = 0.3", "guidance.terms[1].t_start, guidance.terms[1].t_end"),
+        (
+            "weight = 0.5",
+            "weight = 0.5\nlog_snr_end = 0.3",
+            "guidance.terms[1].log_snr_start, guidance.terms[1].log_snr_end",
+        ),
+        ("weight = 0.5", "weight = 0.5\nsigma_start = 1e300\nsigma_end = -1e-300", "guidance.terms[1].sigma_end"),
         ("preset = \"dps\"", "preset = \"dpss\"", "unknown variant `dpss`"),
         ("preset = \"dps\"", "preset = \"dps\"\nrho = 1.0", "unknown field `rho`"),
         ("sweep = true\n", "", "guidance.terms: no term has sweep = true"),
@@ -189,26 +212,48 @@ fn a_config_with_three_terms_runs_and_each_term_moves_the_samples() {
 
 #[test]
 fn smc_steering_reaches_the_exact_tilt_at_every_strength() {
-    let mut cfg = SampleConfig::parse(&shipped("smc_reward.toml")).unwrap();
-    cfg.samples = 4000;
-    let dir = tempfile::tempdir().unwrap();
-    let summary = tilt::commands::sample::run(&cfg, dir.path(), false, &burn::prelude::Device::flex()).unwrap();
-    let a = [0.8, 0.4];
-    let mix = cfg.built_mixture().unwrap();
-    for r in &summary.records {
-        let exact = mix
-            .tilted(&tilt_core::ExpLinearReward::new(a.iter().map(|v| v * r.w).collect()))
-            .mean_reward(&tilt_core::ExpLinearReward::new(a.to_vec()));
-        let (m, smc) = (r.mean_reward.unwrap(), r.smc.as_ref().unwrap());
-        // Resampled particles repeat: the iid SE is optimistic by about sqrt(1/ESS). Plus 2 % for the base sampler's
-        // discretisation at 100 steps and SMC's O(1/n) self-normalisation bias.
-        let tol = 4.0 * m.se / smc.final_ess.sqrt() + 0.02 * exact;
-        assert!((m.mean - exact).abs() <= tol, "w = {}: {} ± {} vs exact {exact} (tol {tol})", r.w, m.mean, m.se);
-        assert!(smc.final_ess > 0.0 && smc.final_ess <= 1.0 + 1e-9);
-        assert!(r.target.is_some() && r.distance_to_target.is_some(), "w = {}: SMC has an exact target", r.w);
+    for proposal in ["base", "guided"] {
+        let text = shipped("smc_reward.toml").replace("proposal = \"base\"", &format!("proposal = \"{proposal}\""));
+        let mut cfg = SampleConfig::parse(&text).unwrap();
+        cfg.samples = 4000;
+        let dir = tempfile::tempdir().unwrap();
+        let summary = tilt::commands::sample::run(&cfg, dir.path(), false, &burn::prelude::Device::flex()).unwrap();
+        let a = [0.8, 0.4];
+        let mix = cfg.built_mixture().unwrap();
+        for r in &summary.records {
+            let exact = mix
+                .tilted(&tilt_core::ExpLinearReward::new(a.iter().map(|v| v * r.w).collect()))
+                .mean_reward(&tilt_core::ExpLinearReward::new(a.to_vec()));
+            let (m, smc) = (r.mean_reward.unwrap(), r.smc.as_ref().unwrap());
+            // The weighted estimate with the spread of 10 groups as its SE, plus 2 % for the base sampler's
+            // discretisation at 100 steps and SMC's self-normalisation bias (O(1/400) per group).
+            let tol = 4.0 * m.se + 0.02 * exact;
+            assert!(
+                (m.mean - exact).abs() <= tol,
+                "{proposal}, w = {}: {} ± {} vs exact {exact} (tol {tol})",
+                r.w,
+                m.mean,
+                m.se
+            );
+            assert_eq!((smc.groups, smc.mean_reward), (10, m));
+            assert_eq!(tilt::config::kebab(&smc.proposal), proposal);
+            assert!(smc.final_ess > 0.0 && smc.final_ess <= 1.0 + 1e-9);
+            assert!(r.target.is_some() && r.distance_to_target.is_some(), "w = {}: SMC has an exact target", r.w);
+        }
     }
     let err = error_of(&shipped("smc_reward.toml").replace("kind = \"sde-dpm-solver-1\"", "kind = \"heun\""));
     assert!(err.contains("sampler.kind: SMC needs a one-step stochastic sampler"), "{err}");
+    for (from, to, field) in [
+        ("groups = 10", "groups = 1", "guidance.smc.groups"),
+        ("groups = 10", "groups = 3000", "guidance.smc.groups"),
+        ("resample_every = 1", "resample_every = 0", "guidance.smc.resample_every"),
+        ("resample_every = 1", "resample_every = 1000", "guidance.smc.resample_every"),
+        ("proposal = \"base\"", "proposal = \"twisted\"", "proposal"),
+        ("potential = \"difference\"", "potential = \"min\"", "potential"),
+    ] {
+        let err = error_of(&shipped("smc_reward.toml").replace(from, to));
+        assert!(err.contains(field), "{to}: {err}");
+    }
 }
 
 #[test]

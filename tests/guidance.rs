@@ -212,6 +212,51 @@ fn weight_schedules_switch_terms_on_and_off() {
 }
 
 #[test]
+fn noise_level_and_log_snr_intervals_are_the_time_intervals_they_name() {
+    // sigma = sigma_t / alpha_t of the schedule's VP form; log-SNR = -2 ln sigma. Each end maps to the t where the
+    // schedule has that sigma, on every schedule; the extremes map to the ends of time without overflow.
+    for schedule in [Schedule::Linear, Schedule::cosine(), Schedule::ddpm(), Schedule::rectified_flow()] {
+        let sigma_at = |t: f64| schedule.sigma(t) / schedule.alpha(t);
+        let (lo, hi) = (0.28, 5.42);
+        let WeightSchedule::Interval { w, t_start, t_end } = WeightSchedule::sigma_interval(2.0, lo, hi, &schedule)
+        else {
+            panic!("an interval")
+        };
+        assert_eq!(w, 2.0);
+        for (t, want) in [(t_start, lo), (t_end, hi)] {
+            assert!(
+                (sigma_at(t) / want - 1.0).abs() < 1e-6,
+                "{}: sigma({t}) = {} vs {want}",
+                schedule.name(),
+                sigma_at(t)
+            );
+        }
+        let by_log_snr = WeightSchedule::log_snr_interval(2.0, -2.0 * lo.ln(), -2.0 * hi.ln(), &schedule);
+        let WeightSchedule::Interval { t_start: a, t_end: b, .. } = by_log_snr else { panic!("an interval") };
+        assert!((a - t_start).abs() < 1e-9 && (b - t_end).abs() < 1e-9, "{}: log-SNR {a}, {b}", schedule.name());
+        // Inside and outside, through the weight itself.
+        let iv = WeightSchedule::sigma_interval(2.0, lo, hi, &schedule);
+        let mid = 0.5 * (t_start + t_end);
+        assert_eq!((iv.at(mid, 0), iv.at(t_end + 0.01, 0), iv.at(t_start * 0.5, 0)), (2.0, 0.0, 0.0));
+        for (sigma, t) in [(0.0, 0.0), (1e-300, 0.0), (1e300, 1.0), (f64::INFINITY, 1.0)] {
+            let WeightSchedule::Interval { t_start, .. } = WeightSchedule::sigma_interval(1.0, sigma, 1.0, &schedule)
+            else {
+                panic!("an interval")
+            };
+            assert!((t_start - t).abs() < 1e-9, "{}: sigma {sigma} at t = {t_start}", schedule.name());
+        }
+        for (lambda, t) in [(f64::INFINITY, 0.0), (-1e300, 1.0), (f64::NEG_INFINITY, 1.0)] {
+            let WeightSchedule::Interval { t_start, .. } =
+                WeightSchedule::log_snr_interval(1.0, lambda, 0.0, &schedule)
+            else {
+                panic!("an interval")
+            };
+            assert!((t_start - t).abs() < 1e-9, "{}: log-SNR {lambda} at t = {t_start}", schedule.name());
+        }
+    }
+}
+
+#[test]
 fn terms_add_and_reward_term_is_the_score_difference() {
     let dev = device();
     let mix = overlapping();

@@ -130,13 +130,13 @@ fn smc_converges_to_the_tilt_of_its_base_sampler() {
     let mut estimates = Vec::new();
     for run in 0..runs {
         // At w = 1 on this problem the ESS ends near 0.53 without resampling; 0.9 makes resampling happen.
-        let smc = Smc { strength: 1.0, ess_threshold: 0.9, seed: run };
+        let smc = Smc { ess_threshold: 0.9, ..Smc::new(1.0, run) };
         let mut g = GuidedScore::new(&oracle, Condition::Unconditional);
         let out = smc.run(&s, &mut g, &a, n, 2, &dev, &mut NoiseSource::host(100 + run));
         assert!(out.resamplings > 0 && out.ess_trace.iter().all(|e| *e > 0.0 && *e <= 1.0 + 1e-9));
         assert_eq!(out.ess_trace.len(), s.steps() + 2);
-        let r = r_of(&tensor_ext::to_vec(out.particles));
-        estimates.push(r.iter().zip(&out.weights).map(|(r, w)| r * w).sum::<f64>());
+        let r = r_of(&tensor_ext::to_vec(out.particles.clone()));
+        estimates.push(out.estimate(&r).mean);
     }
     let smc = mean_se(&estimates);
     let tol = Z * (smc.se.powi(2) + reference_se.powi(2)).sqrt() + 0.002 * reference;

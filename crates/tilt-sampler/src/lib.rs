@@ -26,5 +26,5 @@ pub mod smc;
 pub use grid::TimeGrid;
 pub use guidance::{GuidanceTerm, GuidedScore, WeightSchedule};
 pub use noise::NoiseSource;
-pub use samplers::{DEFAULT_T_MAX, DEFAULT_T_MIN, Sampler, SamplerKind};
-pub use smc::{Smc, SmcOutput};
+pub use samplers::{DEFAULT_T_MAX, DEFAULT_T_MIN, GaussianStep, Sampler, SamplerKind};
+pub use smc::{Potential, Proposal, Smc, SmcOutput};

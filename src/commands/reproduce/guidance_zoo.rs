@@ -19,7 +19,7 @@ use tilt_core::{Condition, ExpLinearReward, GaussianMixture, MixtureScore, Mixtu
 use tilt_sampler::guidance::{
     Apg, AutoGuidance, CfgGuidance, CfgVariant, GuidanceTerm, RewardGuidance, TrainingFreeGuidance, TrainingFreePreset,
 };
-use tilt_sampler::{GuidedScore, NoiseSource, SamplerKind, Smc, WeightSchedule};
+use tilt_sampler::{GuidedScore, NoiseSource, Proposal, SamplerKind, Smc, SmcOutput, WeightSchedule};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -46,15 +46,16 @@ enum RewardMethod {
     /// The papers' rule with the exact reweighted score: `g = s_r - s`.
     ExactTilt,
     TrainingFree(TrainingFreePreset),
-    /// SMC with the base sampler as proposal and reward potentials.
-    Smc,
+    /// SMC with reward potentials; the particles move with the base sampler or with the papers' rule (exact tilt).
+    Smc(Proposal),
 }
 
 impl RewardMethod {
     fn all() -> Vec<RewardMethod> {
         let mut m = vec![RewardMethod::ExactTilt];
         m.extend(TrainingFreePreset::ALL.iter().map(|p| RewardMethod::TrainingFree(*p)));
-        m.push(RewardMethod::Smc);
+        m.push(RewardMethod::Smc(Proposal::Base));
+        m.push(RewardMethod::Smc(Proposal::Guided));
         m
     }
 
@@ -62,7 +63,8 @@ impl RewardMethod {
         match self {
             RewardMethod::ExactTilt => "exact tilt (papers' rule)".into(),
             RewardMethod::TrainingFree(p) => format!("{} (TFG)", crate::config::kebab(p)),
-            RewardMethod::Smc => "SMC (base proposal)".into(),
+            RewardMethod::Smc(Proposal::Base) => "SMC (base proposal)".into(),
+            RewardMethod::Smc(Proposal::Guided) => "SMC (guided proposal: papers' rule)".into(),
         }
     }
 
@@ -71,7 +73,9 @@ impl RewardMethod {
         match self {
             RewardMethod::ExactTilt => 2.0,
             RewardMethod::TrainingFree(p) => (1.0 + p.params().model_evaluations()) * p.recurrence() as f64,
-            RewardMethod::Smc => 1.0,
+            RewardMethod::Smc(Proposal::Base) => 1.0,
+            // The base and the reweighted score at every step.
+            RewardMethod::Smc(Proposal::Guided) => 2.0,
         }
     }
 
@@ -90,7 +94,7 @@ struct RewardRun {
     diverged: f64,
     evaluations: f64,
     seconds: f64,
-    /// SMC: the mean final ESS / n over its groups.
+    /// SMC: the mean final ESS / group size over its groups.
     ess: Option<f64>,
 }
 
@@ -98,7 +102,6 @@ struct Problem1<'a> {
     exact: &'a MixtureScore,
     exact_rw: &'a MixtureScore,
     reward: &'a dyn tilt_core::Reward,
-    a: &'a ExpLinearReward,
     n: usize,
     groups: usize,
     seed: u64,
@@ -111,40 +114,40 @@ impl Problem1<'_> {
         super::diverged_fraction(x, 2, self.limit)
     }
 
+    /// One SMC run of `n` particles in [`Problem1::groups`] independent groups at tilt exponent `w`.
+    fn smc(&self, proposal: Proposal, w: f64, steps: usize, ess_threshold: f64, dev: &Device) -> SmcOutput {
+        let s = sampler(SamplerKind::SdeDpmSolver1, steps, Default::default());
+        let mut g = GuidedScore::new(self.exact, Condition::Unconditional);
+        if proposal == Proposal::Guided {
+            g = g.with(RewardGuidance::reweighted(self.exact_rw), WeightSchedule::Constant(w));
+        }
+        let smc = Smc { proposal, ess_threshold, groups: self.groups, ..Smc::new(w, self.seed) };
+        smc.run(&s, &mut g, self.reward, self.n, 2, dev, &mut NoiseSource::host(self.seed))
+    }
+
     fn run(&self, method: RewardMethod, w: f64, budget: usize, dev: &Device) -> RewardRun {
         let steps = method.steps_for(budget);
         let start = Instant::now();
         let s = sampler(SamplerKind::SdeDpmSolver1, steps, Default::default());
         let mut noise = NoiseSource::host(self.seed);
-        if method == RewardMethod::Smc {
-            // Independent groups give the standard error of the self-normalised estimate.
-            let per = self.n / self.groups;
-            let (mut estimates, mut xs, mut ess, mut evals) = (Vec::new(), Vec::new(), 0.0, 0.0);
-            let a_w = ExpLinearReward::new(self.a.a.iter().map(|v| v * w).collect());
-            for grp in 0..self.groups {
-                let mut g = GuidedScore::new(self.exact, Condition::Unconditional);
-                let smc = Smc { strength: 1.0, ess_threshold: 0.5, seed: self.seed + grp as u64 };
-                let out = smc.run(&s, &mut g, &a_w, per, 2, dev, &mut noise);
-                let x = tensor_ext::to_vec(out.particles.clone());
-                let r = rewards(self.reward, &x, 2, dev);
-                estimates.push(r.iter().zip(&out.weights).map(|(r, w)| r * w).sum::<f64>());
-                ess += out.final_ess() / self.groups as f64;
-                evals = g.model_evaluations;
-                xs.extend(tensor_ext::to_vec(out.resampled(self.seed + 1000 + grp as u64)));
-            }
+        if let RewardMethod::Smc(proposal) = method {
+            let out = self.smc(proposal, w, steps, 0.5, dev);
+            let r = rewards(self.reward, &tensor_ext::to_vec(out.particles.clone()), 2, dev);
+            let x = tensor_ext::to_vec(out.resampled(self.seed + 1000));
             return RewardRun {
-                diverged: self.diverged(&xs),
-                x: xs,
-                reward: metrics::mean_se(&estimates),
-                evaluations: evals,
+                diverged: self.diverged(&x),
+                x,
+                // Independent groups give the standard error of the self-normalised estimate.
+                reward: out.estimate(&r),
+                evaluations: (steps + 1) as f64 * method.cost_per_step(),
                 seconds: start.elapsed().as_secs_f64(),
-                ess: Some(ess),
+                ess: Some(out.final_ess()),
             };
         }
         let term: Box<dyn GuidanceTerm> = match method {
             RewardMethod::ExactTilt => Box::new(RewardGuidance::reweighted(self.exact_rw)),
             RewardMethod::TrainingFree(p) => Box::new(TrainingFreeGuidance::preset(self.reward, p, self.seed)),
-            RewardMethod::Smc => unreachable!("handled above"),
+            RewardMethod::Smc(_) => unreachable!("handled above"),
         };
         let recurrence = match method {
             RewardMethod::TrainingFree(p) => p.recurrence(),
@@ -197,7 +200,6 @@ pub fn run(ctx: &Ctx, dir: &Path) -> Result<StageOutput> {
         exact: &exact,
         exact_rw: &exact_rw,
         reward: reward.as_ref(),
-        a: &a,
         n,
         groups: cfg.smc_groups,
         seed: cfg.seed,
@@ -207,8 +209,10 @@ pub fn run(ctx: &Ctx, dir: &Path) -> Result<StageOutput> {
     let class_methods = ClassMethod::all();
     let bar = ctx.bar(
         "guidance_zoo",
-        (methods.len() * (cfg.strengths.len() + budgets.len()) + class_methods.len() * cfg.class_strengths.len() + 2)
-            as u64,
+        (methods.len() * (cfg.strengths.len() + budgets.len())
+            + cfg.strengths.len()
+            + class_methods.len() * cfg.class_strengths.len()
+            + 2) as u64,
     );
 
     // Part 1: strengths at the main budget.
@@ -274,6 +278,25 @@ pub fn run(ctx: &Ctx, dir: &Path) -> Result<StageOutput> {
             }
             bar.inc(1);
         }
+    }
+
+    // Part 1, weight degeneracy: the final ESS with no resampling, base against guided proposal, the same particles
+    // and steps.
+    let ess_steps = RewardMethod::Smc(Proposal::Guided).steps_for(budget);
+    let mut ess_table = Table::new(
+        &format!(
+            "SMC weight degeneracy: final effective sample size / particles with no resampling, {} groups of {} particles, {ess_steps} steps for both proposals (guided: the papers' rule with the exact reweighted score at the same w)",
+            cfg.smc_groups,
+            n / cfg.smc_groups
+        ),
+        &["w", "ess_base_proposal", "ess_guided_proposal", "ratio"],
+    );
+    for &w in &cfg.strengths {
+        let base = problem.smc(Proposal::Base, w, ess_steps, 0.0, dev).final_ess();
+        let guided = problem.smc(Proposal::Guided, w, ess_steps, 0.0, dev).final_ess();
+        ess_table.row(vec![format!("{w}"), fmt(base, 4), fmt(guided, 4), fmt(guided / base, 2)]);
+        headline.insert(format!("smc_ess_ratio_w{w}"), serde_json::json!(guided / base));
+        bar.inc(1);
     }
 
     // Part 1, figure: |bias| at w = 1 against the budget.
@@ -415,7 +438,7 @@ pub fn run(ctx: &Ctx, dir: &Path) -> Result<StageOutput> {
         serde_json::json!(class_rows.iter().map(|r| (r.method.label(), r.w, r.outside, r.sw)).collect::<Vec<_>>()),
     );
     let mut out = StageOutput::new("guidance_zoo", "The guidance menu against exact answers", ctx, raw, cfg.seed);
-    out.tables = vec![table, cost_table, class_table];
+    out.tables = vec![table, ess_table, cost_table, class_table];
     out.figures = figures;
     out.reading = reading;
     out.headline = serde_json::Value::Object(headline);

@@ -194,7 +194,9 @@ pub fn run(cfg: &SampleConfig, out: &Path, force: bool, device: &Device) -> Resu
     let kind = cfg.guidance.kind();
     // E_p[r] and E_p_r[r] are the laws at w = 0 and w = 1 of a single swept reward term only: under a composite
     // (fixed-weight terms beside the swept one) no strength samples either, so neither is shown as a reference.
-    let reward_references = matches!(kind, GuidanceKind::Reward | GuidanceKind::RewardGradient);
+    // A single term restricted to an interval samples no known law either (none is claimed, not even at w = 0).
+    let laws_known = cfg.guidance.interval_fields().is_empty();
+    let reward_references = laws_known && matches!(kind, GuidanceKind::Reward | GuidanceKind::RewardGradient);
     // Classifier guidance starts from the unconditional model; every other kind from p(.|class).
     let unconditional_base = cfg.guidance.has(|k| *k == TermKind::Classifier);
     let reward = cfg.reward.as_ref().map(|r| r.build());
@@ -314,13 +316,36 @@ pub fn run(cfg: &SampleConfig, out: &Path, force: bool, device: &Device) -> Resu
             };
             let mut guided = guided_for(rows);
             if kind == GuidanceKind::Smc {
-                let threshold = cfg.guidance.smc.as_ref().map_or(0.5, |c| c.ess_threshold);
-                let run = tilt_sampler::Smc { strength: w, ess_threshold: threshold, seed: cfg.seed ^ i as u64 };
-                let reward = model_space_reward.as_ref().expect("validated: smc has a reward");
-                let out = run.run(&sampler, &mut guided, reward, rows, d, device, &mut noise);
-                let record = smc.get_or_insert(SmcRecord { final_ess: 0.0, resamplings: 0 });
-                record.final_ess += out.final_ess() / chunks.len() as f64;
-                record.resamplings += out.resamplings;
+                // Validated: SMC runs in one chunk.
+                let c = cfg.guidance.smc_config();
+                let run = tilt_sampler::Smc {
+                    strength: w,
+                    ess_threshold: c.ess_threshold,
+                    seed: cfg.seed ^ i as u64,
+                    proposal: c.proposal,
+                    potential: c.potential,
+                    resample_every: c.resample_every,
+                    groups: c.groups,
+                };
+                let potential_reward = model_space_reward.as_ref().expect("validated: smc has a reward");
+                let out = run.run(&sampler, &mut guided, potential_reward, rows, d, device, &mut noise);
+                // The target's E[r]: each group's weighted estimate, the SE from their spread (data space).
+                let mut particles = tensor_ext::to_vec(out.particles.clone());
+                scores.standardizer.invert(&mut particles);
+                let data_reward = reward.as_deref().expect("validated: smc has a reward");
+                let r: Vec<f64> =
+                    tensor_ext::to_vec_f64(data_reward.log_reward(tensor_ext::matrix(&particles, rows, d, device)))
+                        .into_iter()
+                        .map(f64::exp)
+                        .collect();
+                smc = Some(SmcRecord {
+                    proposal: c.proposal,
+                    potential: c.potential,
+                    groups: out.groups.len(),
+                    final_ess: out.final_ess(),
+                    resamplings_per_group: out.resamplings as f64 / out.groups.len() as f64,
+                    mean_reward: out.estimate(&r),
+                });
                 x.extend(tensor_ext::to_vec(out.resampled(cfg.seed ^ (i as u64) ^ 0x5eed)));
                 model_calls += guided.base_calls;
                 bar.set_position(((i + 1) * steps) as u64);
@@ -354,11 +379,17 @@ pub fn run(cfg: &SampleConfig, out: &Path, force: bool, device: &Device) -> Resu
         // The pictures of the samples: themselves, or their decoded codes.
         let decoded = decoder.as_ref().map(|(ae, _)| decode(ae, &x, d, device));
         let pixels: &[f32] = decoded.as_deref().unwrap_or(&x);
-        let mean_reward = reward.as_ref().map(|r| {
-            let lr = tensor_ext::to_vec_f64(r.log_reward(tensor_ext::matrix(&x, n, d, device)));
-            metrics::mean_se(&lr.into_iter().map(f64::exp).collect::<Vec<_>>())
-        });
-        let target = problem.as_ref().and_then(|p| p.exact_target(kind, w));
+        // SMC: the weighted estimate with the spread of independent groups (the resampled rows repeat particles, so
+        // their naive standard error is too small).
+        let mean_reward = match &smc {
+            Some(smc) if non_finite_samples == 0 => Some(smc.mean_reward),
+            _ => reward.as_ref().map(|r| {
+                let lr = tensor_ext::to_vec_f64(r.log_reward(tensor_ext::matrix(&x, n, d, device)));
+                metrics::mean_se(&lr.into_iter().map(f64::exp).collect::<Vec<_>>())
+            }),
+        };
+        let target_kind = if laws_known { kind } else { GuidanceKind::Composite };
+        let target = problem.as_ref().and_then(|p| p.exact_target(target_kind, w));
         let distance = target.as_ref().map(|(_, law)| {
             let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ 0x5eed);
             let (reference, _) = law.sample(n.max(2000), &mut rng);

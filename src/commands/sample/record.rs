@@ -41,8 +41,9 @@ pub struct Record {
     pub distance_to_target: Option<TargetDistance>,
     /// Samples that came out NaN or infinite; the metrics above use the finite ones only.
     pub non_finite_samples: usize,
-    /// SMC runs: what the particles went through. The samples are the particles after a final resampling, so
-    /// repeated particles make the standard errors above optimistic by about `sqrt(1 / final_ess)`.
+    /// SMC runs: what the particles went through. `mean_reward` is then the particles' weighted estimate with the
+    /// spread of independent groups as its standard error; the written samples are the particles after a final
+    /// resampling (repeated particles), so the other statistics' standard errors are optimistic.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub smc: Option<SmcRecord>,
 }
@@ -50,10 +51,16 @@ pub struct Record {
 /// SMC diagnostics of one strength.
 #[derive(Debug, Clone, Serialize)]
 pub struct SmcRecord {
-    /// Final effective sample size over the particles, averaged over the chunks.
+    pub proposal: tilt_sampler::Proposal,
+    pub potential: tilt_sampler::Potential,
+    /// Independent particle systems.
+    pub groups: usize,
+    /// Final effective sample size over the group size, averaged over the groups.
     pub final_ess: f64,
-    /// Mid-chain resamplings, summed over the chunks.
-    pub resamplings: usize,
+    /// Mid-chain resamplings, averaged over the groups.
+    pub resamplings_per_group: f64,
+    /// `E[r]` under the target: the mean of the groups' weighted estimates, its SE from their spread.
+    pub mean_reward: MeanSe,
 }
 
 #[derive(Debug, Serialize)]
@@ -96,7 +103,13 @@ pub fn one_line(r: &Record) -> String {
         s += &format!("  Fréchet = {:.4} (floor {:.4})", e.frechet, e.frechet_floor);
     }
     if let Some(smc) = &r.smc {
-        s += &format!("  SMC: final ESS {:.3}, {} resamplings", smc.final_ess, smc.resamplings);
+        s += &format!(
+            "  SMC ({} proposal, SE over {} groups): final ESS {:.3}, {:.1} resamplings per group",
+            crate::config::kebab(&smc.proposal),
+            smc.groups,
+            smc.final_ess,
+            smc.resamplings_per_group
+        );
     }
     if r.non_finite_samples > 0 {
         s += &format!("  NON-FINITE samples: {}", r.non_finite_samples);

@@ -3,7 +3,7 @@
 
 use super::scores::{InDataSpace, Scores};
 use crate::config::{SampleConfig, TermConfig, TermKind};
-use tilt_core::Condition;
+use tilt_core::{Condition, Schedule};
 use tilt_sampler::guidance::{
     AutoGuidance, CfgGuidance, ClassifierGuidance, GuidanceTerm, NegativeClassGuidance, RewardGuidance,
     TrainingFreeGuidance, TrainingFreeParams,
@@ -11,12 +11,12 @@ use tilt_sampler::guidance::{
 use tilt_sampler::{GuidedScore, WeightSchedule};
 
 impl TermConfig {
-    /// The term's weight schedule at the papers' strength `w` of the sweep.
-    pub fn schedule(&self, w: f64) -> WeightSchedule {
+    /// The term's weight schedule at the papers' strength `w` of the sweep, its interval in the time of `schedule`.
+    pub fn schedule(&self, w: f64, schedule: &Schedule) -> WeightSchedule {
         let weight = if self.sweep { self.weight * w } else { self.weight };
-        match (self.t_start, self.t_end) {
-            (Some(t_start), Some(t_end)) => WeightSchedule::Interval { w: weight, t_start, t_end },
-            _ => WeightSchedule::Constant(weight),
+        match self.interval.resolve(|f| f.to_string()).expect("validated at parse time") {
+            Some(interval) => interval.weight_schedule(weight, schedule),
+            None => WeightSchedule::Constant(weight),
         }
     }
 
@@ -74,7 +74,7 @@ pub fn guided_score<'a>(
     let mut guided =
         GuidedScore::new(scores.base.as_ref(), condition).with_rescale(g.rescale).with_zero_init(g.zero_init_steps);
     for (i, term) in g.term_list().iter().enumerate() {
-        guided = guided.with_boxed(term.build(i, cfg, scores, reward), term.schedule(w));
+        guided = guided.with_boxed(term.build(i, cfg, scores, reward), term.schedule(w, &scores.base.schedule()));
     }
     guided
 }

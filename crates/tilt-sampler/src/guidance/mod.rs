@@ -24,7 +24,7 @@ pub use training_free::{TrainingFreeGuidance, TrainingFreeParams, TrainingFreePr
 
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
-use tilt_core::{Condition, ScoreModel};
+use tilt_core::{Condition, Schedule, ScoreModel};
 
 /// What the base model gave at `(x, t)`, handed to every term.
 pub struct BaseEval<'a> {
@@ -79,6 +79,33 @@ pub enum WeightSchedule {
 }
 
 impl WeightSchedule {
+    /// `w` while the noise level `sigma = sigma_t / alpha_t` (k-diffusion's and EDM's sigma; diffusers'
+    /// `sqrt((1 - alphas_cumprod) / alphas_cumprod)`) lies between `sigma_start` and `sigma_end`: the interval in the
+    /// time of `schedule` (sigma grows with `t`; `sigma = 0` is `t = 0`, an infinite sigma is `t = 1`).
+    pub fn sigma_interval(w: f64, sigma_start: f64, sigma_end: f64, schedule: &Schedule) -> Self {
+        // OU time u = ln(1 + sigma^2), without overflow for a sigma of 1e300.
+        let ou = |sigma: f64| {
+            let sigma = sigma.abs();
+            if sigma > 1.0 { 2.0 * sigma.ln() + (sigma * sigma).recip().ln_1p() } else { (sigma * sigma).ln_1p() }
+        };
+        WeightSchedule::Interval {
+            w,
+            t_start: schedule.t_from_ou(ou(sigma_start)),
+            t_end: schedule.t_from_ou(ou(sigma_end)),
+        }
+    }
+
+    /// `w` while the log signal-to-noise ratio `ln(alpha_t^2 / sigma_t^2) = -2 ln sigma` lies between the two ends.
+    pub fn log_snr_interval(w: f64, log_snr_start: f64, log_snr_end: f64, schedule: &Schedule) -> Self {
+        // u = ln(1 + e^{-lambda}), a softplus.
+        let ou = |lambda: f64| if lambda < -30.0 { -lambda + lambda.exp().ln_1p() } else { (-lambda).exp().ln_1p() };
+        WeightSchedule::Interval {
+            w,
+            t_start: schedule.t_from_ou(ou(log_snr_start)),
+            t_end: schedule.t_from_ou(ou(log_snr_end)),
+        }
+    }
+
     /// The weight at time `t` of step `step`.
     pub fn at(&self, t: f64, step: usize) -> f64 {
         match self {
@@ -186,8 +213,15 @@ impl<'a> GuidedScore<'a> {
 
     /// The guided score at `(x, t)` on sampler step `step`.
     pub fn score(&mut self, x: Tensor<2>, t: f64, step: usize) -> Tensor<2> {
+        self.score_and_base(x, t, step).0
+    }
+
+    /// The guided score and the base model's own score `s_base(x, t | condition)` from the same call (SMC with a
+    /// guided proposal weighs the one against the other).
+    pub fn score_and_base(&mut self, x: Tensor<2>, t: f64, step: usize) -> (Tensor<2>, Tensor<2>) {
         if step < self.zero_init_steps {
-            return x.zeros_like();
+            let zero = x.zeros_like();
+            return (zero.clone(), zero);
         }
         let weights: Vec<f64> = self.terms.iter().map(|(_, w)| w.at(t, step)).collect();
         let active = |i: usize| weights[i] != 0.0;
@@ -211,7 +245,7 @@ impl<'a> GuidedScore<'a> {
         if self.rescale > 0.0 && weights.iter().any(|w| *w != 0.0) {
             guided = rescale_to(guided, &eval.score, self.rescale);
         }
-        guided
+        (guided, eval.score)
     }
 }
 

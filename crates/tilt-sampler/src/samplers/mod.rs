@@ -87,6 +87,41 @@ impl SamplerKind {
         matches!(self, SamplerKind::DpmSolverPp2M | SamplerKind::DpmSolverPp2MSde)
     }
 
+    /// The step as a Gaussian transition `x' = a x + b s + c xi` in the (guided) score `s` at `(x, p.t)`, for the
+    /// one-step stochastic samplers; `None` for the others. Two scores give two Gaussians with the same covariance
+    /// `c^2 I` whose means differ by `b (s_1 - s_2)`: the density ratio SMC's guided proposal is corrected by.
+    pub fn gaussian_step(&self, p: &StepPoint) -> Option<GaussianStep> {
+        match self {
+            SamplerKind::EulerMaruyama => Some(GaussianStep { a: 1.0 + p.h / 2.0, b: p.h, c: p.h.sqrt() }),
+            SamplerKind::ExponentialIntegrator => {
+                let e = (p.h / 2.0).exp();
+                Some(GaussianStep { a: e, b: 2.0 * (e - 1.0), c: p.h.exp_m1().sqrt() })
+            }
+            SamplerKind::SdeDpmSolver1 => {
+                // eps_hat = -sigma s; see single_step::sde_dpm_solver_1.
+                let e = (p.alpha_next * p.sigma) / (p.sigma_next * p.alpha);
+                Some(GaussianStep {
+                    a: p.alpha_next / p.alpha,
+                    b: 2.0 * p.sigma * p.sigma_next * (e - 1.0),
+                    c: p.sigma_next * (e * e - 1.0).max(0.0).sqrt(),
+                })
+            }
+            SamplerKind::Ddpm => {
+                // x0_hat = (x + sigma^2 s) / alpha; see single_step::ddpm_ancestral.
+                let (s2, sn2) = (p.sigma * p.sigma, p.sigma_next * p.sigma_next);
+                let a_ts = p.alpha / p.alpha_next;
+                let var_ts = s2 - a_ts * a_ts * sn2;
+                let to_x0 = p.alpha_next * var_ts / s2;
+                Some(GaussianStep {
+                    a: a_ts * sn2 / s2 + to_x0 / p.alpha,
+                    b: to_x0 * s2 / p.alpha,
+                    c: (var_ts * sn2 / s2).max(0.0).sqrt(),
+                })
+            }
+            _ => None,
+        }
+    }
+
     /// A fresh solver for one run of `steps` steps.
     pub fn solver(&self, steps: usize) -> Box<dyn Solver> {
         use single_step::*;
@@ -132,6 +167,17 @@ pub struct StepPoint {
     pub interpolant: Interpolant,
     /// The interpolant at `t_next`.
     pub interpolant_next: Interpolant,
+}
+
+/// A stochastic step written as `x' = a x + b s + c xi`, `xi ~ N(0, I)` ([`SamplerKind::gaussian_step`]).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct GaussianStep {
+    /// The coefficient of the current point.
+    pub a: f64,
+    /// The coefficient of the score.
+    pub b: f64,
+    /// The noise scale.
+    pub c: f64,
 }
 
 /// One step of a backward chain. `&mut self` holds what a multistep method carries between steps; a fresh
@@ -253,23 +299,9 @@ impl Sampler {
         between: &mut dyn FnMut(usize, f64, Tensor<2>) -> Tensor<2>,
     ) -> Tensor<2> {
         let sched = self.schedule;
-        let half_log_snr = |t: f64| (sched.alpha(t) / sched.sigma(t)).ln();
-        for (k, w) in self.times.windows(2).enumerate() {
-            let (t, t_next) = (w[0], w[1]);
-            let p = StepPoint {
-                k,
-                t,
-                t_next,
-                h: sched.ou_time(t) - sched.ou_time(t_next),
-                alpha: sched.alpha(t),
-                sigma: sched.sigma(t),
-                alpha_next: sched.alpha(t_next),
-                sigma_next: sched.sigma(t_next),
-                lambda: half_log_snr(t),
-                lambda_next: half_log_snr(t_next),
-                interpolant: sched.interpolant(t),
-                interpolant_next: sched.interpolant(t_next),
-            };
+        for k in 0..self.steps() {
+            let p = self.step_point(k);
+            let t = p.t;
             x = between(k, t, x);
             for _ in 1..self.recurrence {
                 // x_t = (alpha/alpha') x_{t'} + sqrt(sigma^2 - (alpha/alpha')^2 sigma'^2) xi: q(x_t | x_{t'}).
@@ -290,6 +322,27 @@ impl Sampler {
             x = x.mul_scalar(sched.scale(t_min));
         }
         x
+    }
+
+    /// The two ends of step `k` (`k < steps`) with the schedule quantities the step functions need.
+    pub fn step_point(&self, k: usize) -> StepPoint {
+        let sched = self.schedule;
+        let half_log_snr = |t: f64| (sched.alpha(t) / sched.sigma(t)).ln();
+        let (t, t_next) = (self.times[k], self.times[k + 1]);
+        StepPoint {
+            k,
+            t,
+            t_next,
+            h: sched.ou_time(t) - sched.ou_time(t_next),
+            alpha: sched.alpha(t),
+            sigma: sched.sigma(t),
+            alpha_next: sched.alpha(t_next),
+            sigma_next: sched.sigma(t_next),
+            lambda: half_log_snr(t),
+            lambda_next: half_log_snr(t_next),
+            interpolant: sched.interpolant(t),
+            interpolant_next: sched.interpolant(t_next),
+        }
     }
 
     /// Draw `n` rows of dimension `d` under a guided score: [`Sampler::sample`] with no observer.

@@ -16,6 +16,9 @@ pub const MAX_STEPS: usize = 1_000_000;
 /// small enough that a strength times a score stays finite in f32.
 pub const MAX_STRENGTH: f64 = 1e4;
 
+/// The most candidates best-of-n draws per sample.
+pub const MAX_CANDIDATES: usize = 1000;
+
 /// The most rows (chains x smoothing draws) a training-free term may evaluate at once.
 pub const MAX_SMOOTHING_ROWS: usize = 1 << 24;
 
@@ -170,6 +173,10 @@ pub enum GuidanceKind {
     Reward,
     /// Classifier-free guidance toward `class`.
     Cfg,
+    /// CFG++ toward `class`: the strengths are the guided denoise's scale `l` (0 to 1 typically), the re-noising
+    /// unconditional. Needs `sampler.kind` = `ddim`, `dpm-solver++-2m`, or `flow-match-euler` on `rectified-flow`.
+    #[serde(rename = "cfg++")]
+    CfgPlusPlus,
     /// Classifier guidance toward `class` with the exact noised classifier (base: unconditional).
     Classifier,
     /// Training-free reward-gradient (DPS-style) guidance (needs `reward`).
@@ -178,6 +185,9 @@ pub enum GuidanceKind {
     NegativeClass,
     /// Several terms (`[[guidance.terms]]`): no single exact target.
     Composite,
+    /// Best-of-N (needs `reward`): the strengths are `N`, the candidates drawn from the unguided sampler per sample;
+    /// the one with the highest reward is kept (N times the model evaluations of one sample).
+    BestOfN,
     /// SMC steering toward `p r^w` (needs `reward`): particles from the unguided base sampler, reweighted by the
     /// reward along the chain and resampled; `w` is the tilt exponent. Options: `guidance.smc`.
     Smc,
@@ -413,6 +423,9 @@ pub enum TermKind {
         #[serde(default)]
         apg_start_step: usize,
     },
+    /// CFG++ toward `class`; its weight is the guided denoise's scale `l`.
+    #[serde(rename = "cfg++")]
+    CfgPlusPlus,
     /// Classifier guidance toward `class` (exact noised classifier or `models.classifier`).
     Classifier,
     /// The training-free family: a named `preset` (reward-gradient, dps, freedom, mpgd, ugd, lgd), or `params`.
@@ -429,6 +442,7 @@ impl TermKind {
         match self {
             TermKind::Reward => GuidanceKind::Reward,
             TermKind::Cfg { .. } => GuidanceKind::Cfg,
+            TermKind::CfgPlusPlus => GuidanceKind::CfgPlusPlus,
             TermKind::Classifier => GuidanceKind::Classifier,
             TermKind::TrainingFree { .. } => GuidanceKind::RewardGradient,
             TermKind::NegativeClass { .. } => GuidanceKind::NegativeClass,
@@ -451,6 +465,7 @@ impl GuidanceConfig {
                 }
                 TermKind::Reward
                 | TermKind::Cfg { variant: None | Some(CfgVariant::Plain), apg: None, .. }
+                | TermKind::CfgPlusPlus
                 | TermKind::Classifier
                 | TermKind::NegativeClass { .. }
                     if t.sweep && t.weight == 1.0 && t.interval.is_empty() =>
@@ -472,9 +487,12 @@ impl GuidanceConfig {
         let kind = match self.kind {
             // SMC's guided proposal is the papers' rule: the reward term at the tilt exponent.
             Some(GuidanceKind::Smc) if self.smc_config().proposal == tilt_sampler::Proposal::Guided => TermKind::Reward,
-            None | Some(GuidanceKind::None | GuidanceKind::Composite | GuidanceKind::Smc) => return Vec::new(),
+            None | Some(GuidanceKind::None | GuidanceKind::Composite | GuidanceKind::Smc | GuidanceKind::BestOfN) => {
+                return Vec::new();
+            }
             Some(GuidanceKind::Reward) => TermKind::Reward,
             Some(GuidanceKind::Cfg) => TermKind::Cfg { variant: None, apg: self.apg.clone(), apg_start_step: 0 },
+            Some(GuidanceKind::CfgPlusPlus) => TermKind::CfgPlusPlus,
             Some(GuidanceKind::Classifier) => TermKind::Classifier,
             Some(GuidanceKind::RewardGradient) => TermKind::TrainingFree { preset: None, params: None },
             Some(GuidanceKind::NegativeClass) => {
@@ -600,7 +618,7 @@ impl SampleConfig {
             bail!("guidance.strengths: expected at least one strength");
         }
         if let Some(w) = g.strengths.iter().find(|w| !(w.is_finite() && w.abs() <= MAX_STRENGTH)) {
-            bail!("guidance.strengths: expected values in [-{MAX_STRENGTH}, {MAX_STRENGTH}], got {w}");
+            bail!("guidance.strengths: expected values in [-{MAX_STRENGTH}, {MAX_STRENGTH}], got {w:?}");
         }
         for (i, w) in g.strengths.iter().enumerate() {
             // -0.0 == 0.0: one strength, one file name.
@@ -649,6 +667,18 @@ impl SampleConfig {
         let kind = g.kind();
         if g.smc.is_some() && kind != GuidanceKind::Smc {
             bail!("guidance.smc: SMC options apply to guidance.kind = \"smc\" only");
+        }
+        if kind == GuidanceKind::BestOfN {
+            if self.reward.is_none() {
+                bail!("reward: guidance.kind = \"best-of-n\" needs a [reward] table (it ranks the candidates)");
+            }
+            if let Some(n) =
+                g.strengths.iter().find(|n| !(n.fract() == 0.0 && (1.0..=MAX_CANDIDATES as f64).contains(*n)))
+            {
+                bail!(
+                    "guidance.strengths: best-of-n's strengths are candidate counts N, whole numbers from 1 to {MAX_CANDIDATES}; got {n}"
+                );
+            }
         }
         if kind == GuidanceKind::Smc {
             if self.reward.is_none() {
@@ -772,6 +802,20 @@ impl SampleConfig {
                     }
                 }
                 TermKind::Classifier => needs_class(&what)?,
+                TermKind::CfgPlusPlus => {
+                    needs_class(&what)?;
+                    let ddim_like = match s.kind {
+                        SamplerKind::Ddim | SamplerKind::DpmSolverPp2M => true,
+                        SamplerKind::FlowMatchEuler => matches!(self.schedule(), Schedule::RectifiedFlow { .. }),
+                        _ => false,
+                    };
+                    if !ddim_like || s.recurrence != 1 {
+                        bail!(
+                            "sampler.kind: {what} re-noises with the unconditional prediction inside a DDIM-type step: use ddim, dpm-solver++-2m, or flow-match-euler on a rectified-flow schedule, with recurrence = 1; got {}",
+                            kebab(&s.kind)
+                        );
+                    }
+                }
                 TermKind::TrainingFree { preset, params } => {
                     if self.reward.is_none() {
                         bail!("reward: {what} needs a [reward] table");

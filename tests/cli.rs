@@ -336,3 +336,47 @@ fn shipped_configs_run_and_write_every_output() {
         }
     }
 }
+
+#[test]
+fn best_of_n_keeps_the_maximum_of_n_draws() {
+    // A standard normal base law in 1-D and r = exp(x), increasing: the kept sample is the largest of N draws, whose
+    // mean is 0, 1/sqrt(pi) = 0.5642 and 3/(2 sqrt(pi)) = 0.8463 for N = 1, 2, 3. Tolerance: 4 SE (the standard
+    // deviations of the maxima are 1, 0.826, 0.748) plus 0.01 for the sampler's discretisation at 200 steps (its
+    // variance bias there is under 0.5 %: docs/results.md, discretisation).
+    let text = r#"
+seed = 3
+samples = 20000
+[mixture]
+weights = [1.0]
+means = [[0.0]]
+stds = [[1.0]]
+[reward]
+kind = "exp-linear"
+a = [1.0]
+[guidance]
+kind = "best-of-n"
+strengths = [1, 2, 3]
+"#;
+    let cfg = SampleConfig::parse(text).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let summary = tilt::commands::sample::run(&cfg, dir.path(), false, &burn::prelude::Device::flex()).unwrap();
+    let pi = std::f64::consts::PI;
+    for (r, (want, sd)) in summary.records.iter().zip([(0.0, 1.0), (1.0 / pi.sqrt(), 0.826), (1.5 / pi.sqrt(), 0.748)])
+    {
+        let tol = 4.0 * sd / (r.samples as f64).sqrt() + 0.01;
+        assert!((r.sample_mean[0] - want).abs() <= tol, "N = {}: mean {} vs {want} (tol {tol})", r.w, r.sample_mean[0]);
+        assert_eq!(r.evaluations_per_sample, r.w * 201.0, "N candidates of 200 steps and a final denoise");
+    }
+    assert!(summary.records[0].target.is_some(), "N = 1 is the base sampler");
+    for (strengths, field) in [
+        ("[1, 2.5]", "whole numbers"),
+        ("[0, 2]", "whole numbers"),
+        ("[1e300]", "got 1e300"),
+        ("[5000]", "whole numbers"),
+    ] {
+        let err = error_of(&text.replace("[1, 2, 3]", strengths));
+        assert!(err.contains("guidance.strengths") && err.contains(field), "{strengths}: {err}");
+    }
+    let err = error_of(&text.replace("[reward]\nkind = \"exp-linear\"\na = [1.0]\n", ""));
+    assert!(err.contains("reward: guidance.kind = \"best-of-n\" needs a [reward]"), "{err}");
+}

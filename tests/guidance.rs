@@ -26,7 +26,7 @@ fn max_abs(a: &[f32], b: &[f32]) -> f32 {
 
 fn base_eval<'a>(model: &'a dyn ScoreModel, cond: &'a Condition, x: &Tensor<2>, t: f64) -> BaseEval<'a> {
     let (score, unconditional) = model.score_and_unconditional(x.clone(), t, cond);
-    BaseEval { model, condition: cond, score, unconditional: Some(unconditional), step: 0 }
+    BaseEval { model, condition: cond, score, unconditional: Some(unconditional), step: 0, t_next: None }
 }
 
 #[test]
@@ -507,4 +507,56 @@ fn autoguidance_is_the_good_minus_the_weak_score_and_sharpens_toward_the_good_la
     assert!((v0.mean - 0.49).abs() < 4.0 * v0.se + 0.002, "w = 0: {v0:?}");
     let (v1, v2) = (variance(1.0), variance(2.0));
     assert!(v1.mean < v0.mean - 4.0 * v0.se && v2.mean < v1.mean - 4.0 * v1.se, "{v0:?} {v1:?} {v2:?}");
+}
+
+#[test]
+fn cfg_plus_plus_steps_with_the_guided_denoise_and_renoises_unconditionally() {
+    // CFG++'s defining step (Chung et al. 2024): x' = alpha' x0_l + sigma' eps(x), x0_l = x0(x) + l (x0(x|c) - x0(x)),
+    // by hand from the exact scores, against the step tilt takes: DDIM, DPM-Solver++ 2M's first step, and flow
+    // matching's Euler on rectified flow (DDIM's step written for the velocity).
+    use tilt_sampler::guidance::CfgPlusPlus;
+    use tilt_sampler::{NoiseSource, Sampler, TimeGrid};
+    let dev = device();
+    for (kind, schedule, k) in [
+        (SamplerKind::Ddim, Schedule::Linear, 3),
+        (SamplerKind::Ddim, Schedule::cosine(), 17),
+        (SamplerKind::DpmSolverPp2M, Schedule::Linear, 0),
+        (SamplerKind::FlowMatchEuler, Schedule::rectified_flow(), 8),
+    ] {
+        let oracle = MixtureScore::new(overlapping(), schedule, &dev);
+        let sampler = Sampler::new(kind, schedule, TimeGrid::LogSnr, 20);
+        let cond = Condition::class(1, 5, &dev);
+        for l in [0.3, 0.8, 1e-9] {
+            let mut g = GuidedScore::new(&oracle, cond.clone())
+                .with(CfgPlusPlus::new(), WeightSchedule::Constant(l))
+                .with_grid(&sampler.times);
+            let p = sampler.step_point(k);
+            let stepped =
+                kind.solver(20).step(&p, &mut |x, t, k| g.score(x, t, k), points(), &mut NoiseSource::host(0));
+            let (sc, su) = oracle.score_and_unconditional(points(), p.t, &cond);
+            let x0c = param::clean_from_score(points(), sc, p.alpha, p.sigma);
+            let x0u = param::clean_from_score(points(), su.clone(), p.alpha, p.sigma);
+            let x0l = x0u.clone() + (x0c - x0u).mul_scalar(l);
+            let want = x0l.mul_scalar(p.alpha_next) + param::noise_from_score(su, p.sigma).mul_scalar(p.sigma_next);
+            let err = relative_error(&tensor_ext::to_vec(stepped), &tensor_ext::to_vec(want));
+            assert!(err < 2e-5, "{kind:?} on {}, l = {l}: off by {err:e}", schedule.name());
+        }
+    }
+    // The final denoise (a step to t = 0): x0_l itself; at l = 1 the conditional denoise.
+    let oracle = MixtureScore::new(overlapping(), Schedule::Linear, &dev);
+    let sampler = Sampler::new(SamplerKind::Ddim, Schedule::Linear, TimeGrid::LogSnr, 20);
+    let cond = Condition::class(0, 5, &dev);
+    let t_min = *sampler.times.last().unwrap();
+    let mut g = GuidedScore::new(&oracle, cond.clone())
+        .with(CfgPlusPlus::new(), WeightSchedule::Constant(1.0))
+        .with_grid(&sampler.times);
+    let s = g.score(points(), t_min, 20);
+    let want = oracle.score(points(), t_min, &cond);
+    assert!(max_abs(&tensor_ext::to_vec(s), &tensor_ext::to_vec(want)) < 1e-4);
+    // CFG++ at l is CFG at the step's scale l kappa (papers' w = l kappa - 1); kappa > 1 and grows as steps shrink.
+    let kappa = |steps: usize| {
+        let s = Sampler::new(SamplerKind::Ddim, Schedule::Linear, TimeGrid::LogSnr, steps);
+        CfgPlusPlus::kappa(&Schedule::Linear, s.times[steps / 2], s.times[steps / 2 + 1])
+    };
+    assert!(kappa(10) > 1.0 && kappa(100) > 5.0 * kappa(10), "kappa {} at 10 steps, {} at 100", kappa(10), kappa(100));
 }

@@ -25,6 +25,7 @@ fn term_at(term: &mut dyn GuidanceTerm, oracle: &MixtureScore, x: &Tensor<2>, t:
         score: oracle.score(x.clone(), t, &cond),
         unconditional: None,
         step: 0,
+        t_next: None,
     };
     tensor_ext::to_vec(term.term(x, t, &eval))
 }

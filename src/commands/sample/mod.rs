@@ -295,9 +295,18 @@ pub fn run(cfg: &SampleConfig, out: &Path, force: bool, device: &Device) -> Resu
             eprintln!("guidance_scale {strength} (diffusers) = papers' w {w}");
         }
         // One guided score per chunk of chains: stateful terms (APG's momentum) start afresh with each chain.
-        let guided_for =
-            |rows: usize| terms::guided_score(cfg, &scores, model_space_reward.as_ref(), condition(rows), w);
+        let guided_for = |rows: usize| {
+            terms::guided_score(cfg, &scores, model_space_reward.as_ref(), condition(rows), w, &sampler.times)
+        };
 
+        // Best-of-N draws N candidates per sample: N times the rows, so N times the chunks.
+        let candidates = if kind == GuidanceKind::BestOfN { w as usize } else { 1 };
+        let chunks: Vec<usize> = if candidates > 1 {
+            let per = (batch / candidates).max(1);
+            (0..n.div_ceil(per)).map(|i| per.min(n - i * per)).collect()
+        } else {
+            chunks.clone()
+        };
         let steps = sampler.steps();
         let bar = ProgressBar::new((steps * chunks.len()) as u64).with_style(
             ProgressStyle::with_template("{prefix:>10} [{bar:30}] {pos}/{len} steps {elapsed_precise} eta {eta}")
@@ -308,6 +317,7 @@ pub fn run(cfg: &SampleConfig, out: &Path, force: bool, device: &Device) -> Resu
         let start = Instant::now();
         let (mut x, mut model_calls) = (Vec::with_capacity(n * d), 0);
         let mut smc: Option<SmcRecord> = None;
+        let mut evaluations_per_sample = 0.0;
         for (i, &rows) in chunks.iter().enumerate() {
             let mut noise = match (s.noise, i) {
                 (NoiseKind::Host, _) => NoiseSource::host_stream(cfg.seed, i as u64),
@@ -348,15 +358,25 @@ pub fn run(cfg: &SampleConfig, out: &Path, force: bool, device: &Device) -> Resu
                 });
                 x.extend(tensor_ext::to_vec(out.resampled(cfg.seed ^ (i as u64) ^ 0x5eed)));
                 model_calls += guided.base_calls;
+                evaluations_per_sample = guided.model_evaluations;
                 bar.set_position(((i + 1) * steps) as u64);
                 continue;
             }
+            let chains = rows * candidates;
             let xc =
-                sampler.sample(&mut |x, t, k| guided.score(x, t, k), rows, d, device, &mut noise, &mut |k, _, _| {
+                sampler.sample(&mut |x, t, k| guided.score(x, t, k), chains, d, device, &mut noise, &mut |k, _, _| {
                     bar.set_position((i * steps + k) as u64)
                 });
+            let xc = match &model_space_reward {
+                Some(r) if candidates > 1 => {
+                    let lr = tensor_ext::to_vec_f64(tilt_core::Reward::log_reward(r, xc.clone()));
+                    tilt_sampler::best_of_n::best_of_n(xc, &lr, candidates)
+                }
+                _ => xc,
+            };
             x.extend(tensor_ext::to_vec(xc));
             model_calls += guided.base_calls;
+            evaluations_per_sample = guided.model_evaluations * candidates as f64;
         }
         let seconds = start.elapsed().as_secs_f64();
         bar.finish_and_clear();
@@ -401,6 +421,7 @@ pub fn run(cfg: &SampleConfig, out: &Path, force: bool, device: &Device) -> Resu
             samples: n,
             steps: sampler.steps(),
             model_calls,
+            evaluations_per_sample,
             seconds,
             sample_mean: metrics::column_means(&x, d),
             mean_reward,

@@ -70,6 +70,8 @@ impl Problem {
             }
             (GuidanceKind::Classifier, 1.0) => Some(("p(.|c)".into(), self.mixture.conditional(self.class?))),
             (GuidanceKind::Cfg, -1.0) => Some(("p".into(), self.mixture.clone())),
+            // One candidate is the base sampler itself.
+            (GuidanceKind::BestOfN, 1.0) => Some(("base".into(), self.base_law.clone())),
             _ => None,
         }
     }

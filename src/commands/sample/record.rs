@@ -16,6 +16,9 @@ pub struct Record {
     pub steps: usize,
     /// Base-model calls (one per score evaluation, CFG batched into the same call).
     pub model_calls: usize,
+    /// Score-model evaluations per output sample, in forward-pass equivalents (a backward pass counts two; best-of-N
+    /// counts its N candidates).
+    pub evaluations_per_sample: f64,
     pub seconds: f64,
     pub sample_mean: Vec<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]

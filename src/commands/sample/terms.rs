@@ -5,7 +5,7 @@ use super::scores::{InDataSpace, Scores};
 use crate::config::{SampleConfig, TermConfig, TermKind};
 use tilt_core::{Condition, Schedule};
 use tilt_sampler::guidance::{
-    AutoGuidance, CfgGuidance, ClassifierGuidance, GuidanceTerm, NegativeClassGuidance, RewardGuidance,
+    AutoGuidance, CfgGuidance, CfgPlusPlus, ClassifierGuidance, GuidanceTerm, NegativeClassGuidance, RewardGuidance,
     TrainingFreeGuidance, TrainingFreeParams,
 };
 use tilt_sampler::{GuidedScore, WeightSchedule};
@@ -41,6 +41,7 @@ impl TermConfig {
                 };
                 Box::new(term.with_variant(variant.unwrap_or_default()))
             }
+            TermKind::CfgPlusPlus => Box::new(CfgPlusPlus::new()),
             TermKind::Classifier => Box::new(ClassifierGuidance::new(
                 scores.classifier.as_deref().expect("load_scores provides a classifier"),
                 cfg.class.expect("validated"),
@@ -69,10 +70,13 @@ pub fn guided_score<'a>(
     reward: Option<&'a InDataSpace<'a>>,
     condition: Condition,
     w: f64,
+    times: &[f64],
 ) -> GuidedScore<'a> {
     let g = &cfg.guidance;
-    let mut guided =
-        GuidedScore::new(scores.base.as_ref(), condition).with_rescale(g.rescale).with_zero_init(g.zero_init_steps);
+    let mut guided = GuidedScore::new(scores.base.as_ref(), condition)
+        .with_rescale(g.rescale)
+        .with_zero_init(g.zero_init_steps)
+        .with_grid(times);
     for (i, term) in g.term_list().iter().enumerate() {
         guided = guided.with_boxed(term.build(i, cfg, scores, reward), term.schedule(w, &scores.base.schedule()));
     }

@@ -10,6 +10,7 @@
 
 mod autoguidance;
 mod cfg;
+mod cfg_pp;
 mod classifier;
 mod negative;
 mod reward;
@@ -17,6 +18,7 @@ mod training_free;
 
 pub use autoguidance::AutoGuidance;
 pub use cfg::{Apg, CfgGuidance, CfgVariant};
+pub use cfg_pp::CfgPlusPlus;
 pub use classifier::ClassifierGuidance;
 pub use negative::NegativeClassGuidance;
 pub use reward::RewardGuidance;
@@ -39,6 +41,9 @@ pub struct BaseEval<'a> {
     /// The sampler step of this evaluation (Heun evaluates twice per step; the final denoise is step `steps`).
     /// Stateful terms (APG's momentum) advance once per step and start afresh when it goes back.
     pub step: usize,
+    /// The time the sampler's step goes to (0 at the final denoise), when the guided score knows the grid
+    /// ([`GuidedScore::with_grid`]): terms that depend on the step (CFG++) read it.
+    pub t_next: Option<f64>,
 }
 
 /// A guidance term `g(x, t)`.
@@ -57,6 +62,11 @@ pub trait GuidanceTerm {
     }
     /// `g(x, t)`, shape `[n, d]`.
     fn term(&mut self, x: &Tensor<2>, t: f64, base: &BaseEval) -> Tensor<2>;
+    /// What the term adds to the score at weight `weight`: `weight g(x, t)` for every term but those whose
+    /// weight is not a plain factor (CFG++).
+    fn weighted(&mut self, x: &Tensor<2>, t: f64, base: &BaseEval, weight: f64) -> Tensor<2> {
+        self.term(x, t, base).mul_scalar(weight)
+    }
 }
 
 /// When, and how strongly, a term acts.
@@ -161,6 +171,8 @@ pub struct GuidedScore<'a> {
     rescale: f64,
     /// CFG-Zero*'s zero-init: the guided score is 0 (the model output "noise prediction 0") on steps below this.
     zero_init_steps: usize,
+    /// The sampler's decreasing times, for terms that read where the step goes.
+    grid: Option<Vec<f64>>,
     /// Model calls made so far (one per [`GuidedScore::score`] for the base, plus the terms' own).
     pub base_calls: usize,
     /// Score-model evaluations so far per row, in forward-pass equivalents: the base (two when the
@@ -177,6 +189,7 @@ impl<'a> GuidedScore<'a> {
             terms: Vec::new(),
             rescale: 0.0,
             zero_init_steps: 0,
+            grid: None,
             base_calls: 0,
             model_evaluations: 0.0,
         }
@@ -203,6 +216,13 @@ impl<'a> GuidedScore<'a> {
     /// CFG-Zero*'s zero-init: return 0 for the first `steps` sampler steps (no model call is made).
     pub fn with_zero_init(mut self, steps: usize) -> Self {
         self.zero_init_steps = steps;
+        self
+    }
+
+    /// The sampler's time grid (`Sampler::times`): step `k` goes from `times[k]` to `times[k + 1]`, and the final
+    /// denoise (step `times.len() - 1`) to 0. Terms that depend on the step (CFG++) need it.
+    pub fn with_grid(mut self, times: &[f64]) -> Self {
+        self.grid = Some(times.to_vec());
         self
     }
 
@@ -234,12 +254,13 @@ impl<'a> GuidedScore<'a> {
         } else {
             (self.base.score(x.clone(), t, &self.condition), None)
         };
-        let eval = BaseEval { model: self.base, condition: &self.condition, score, unconditional, step };
+        let t_next = self.grid.as_ref().map(|g| g.get(step + 1).copied().unwrap_or(0.0));
+        let eval = BaseEval { model: self.base, condition: &self.condition, score, unconditional, step, t_next };
         let mut guided = eval.score.clone();
         for (i, (term, _)) in self.terms.iter_mut().enumerate() {
             if active(i) {
                 self.model_evaluations += term.model_evaluations();
-                guided = guided + term.term(&x, t, &eval).mul_scalar(weights[i]);
+                guided = guided + term.weighted(&x, t, &eval, weights[i]);
             }
         }
         if self.rescale > 0.0 && weights.iter().any(|w| *w != 0.0) {

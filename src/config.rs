@@ -434,6 +434,10 @@ pub enum TermKind {
     NegativeClass { class: usize },
     /// Autoguidance with the weaker network `model` (a `score-net` run of the same task).
     Autoguidance { model: PathBuf },
+    /// Frequency-decoupled guidance toward `class` (image models): per Laplacian-pyramid level, finest first, a factor
+    /// on the term's weight (`level_weights`) and on the difference's part parallel to the conditional level
+    /// (`parallel_weights`, default all 1).
+    Fdg { level_weights: Vec<f64>, parallel_weights: Option<Vec<f64>> },
 }
 
 impl TermKind {
@@ -446,7 +450,7 @@ impl TermKind {
             TermKind::Classifier => GuidanceKind::Classifier,
             TermKind::TrainingFree { .. } => GuidanceKind::RewardGradient,
             TermKind::NegativeClass { .. } => GuidanceKind::NegativeClass,
-            TermKind::Autoguidance { .. } => GuidanceKind::Composite,
+            TermKind::Autoguidance { .. } | TermKind::Fdg { .. } => GuidanceKind::Composite,
         }
     }
 }
@@ -802,6 +806,7 @@ impl SampleConfig {
                     }
                 }
                 TermKind::Classifier => needs_class(&what)?,
+                TermKind::Fdg { .. } => needs_class(&what)?,
                 TermKind::CfgPlusPlus => {
                     needs_class(&what)?;
                     let ddim_like = match s.kind {

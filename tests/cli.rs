@@ -380,3 +380,18 @@ strengths = [1, 2, 3]
     let err = error_of(&text.replace("[reward]\nkind = \"exp-linear\"\na = [1.0]\n", ""));
     assert!(err.contains("reward: guidance.kind = \"best-of-n\" needs a [reward]"), "{err}");
 }
+
+#[test]
+fn image_terms_are_refused_on_points() {
+    let cfg = SampleConfig::parse(&GOOD.replace(
+        "kind = \"cfg\"\nstrengths = [0.0, 1.0]",
+        "strengths = [0.0, 1.0]\n[[guidance.terms]]\nkind = \"fdg\"\nlevel_weights = [1.0, 0.5]\nsweep = true",
+    ))
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let err = tilt::commands::sample::run(&cfg, dir.path(), false, &burn::prelude::Device::flex()).unwrap_err();
+    let err = format!("{err:#}");
+    assert!(err.contains("guidance.terms[0].kind: \"fdg\"") && err.contains("image model"), "{err}");
+    let err = error_of(&GOOD.replace("kind = \"cfg\"", "kind = \"cfg++\""));
+    assert!(err.contains("sampler.kind") && err.contains("ddim"), "{err}");
+}

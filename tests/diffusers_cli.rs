@@ -375,3 +375,42 @@ fn forward_runs_large_batches_in_chunks() {
     let err = common::relative_error(&got[at * 784..(at + 4) * 784], &want);
     assert!(err <= 1e-5, "across the chunk boundary: {err:e}");
 }
+
+#[test]
+fn image_guidance_terms_run_on_a_loaded_model() {
+    // FDG with equal level weights draws what CFG draws (same noise), other weights do not; CFG++ runs on DDIM.
+    let tmp = tempfile::tempdir().unwrap();
+    let model = own("tiny-fashion-classcond-pipeline");
+    let models = format!("base = {:?}\nnull_label = 10", model);
+    let run = |name: &str, guidance: &str| -> Vec<f32> {
+        let dir = tmp.path().join(name);
+        std::fs::create_dir(&dir).unwrap();
+        let cfg = sample_config(&dir, &models, guidance);
+        let out = dir.join("out");
+        let r =
+            binary::tilt_within(LIMIT, &["sample", "--config", cfg.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+        assert!(r.ok, "{guidance}: {}", r.stderr);
+        f32s(&tensors(&out.join("samples_w2.safetensors"))[0].3)
+    };
+    let cfg = run("cfg", "strengths = [2.0]\n[[guidance.terms]]\nkind = \"cfg\"\nsweep = true");
+    let fdg_equal =
+        run("fdg1", "strengths = [2.0]\n[[guidance.terms]]\nkind = \"fdg\"\nlevel_weights = [1.0, 1.0]\nsweep = true");
+    let fdg = run(
+        "fdg2",
+        "strengths = [2.0]\n[[guidance.terms]]\nkind = \"fdg\"\nlevel_weights = [2.0, 0.25]\nparallel_weights = [0.5, 1.0]\nsweep = true",
+    );
+    let plus = run("cfgpp", "kind = \"cfg++\"\nstrengths = [2.0]");
+    assert!(common::relative_error(&fdg_equal, &cfg) < 1e-4, "FDG at equal weights vs CFG: {}", common::relative_error(&fdg_equal, &cfg));
+    assert!(common::relative_error(&fdg, &cfg) > 1e-2, "FDG with other weights drew CFG's samples");
+    assert!(plus.iter().all(|v| v.is_finite()) && common::relative_error(&plus, &cfg) > 1e-2);
+    // Levels the image cannot hold are refused naming the field.
+    let dir = tmp.path().join("bad");
+    std::fs::create_dir(&dir).unwrap();
+    let cfg = sample_config(
+        &dir,
+        &models,
+        "strengths = [2.0]\n[[guidance.terms]]\nkind = \"fdg\"\nlevel_weights = [1.0, 1.0, 1.0, 1.0]\nsweep = true",
+    );
+    let r = binary::tilt_within(LIMIT, &["sample", "--config", cfg.to_str().unwrap(), "--out", dir.join("o").to_str().unwrap()]);
+    assert!(!r.ok && r.stderr.contains("guidance.terms[0].level_weights"), "{}", r.stderr);
+}

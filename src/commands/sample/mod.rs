@@ -177,6 +177,7 @@ pub fn run(cfg: &SampleConfig, out: &Path, force: bool, device: &Device) -> Resu
         },
     };
     let scores = load_scores(cfg, mixture.as_ref(), device)?;
+    terms::check_terms(cfg, &scores)?;
     let d = scores.dim;
     cfg.validate_for(d, scores.num_classes.max(mixture.as_ref().map_or(0, GaussianMixture::n_classes)))?;
     if let Some(m) = &mixture

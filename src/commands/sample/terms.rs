@@ -5,7 +5,7 @@ use super::scores::{InDataSpace, Scores};
 use crate::config::{SampleConfig, TermConfig, TermKind};
 use tilt_core::{Condition, Schedule};
 use tilt_sampler::guidance::{
-    AutoGuidance, CfgGuidance, CfgPlusPlus, ClassifierGuidance, GuidanceTerm, NegativeClassGuidance, RewardGuidance,
+    AutoGuidance, CfgGuidance, CfgPlusPlus, FrequencyDecoupledGuidance, ClassifierGuidance, GuidanceTerm, NegativeClassGuidance, RewardGuidance,
     TrainingFreeGuidance, TrainingFreeParams,
 };
 use tilt_sampler::{GuidedScore, WeightSchedule};
@@ -42,6 +42,10 @@ impl TermConfig {
                 Box::new(term.with_variant(variant.unwrap_or_default()))
             }
             TermKind::CfgPlusPlus => Box::new(CfgPlusPlus::new()),
+            TermKind::Fdg { level_weights, parallel_weights } => Box::new(
+                FrequencyDecoupledGuidance::new(level_weights.clone(), parallel_weights.clone(), image_of(scores))
+                    .expect("checked by check_terms"),
+            ),
             TermKind::Classifier => Box::new(ClassifierGuidance::new(
                 scores.classifier.as_deref().expect("load_scores provides a classifier"),
                 cfg.class.expect("validated"),
@@ -81,4 +85,34 @@ pub fn guided_score<'a>(
         guided = guided.with_boxed(term.build(i, cfg, scores, reward), term.schedule(w, &scores.base.schedule()));
     }
     guided
+}
+
+/// The `[c, h, w]` of an image base model (`[0, 0, 0]` for points, which [`check_terms`] refuses for image terms).
+fn image_of(scores: &Scores) -> [usize; 3] {
+    match scores.base.shape()[..] {
+        [c, h, w] => [c, h, w],
+        _ => [0, 0, 0],
+    }
+}
+
+/// What can only be checked once the models are loaded: image-only terms on image models, with sizes they accept.
+pub fn check_terms(cfg: &SampleConfig, scores: &Scores) -> anyhow::Result<()> {
+    let list_form = !cfg.guidance.terms.is_empty();
+    for (i, t) in cfg.guidance.term_list().iter().enumerate() {
+        let field = |name: &str| {
+            if list_form { format!("guidance.terms[{i}].{name}") } else { format!("guidance.{name}") }
+        };
+        if let TermKind::Fdg { level_weights, parallel_weights } = &t.kind {
+            if scores.base.shape().len() != 3 {
+                anyhow::bail!(
+                    "{}: \"fdg\" splits images into frequency bands and needs an image model (samples [c, h, w]); models.base samples {}-dimensional points",
+                    field("kind"),
+                    scores.dim
+                );
+            }
+            FrequencyDecoupledGuidance::new(level_weights.clone(), parallel_weights.clone(), image_of(scores))
+                .map_err(|e| anyhow::anyhow!("{}", field(&e)))?;
+        }
+    }
+    Ok(())
 }

@@ -11,6 +11,7 @@
 mod autoguidance;
 mod cfg;
 mod cfg_pp;
+pub mod fdg;
 mod classifier;
 mod negative;
 mod reward;
@@ -19,6 +20,7 @@ mod training_free;
 pub use autoguidance::AutoGuidance;
 pub use cfg::{Apg, CfgGuidance, CfgVariant};
 pub use cfg_pp::CfgPlusPlus;
+pub use fdg::FrequencyDecoupledGuidance;
 pub use classifier::ClassifierGuidance;
 pub use negative::NegativeClassGuidance;
 pub use reward::RewardGuidance;

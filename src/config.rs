@@ -438,6 +438,27 @@ pub enum TermKind {
     /// on the term's weight (`level_weights`) and on the difference's part parallel to the conditional level
     /// (`parallel_weights`, default all 1).
     Fdg { level_weights: Vec<f64>, parallel_weights: Option<Vec<f64>> },
+    /// Perturbed-attention guidance: `s - s` with the identity attention map on `layers` (diffusers' names, by
+    /// prefix; default `["mid"]`).
+    Pag { layers: Option<Vec<String>> },
+    /// Smoothed-energy guidance: the query blurred by a Gaussian of `sigma` pixels (inf: its mean) on `layers`.
+    Seg { sigma: f64, layers: Option<Vec<String>> },
+    /// Skip-layer guidance: `layers` skipped.
+    Slg { layers: Option<Vec<String>> },
+}
+
+impl TermKind {
+    /// The attention perturbation of a PAG, SEG or SLG term, and the layer patterns it applies to.
+    pub fn attention_perturbation(&self) -> Option<(tilt_core::AttentionPerturbation, Vec<String>)> {
+        use tilt_core::AttentionPerturbation as P;
+        let (kind, layers) = match self {
+            TermKind::Pag { layers } => (P::Identity, layers),
+            TermKind::Seg { sigma, layers } => (P::BlurredQuery { sigma: *sigma }, layers),
+            TermKind::Slg { layers } => (P::Skip, layers),
+            _ => return None,
+        };
+        Some((kind, layers.clone().unwrap_or_else(|| vec!["mid".to_string()])))
+    }
 }
 
 impl TermKind {
@@ -450,7 +471,11 @@ impl TermKind {
             TermKind::Classifier => GuidanceKind::Classifier,
             TermKind::TrainingFree { .. } => GuidanceKind::RewardGradient,
             TermKind::NegativeClass { .. } => GuidanceKind::NegativeClass,
-            TermKind::Autoguidance { .. } | TermKind::Fdg { .. } => GuidanceKind::Composite,
+            TermKind::Autoguidance { .. }
+            | TermKind::Fdg { .. }
+            | TermKind::Pag { .. }
+            | TermKind::Seg { .. }
+            | TermKind::Slg { .. } => GuidanceKind::Composite,
         }
     }
 }
@@ -843,7 +868,17 @@ impl SampleConfig {
                         }
                     }
                 }
-                TermKind::NegativeClass { .. } | TermKind::Autoguidance { .. } => {}
+                TermKind::Seg { sigma, .. } if sigma.is_nan() || *sigma <= 0.0 => {
+                    bail!(
+                        "{}: expected a blur of sigma > 0 pixels (inf: the query's mean), got {sigma}",
+                        field("sigma")
+                    );
+                }
+                TermKind::NegativeClass { .. }
+                | TermKind::Autoguidance { .. }
+                | TermKind::Pag { .. }
+                | TermKind::Seg { .. }
+                | TermKind::Slg { .. } => {}
             }
         }
         if g.apg.is_some() && kind != GuidanceKind::Cfg {

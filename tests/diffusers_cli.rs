@@ -400,7 +400,11 @@ fn image_guidance_terms_run_on_a_loaded_model() {
         "strengths = [2.0]\n[[guidance.terms]]\nkind = \"fdg\"\nlevel_weights = [2.0, 0.25]\nparallel_weights = [0.5, 1.0]\nsweep = true",
     );
     let plus = run("cfgpp", "kind = \"cfg++\"\nstrengths = [2.0]");
-    assert!(common::relative_error(&fdg_equal, &cfg) < 1e-4, "FDG at equal weights vs CFG: {}", common::relative_error(&fdg_equal, &cfg));
+    assert!(
+        common::relative_error(&fdg_equal, &cfg) < 1e-4,
+        "FDG at equal weights vs CFG: {}",
+        common::relative_error(&fdg_equal, &cfg)
+    );
     assert!(common::relative_error(&fdg, &cfg) > 1e-2, "FDG with other weights drew CFG's samples");
     assert!(plus.iter().all(|v| v.is_finite()) && common::relative_error(&plus, &cfg) > 1e-2);
     // Levels the image cannot hold are refused naming the field.
@@ -411,6 +415,39 @@ fn image_guidance_terms_run_on_a_loaded_model() {
         &models,
         "strengths = [2.0]\n[[guidance.terms]]\nkind = \"fdg\"\nlevel_weights = [1.0, 1.0, 1.0, 1.0]\nsweep = true",
     );
-    let r = binary::tilt_within(LIMIT, &["sample", "--config", cfg.to_str().unwrap(), "--out", dir.join("o").to_str().unwrap()]);
+    let r = binary::tilt_within(
+        LIMIT,
+        &["sample", "--config", cfg.to_str().unwrap(), "--out", dir.join("o").to_str().unwrap()],
+    );
     assert!(!r.ok && r.stderr.contains("guidance.terms[0].level_weights"), "{}", r.stderr);
+    let bad_layer = sample_config(
+        &dir,
+        &models,
+        "strengths = [2.0]\n[[guidance.terms]]\nkind = \"pag\"\nlayers = [\"down.block_0\"]\nsweep = true",
+    );
+    let r = binary::tilt_within(
+        LIMIT,
+        &["sample", "--config", bad_layer.to_str().unwrap(), "--out", dir.join("o").to_str().unwrap()],
+    );
+    assert!(
+        !r.ok && r.stderr.contains("guidance.terms[0].layers") && r.stderr.contains("up.block_1.attentions_0"),
+        "{}",
+        r.stderr
+    );
+    // A network without attention: refused by name.
+    let no_attention = own("tiny-ddpm-noattn-learned-variance");
+    std::fs::write(
+        dir.join("noattn.toml"),
+        format!("samples = 2\n[models]\nbase = {no_attention:?}\n[sampler]\nkind = \"ddim\"\nsteps = 4\n[guidance]\nstrengths = [1.0]\n[[guidance.terms]]\nkind = \"slg\"\nsweep = true\n"),
+    )
+    .unwrap();
+    let r = binary::tilt_within(
+        LIMIT,
+        &["sample", "--config", dir.join("noattn.toml").to_str().unwrap(), "--out", dir.join("o").to_str().unwrap()],
+    );
+    assert!(
+        !r.ok && r.stderr.contains("guidance.terms[0].kind: \"slg\"") && r.stderr.contains("no attention"),
+        "{}",
+        r.stderr
+    );
 }

@@ -39,7 +39,8 @@ fn the_pyramid_and_the_guided_denoise_match_kornia() {
         let size = c * h * w;
         // At weight 1, diffusers' guidance_scale of a level is 1 + its level weight.
         let level_weights = case.guidance_scales.iter().map(|s| s - 1.0).collect();
-        let fdg = FrequencyDecoupledGuidance::new(level_weights, Some(case.parallel_weights.clone()), [c, h, w]).unwrap();
+        let fdg =
+            FrequencyDecoupledGuidance::new(level_weights, Some(case.parallel_weights.clone()), [c, h, w]).unwrap();
         for i in 0..n {
             let cond = &case.cond[i * size..(i + 1) * size];
             let uncond = &case.uncond[i * size..(i + 1) * size];
@@ -51,8 +52,7 @@ fn the_pyramid_and_the_guided_denoise_match_kornia() {
             }
             // The pyramid collapses to its input.
             assert!(max_diff(&collapse(&bands, c, h, w), cond) < 1e-12);
-            let guided: Vec<f64> =
-                cond.iter().zip(fdg.guided_difference(cond, uncond)).map(|(a, b)| a + b).collect();
+            let guided: Vec<f64> = cond.iter().zip(fdg.guided_difference(cond, uncond)).map(|(a, b)| a + b).collect();
             let want = &case.guided[i * size..(i + 1) * size];
             assert!(max_diff(&guided, want) < 1e-11, "{:?} image {i}: {}", case.shape, max_diff(&guided, want));
         }
@@ -66,14 +66,20 @@ fn at_equal_level_weights_fdg_is_cfg_and_bad_shapes_are_refused() {
     let dev = device();
     let d = 144;
     let mean = |k: usize| (0..d).map(|j| ((j * (k + 3)) % 7) as f64 / 7.0 - 0.5).collect::<Vec<_>>();
-    let mix = GaussianMixture::new(vec![0.4, 0.6], vec![mean(0), mean(1)], vec![vec![0.6; d], vec![0.8; d]], vec![vec![0], vec![1]])
-        .unwrap();
+    let mix = GaussianMixture::new(
+        vec![0.4, 0.6],
+        vec![mean(0), mean(1)],
+        vec![vec![0.6; d], vec![0.8; d]],
+        vec![vec![0], vec![1]],
+    )
+    .unwrap();
     let oracle = MixtureScore::new(mix, Schedule::Linear, &dev);
     let x = tensor_ext::matrix(&(0..3 * d).map(|i| ((i * 37) % 11) as f32 / 5.0 - 1.0).collect::<Vec<_>>(), 3, d, &dev);
     let cond = Condition::class(1, 3, &dev);
     let t = 0.4;
     let (score, unconditional) = tilt_core::ScoreModel::score_and_unconditional(&oracle, x.clone(), t, &cond);
-    let eval = BaseEval { model: &oracle, condition: &cond, score, unconditional: Some(unconditional), step: 0, t_next: None };
+    let eval =
+        BaseEval { model: &oracle, condition: &cond, score, unconditional: Some(unconditional), step: 0, t_next: None };
     let cfg = tensor_ext::to_vec(CfgGuidance::new().term(&x, t, &eval));
     let mut equal = FrequencyDecoupledGuidance::new(vec![1.0, 1.0], None, [1, 12, 12]).unwrap();
     let got = tensor_ext::to_vec(equal.term(&x, t, &eval));

@@ -11,6 +11,8 @@
 //! No backend is named here: every tensor lives on the `Device` the caller passes.
 
 /// The Fréchet distance between two sets of feature vectors.
+/// Attention perturbations for the PAG/SEG/SLG guidance family.
+pub mod attention;
 pub mod frechet;
 /// Means with standard errors, quantiles, MMD and sliced Wasserstein distances.
 pub mod metrics;
@@ -27,6 +29,7 @@ pub mod score;
 /// Small host/tensor conversions.
 pub mod tensor_ext;
 
+pub use attention::{AttentionPerturbation, PerturbedAttention};
 pub use mixture::{GaussianMixture, MixtureScore, MixtureSpec};
 pub use prediction::{Interpolant, Prediction};
 pub use reward::{BumpReward, ExpLinearReward, Reward, RewardSpec};

@@ -77,6 +77,24 @@ pub trait ScoreModel {
     fn dim(&self) -> usize {
         self.shape().iter().product()
     }
+
+    /// The names of the self-attention layers in forward order (diffusers' `down.block_0.attentions_1`, `mid`,
+    /// `up.block_2.attentions_0`); empty for a model without attention.
+    fn attention_layers(&self) -> Vec<String> {
+        Vec::new()
+    }
+
+    /// The score with `perturbation` applied to its attention layers; `None` for a model without attention.
+    fn score_perturbed(
+        &self,
+        x: Tensor<2>,
+        t: f64,
+        condition: &Condition,
+        perturbation: &crate::PerturbedAttention,
+    ) -> Option<Tensor<2>> {
+        let _ = (x, t, condition, perturbation);
+        None
+    }
 }
 
 /// A noise-aware classifier `p_t(c | x)` (for classifier guidance and metrics).
@@ -136,6 +154,18 @@ impl ScoreModel for Retimed {
     }
     fn shape(&self) -> Vec<usize> {
         self.score.shape()
+    }
+    fn attention_layers(&self) -> Vec<String> {
+        self.score.attention_layers()
+    }
+    fn score_perturbed(
+        &self,
+        x: Tensor<2>,
+        t: f64,
+        condition: &Condition,
+        perturbation: &crate::PerturbedAttention,
+    ) -> Option<Tensor<2>> {
+        self.score.score_perturbed(x, self.own_time(t), condition, perturbation)
     }
 }
 

@@ -136,6 +136,27 @@ impl<N: NoiseNet> ScoreModel for NetScore<N> {
     fn shape(&self) -> Vec<usize> {
         self.shape.clone()
     }
+
+    fn attention_layers(&self) -> Vec<String> {
+        self.net.attention_layers()
+    }
+
+    fn score_perturbed(
+        &self,
+        x: Tensor<2>,
+        t: f64,
+        condition: &Condition,
+        perturbation: &tilt_core::PerturbedAttention,
+    ) -> Option<Tensor<2>> {
+        if matches!(condition, Condition::Embedding(_)) {
+            return None;
+        }
+        let (x, c) = self.input(x, t);
+        let n = x.dims()[0];
+        let tt = Tensor::<1>::full([n], t, &x.device());
+        let out = self.net.predict_noise_perturbed(x.clone(), tt, self.labels_for(condition), perturbation)?;
+        Some(self.to_score(x, out, t, c))
+    }
 }
 
 /// A trained noise-aware classifier behind [`Classifier`].

@@ -24,6 +24,23 @@ pub trait NoiseNet: Module + Clone + std::fmt::Debug {
     /// The label that asks for the unconditional score, or `None` for an unconditional network.
     fn null_label(&self) -> Option<usize>;
 
+    /// The names of the network's self-attention layers in forward order (none by default).
+    fn attention_layers(&self) -> Vec<String> {
+        Vec::new()
+    }
+
+    /// The output with `perturbation` applied to the attention layers; `None` (the default) for a network without.
+    fn predict_noise_perturbed(
+        &self,
+        x: Tensor<2>,
+        t: Tensor<1>,
+        labels: Option<Tensor<1, Int>>,
+        perturbation: &tilt_core::PerturbedAttention,
+    ) -> Option<Tensor<2>> {
+        let _ = (x, t, labels, perturbation);
+        None
+    }
+
     /// The width `e` of the per-row embedding (`Condition::Embedding`, `[n, e]`) the network is conditioned on, or
     /// `None` (the default) for a network that takes none.
     fn embedding_dim(&self) -> Option<usize> {

@@ -334,9 +334,12 @@ pub fn load_scores(cfg: &SampleConfig, mixture: Option<&GaussianMixture>, device
     if let (Some(b), Some(p)) = (&trained_base, &models.base) {
         // An unconditional network would answer every class query with its one score: CFG's term would be
         // exactly zero and the sweep would silently sample the unconditional law.
-        let label_term = terms
-            .iter()
-            .find(|t| matches!(t.kind, TermKind::Cfg { .. } | TermKind::CfgPlusPlus | TermKind::Fdg { .. } | TermKind::NegativeClass { .. }));
+        let label_term = terms.iter().find(|t| {
+            matches!(
+                t.kind,
+                TermKind::Cfg { .. } | TermKind::CfgPlusPlus | TermKind::Fdg { .. } | TermKind::NegativeClass { .. }
+            )
+        });
         let needs_labels = match label_term {
             Some(t) => Some(format!("guidance.kind = \"{}\"", kebab(&t.kind.guidance_kind()))),
             None if uses_classifier => None,

@@ -3,10 +3,10 @@
 
 use super::scores::{InDataSpace, Scores};
 use crate::config::{SampleConfig, TermConfig, TermKind};
-use tilt_core::{Condition, Schedule};
+use tilt_core::{AttentionPerturbation, Condition, PerturbedAttention, Schedule};
 use tilt_sampler::guidance::{
-    AutoGuidance, CfgGuidance, CfgPlusPlus, FrequencyDecoupledGuidance, ClassifierGuidance, GuidanceTerm, NegativeClassGuidance, RewardGuidance,
-    TrainingFreeGuidance, TrainingFreeParams,
+    AttentionGuidance, AutoGuidance, CfgGuidance, CfgPlusPlus, ClassifierGuidance, FrequencyDecoupledGuidance,
+    GuidanceTerm, NegativeClassGuidance, RewardGuidance, TrainingFreeGuidance, TrainingFreeParams,
 };
 use tilt_sampler::{GuidedScore, WeightSchedule};
 
@@ -42,6 +42,13 @@ impl TermConfig {
                 Box::new(term.with_variant(variant.unwrap_or_default()))
             }
             TermKind::CfgPlusPlus => Box::new(CfgPlusPlus::new()),
+            TermKind::Pag { .. } | TermKind::Seg { .. } | TermKind::Slg { .. } => {
+                let (kind, layers) = self.kind.attention_perturbation().expect("an attention term");
+                Box::new(AttentionGuidance::new(
+                    PerturbedAttention::select(kind, &scores.base.attention_layers(), &layers)
+                        .expect("checked by check_terms"),
+                ))
+            }
             TermKind::Fdg { level_weights, parallel_weights } => Box::new(
                 FrequencyDecoupledGuidance::new(level_weights.clone(), parallel_weights.clone(), image_of(scores))
                     .expect("checked by check_terms"),
@@ -102,6 +109,22 @@ pub fn check_terms(cfg: &SampleConfig, scores: &Scores) -> anyhow::Result<()> {
         let field = |name: &str| {
             if list_form { format!("guidance.terms[{i}].{name}") } else { format!("guidance.{name}") }
         };
+        if let Some((kind, layers)) = t.kind.attention_perturbation() {
+            let names = scores.base.attention_layers();
+            if names.is_empty() {
+                let name = match kind {
+                    AttentionPerturbation::Identity => "pag",
+                    AttentionPerturbation::BlurredQuery { .. } => "seg",
+                    AttentionPerturbation::Skip => "slg",
+                };
+                anyhow::bail!(
+                    "{}: \"{name}\" perturbs self-attention, and models.base has no attention layers (give a network with attention: a diffusers model with Attn blocks, or tilt's U-Net with attention)",
+                    field("kind"),
+                );
+            }
+            PerturbedAttention::select(kind, &names, &layers)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", field("layers")))?;
+        }
         if let TermKind::Fdg { level_weights, parallel_weights } = &t.kind {
             if scores.base.shape().len() != 3 {
                 anyhow::bail!(

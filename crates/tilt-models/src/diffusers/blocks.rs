@@ -6,6 +6,7 @@ use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{GroupNorm, GroupNormConfig, Linear, LinearConfig, PaddingConfig2d};
 use burn::prelude::*;
 use burn::tensor::activation::{silu, softmax};
+use tilt_core::attention::{AttentionPerturbation, blur_matrix};
 
 /// A 3×3 convolution with padding 1 (diffusers' `conv_in`, `conv1`, `conv2`, upsampler, `conv_out`).
 pub(crate) fn conv3(i: usize, o: usize, device: &Device) -> Conv2d {
@@ -181,22 +182,59 @@ impl Attention {
 
     /// Self-attention over the `h w` pixels of `x: [n, c, h, w]`, `softmax(q kᵀ / sqrt(d)) v` per head.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        self.forward_perturbed(x, None)
+    }
+
+    /// [`Attention::forward`], with the layer perturbed as attention-perturbation guidance asks.
+    pub fn forward_perturbed(&self, x: Tensor<4>, perturbation: Option<AttentionPerturbation>) -> Tensor<4> {
+        if perturbation == Some(AttentionPerturbation::Skip) {
+            return x;
+        }
         let [n, c, h, w] = x.dims();
         let normed = match &self.group_norm {
             Some(g) => g.forward(x.clone()),
             None => x.clone(),
         };
         let tokens = normed.reshape([n, c, h * w]).swap_dims(1, 2); // [n, hw, c]
-        let d = c / self.heads;
-        let split = |t: Tensor<3>| t.reshape([n, h * w, self.heads, d]).swap_dims(1, 2); // [n, heads, hw, d]
-        let q = split(self.to_q.forward(tokens.clone()));
-        let k = split(self.to_k.forward(tokens.clone()));
-        let v = split(self.to_v.forward(tokens));
-        let weights = softmax(q.matmul(k.swap_dims(2, 3)).div_scalar((d as f64).sqrt()), 3);
-        let attended = weights.matmul(v).swap_dims(1, 2).reshape([n, h * w, c]);
+        let attended = if perturbation == Some(AttentionPerturbation::Identity) {
+            // An identity attention map: each pixel's output is its own value.
+            self.to_v.forward(tokens)
+        } else {
+            let d = c / self.heads;
+            let split = |t: Tensor<3>| t.reshape([n, h * w, self.heads, d]).swap_dims(1, 2); // [n, heads, hw, d]
+            let query = self.to_q.forward(tokens.clone());
+            let query = match perturbation {
+                Some(AttentionPerturbation::BlurredQuery { sigma }) => blur_tokens(query, h, w, sigma),
+                _ => query,
+            };
+            let q = split(query);
+            let k = split(self.to_k.forward(tokens.clone()));
+            let v = split(self.to_v.forward(tokens));
+            let weights = softmax(q.matmul(k.swap_dims(2, 3)).div_scalar((d as f64).sqrt()), 3);
+            weights.matmul(v).swap_dims(1, 2).reshape([n, h * w, c])
+        };
         let out = self.to_out[0].forward(attended).swap_dims(1, 2).reshape([n, c, h, w]) + x;
         if self.rescale_output_factor == 1.0 { out } else { out.div_scalar(self.rescale_output_factor) }
     }
+}
+
+/// SEG's blur of the query tokens `[n, h w, c]` over the `h x w` grid: separable Gaussian with reflected borders, or
+/// the mean over the pixels where the kernel does not fit ([`blur_matrix`]).
+pub fn blur_tokens(tokens: Tensor<3>, h: usize, w: usize, sigma: f64) -> Tensor<3> {
+    let [n, hw, c] = tokens.dims();
+    let device = tokens.device();
+    let (Some(bh), Some(bw)) = (blur_matrix(sigma, h), blur_matrix(sigma, w)) else {
+        return tokens.mean_dim(1).repeat_dim(1, hw);
+    };
+    let matrix = |m: Vec<f64>, k: usize| {
+        Tensor::<2>::from_data(TensorData::new(m.into_iter().map(|v| v as f32).collect::<Vec<_>>(), [k, k]), &device)
+    };
+    // Along w: [w, n h c] = B_w [w, w] x that; then along h the same way.
+    let grid = tokens.reshape([n, h, w, c]);
+    let along_w = matrix(bw, w).matmul(grid.permute([2, 0, 1, 3]).reshape([w, n * h * c]));
+    let grid = along_w.reshape([w, n, h, c]).permute([1, 2, 0, 3]);
+    let along_h = matrix(bh, h).matmul(grid.permute([1, 0, 2, 3]).reshape([h, n * w * c]));
+    along_h.reshape([h, n, w, c]).permute([1, 0, 2, 3]).reshape([n, hw, c])
 }
 
 /// diffusers' `Downsample2D` with a convolution: stride 2, padding 1, or TF's asymmetric `(0, 1, 0, 1)` for

@@ -7,6 +7,7 @@ use super::unet2d::UNet2D;
 use crate::noise_net::NoiseNet;
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
+use tilt_core::PerturbedAttention;
 use tilt_core::Schedule;
 
 /// How tilt's time `t in [0, 1]` becomes the network's timestep: `clamp(scale t + offset, 0, max)`.
@@ -115,18 +116,44 @@ impl DiffusersNet {
     }
 }
 
-impl NoiseNet for DiffusersNet {
-    fn predict_noise(&self, x: Tensor<2>, t: Tensor<1>, labels: Option<Tensor<1, Int>>) -> Tensor<2> {
+impl DiffusersNet {
+    fn output(
+        &self,
+        x: Tensor<2>,
+        t: Tensor<1>,
+        labels: Option<Tensor<1, Int>>,
+        perturbation: Option<&PerturbedAttention>,
+    ) -> Tensor<2> {
         let n = x.dims()[0];
         let [c, h, w] = self.image();
         let labels = match (self.null_label, labels) {
             (Some(null), None) => Some(Tensor::<1, Int>::full([n], null as i64, &x.device())),
             (_, labels) => labels,
         };
-        let out = self.unet.forward(x.reshape([n, c, h, w]), self.timesteps.apply(t), labels);
+        let out = self.unet.forward_perturbed(x.reshape([n, c, h, w]), self.timesteps.apply(t), labels, perturbation);
         // A learned-variance model's second half is the variance interpolation, which tilt's samplers do not use.
         let out = if self.config.learned_variance() { out.narrow(1, 0, c) } else { out };
         out.reshape([n, c * h * w])
+    }
+}
+
+impl NoiseNet for DiffusersNet {
+    fn predict_noise(&self, x: Tensor<2>, t: Tensor<1>, labels: Option<Tensor<1, Int>>) -> Tensor<2> {
+        self.output(x, t, labels, None)
+    }
+
+    fn attention_layers(&self) -> Vec<String> {
+        self.unet.attention_layers()
+    }
+
+    fn predict_noise_perturbed(
+        &self,
+        x: Tensor<2>,
+        t: Tensor<1>,
+        labels: Option<Tensor<1, Int>>,
+        perturbation: &PerturbedAttention,
+    ) -> Option<Tensor<2>> {
+        Some(self.output(x, t, labels, Some(perturbation)))
     }
 
     fn null_label(&self) -> Option<usize> {

@@ -8,6 +8,7 @@ use burn::nn::conv::Conv2d;
 use burn::nn::{Embedding, EmbeddingConfig, GroupNorm};
 use burn::prelude::*;
 use burn::tensor::activation::silu;
+use tilt_core::PerturbedAttention;
 
 /// `DownBlock2D` or `AttnDownBlock2D` (empty `attentions`).
 #[derive(Module, Debug)]
@@ -170,6 +171,40 @@ impl UNet2D {
     /// `timesteps: [n]` in the model's units (fractional allowed), `class_labels: [n]` for a class-conditional
     /// model (its embedding is then added; `None` leaves it out).
     pub fn forward(&self, sample: Tensor<4>, timesteps: Tensor<1>, class_labels: Option<Tensor<1, Int>>) -> Tensor<4> {
+        self.forward_perturbed(sample, timesteps, class_labels, None)
+    }
+
+    /// The names of the attention layers in forward order, as diffusers' PAG names them: `down.block_{i}.attentions_{j}`,
+    /// `mid`, `up.block_{i}.attentions_{j}`.
+    pub fn attention_layers(&self) -> Vec<String> {
+        let mut names = Vec::new();
+        for (i, block) in self.down_blocks.iter().enumerate() {
+            names.extend((0..block.attentions.len()).map(|j| format!("down.block_{i}.attentions_{j}")));
+        }
+        if !self.mid_block.attentions.is_empty() {
+            names.push("mid".to_string());
+        }
+        for (i, block) in self.up_blocks.iter().enumerate() {
+            names.extend((0..block.attentions.len()).map(|j| format!("up.block_{i}.attentions_{j}")));
+        }
+        names
+    }
+
+    /// [`UNet2D::forward`] with the attention layers that `perturbation` selects perturbed (attention-perturbation
+    /// guidance: PAG, SEG, SLG).
+    pub fn forward_perturbed(
+        &self,
+        sample: Tensor<4>,
+        timesteps: Tensor<1>,
+        class_labels: Option<Tensor<1, Int>>,
+        perturbation: Option<&PerturbedAttention>,
+    ) -> Tensor<4> {
+        let mut layer = 0;
+        let mut attend = |a: &crate::diffusers::blocks::Attention, x: Tensor<4>| {
+            let p = perturbation.filter(|p| p.applies_to(layer)).map(|p| p.kind);
+            layer += 1;
+            a.forward_perturbed(x, p)
+        };
         let emb = self.embedding(timesteps, class_labels);
         let sample = if self.center_input_sample { sample.mul_scalar(2.0).sub_scalar(1.0) } else { sample };
         let mut x = self.conv_in.forward(sample);
@@ -178,7 +213,7 @@ impl UNet2D {
             for (i, resnet) in block.resnets.iter().enumerate() {
                 x = resnet.forward(x, emb.clone());
                 if let Some(a) = block.attentions.get(i) {
-                    x = a.forward(x);
+                    x = attend(a, x);
                 }
                 skips.push(x.clone());
             }
@@ -189,7 +224,7 @@ impl UNet2D {
         }
         x = self.mid_block.resnets[0].forward(x, emb.clone());
         if let Some(a) = self.mid_block.attentions.first() {
-            x = a.forward(x);
+            x = attend(a, x);
         }
         x = self.mid_block.resnets[1].forward(x, emb.clone());
         for block in &self.up_blocks {
@@ -197,7 +232,7 @@ impl UNet2D {
                 let skip = skips.pop().expect("the down path pushes one skip per up-path residual block");
                 x = resnet.forward(Tensor::cat(vec![x, skip], 1), emb.clone());
                 if let Some(a) = block.attentions.get(i) {
-                    x = a.forward(x);
+                    x = attend(a, x);
                 }
             }
             for u in &block.upsamplers {

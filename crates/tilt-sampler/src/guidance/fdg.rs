@@ -40,12 +40,13 @@ impl FrequencyDecoupledGuidance {
         }
         let parallel_weights = parallel_weights.unwrap_or_else(|| vec![1.0; levels]);
         if parallel_weights.len() != levels {
-            return Err(format!(
-                "parallel_weights: expected one per level ({levels}), got {}",
-                parallel_weights.len()
-            ));
+            return Err(format!("parallel_weights: expected one per level ({levels}), got {}", parallel_weights.len()));
         }
-        for (name, v) in level_weights.iter().map(|v| ("level_weights", v)).chain(parallel_weights.iter().map(|v| ("parallel_weights", v))) {
+        for (name, v) in level_weights
+            .iter()
+            .map(|v| ("level_weights", v))
+            .chain(parallel_weights.iter().map(|v| ("parallel_weights", v)))
+        {
             if !(v.is_finite() && v.abs() <= 1e4) {
                 return Err(format!("{name}: expected finite values in [-1e4, 1e4], got {v}"));
             }
@@ -132,8 +133,7 @@ fn blur(p: &[f64], h: usize, w: usize) -> Vec<f64> {
     let mut rows = vec![0.0; h * w];
     for y in 0..h {
         for x in 0..w {
-            rows[y * w + x] =
-                (0..5).map(|k| BINOMIAL[k] * p[y * w + reflect(x as isize + k as isize - 2, w)]).sum();
+            rows[y * w + x] = (0..5).map(|k| BINOMIAL[k] * p[y * w + reflect(x as isize + k as isize - 2, w)]).sum();
         }
     }
     let mut out = vec![0.0; h * w];
@@ -165,7 +165,7 @@ fn pyr_up(p: &[f64], h: usize, w: usize) -> Vec<f64> {
     // Output index o samples the input at (o + 0.5) / 2 - 0.5: 0.75 of the nearer input, 0.25 of the other.
     let taps = |o: usize, n: usize| -> (usize, usize) {
         let k = o / 2;
-        let other = if o % 2 == 0 { k.saturating_sub(1) } else { (k + 1).min(n - 1) };
+        let other = if o.is_multiple_of(2) { k.saturating_sub(1) } else { (k + 1).min(n - 1) };
         (k, other)
     };
     let mut up = vec![0.0; h2 * w2];

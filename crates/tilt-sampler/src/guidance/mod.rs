@@ -8,20 +8,22 @@
 //! `p_r ∝ r p`; for CFG `s_cfg = s(x|c) + w (s(x|c) - s(x))`, which other libraries write as
 //! `guidance_scale = 1 + w`.
 
+mod attention;
 mod autoguidance;
 mod cfg;
 mod cfg_pp;
-pub mod fdg;
 mod classifier;
+pub mod fdg;
 mod negative;
 mod reward;
 mod training_free;
 
+pub use attention::AttentionGuidance;
 pub use autoguidance::AutoGuidance;
 pub use cfg::{Apg, CfgGuidance, CfgVariant};
 pub use cfg_pp::CfgPlusPlus;
-pub use fdg::FrequencyDecoupledGuidance;
 pub use classifier::ClassifierGuidance;
+pub use fdg::FrequencyDecoupledGuidance;
 pub use negative::NegativeClassGuidance;
 pub use reward::RewardGuidance;
 pub use training_free::{TrainingFreeGuidance, TrainingFreeParams, TrainingFreePreset};

@@ -279,6 +279,28 @@ pub struct GuidanceConfig {
     pub terms: Vec<TermConfig>,
     /// SMC options (`kind = "smc"`).
     pub smc: Option<SmcConfig>,
+    /// Choose the strength by the improvement identity instead of listing it (`kind = "reward"` or `"cfg"` on the
+    /// exact mixture): `strengths` then holds the first pilot's strength.
+    pub target: Option<StrengthTarget>,
+}
+
+/// `guidance.target`: the value the sweep should reach, and how hard to look.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct StrengthTarget {
+    /// Reward guidance: the mean reward `E[r(Y)]` to reach.
+    pub mean_reward: Option<f64>,
+    /// CFG: the `E[1/p(c|Y)]` to reach (below `1/p(c)`, which `w = 0` gives).
+    pub inv_class_prob: Option<f64>,
+    /// Chains per pilot run (default: `samples`, at most 4000).
+    pub pilot_samples: Option<usize>,
+    /// The most pilot runs (each re-estimates the gain integral at the latest strength).
+    #[serde(default = "default_pilots")]
+    pub pilots: usize,
+}
+
+fn default_pilots() -> usize {
+    4
 }
 
 /// One guidance term of `[[guidance.terms]]`. Its weight at strength `w` of the sweep is `weight * w` when
@@ -747,6 +769,40 @@ impl SampleConfig {
                     s.chunk_rows(None),
                     self.samples
                 );
+            }
+        }
+        if let Some(target) = &g.target {
+            let has_models = self.models.as_ref().is_some_and(|m| {
+                m.base.is_some() || m.reweighted.is_some() || m.residual.is_some() || m.classifier.is_some()
+            });
+            match (target.mean_reward, target.inv_class_prob, kind) {
+                (Some(_), Some(_), _) => {
+                    bail!("guidance.target: give mean_reward (reward guidance) or inv_class_prob (CFG), not both")
+                }
+                (None, None, _) => bail!("guidance.target: give mean_reward = R or inv_class_prob = Q"),
+                (Some(_), None, GuidanceKind::Reward) | (None, Some(_), GuidanceKind::Cfg) => {}
+                (Some(_), None, _) => bail!("guidance.target.mean_reward: needs guidance.kind = \"reward\""),
+                (None, Some(_), _) => bail!("guidance.target.inv_class_prob: needs guidance.kind = \"cfg\""),
+            }
+            if has_models || self.mixture.is_none() || !g.interval_fields().is_empty() || g.rescale > 0.0 {
+                bail!(
+                    "guidance.target: the gain integral needs h_t = E[r(X_0) | X_t] in closed form: exact mixture scores ([mixture], no [models]), a single term, no interval or rescale"
+                );
+            }
+            if let Some(v) = target.mean_reward.or(target.inv_class_prob).filter(|v| !(v.is_finite() && *v > 0.0)) {
+                bail!("guidance.target: expected a positive finite value, got {v}");
+            }
+            if g.strengths.len() != 1 || g.strengths[0] == 0.0 {
+                bail!(
+                    "guidance.strengths: with guidance.target, give one nonzero strength, the first pilot's (the gain integral is measured there); got {:?}",
+                    g.strengths
+                );
+            }
+            if !(1..=20).contains(&target.pilots) {
+                bail!("guidance.target.pilots: expected 1 to 20 pilot runs, got {}", target.pilots);
+            }
+            if let Some(p) = target.pilot_samples.filter(|p| !(2..=MAX_BATCH).contains(p)) {
+                bail!("guidance.target.pilot_samples: expected 2 to {MAX_BATCH} chains, got {p}");
             }
         }
         if g.rescale > 0.0 && !g.has(|k| matches!(k, TermKind::Cfg { .. })) {

@@ -395,3 +395,90 @@ fn image_terms_are_refused_on_points() {
     let err = error_of(&GOOD.replace("kind = \"cfg\"", "kind = \"cfg++\""));
     assert!(err.contains("sampler.kind") && err.contains("ddim"), "{err}");
 }
+
+#[test]
+fn a_target_chooses_the_strength_by_the_improvement_identity() {
+    // Reward: the target E_p_r[r] is what w = 1 reaches exactly; from a pilot at w = 0.4 the identity's fixed point
+    // must land on w = 1 within 4 of its own standard errors plus 3 % (the gain integral's trapezoid and the chain's
+    // discretisation at 100 steps), and the run at the chosen strength must reach the target within 4 SE + 1 %.
+    let text = shipped("smc_reward.toml")
+        .replace("kind = \"smc\"", "kind = \"reward\"")
+        .replace("strengths = [0.0, 0.5, 1.0, 2.0]", "strengths = [0.4]")
+        .replace(
+            "smc = { proposal = \"base\", potential = \"difference\", ess_threshold = 0.5, resample_every = 1, groups = 10 }",
+            "target = { mean_reward = 2.9005, pilot_samples = 4000 }",
+        );
+    let cfg = SampleConfig::parse(&text).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let summary = tilt::commands::sample::run(&cfg, dir.path(), false, &burn::prelude::Device::flex()).unwrap();
+    let choice = summary.strength_choice.as_ref().unwrap();
+    assert!(choice.pilots.len() >= 2 && (choice.pilots[0].w - 0.4).abs() < 1e-12);
+    let w = choice.chosen_w;
+    assert!((w - 1.0).abs() <= 4.0 * choice.chosen_w_se + 0.03, "chosen w = {w} ± {}", choice.chosen_w_se);
+    // Every pilot's identity holds: measured gain = w I(w).
+    for p in &choice.pilots {
+        let predicted = p.w * p.integral.mean;
+        let se = (p.measured_gain.se.powi(2) + (p.w * p.integral.se).powi(2)).sqrt();
+        assert!((p.measured_gain.mean - predicted).abs() <= 4.0 * se + 0.02 * predicted.abs(), "{p:?}");
+    }
+    let r = &summary.records[0];
+    assert_eq!(r.w, w);
+    let reached = r.mean_reward.unwrap();
+    assert!((reached.mean - 2.9005).abs() <= 4.0 * reached.se + 0.01 * 2.9005, "reached {reached:?}");
+
+    // CFG: E[1/p(c|Y)] lowered from 1/p(c) = 1/0.7 toward 1, on overlapping classes (1/p(c|X) is heavy-tailed on
+    // separated ones, where a few thousand chains cannot estimate the gain integral).
+    let cfg_text = r#"
+seed = 2
+samples = 4000
+class = 1
+[mixture]
+weights = [0.3, 0.45, 0.25]
+means = [[-0.8, 0.0], [0.8, 0.3], [0.2, -0.9]]
+stds = [[0.7, 0.7], [0.6, 0.8], [0.8, 0.5]]
+classes = [[0], [1, 2]]
+[sampler]
+steps = 100
+[guidance]
+kind = "cfg"
+strengths = [0.5]
+target = { inv_class_prob = 1.2 }
+"#
+    .to_string();
+    let cfg = SampleConfig::parse(&cfg_text).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let summary = tilt::commands::sample::run(&cfg, dir.path(), false, &burn::prelude::Device::flex()).unwrap();
+    let choice = summary.strength_choice.as_ref().unwrap();
+    let reached = summary.records[0].class.as_ref().unwrap().mean_inv_class_prob;
+    eprintln!("CFG target: {choice:?}, reached {reached:?}");
+    assert!(
+        choice.chosen_w > 0.0 && (reached.mean - 1.2).abs() <= 4.0 * reached.se + 0.01,
+        "w {} reached {reached:?}",
+        choice.chosen_w
+    );
+
+    // Refusals name the field.
+    for (edit, field) in [
+        ("target = { inv_class_prob = 1.2 }", "target = { inv_class_prob = 3.0 }"),
+        ("target = { inv_class_prob = 1.2 }", "target = { inv_class_prob = nan }"),
+        ("target = { inv_class_prob = 1.2 }", "target = { mean_reward = 2.0 }"),
+        ("strengths = [0.5]", "strengths = [0.5, 1.0]"),
+    ]
+    .map(|(a, b)| (cfg_text.replace(a, b), b))
+    {
+        let err = match SampleConfig::parse(&edit) {
+            Err(e) => format!("{e:#}"),
+            Ok(c) => format!(
+                "{:#}",
+                tilt::commands::sample::run(
+                    &c,
+                    tempfile::tempdir().unwrap().path(),
+                    false,
+                    &burn::prelude::Device::flex()
+                )
+                .unwrap_err()
+            ),
+        };
+        assert!(err.contains("guidance.target") || err.contains("guidance.strengths"), "{field}: {err}");
+    }
+}

@@ -40,24 +40,44 @@ pub fn improvement_identity(
     seed: u64,
     device: &Device,
 ) -> IdentityCheck {
-    let sched = sampler.schedule;
-    let d = base.dim();
     let unc = Condition::Unconditional;
+    let log_h = |x: Tensor<2>, t: f64| {
+        (reweighted.log_density(x.clone(), t, &unc) - base.log_density(x, t, &unc)).add_scalar(log_mean_reward)
+    };
+    let grad_log_h = |x: Tensor<2>, t: f64| reweighted.score(x.clone(), t, &unc) - base.score(x, t, &unc);
+    let mut g =
+        GuidedScore::new(base, unc.clone()).with(RewardGuidance::reweighted(reweighted), WeightSchedule::Constant(w));
+    identity_along(&mut g, &log_h, &grad_log_h, w, sampler, n, base.dim(), seed, device)
+}
+
+/// The identity for any guided score that adds `strength * grad log h` to the base, `h_t(x) = E[r(X_0) | X_t = x]`
+/// under the base: `log_h` and `grad_log_h` give it at `(x, t)`. Classifier-free guidance at `w` is this with
+/// `r = 1/p(c|x)`, `h = 1/p_t(c|x)` and `strength = -w`. Use `denoise_final = false` on `sampler`.
+#[allow(clippy::too_many_arguments)]
+pub fn identity_along(
+    guided: &mut GuidedScore,
+    log_h: &dyn Fn(Tensor<2>, f64) -> Tensor<1>,
+    grad_log_h: &dyn Fn(Tensor<2>, f64) -> Tensor<2>,
+    strength: f64,
+    sampler: &Sampler,
+    n: usize,
+    d: usize,
+    seed: u64,
+    device: &Device,
+) -> IdentityCheck {
+    let w = strength;
+    let sched = sampler.schedule;
     let (mut h_path, mut q_path, mut us): (Vec<Vec<f64>>, Vec<Vec<f64>>, Vec<f64>) =
         (Vec::new(), Vec::new(), Vec::new());
     let mut observe = |_k: usize, t: f64, x: &Tensor<2>| {
-        let log_h = reweighted.log_density(x.clone(), t, &unc) - base.log_density(x.clone(), t, &unc);
-        let h: Vec<f64> = tensor_ext::to_vec_f64(log_h).into_iter().map(|l| (l + log_mean_reward).exp()).collect();
-        let grad = reweighted.score(x.clone(), t, &unc) - base.score(x.clone(), t, &unc);
-        let g2 = tensor_ext::to_vec_f64(grad.square().sum_dim(1));
+        let h: Vec<f64> = tensor_ext::to_vec_f64(log_h(x.clone(), t)).into_iter().map(f64::exp).collect();
+        let g2 = tensor_ext::to_vec_f64(grad_log_h(x.clone(), t).square().sum_dim(1));
         q_path.push(h.iter().zip(&g2).map(|(a, b)| a * b).collect());
         h_path.push(h);
         us.push(sched.ou_time(t));
     };
-    let mut g =
-        GuidedScore::new(base, unc.clone()).with(RewardGuidance::reweighted(reweighted), WeightSchedule::Constant(w));
     let mut noise = NoiseSource::host(seed);
-    sampler.sample(&mut |x, t, k| g.score(x, t, k), n, d, device, &mut noise, &mut observe);
+    sampler.sample(&mut |x, t, k| guided.score(x, t, k), n, d, device, &mut noise, &mut observe);
     let last = h_path.len() - 1;
     let integral: Vec<f64> = (0..n)
         .map(|i| w * (0..last).map(|k| 0.5 * (q_path[k][i] + q_path[k + 1][i]) * (us[k] - us[k + 1])).sum::<f64>())

@@ -9,10 +9,12 @@ mod evaluate;
 mod problem;
 mod record;
 mod scores;
+mod strength;
 mod terms;
 
 pub use problem::{ClassStats, Problem, QUANTILE_LEVELS};
 pub use record::{Record, SmcRecord, Summary};
+pub use strength::{Pilot, StrengthChoice};
 
 use crate::config::{GuidanceKind, NoiseKind, SampleConfig, StrengthConvention, TermKind, kebab};
 use crate::{device, output, plot};
@@ -290,9 +292,31 @@ pub fn run(cfg: &SampleConfig, out: &Path, force: bool, device: &Device) -> Resu
     const GRID_ROWS: usize = 8;
     let mut sweep_columns: Vec<(String, Vec<f32>)> = Vec::new();
     let mut records = Vec::new();
-    for &strength in &cfg.guidance.strengths {
-        let w = cfg.guidance.papers_w(strength);
-        if cfg.guidance.convention == StrengthConvention::Diffusers {
+    // guidance.target: the strength from pilot runs and the improvement identity, in place of the listed one.
+    let strength_choice = match (&cfg.guidance.target, &problem) {
+        (Some(_), Some(p)) => {
+            let c = strength::choose(cfg, &p.mixture, schedule, &sampler, device)?;
+            for pilot in &c.pilots {
+                eprintln!(
+                    "pilot at w = {:.4}: gain integral I = {:.5} ± {:.5}, measured gain {:.5} ± {:.5}",
+                    pilot.w, pilot.integral.mean, pilot.integral.se, pilot.measured_gain.mean, pilot.measured_gain.se
+                );
+            }
+            eprintln!(
+                "guidance.target: {} = {} (unguided {:.5}) predicted at w = {:.4} ± {:.4}",
+                c.quantity, c.target, c.unguided, c.chosen_w, c.chosen_w_se
+            );
+            Some(c)
+        }
+        _ => None,
+    };
+    let strengths: Vec<f64> = match &strength_choice {
+        Some(c) => vec![c.chosen_w],
+        None => cfg.guidance.strengths.clone(),
+    };
+    for &strength in &strengths {
+        let w = if strength_choice.is_some() { strength } else { cfg.guidance.papers_w(strength) };
+        if cfg.guidance.convention == StrengthConvention::Diffusers && strength_choice.is_none() {
             eprintln!("guidance_scale {strength} (diffusers) = papers' w {w}");
         }
         // One guided score per chunk of chains: stateful terms (APG's momentum) start afresh with each chain.
@@ -493,6 +517,7 @@ pub fn run(cfg: &SampleConfig, out: &Path, force: bool, device: &Device) -> Resu
         scores: scores.description,
         seed: cfg.seed,
         records,
+        strength_choice,
     };
     if let Some(image) = image_shape {
         let rows = sweep_columns.iter().map(|c| c.1.len() / image.iter().product::<usize>()).min().unwrap_or(0);

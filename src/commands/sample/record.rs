@@ -76,6 +76,9 @@ pub struct Summary {
     pub scores: String,
     pub seed: u64,
     pub records: Vec<Record>,
+    /// `guidance.target`: the pilots and the strength they chose (the one record's `w`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub strength_choice: Option<super::StrengthChoice>,
 }
 
 /// A one-line digest of a record for the terminal.

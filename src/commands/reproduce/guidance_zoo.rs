@@ -16,8 +16,10 @@ use std::path::Path;
 use std::time::Instant;
 use tilt_core::metrics::{self, MeanSe};
 use tilt_core::{Condition, ExpLinearReward, GaussianMixture, MixtureScore, MixtureSpec, RewardSpec, tensor_ext};
+use tilt_sampler::best_of_n::best_of_n_indices;
 use tilt_sampler::guidance::{
-    Apg, AutoGuidance, CfgGuidance, CfgVariant, GuidanceTerm, RewardGuidance, TrainingFreeGuidance, TrainingFreePreset,
+    Apg, AutoGuidance, CfgGuidance, CfgPlusPlus, CfgVariant, GuidanceTerm, RewardGuidance, TrainingFreeGuidance,
+    TrainingFreePreset,
 };
 use tilt_sampler::{GuidedScore, NoiseSource, Proposal, SamplerKind, Smc, SmcOutput, WeightSchedule};
 
@@ -33,6 +35,10 @@ pub struct Config {
     pub reward: RewardSpec,
     pub class: usize,
     pub class_strengths: Vec<f64>,
+    /// CFG++'s scales `l` (its strengths; DDIM, as CFG++ needs), beside CFG on DDIM at `class_strengths`.
+    pub cfgpp_scales: Vec<f64>,
+    /// Best-of-N's candidate counts at the main budget.
+    pub best_of: Vec<usize>,
     pub class_steps: PerPreset<usize>,
     pub good_train: TrainSpec,
     pub weak_train: TrainSpec,
@@ -211,7 +217,8 @@ pub fn run(ctx: &Ctx, dir: &Path) -> Result<StageOutput> {
         "guidance_zoo",
         (methods.len() * (cfg.strengths.len() + budgets.len())
             + cfg.strengths.len()
-            + class_methods.len() * cfg.class_strengths.len()
+            + cfg.best_of.len()
+            + class_methods.len() * (cfg.class_strengths.len() + cfg.cfgpp_scales.len())
             + 2) as u64,
     );
 
@@ -299,6 +306,57 @@ pub fn run(ctx: &Ctx, dir: &Path) -> Result<StageOutput> {
         bar.inc(1);
     }
 
+    // Part 1, best-of-N at the main budget: the search baseline. It samples no tilt p r^w; its exact reference is
+    // the best of N exact draws of p (Monte Carlo), and the tilt with the same E[r] gives its equivalent w.
+    let groups = 200_000;
+    let mut bon_table = Table::new(
+        &format!(
+            "Best-of-N at about {budget} model evaluations per sample: N candidates from the unguided sampler, each with the steps that make N (steps + 1) the budget (at least 2), the one with the highest reward kept; {n} samples. exact: E[r] of the best of N exact draws of p ({groups} groups); z = (mean - exact) / combined SE; w_equivalent: the w whose tilt p r^w has the same E[r]"
+        ),
+        &["N", "steps", "evals_per_sample", "mean_reward", "se", "exact_best_of_n", "exact_se", "z", "w_equivalent"],
+    );
+    let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ 0xb0b);
+    for &candidates in &cfg.best_of {
+        if candidates == 0 {
+            anyhow::bail!("best_of: expected candidate counts of at least 1, got 0");
+        }
+        let steps = (budget / candidates).saturating_sub(1).max(2);
+        let s = sampler(SamplerKind::SdeDpmSolver1, steps, Default::default());
+        let mut g = GuidedScore::new(&exact, Condition::Unconditional);
+        let x = tensor_ext::to_vec(s.draw(&mut g, n * candidates, 2, dev, &mut NoiseSource::host(cfg.seed)));
+        let diverged = problem.diverged(&x);
+        let r = rewards(reward.as_ref(), &x, 2, dev);
+        let log_r: Vec<f64> = r.iter().map(|v| v.ln()).collect();
+        let kept: Vec<f64> = best_of_n_indices(&log_r, candidates).into_iter().map(|i| r[i]).collect();
+        let got = metrics::mean_se(&kept);
+        let (draws, _) = mixture.sample(groups * candidates, &mut rng);
+        let exact_r = rewards(reward.as_ref(), &draws, 2, dev);
+        let best: Vec<f64> =
+            exact_r.chunks_exact(candidates).map(|c| c.iter().cloned().fold(f64::NEG_INFINITY, f64::max)).collect();
+        let reference = metrics::mean_se(&best);
+        let z = (got.mean - reference.mean) / (got.se.powi(2) + reference.se.powi(2)).sqrt();
+        // E_{p r^w}[r] increases with w: bisection.
+        let (mut lo, mut hi) = (0.0, 20.0);
+        for _ in 0..60 {
+            let mid = 0.5 * (lo + hi);
+            if tilted_mean_reward(&mixture, &a, mid) < got.mean { lo = mid } else { hi = mid }
+        }
+        let finite = diverged == 0.0;
+        bon_table.row(vec![
+            candidates.to_string(),
+            steps.to_string(),
+            fmt((candidates * (steps + 1)) as f64, 0),
+            if finite { fmt(got.mean, 4) } else { format!("diverged ({:.1} %)", 100.0 * diverged) },
+            if finite { fmt(got.se, 4) } else { "—".into() },
+            fmt(reference.mean, 4),
+            fmt(reference.se, 4),
+            if finite { format!("{z:+.2}") } else { "diverged".into() },
+            if finite { fmt(0.5 * (lo + hi), 3) } else { "—".into() },
+        ]);
+        headline.insert(format!("best_of_{candidates}_mean_reward"), serde_json::json!(got.mean));
+        bar.inc(1);
+    }
+
     // Part 1, figure: |bias| at w = 1 against the budget.
     let mut cost_table = Table::new(
         "Bias of E[r] at w = 1 against the budget (model evaluations per sample): mean - E_p_r[r] and its SE; diverged: the fraction of samples that left the data (beyond 8 standard deviations of every component), whose mean has no meaning",
@@ -370,6 +428,7 @@ pub fn run(ctx: &Ctx, dir: &Path) -> Result<StageOutput> {
     let outside = |x: &[f32]| log_density(x).iter().filter(|l| **l < threshold).count() as f64 / (x.len() / 2) as f64;
     let steps = cfg.class_steps.get(p);
     let s = sampler(SamplerKind::SdeDpmSolver1, steps, Default::default());
+    let s_ddim = sampler(SamplerKind::Ddim, steps, Default::default());
     let mut class_table = Table::new(
         &format!(
             "Class guidance toward class {} of the thin-branch class_mixture, on a trained conditional network ({steps} steps, {n} samples per row, the same noise for every row). outside: fraction with exact log p(x|c) below the 1 % quantile of exact draws (an exact sampler scores 0.01); sw_to_p_c: sliced Wasserstein to exact draws of p(x|c), beside its floor. Autoguidance's guide: a network of half the width trained half as long ([weak_train])",
@@ -384,18 +443,25 @@ pub fn run(ctx: &Ctx, dir: &Path) -> Result<StageOutput> {
     )];
     let floor = metrics::sliced_wasserstein(&class_fresh[..n * 2], &class_reference, 2, 64, cfg.seed);
     for &m in &class_methods {
-        let strengths: Vec<f64> = if m == ClassMethod::Unguided { vec![0.0] } else { cfg.class_strengths.clone() };
+        let strengths: Vec<f64> = match m {
+            ClassMethod::Unguided => vec![0.0],
+            ClassMethod::CfgPlusPlus => cfg.cfgpp_scales.clone(),
+            _ => cfg.class_strengths.clone(),
+        };
         for w in strengths {
             let term: Box<dyn GuidanceTerm> = match m {
-                ClassMethod::Cfg(v) => Box::new(CfgGuidance::variant(v)),
+                ClassMethod::Cfg(v) | ClassMethod::CfgDdim(v) => Box::new(CfgGuidance::variant(v)),
+                ClassMethod::CfgPlusPlus => Box::new(CfgPlusPlus::new()),
                 ClassMethod::Apg => {
                     Box::new(CfgGuidance::with_apg(Apg { eta: 0.0, norm_threshold: 0.0, momentum: 0.0 }))
                 }
                 ClassMethod::Autoguidance => Box::new(AutoGuidance::new(&weak)),
                 ClassMethod::Unguided => Box::new(CfgGuidance::new()),
             };
+            let s = if m.on_ddim() { &s_ddim } else { &s };
             let mut g = GuidedScore::new(&good, Condition::class(cfg.class, n, dev))
-                .with_boxed(term, WeightSchedule::Constant(w));
+                .with_boxed(term, WeightSchedule::Constant(w))
+                .with_grid(&s.times);
             let x = tensor_ext::to_vec(s.draw(&mut g, n, 2, dev, &mut NoiseSource::host(cfg.seed)));
             let stats = class_problem.class_stats(&x, dev).expect("class set");
             let out = outside(&x);
@@ -438,7 +504,7 @@ pub fn run(ctx: &Ctx, dir: &Path) -> Result<StageOutput> {
         serde_json::json!(class_rows.iter().map(|r| (r.method.label(), r.w, r.outside, r.sw)).collect::<Vec<_>>()),
     );
     let mut out = StageOutput::new("guidance_zoo", "The guidance menu against exact answers", ctx, raw, cfg.seed);
-    out.tables = vec![table, ess_table, cost_table, class_table];
+    out.tables = vec![table, ess_table, bon_table, cost_table, class_table];
     out.figures = figures;
     out.reading = reading;
     out.headline = serde_json::Value::Object(headline);
@@ -462,6 +528,10 @@ enum ClassMethod {
     Cfg(CfgVariant),
     Apg,
     Autoguidance,
+    /// CFG on DDIM, CFG++'s sampler.
+    CfgDdim(CfgVariant),
+    /// CFG++ (DDIM); its strength is the scale `l`.
+    CfgPlusPlus,
 }
 
 impl ClassMethod {
@@ -474,7 +544,14 @@ impl ClassMethod {
             ClassMethod::Cfg(CfgVariant::MagnitudeAware { alpha: 8.0 }),
             ClassMethod::Apg,
             ClassMethod::Autoguidance,
+            ClassMethod::CfgDdim(CfgVariant::Plain),
+            ClassMethod::CfgPlusPlus,
         ]
+    }
+
+    /// CFG++ and its CFG reference run on DDIM; the rest on SDE-DPM-Solver-1.
+    fn on_ddim(&self) -> bool {
+        matches!(self, ClassMethod::CfgDdim(_) | ClassMethod::CfgPlusPlus)
     }
 
     fn label(&self) -> String {
@@ -486,6 +563,8 @@ impl ClassMethod {
             ClassMethod::Cfg(CfgVariant::MagnitudeAware { alpha }) => format!("mambo-g (alpha {alpha})"),
             ClassMethod::Apg => "apg (eta 0)".into(),
             ClassMethod::Autoguidance => "autoguidance".into(),
+            ClassMethod::CfgDdim(_) => "cfg (ddim)".into(),
+            ClassMethod::CfgPlusPlus => "cfg++ (ddim; w is l)".into(),
         }
     }
 }

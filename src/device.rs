@@ -22,6 +22,9 @@ pub fn compiled_backends() -> Vec<&'static str> {
     if cfg!(feature = "metal") {
         v.push("metal");
     }
+    if cfg!(feature = "cuda") {
+        v.push("cuda");
+    }
     v
 }
 
@@ -31,11 +34,11 @@ pub fn select(name: Option<&str>) -> Result<Device> {
     let env = std::env::var("BURN_DEVICE").ok().filter(|s| !s.is_empty());
     let compiled = compiled_backends();
     let Some(name) = name.map(str::to_owned).or(env).or_else(|| compiled.first().map(|s| s.to_string())) else {
-        bail!("no backend compiled in: build with --features flex, ndarray or wgpu");
+        bail!("no backend compiled in: build with --features flex, ndarray, wgpu or cuda");
     };
     let name = name.to_ascii_lowercase();
     if !compiled.contains(&name.as_str()) {
-        let known = ["flex", "ndarray", "wgpu", "vulkan", "metal"];
+        let known = ["flex", "ndarray", "wgpu", "vulkan", "metal", "cuda"];
         if known.contains(&name.as_str()) {
             bail!(
                 "--device {name}: this build was compiled without the `{name}` backend (compiled in: {}). \
@@ -61,6 +64,8 @@ fn make(name: &str) -> Device {
         "vulkan" => Device::vulkan(burn::tensor::DeviceKind::DefaultDevice),
         #[cfg(feature = "metal")]
         "metal" => Device::metal(burn::tensor::DeviceKind::DefaultDevice),
+        #[cfg(feature = "cuda")]
+        "cuda" => Device::cuda(burn::tensor::DeviceIndex::Default),
         _ => unreachable!("checked against compiled_backends"),
     }
 }

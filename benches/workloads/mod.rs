@@ -166,10 +166,14 @@ pub struct UNetTrainStep {
 
 impl UNetTrainStep {
     pub fn new(device: &Device) -> Self {
+        Self::with_batch(device, UNET_TRAIN_BATCH)
+    }
+
+    /// The same step at batch `n`.
+    pub fn with_batch(device: &Device, n: usize) -> Self {
         let ad = device.clone().autodiff();
         ad.seed(0);
         let model = unet_config(UNET_BASE_CHANNELS).init(&ad);
-        let n = UNET_TRAIN_BATCH;
         let mut noise = NoiseSource::host(3);
         let x0 = noise.normal(n, 784, &ad).tanh();
         let z = noise.normal(n, 784, &ad);
@@ -205,24 +209,29 @@ pub struct UNetSampling {
     sampler: Sampler,
     cond: Condition,
     device: Device,
+    n: usize,
 }
 
 impl UNetSampling {
     pub fn new(device: &Device) -> Self {
+        Self::with_size(device, UNET_SAMPLE_N, UNET_SAMPLE_STEPS)
+    }
+
+    /// `n` images with `steps` steps.
+    pub fn with_size(device: &Device, n: usize, steps: usize) -> Self {
         device.seed(0);
         let net = NetScore::new(unet_config(UNET_BASE_CHANNELS).init(device), Schedule::Linear, vec![1, 28, 28]);
-        let mut sampler =
-            Sampler::new(SamplerKind::SdeDpmSolver1, Schedule::Linear, TimeGrid::LogSnr, UNET_SAMPLE_STEPS);
+        let mut sampler = Sampler::new(SamplerKind::SdeDpmSolver1, Schedule::Linear, TimeGrid::LogSnr, steps);
         sampler.denoise_final = false;
-        let cond = Condition::class(0, UNET_SAMPLE_N, device);
-        Self { net, sampler, cond, device: device.clone() }
+        let cond = Condition::class(0, n, device);
+        Self { net, sampler, cond, device: device.clone(), n }
     }
 
     pub fn run(&self) -> Vec<f32> {
         let mut g = GuidedScore::new(&self.net, self.cond.clone())
             .with(CfgGuidance::new(), WeightSchedule::Constant(CFG_STRENGTH));
         let mut noise = NoiseSource::host(0);
-        let x = self.sampler.draw(&mut g, UNET_SAMPLE_N, 784, &self.device, &mut noise);
+        let x = self.sampler.draw(&mut g, self.n, 784, &self.device, &mut noise);
         tensor_ext::to_vec(x)
     }
 }

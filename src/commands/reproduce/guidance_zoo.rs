@@ -248,6 +248,10 @@ pub fn run(ctx: &Ctx, dir: &Path) -> Result<StageOutput> {
         ],
     );
     let mut at_one = Vec::new();
+    // z against the exact tilt at the largest strength, for the reading: the papers' rule alone and as SMC's proposal.
+    let w_top = cfg.strengths.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+    let mut z_top: Vec<(RewardMethod, f64)> = Vec::new();
+    let mut ess_top = (f64::NAN, f64::NAN);
     let mut headline = serde_json::Map::new();
     for &m in &methods {
         for &w in &cfg.strengths {
@@ -275,6 +279,9 @@ pub fn run(ctx: &Ctx, dir: &Path) -> Result<StageOutput> {
                 run.ess.map(|e| fmt(e, 3)).unwrap_or_default(),
                 fmt(run.seconds, 2),
             ]);
+            if w == w_top && finite {
+                z_top.push((m, z));
+            }
             if w == 1.0 {
                 headline.insert(
                     m.label(),
@@ -302,6 +309,9 @@ pub fn run(ctx: &Ctx, dir: &Path) -> Result<StageOutput> {
         let base = problem.smc(Proposal::Base, w, ess_steps, 0.0, dev).final_ess();
         let guided = problem.smc(Proposal::Guided, w, ess_steps, 0.0, dev).final_ess();
         ess_table.row(vec![format!("{w}"), fmt(base, 4), fmt(guided, 4), fmt(guided / base, 2)]);
+        if w == w_top {
+            ess_top = (base, guided);
+        }
         headline.insert(format!("smc_ess_ratio_w{w}"), serde_json::json!(guided / base));
         bar.inc(1);
     }
@@ -498,7 +508,36 @@ pub fn run(ctx: &Ctx, dir: &Path) -> Result<StageOutput> {
     }
     bar.finish_and_clear();
 
-    let reading = reading(&at_one, target, &class_rows, budget);
+    let mut reading = reading(&at_one, target, &class_rows, budget);
+    let z_of = |m: RewardMethod| z_top.iter().find(|(k, _)| *k == m).map(|(_, z)| *z);
+    if let (Some(rule), Some(smc)) = (z_of(RewardMethod::ExactTilt), z_of(RewardMethod::Smc(Proposal::Guided))) {
+        reading.push_str(&format!(
+            " At w = {w_top}, where the tilt p r^w is not what the papers' rule samples, the rule alone is {rule:+.1} SE off E_{{p r^w}}[r] = {:.4}; SMC with the rule as its proposal {smc:+.1} SE, and without resampling its final ESS is {:.3} against the base proposal's {:.3}.",
+            tilted_mean_reward(&mixture, &a, w_top),
+            ess_top.1,
+            ess_top.0
+        ));
+    }
+    let at = |m: ClassMethod, w: f64| class_rows.iter().find(|r| r.method == m && r.w == w);
+    let pp: Vec<String> = cfg
+        .cfgpp_scales
+        .iter()
+        .filter_map(|l| at(ClassMethod::CfgPlusPlus, *l).map(|r| format!("l = {l}: {:.1} %", 100.0 * r.outside)))
+        .collect();
+    let plain: Vec<String> = cfg
+        .class_strengths
+        .iter()
+        .filter_map(|w| {
+            at(ClassMethod::CfgDdim(CfgVariant::Plain), *w).map(|r| format!("w = {w}: {:.1} %", 100.0 * r.outside))
+        })
+        .collect();
+    if !pp.is_empty() && !plain.is_empty() {
+        reading.push_str(&format!(
+            " On DDIM ({steps} steps), samples outside the thin branches: CFG++ {}; CFG {}.",
+            pp.join(", "),
+            plain.join(", ")
+        ));
+    }
     headline.insert(
         "class".into(),
         serde_json::json!(class_rows.iter().map(|r| (r.method.label(), r.w, r.outside, r.sw)).collect::<Vec<_>>()),

@@ -789,8 +789,9 @@ impl SampleConfig {
                     "guidance.target: the gain integral needs h_t = E[r(X_0) | X_t] in closed form: exact mixture scores ([mixture], no [models]), a single term, no interval or rescale"
                 );
             }
+            let quantity = if target.mean_reward.is_some() { "mean_reward" } else { "inv_class_prob" };
             if let Some(v) = target.mean_reward.or(target.inv_class_prob).filter(|v| !(v.is_finite() && *v > 0.0)) {
-                bail!("guidance.target: expected a positive finite value, got {v}");
+                bail!("guidance.target.{quantity}: expected a positive finite value, got {v:?}");
             }
             if g.strengths.len() != 1 || g.strengths[0] == 0.0 {
                 bail!(

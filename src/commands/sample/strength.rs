@@ -70,7 +70,7 @@ pub fn choose(
     let gain = goal - unguided;
     if gain * sign <= 0.0 {
         bail!(
-            "guidance.target.{quantity}: {goal} is on the wrong side of the unguided value {unguided:.6} (guidance {} it)",
+            "guidance.target.{quantity}: {goal:?} is on the wrong side of the unguided value {unguided:.6} (guidance {} it)",
             if sign > 0.0 { "raises" } else { "lowers" }
         );
     }
@@ -127,18 +127,24 @@ pub fn choose(
         let i = MeanSe { mean: check.integral.mean / strength, se: check.integral.se / strength.abs() };
         pilots.push(Pilot { w, integral: i, measured_gain: check.gain });
         if !(i.mean.is_finite() && i.mean > 0.0) {
-            bail!("guidance.target: the gain integral at w = {w} came out {} (no gain to extrapolate from)", i.mean);
+            bail!(
+                "guidance.target.{quantity}: the gain integral at w = {w:?} came out {:?} (no gain to extrapolate from)",
+                i.mean
+            );
         }
         let next = gain / (sign * i.mean);
+        if !(next.is_finite() && next.abs() <= crate::config::MAX_STRENGTH) {
+            bail!(
+                "guidance.target.{quantity}: {goal:?} needs a strength beyond ±{} (the pilot at w = {w:?} predicts {next:?})",
+                crate::config::MAX_STRENGTH
+            );
+        }
         w_se = next.abs() * i.se / i.mean;
         let settled = (next - w).abs() <= w_se.max(1e-3 * next.abs());
         w = next;
         if settled {
             break;
         }
-    }
-    if !(w.is_finite() && w.abs() <= crate::config::MAX_STRENGTH) {
-        bail!("guidance.target.{quantity}: {goal} needs a strength beyond ±{} (got {w})", crate::config::MAX_STRENGTH);
     }
     Ok(StrengthChoice { quantity, target: goal, unguided, pilots, chosen_w: w, chosen_w_se: w_se })
 }

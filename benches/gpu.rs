@@ -15,8 +15,9 @@
 mod workloads;
 
 use burn::prelude::*;
-use std::time::Instant;
+
 use tilt_models::diffusers::{UNet2D, UNet2DConfig};
+use workloads::{sum, timed};
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
@@ -101,18 +102,4 @@ fn main() {
         tilt::device::describe(&device),
         list.join(", ")
     );
-}
-
-fn timed(repeats: usize, mut f: impl FnMut()) -> Vec<f64> {
-    (0..repeats)
-        .map(|_| {
-            let start = Instant::now();
-            f();
-            start.elapsed().as_secs_f64()
-        })
-        .collect()
-}
-
-fn sum(values: &[f32]) -> f64 {
-    values.iter().map(|v| *v as f64).sum()
 }

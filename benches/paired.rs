@@ -8,9 +8,9 @@
 mod workloads;
 
 use burn::prelude::*;
-use std::time::Instant;
+
 use tilt_models::Activation;
-use workloads::{Guidance, Sampling, TrainStep};
+use workloads::{Guidance, Sampling, TrainStep, sum, timed};
 
 fn main() {
     tilt::alloc::keep_freed_memory();
@@ -74,24 +74,9 @@ fn main() {
     println!("{{\"workload\": \"{workload}\", \"seconds\": [{}], \"checksum\": {checksum:.6e}}}", list.join(", "));
 }
 
-/// Wall-clock seconds of each of `repeats` calls of `f` (Flex runs every operation before it returns).
-fn timed(repeats: usize, mut f: impl FnMut()) -> Vec<f64> {
-    (0..repeats)
-        .map(|_| {
-            let start = Instant::now();
-            f();
-            start.elapsed().as_secs_f64()
-        })
-        .collect()
-}
-
 /// One untimed sampling run, then `repeats` timed ones; the checksum is of the last samples.
 fn sampling(w: &Sampling, guidance: Guidance, repeats: usize) -> (Vec<f64>, f64) {
     let mut out = w.run(guidance);
     let seconds = timed(repeats, || out = w.run(guidance));
     (seconds, sum(&out))
-}
-
-fn sum(values: &[f32]) -> f64 {
-    values.iter().map(|v| *v as f64).sum()
 }

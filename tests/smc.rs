@@ -68,8 +68,24 @@ fn tilted_mean_reward_of_the_chain(sampler: &Sampler, mean: &[f64], std: &[f64],
     log_r.exp()
 }
 
-fn gaussian() -> GaussianMixture {
-    GaussianMixture::new(vec![1.0], vec![vec![0.4, -0.3]], vec![vec![0.8, 0.6]], vec![vec![0]]).unwrap()
+/// A Gaussian base law, `r = exp(a.x)` at `w = 2` on a 40-step SDE-DPM-Solver-1 chain, and the chain's exact
+/// `E_{q r^w}[r]`.
+struct GaussianCase {
+    law: GaussianMixture,
+    a: ExpLinearReward,
+    w: f64,
+    steps: usize,
+    exact: f64,
+}
+
+impl GaussianCase {
+    fn new() -> Self {
+        let (mean, std, a) = ([0.4, -0.3], [0.8, 0.6], [0.8, 0.5]);
+        let law = GaussianMixture::new(vec![1.0], vec![mean.to_vec()], vec![std.to_vec()], vec![vec![0]]).unwrap();
+        let (w, steps) = (2.0, 40);
+        let exact = tilted_mean_reward_of_the_chain(&sampler(SamplerKind::SdeDpmSolver1, steps), &mean, &std, &a, w);
+        Self { law, a: ExpLinearReward::new(a.to_vec()), w, steps, exact }
+    }
 }
 
 /// One SMC run on `law` with `groups` groups of `per` particles: the estimate of `E[r]` and the final ESS.
@@ -105,16 +121,7 @@ fn both_proposals_and_every_potential_reach_the_exact_tilt_of_the_chain() {
     // A Gaussian base law, r = exp(a.x) at w = 2: E_{q r^w}[r] in closed form for the 40-step chain (q: its output law).
     // The tolerance: Z standard errors (20 groups' spread) plus the self-normalisation bias, O(var_w(r)/E[r]^2/m) per
     // group of m particles: under 0.3 % at m = 400 here (var(r)/E[r]^2 of q r^2 is exp(|a|^2 v) - 1 < 1.2).
-    let law = gaussian();
-    let a = ExpLinearReward::new(vec![0.8, 0.5]);
-    let (w, steps) = (2.0, 40);
-    let exact = tilted_mean_reward_of_the_chain(
-        &sampler(SamplerKind::SdeDpmSolver1, steps),
-        &[0.4, -0.3],
-        &[0.8, 0.6],
-        &[0.8, 0.5],
-        w,
-    );
+    let GaussianCase { law, a, w, steps, exact } = GaussianCase::new();
     // The chain's law is close to, not equal to, the exact tilt p r^w (the discretisation of 40 steps).
     let continuous = law.tilted(&ExpLinearReward::new(vec![1.6, 1.0])).mean_reward(&a);
     assert!((exact / continuous - 1.0).abs() < 0.02, "chain {exact} vs continuous {continuous}");
@@ -141,16 +148,7 @@ fn the_standard_error_over_groups_covers_the_exact_value() {
     // ±2 SE interval should hold the exact value in about 94 % of them (Student t with 19 degrees of freedom), and
     // z^2 should average about 1.1. A standard error half the true one covers about 67 % and averages z^2 near 4.5;
     // the bounds (34 of 40, mean z^2 in [0.5, 2]) each fail the honest SE with probability about 1 %.
-    let law = gaussian();
-    let a = ExpLinearReward::new(vec![0.8, 0.5]);
-    let (w, steps) = (2.0, 40);
-    let exact = tilted_mean_reward_of_the_chain(
-        &sampler(SamplerKind::SdeDpmSolver1, steps),
-        &[0.4, -0.3],
-        &[0.8, 0.6],
-        &[0.8, 0.5],
-        w,
-    );
+    let GaussianCase { law, a, w, steps, exact } = GaussianCase::new();
     let runs = 40;
     let z: Vec<f64> = (0..runs)
         .map(|seed| {

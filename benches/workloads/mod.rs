@@ -235,3 +235,19 @@ impl UNetSampling {
         tensor_ext::to_vec(x)
     }
 }
+
+/// Wall-clock seconds of each of `repeats` calls of `f` (the caller makes `f` end when the device's work does).
+pub fn timed(repeats: usize, mut f: impl FnMut()) -> Vec<f64> {
+    (0..repeats)
+        .map(|_| {
+            let start = std::time::Instant::now();
+            f();
+            start.elapsed().as_secs_f64()
+        })
+        .collect()
+}
+
+/// The sum of `values` in f64 (a benchmark's checksum).
+pub fn sum(values: &[f32]) -> f64 {
+    values.iter().map(|v| *v as f64).sum()
+}

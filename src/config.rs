@@ -336,6 +336,11 @@ pub enum GuidanceInterval {
     LogSnr(f64, f64),
 }
 
+/// One coordinate of an interval as written: its field names, its two ends, what an end must be, the test of it,
+/// and the interval it makes.
+type Coordinate<'a> =
+    (&'a str, &'a str, Option<f64>, Option<f64>, &'a str, fn(f64) -> bool, fn(f64, f64) -> GuidanceInterval);
+
 impl IntervalFields {
     /// Whether no interval is given.
     pub fn is_empty(&self) -> bool {
@@ -344,43 +349,53 @@ impl IntervalFields {
 
     /// The interval, checked; `field(name)` spells a field in errors.
     pub fn resolve(&self, field: impl Fn(&str) -> String) -> Result<Option<GuidanceInterval>> {
-        let pairs = [
-            ("t_start", "t_end", self.t_start, self.t_end),
-            ("sigma_start", "sigma_end", self.sigma_start, self.sigma_end),
-            ("log_snr_start", "log_snr_end", self.log_snr_start, self.log_snr_end),
+        let coordinates: [Coordinate; 3] = [
+            (
+                "t_start",
+                "t_end",
+                self.t_start,
+                self.t_end,
+                "a time in [0, 1]",
+                |v| (0.0..=1.0).contains(&v),
+                |a, b| GuidanceInterval::Time(a, b),
+            ),
+            (
+                "sigma_start",
+                "sigma_end",
+                self.sigma_start,
+                self.sigma_end,
+                "a noise level sigma >= 0 (inf allowed)",
+                |v| v >= 0.0,
+                |a, b| GuidanceInterval::Sigma(a, b),
+            ),
+            (
+                "log_snr_start",
+                "log_snr_end",
+                self.log_snr_start,
+                self.log_snr_end,
+                "a log-SNR (any number, inf allowed; not NaN)",
+                |v| !v.is_nan(),
+                |a, b| GuidanceInterval::LogSnr(a, b),
+            ),
         ];
-        let given: Vec<_> = pairs.iter().filter(|p| p.2.is_some() || p.3.is_some()).collect();
-        if given.len() > 1 {
+        let given: Vec<_> = coordinates.iter().filter(|c| c.2.is_some() || c.3.is_some()).collect();
+        if let [first, second, ..] = given[..] {
             bail!(
                 "{}, {}: give the interval in one coordinate (time, sigma or log-SNR), not two",
-                field(given[0].0),
-                field(given[1].0)
+                field(first.0),
+                field(second.0)
             );
         }
-        let Some(&&(start_name, end_name, start, end)) = given.first() else { return Ok(None) };
+        let Some(&&(start_name, end_name, start, end, expected, valid, make)) = given.first() else { return Ok(None) };
         let (Some(start), Some(end)) = (start, end) else {
             bail!("{}, {}: give both ends of the interval or neither", field(start_name), field(end_name));
         };
         for (name, v) in [(start_name, start), (end_name, end)] {
-            let ok = match start_name {
-                "t_start" => (0.0..=1.0).contains(&v),
-                "sigma_start" => v >= 0.0,
-                _ => !v.is_nan(),
-            };
-            if !ok {
-                let expected = match start_name {
-                    "t_start" => "a time in [0, 1]",
-                    "sigma_start" => "a noise level sigma >= 0 (inf allowed)",
-                    _ => "a log-SNR (any number, inf allowed; not NaN)",
-                };
+            if !valid(v) {
                 bail!("{}: expected {expected}, got {v}", field(name));
             }
         }
-        Ok(Some(match start_name {
-            "t_start" => GuidanceInterval::Time(start, end),
-            "sigma_start" => GuidanceInterval::Sigma(start, end),
-            _ => GuidanceInterval::LogSnr(start, end),
-        }))
+        Ok(Some(make(start, end)))
     }
 }
 

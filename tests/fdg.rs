@@ -90,6 +90,7 @@ fn at_equal_level_weights_fdg_is_cfg_and_bad_shapes_are_refused() {
     for (weights, image, field) in [
         (vec![1.0], [1, 12, 12], "at least 2 levels"),
         (vec![1.0; 4], [1, 12, 12], "halve exactly 3 times down to at least 3"),
+        (vec![1.0; 200], [1, 12, 12], "halve exactly 199 times"),
         (vec![1.0, 1.0], [3, 28, 27], "halve exactly"),
         (vec![1.0, f64::NAN], [1, 12, 12], "level_weights: expected finite"),
     ] {

@@ -59,7 +59,8 @@ impl PerturbedAttention {
 /// `reflect`), as diffusers' SEG builds it: kernel size `ceil(6 sigma) + 1`, made odd, normalised. `None` where the
 /// half-width reaches the border (reflection needs it below `n`) or `sigma` is not finite: callers then take the mean.
 pub fn blur_matrix(sigma: f64, n: usize) -> Option<Vec<f64>> {
-    if !sigma.is_finite() {
+    // A kernel wider than twice the grid cannot fit; checking first keeps a sigma of 1e300 from overflowing the size.
+    if !sigma.is_finite() || 6.0 * sigma > 2.0 * n as f64 {
         return None;
     }
     let mut size = (6.0 * sigma).ceil() as usize + 1;

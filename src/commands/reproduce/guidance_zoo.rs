@@ -134,8 +134,6 @@ impl Problem1<'_> {
     fn run(&self, method: RewardMethod, w: f64, budget: usize, dev: &Device) -> RewardRun {
         let steps = method.steps_for(budget);
         let start = Instant::now();
-        let s = sampler(SamplerKind::SdeDpmSolver1, steps, Default::default());
-        let mut noise = NoiseSource::host(self.seed);
         if let RewardMethod::Smc(proposal) = method {
             let out = self.smc(proposal, w, steps, 0.5, dev);
             let r = rewards(self.reward, &tensor_ext::to_vec(out.particles.clone()), 2, dev);
@@ -155,6 +153,8 @@ impl Problem1<'_> {
             RewardMethod::TrainingFree(p) => Box::new(TrainingFreeGuidance::preset(self.reward, p, self.seed)),
             RewardMethod::Smc(_) => unreachable!("handled above"),
         };
+        let s = sampler(SamplerKind::SdeDpmSolver1, steps, Default::default());
+        let mut noise = NoiseSource::host(self.seed);
         let recurrence = match method {
             RewardMethod::TrainingFree(p) => p.recurrence(),
             _ => 1,
@@ -218,7 +218,7 @@ pub fn run(ctx: &Ctx, dir: &Path) -> Result<StageOutput> {
         (methods.len() * (cfg.strengths.len() + budgets.len())
             + cfg.strengths.len()
             + cfg.best_of.len()
-            + class_methods.len() * (cfg.class_strengths.len() + cfg.cfgpp_scales.len())
+            + class_methods.iter().map(|m| m.strengths(&cfg).len()).sum::<usize>()
             + 2) as u64,
     );
 
@@ -453,11 +453,7 @@ pub fn run(ctx: &Ctx, dir: &Path) -> Result<StageOutput> {
     )];
     let floor = metrics::sliced_wasserstein(&class_fresh[..n * 2], &class_reference, 2, 64, cfg.seed);
     for &m in &class_methods {
-        let strengths: Vec<f64> = match m {
-            ClassMethod::Unguided => vec![0.0],
-            ClassMethod::CfgPlusPlus => cfg.cfgpp_scales.clone(),
-            _ => cfg.class_strengths.clone(),
-        };
+        let strengths = m.strengths(&cfg);
         for w in strengths {
             let term: Box<dyn GuidanceTerm> = match m {
                 ClassMethod::Cfg(v) | ClassMethod::CfgDdim(v) => Box::new(CfgGuidance::variant(v)),
@@ -586,6 +582,15 @@ impl ClassMethod {
             ClassMethod::CfgDdim(CfgVariant::Plain),
             ClassMethod::CfgPlusPlus,
         ]
+    }
+
+    /// The strengths the method runs at: CFG++'s scales `l`, 0 alone for the unguided row, else `class_strengths`.
+    fn strengths(&self, cfg: &Config) -> Vec<f64> {
+        match self {
+            ClassMethod::Unguided => vec![0.0],
+            ClassMethod::CfgPlusPlus => cfg.cfgpp_scales.clone(),
+            _ => cfg.class_strengths.clone(),
+        }
     }
 
     /// CFG++ and its CFG reference run on DDIM; the rest on SDE-DPM-Solver-1.

@@ -26,7 +26,7 @@ use rand_chacha::ChaCha8Rng;
 use scores::{InDataSpace, load_scores};
 use std::path::Path;
 use std::time::Instant;
-use tilt_core::metrics;
+use tilt_core::metrics::{self, MeanSe};
 use tilt_core::{Condition, GaussianMixture, tensor_ext};
 use tilt_sampler::{NoiseSource, Sampler};
 
@@ -295,7 +295,7 @@ pub fn run(cfg: &SampleConfig, out: &Path, force: bool, device: &Device) -> Resu
     // guidance.target: the strength from pilot runs and the improvement identity, in place of the listed one.
     let strength_choice = match (&cfg.guidance.target, &problem) {
         (Some(_), Some(p)) => {
-            let c = strength::choose(cfg, &p.mixture, schedule, &sampler, device)?;
+            let c = strength::choose(cfg, p, schedule, &sampler, device)?;
             for pilot in &c.pilots {
                 eprintln!(
                     "pilot at w = {:.4}: gain integral I = {:.5} ± {:.5}, measured gain {:.5} ± {:.5}",
@@ -342,6 +342,8 @@ pub fn run(cfg: &SampleConfig, out: &Path, force: bool, device: &Device) -> Resu
         let start = Instant::now();
         let (mut x, mut model_calls) = (Vec::with_capacity(n * d), 0);
         let mut smc: Option<SmcRecord> = None;
+        // SMC: the particles' weighted estimate of E[r] with the spread of independent groups as its SE.
+        let mut smc_mean_reward: Option<MeanSe> = None;
         let mut evaluations_per_sample = 0.0;
         for (i, &rows) in chunks.iter().enumerate() {
             let mut noise = match (s.noise, i) {
@@ -379,8 +381,8 @@ pub fn run(cfg: &SampleConfig, out: &Path, force: bool, device: &Device) -> Resu
                     groups: out.groups.len(),
                     final_ess: out.final_ess(),
                     resamplings_per_group: out.resamplings as f64 / out.groups.len() as f64,
-                    mean_reward: out.estimate(&r),
                 });
+                smc_mean_reward = Some(out.estimate(&r));
                 x.extend(tensor_ext::to_vec(out.resampled(cfg.seed ^ (i as u64) ^ 0x5eed)));
                 model_calls += guided.base_calls;
                 evaluations_per_sample = guided.model_evaluations;
@@ -426,8 +428,8 @@ pub fn run(cfg: &SampleConfig, out: &Path, force: bool, device: &Device) -> Resu
         let pixels: &[f32] = decoded.as_deref().unwrap_or(&x);
         // SMC: the weighted estimate with the spread of independent groups (the resampled rows repeat particles, so
         // their naive standard error is too small).
-        let mean_reward = match &smc {
-            Some(smc) if non_finite_samples == 0 => Some(smc.mean_reward),
+        let mean_reward = match smc_mean_reward {
+            Some(estimate) if non_finite_samples == 0 => Some(estimate),
             _ => reward.as_ref().map(|r| {
                 let lr = tensor_ext::to_vec_f64(r.log_reward(tensor_ext::matrix(&x, n, d, device)));
                 metrics::mean_se(&lr.into_iter().map(f64::exp).collect::<Vec<_>>())

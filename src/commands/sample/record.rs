@@ -44,8 +44,8 @@ pub struct Record {
     pub distance_to_target: Option<TargetDistance>,
     /// Samples that came out NaN or infinite; the metrics above use the finite ones only.
     pub non_finite_samples: usize,
-    /// SMC runs: what the particles went through. `mean_reward` is then the particles' weighted estimate with the
-    /// spread of independent groups as its standard error; the written samples are the particles after a final
+    /// SMC runs: what the particles went through. `mean_reward` is then the particles' weighted estimate (the mean of
+    /// the groups' self-normalised estimates) with the spread of the independent groups as its standard error; the written samples are the particles after a final
     /// resampling (repeated particles), so the other statistics' standard errors are optimistic.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub smc: Option<SmcRecord>,
@@ -62,8 +62,6 @@ pub struct SmcRecord {
     pub final_ess: f64,
     /// Mid-chain resamplings, averaged over the groups.
     pub resamplings_per_group: f64,
-    /// `E[r]` under the target: the mean of the groups' weighted estimates, its SE from their spread.
-    pub mean_reward: MeanSe,
 }
 
 #[derive(Debug, Serialize)]

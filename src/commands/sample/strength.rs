@@ -8,12 +8,13 @@
 //! with `r = 1/p(c|x)` (`h = 1/p_t(c|x)`) at strength `-w`, so `E[1/p(c|Y)] - 1/p(c) = -w I(w)`. Both need `h` in
 //! closed form: the exact mixture.
 
+use super::Problem;
 use crate::config::{GuidanceKind, SampleConfig};
 use anyhow::{Result, bail};
 use burn::prelude::*;
 use serde::Serialize;
 use tilt_core::metrics::MeanSe;
-use tilt_core::{Condition, GaussianMixture, MixtureScore, Schedule, ScoreModel};
+use tilt_core::{Condition, MixtureScore, Schedule, ScoreModel};
 use tilt_sampler::guidance::CfgGuidance;
 use tilt_sampler::{GuidedScore, Sampler, WeightSchedule};
 
@@ -46,27 +47,31 @@ pub struct StrengthChoice {
 /// pilots: the identity ends at the grid's last time).
 pub fn choose(
     cfg: &SampleConfig,
-    mixture: &GaussianMixture,
+    problem: &Problem,
     schedule: Schedule,
     sampler: &Sampler,
     device: &Device,
 ) -> Result<StrengthChoice> {
     let target = cfg.guidance.target.as_ref().expect("called with a target");
-    let kind = cfg.guidance.kind();
     let n = target.pilot_samples.unwrap_or(cfg.samples.min(4000));
     let pilot_sampler = Sampler { denoise_final: false, ..sampler.clone() };
-    let d = mixture.dim();
+    let d = problem.mixture.dim();
     let unc = Condition::Unconditional;
-    let (quantity, goal, unguided, sign) = match kind {
-        GuidanceKind::Reward => {
-            let r = cfg.reward.as_ref().and_then(|r| r.exp_linear()).expect("validated: exact reward");
-            ("mean_reward", target.mean_reward.expect("validated"), mixture_for(cfg, mixture).mean_reward(&r), 1.0)
+    // The exact scores every pilot uses, built once: the base law `p(.|class)` or `p` and its tilt by `r` (reward
+    // guidance), or the full mixture with its class posteriors (CFG).
+    let reward = cfg.reward.as_ref().and_then(|r| r.exp_linear());
+    let (quantity, goal, unguided, sign) = match (cfg.guidance.kind(), &reward) {
+        (GuidanceKind::Reward, Some(r)) => {
+            ("mean_reward", target.mean_reward.expect("validated"), problem.base_law.mean_reward(r), 1.0)
         }
         _ => {
             let c = cfg.class.expect("validated: cfg has a class");
-            ("inv_class_prob", target.inv_class_prob.expect("validated"), 1.0 / mixture.class_prior(c), -1.0)
+            ("inv_class_prob", target.inv_class_prob.expect("validated"), 1.0 / problem.mixture.class_prior(c), -1.0)
         }
     };
+    let base = MixtureScore::new(problem.base_law.clone(), schedule, device);
+    let tilted = reward.as_ref().map(|r| MixtureScore::new(problem.base_law.tilted(r), schedule, device));
+    let full = MixtureScore::new(problem.mixture.clone(), schedule, device);
     let gain = goal - unguided;
     if gain * sign <= 0.0 {
         bail!(
@@ -78,27 +83,20 @@ pub fn choose(
     let mut pilots = Vec::new();
     let mut w_se = f64::NAN;
     for k in 0..target.pilots {
-        let check = match kind {
-            GuidanceKind::Reward => {
-                let r = cfg.reward.as_ref().and_then(|r| r.exp_linear()).expect("validated");
-                let base_law = mixture_for(cfg, mixture);
-                let base = MixtureScore::new(base_law.clone(), schedule, device);
-                let tilted = MixtureScore::new(base_law.tilted(&r), schedule, device);
-                tilt_sampler::diagnostics::improvement_identity(
-                    &base,
-                    &tilted,
-                    base_law.mean_reward(&r).ln(),
-                    w,
-                    &pilot_sampler,
-                    n,
-                    cfg.seed ^ (0x9170 + k as u64),
-                    device,
-                )
-            }
-            _ => {
-                let c = cfg.class.expect("validated");
-                let full = MixtureScore::new(mixture.clone(), schedule, device);
-                let cond = Condition::class(c, n, device);
+        let seed = cfg.seed ^ (0x9170 + k as u64);
+        let check = match (&tilted, cfg.class) {
+            (Some(tilted), _) if sign > 0.0 => tilt_sampler::diagnostics::improvement_identity(
+                &base,
+                tilted,
+                unguided.ln(),
+                w,
+                &pilot_sampler,
+                n,
+                seed,
+                device,
+            ),
+            (_, c) => {
+                let c = c.expect("validated: cfg has a class");
                 // h = 1/p_t(c|x), grad log h = s(x) - s(x|c).
                 let log_h = |x: Tensor<2>, t: f64| {
                     let [rows, _] = x.dims();
@@ -108,7 +106,8 @@ pub fn choose(
                     let rows = x.dims()[0];
                     full.score(x.clone(), t, &unc) - full.score(x, t, &Condition::class(c, rows, device))
                 };
-                let mut guided = GuidedScore::new(&full, cond).with(CfgGuidance::new(), WeightSchedule::Constant(w));
+                let mut guided = GuidedScore::new(&full, Condition::class(c, n, device))
+                    .with(CfgGuidance::new(), WeightSchedule::Constant(w));
                 tilt_sampler::diagnostics::identity_along(
                     &mut guided,
                     &log_h,
@@ -117,7 +116,7 @@ pub fn choose(
                     &pilot_sampler,
                     n,
                     d,
-                    cfg.seed ^ (0x9170 + k as u64),
+                    seed,
                     device,
                 )
             }
@@ -147,12 +146,4 @@ pub fn choose(
         }
     }
     Ok(StrengthChoice { quantity, target: goal, unguided, pilots, chosen_w: w, chosen_w_se: w_se })
-}
-
-/// The base law of the sweep: `p(.|class)` when a class is set, else `p`.
-fn mixture_for(cfg: &SampleConfig, mixture: &GaussianMixture) -> GaussianMixture {
-    match cfg.class {
-        Some(c) => mixture.conditional(c),
-        None => mixture.clone(),
-    }
 }

@@ -48,19 +48,16 @@ impl GuidanceTerm for CfgPlusPlus {
 
     /// `kappa (s(x|c) - s(x))`: the part proportional to `l`.
     fn term(&mut self, x: &Tensor<2>, t: f64, base: &BaseEval) -> Tensor<2> {
-        let difference = base.score.clone() - base.unconditional.clone().expect("requested");
-        difference.mul_scalar(self.kappa_at(x, t, base))
+        self.weighted(x, t, base, 1.0) + difference(base)
     }
 
-    fn weighted(&mut self, x: &Tensor<2>, t: f64, base: &BaseEval, weight: f64) -> Tensor<2> {
-        let difference = base.score.clone() - base.unconditional.clone().expect("requested");
-        difference.mul_scalar(weight * self.kappa_at(x, t, base) - 1.0)
+    fn weighted(&mut self, _x: &Tensor<2>, t: f64, base: &BaseEval, weight: f64) -> Tensor<2> {
+        let t_next = base.t_next.expect("CFG++ reads the sampler's step: build the GuidedScore with_grid");
+        difference(base).mul_scalar(weight * Self::kappa(&base.model.schedule(), t, t_next) - 1.0)
     }
 }
 
-impl CfgPlusPlus {
-    fn kappa_at(&self, _x: &Tensor<2>, t: f64, base: &BaseEval) -> f64 {
-        let t_next = base.t_next.expect("CFG++ reads the sampler's step: build the GuidedScore with_grid");
-        Self::kappa(&base.model.schedule(), t, t_next)
-    }
+/// `s(x|c) - s(x)`.
+fn difference(base: &BaseEval) -> Tensor<2> {
+    base.score.clone() - base.unconditional.clone().expect("requested: needs_unconditional")
 }

@@ -52,7 +52,8 @@ impl FrequencyDecoupledGuidance {
             }
         }
         let [_, h, w] = image;
-        let factor = 1usize << (levels - 1);
+        // More levels than bits would overflow the shift; such a pyramid could not fit any image anyway.
+        let factor = 1usize.checked_shl((levels - 1) as u32).unwrap_or(usize::MAX);
         if h % factor != 0 || w % factor != 0 || h / factor < 3 || w / factor < 3 {
             return Err(format!(
                 "level_weights: {levels} levels need images whose sides halve exactly {} times down to at least 3 pixels; the model's images are {h} x {w}",

@@ -197,3 +197,69 @@ fn flex_exp_and_sigmoid_match_libm() {
         tensor_ext::to_vec(burn::tensor::activation::sigmoid(nan).unsqueeze_dim::<2>(0)).iter().all(|v| v.is_nan())
     );
 }
+
+/// Flex's 2-D convolutions (the im2col + GEMM kernels of the patched burn-flex,
+/// docs/upstream/burn-flex-conv2d.md) match ndarray's, forward and every gradient (input, weight, bias), on the
+/// shapes that take each of their paths: several images per product, one image per product, 1x1 kernels,
+/// stride 2 and 3, dilation, groups, asymmetric padding and kernels wider than the padding. f64 on Flex agrees
+/// with f32 on ndarray to f32's precision, so the f64 kernels are the same computation.
+#[cfg(feature = "ndarray")]
+#[test]
+#[allow(deprecated)]
+fn flex_and_ndarray_agree_on_convolutions() {
+    use burn::tensor::ops::ConvOptions;
+    // (x shape, weight shape, options)
+    let cases: Vec<([usize; 4], [usize; 4], ConvOptions<2>)> = vec![
+        ([3, 4, 9, 8], [6, 4, 3, 3], ConvOptions::new([1, 1], [1, 1], [1, 1], 1)),
+        ([2, 3, 10, 11], [5, 3, 3, 3], ConvOptions::new([2, 2], [1, 1], [1, 1], 1)),
+        ([2, 4, 7, 7], [4, 2, 3, 3], ConvOptions::new([1, 1], [2, 2], [2, 2], 2)),
+        ([20, 3, 6, 6], [4, 3, 1, 1], ConvOptions::new([1, 1], [0, 0], [1, 1], 1)),
+        ([2, 6, 20, 20], [6, 3, 1, 1], ConvOptions::new([1, 1], [0, 0], [1, 1], 2)),
+        ([2, 2, 8, 9], [3, 2, 2, 4], ConvOptions::new_with_padding([1, 1], [(0, 1), (1, 2)], [1, 1], 1)),
+        ([1, 2, 28, 28], [8, 2, 5, 5], ConvOptions::new([1, 1], [0, 0], [1, 1], 1)),
+        ([40, 8, 7, 7], [8, 8, 3, 3], ConvOptions::new([1, 1], [1, 1], [1, 1], 1)),
+        ([3, 2, 11, 10], [2, 2, 2, 2], ConvOptions::new([3, 3], [0, 0], [1, 1], 1)),
+        ([2, 1, 5, 5], [3, 1, 3, 3], ConvOptions::new([1, 2], [3, 1], [1, 2], 1)),
+    ];
+    let values = |n: usize, seed: usize| -> Vec<f32> {
+        (0..n).map(|i| ((i * 7919 + seed * 104_729) % 2003) as f32 / 1001.0 - 1.0).collect()
+    };
+    // Output, input gradient, weight gradient, bias gradient.
+    let run = |dev: &Device, dtype: burn::tensor::DType, case: &([usize; 4], [usize; 4], ConvOptions<2>)| {
+        let (xs, ws, options) = case;
+        let tensor = |shape: [usize; 4], seed| {
+            let data = TensorData::new(values(shape.iter().product(), seed), shape);
+            Tensor::<4>::from_data(data, dev).cast(dtype).require_grad()
+        };
+        let (x, w) = (tensor(*xs, 1), tensor(*ws, 2));
+        let b = Tensor::<1>::from_data(TensorData::new(values(ws[0], 3), [ws[0]]), dev).cast(dtype).require_grad();
+        let y = burn::tensor::module::conv2d(x.clone(), w.clone(), Some(b.clone()), options.clone());
+        let r =
+            Tensor::<4>::from_data(TensorData::new(values(y.dims().iter().product(), 4), y.dims()), dev).cast(dtype);
+        let grads = (y.clone() * r).sum().backward();
+        let flat = |t: Tensor<4>| tensor_ext::to_vec(t.cast(burn::tensor::DType::F32).reshape([1, -1]));
+        let grad = |t: &Tensor<4>| flat(t.grad(&grads).expect("a gradient"));
+        let bias_grad = b.grad(&grads).expect("a bias gradient").cast(burn::tensor::DType::F32).unsqueeze_dim::<2>(0);
+        [flat(y), grad(&x), grad(&w), tensor_ext::to_vec(bias_grad)]
+    };
+    let (flex, nd) = (Device::flex().autodiff(), Device::ndarray().autodiff());
+    for case in &cases {
+        let want = run(&nd, burn::tensor::DType::F32, case);
+        for dtype in [burn::tensor::DType::F32, burn::tensor::DType::F64] {
+            let got = run(&flex, dtype, case);
+            for (what, (g, w)) in
+                ["output", "input gradient", "weight gradient", "bias gradient"].iter().zip(got.iter().zip(&want))
+            {
+                assert_eq!(g.len(), w.len(), "{what} of {case:?}");
+                let scale = w.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+                assert!(scale > 1e-2, "{what} of {case:?} is all near zero: the comparison would see nothing");
+                let gap = g.iter().zip(w).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+                // f32 sums of at most a few thousand terms in different orders.
+                assert!(
+                    gap <= 2e-6 * scale * (w.len() as f32).sqrt().max(1.0),
+                    "{what} of {case:?}, {dtype:?}: max |diff| {gap}, largest {scale}"
+                );
+            }
+        }
+    }
+}

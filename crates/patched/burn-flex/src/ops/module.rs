@@ -2,7 +2,7 @@
 //!
 //! These operations power neural network modules like convolutions and pooling.
 
-use crate::ops::{conv, conv_transpose, deform_conv, interpolate, pool};
+use crate::ops::{conv, conv_transpose, conv2d_gemm, deform_conv, interpolate, pool};
 use crate::{Flex, FlexTensor, Layout};
 use burn_backend::{
     DType, Element, TensorMetadata,
@@ -13,7 +13,7 @@ use burn_backend::{
     },
     tensor::{BoolTensor, FloatTensor, IntTensor},
 };
-use burn_std::{Bytes, IntDType, Shape};
+use burn_std::{Bytes, IntDType, Shape, Slice, bf16, f16};
 use bytemuck::Pod;
 
 /// Cast a tensor from half-precision type E to f32.
@@ -42,6 +42,18 @@ pub(crate) fn cast_from_f32<E: Element + Pod + Copy>(
     FlexTensor::new(bytes, Layout::contiguous(shape), E::dtype())
 }
 
+/// A 2-D convolution gradient of a `bf16` convolution, computed in f32 and cast back.
+fn conv2d_backward_via_f32(
+    x: FlexTensor,
+    weight: FlexTensor,
+    output_grad: FlexTensor,
+    options: ConvOptions<2>,
+    backward: fn(FlexTensor, FlexTensor, FlexTensor, ConvOptions<2>) -> FlexTensor,
+) -> FlexTensor {
+    let [x, weight, output_grad] = [x, weight, output_grad].map(|t| cast_to_f32(t, bf16::to_f32));
+    cast_from_f32(backward(x, weight, output_grad, options), bf16::from_f32)
+}
+
 impl ModuleOps<Flex> for Flex {
     fn conv1d(
         x: FloatTensor<Flex>,
@@ -67,11 +79,106 @@ impl ModuleOps<Flex> for Flex {
     ) -> FloatTensor<Flex> {
         let (x, options) = pad_asymmetric_conv_input::<Flex, 2>(x, options);
         match x.dtype() {
-            DType::F32 => conv::conv2d_f32(x, weight, bias, &options),
-            DType::F64 => conv::conv2d_f64(x, weight, bias, &options),
-            DType::F16 => conv::conv2d_f16(x, weight, bias, &options),
+            DType::F32 => conv2d_gemm::conv2d::<f32>(x, weight, bias, &options),
+            DType::F64 => conv2d_gemm::conv2d::<f64>(x, weight, bias, &options),
+            DType::F16 => conv2d_gemm::conv2d::<f16>(x, weight, bias, &options),
             DType::BF16 => conv::conv2d_bf16(x, weight, bias, &options),
             dtype => panic!("conv2d: unsupported dtype {:?}", dtype),
+        }
+    }
+
+    fn conv2d_x_backward(
+        x: FloatTensor<Flex>,
+        weight: FloatTensor<Flex>,
+        output_grad: FloatTensor<Flex>,
+        options: ConvOptions<2>,
+    ) -> FloatTensor<Flex> {
+        if !conv2d_gemm::supports(x.dtype()) {
+            return conv2d_backward_via_f32(
+                x,
+                weight,
+                output_grad,
+                options,
+                Self::conv2d_x_backward,
+            );
+        }
+        let input_shape = x.layout().shape().to_vec();
+        let padding = options.padding;
+        let asymmetric = options.is_asymmetric();
+        let (x, options) = pad_asymmetric_conv_input::<Flex, 2>(x, options);
+        let x_shape = x.layout().shape().to_vec();
+        let grad = match x.dtype() {
+            DType::F64 => {
+                conv2d_gemm::conv2d_x_backward::<f64>(&x_shape, weight, output_grad, &options)
+            }
+            DType::F16 => {
+                conv2d_gemm::conv2d_x_backward::<f16>(&x_shape, weight, output_grad, &options)
+            }
+            _ => conv2d_gemm::conv2d_x_backward::<f32>(&x_shape, weight, output_grad, &options),
+        };
+        if !asymmetric {
+            return grad;
+        }
+        // The gradient of the explicitly padded input, cropped back to the input.
+        let ranges: alloc::vec::Vec<Slice> = (0..4)
+            .map(|dim| match dim {
+                0 | 1 => Slice::from(0..input_shape[dim]),
+                _ => {
+                    let begin = padding[dim - 2].0;
+                    Slice::from(begin..begin + input_shape[dim])
+                }
+            })
+            .collect();
+        Flex::float_slice(grad, &ranges)
+    }
+
+    fn conv2d_weight_backward(
+        x: FloatTensor<Flex>,
+        weight: FloatTensor<Flex>,
+        output_grad: FloatTensor<Flex>,
+        options: ConvOptions<2>,
+    ) -> FloatTensor<Flex> {
+        if !conv2d_gemm::supports(x.dtype()) {
+            return conv2d_backward_via_f32(
+                x,
+                weight,
+                output_grad,
+                options,
+                Self::conv2d_weight_backward,
+            );
+        }
+        let weight_shape = weight.layout().shape().to_vec();
+        let (x, options) = pad_asymmetric_conv_input::<Flex, 2>(x, options);
+        match x.dtype() {
+            DType::F64 => {
+                conv2d_gemm::conv2d_weight_backward::<f64>(x, &weight_shape, output_grad, &options)
+            }
+            DType::F16 => {
+                conv2d_gemm::conv2d_weight_backward::<f16>(x, &weight_shape, output_grad, &options)
+            }
+            _ => {
+                conv2d_gemm::conv2d_weight_backward::<f32>(x, &weight_shape, output_grad, &options)
+            }
+        }
+    }
+
+    fn conv2d_bias_backward(
+        x: FloatTensor<Flex>,
+        bias: FloatTensor<Flex>,
+        output_grad: FloatTensor<Flex>,
+    ) -> FloatTensor<Flex> {
+        match output_grad.dtype() {
+            DType::F32 => conv2d_gemm::conv2d_bias_backward::<f32>(output_grad),
+            DType::F64 => conv2d_gemm::conv2d_bias_backward::<f64>(output_grad),
+            DType::F16 => conv2d_gemm::conv2d_bias_backward::<f16>(output_grad),
+            _ => {
+                let grad = cast_to_f32(output_grad, bf16::to_f32);
+                let _ = (x, bias);
+                cast_from_f32(
+                    conv2d_gemm::conv2d_bias_backward::<f32>(grad),
+                    bf16::from_f32,
+                )
+            }
         }
     }
 

@@ -200,9 +200,11 @@ fn flex_exp_and_sigmoid_match_libm() {
 
 /// Flex's 2-D convolutions (the im2col + GEMM kernels of the patched burn-flex,
 /// docs/upstream/burn-flex-conv2d.md) match ndarray's, forward and every gradient (input, weight, bias), on the
-/// shapes that take each of their paths: several images per product, one image per product, 1x1 kernels,
+/// shapes that take each of their paths: several images per product, one image per product, several products
+/// summed into one part of the weight gradient, 1x1 kernels,
 /// stride 2 and 3, dilation, groups, asymmetric padding and kernels wider than the padding. f64 on Flex agrees
-/// with f32 on ndarray to f32's precision, so the f64 kernels are the same computation.
+/// with f32 on ndarray to f32's precision, so the f64 kernels are the same computation, and one thread gives the
+/// same bits as three.
 #[cfg(feature = "ndarray")]
 #[test]
 #[allow(deprecated)]
@@ -218,6 +220,7 @@ fn flex_and_ndarray_agree_on_convolutions() {
         ([2, 2, 8, 9], [3, 2, 2, 4], ConvOptions::new_with_padding([1, 1], [(0, 1), (1, 2)], [1, 1], 1)),
         ([1, 2, 28, 28], [8, 2, 5, 5], ConvOptions::new([1, 1], [0, 0], [1, 1], 1)),
         ([40, 8, 7, 7], [8, 8, 3, 3], ConvOptions::new([1, 1], [1, 1], [1, 1], 1)),
+        ([20, 2, 16, 16], [3, 2, 3, 3], ConvOptions::new([1, 1], [1, 1], [1, 1], 1)),
         ([3, 2, 11, 10], [2, 2, 2, 2], ConvOptions::new([3, 3], [0, 0], [1, 1], 1)),
         ([2, 1, 5, 5], [3, 1, 3, 3], ConvOptions::new([1, 2], [3, 1], [1, 2], 1)),
     ];
@@ -245,6 +248,12 @@ fn flex_and_ndarray_agree_on_convolutions() {
     let (flex, nd) = (Device::flex().autodiff(), Device::ndarray().autodiff());
     for case in &cases {
         let want = run(&nd, burn::tensor::DType::F32, case);
+        // The same bits on one thread and on three: every sum is taken in an order fixed by the shapes.
+        let on_threads = |n: usize| {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(n).build().expect("a thread pool");
+            pool.install(|| run(&flex, burn::tensor::DType::F32, case))
+        };
+        assert_eq!(on_threads(1), on_threads(3), "{case:?}: the result depends on the thread count");
         for dtype in [burn::tensor::DType::F32, burn::tensor::DType::F64] {
             let got = run(&flex, dtype, case);
             for (what, (g, w)) in

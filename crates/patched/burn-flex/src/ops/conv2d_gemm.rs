@@ -157,11 +157,55 @@ impl Geometry {
         wanted.min(affordable).clamp(1, self.batch.max(1))
     }
 
+    /// The input gradient's geometry as a forward convolution of the output gradient, when there is one: stride
+    /// 1, padding at most the kernel's reach (the full convolution's padding `dilation * (k - 1) - padding` is
+    /// then non-negative), and not pointwise (that product needs no column matrix either way).
+    fn full_convolution(&self) -> Option<Geometry> {
+        let reach = [
+            self.dilation[0] * (self.kernel_h - 1),
+            self.dilation[1] * (self.kernel_w - 1),
+        ];
+        let fits =
+            self.stride == [1, 1] && self.padding[0] <= reach[0] && self.padding[1] <= reach[1];
+        if !fits || self.is_pointwise() {
+            return None;
+        }
+        Some(Geometry {
+            channels_in: self.channels_out,
+            in_h: self.out_h,
+            in_w: self.out_w,
+            channels_out: self.channels_in,
+            padding: [reach[0] - self.padding[0], reach[1] - self.padding[1]],
+            out_h: self.in_h,
+            out_w: self.in_w,
+            ..*self
+        })
+    }
+
     /// Input planes of group `group` of one image.
     fn group_input<'a, T>(&self, image: &'a [T], group: usize) -> &'a [T] {
         let len = self.in_per_group() * self.in_pixels();
         &image[group * len..(group + 1) * len]
     }
+}
+
+/// `weight [c_out, c_in / groups, k_h, k_w]` as the kernel of the input gradient's convolution:
+/// `[c_in, c_out / groups, k_h, k_w]`, each group's channel axes swapped and the taps reversed.
+fn flipped_transposed_kernel<T: ConvElement>(g: &Geometry, weight: &[T]) -> Vec<T> {
+    let (ipg, opg, taps) = (g.in_per_group(), g.out_per_group(), g.kernel_h * g.kernel_w);
+    let mut flipped = vec![T::zero(); weight.len()];
+    for group in 0..g.groups {
+        for o in 0..opg {
+            for i in 0..ipg {
+                let src = &weight[((group * opg + o) * ipg + i) * taps..][..taps];
+                let dst = &mut flipped[((group * ipg + i) * opg + o) * taps..][..taps];
+                for (d, &s) in dst.iter_mut().zip(src.iter().rev()) {
+                    *d = s;
+                }
+            }
+        }
+    }
+    flipped
 }
 
 /// The output positions `o` in `0..out_len` whose input index `o * stride + offset` lies in `0..in_len`.
@@ -348,27 +392,49 @@ unsafe fn gemm<T: ConvElement>(
     }
 }
 
-/// Reusable per-worker buffers.
-struct Scratch<T> {
-    cols: Vec<T>,
-    product: Vec<T>,
+/// Per-worker buffers, kept by each thread between calls (see [`Lease`]) so that a convolution does not
+/// allocate and zero its column matrix again on every call. Stored as `u64` words: any element type fits.
+#[derive(Default)]
+struct Scratch {
+    cols: Vec<u64>,
+    product: Vec<u64>,
 }
 
-impl<T> Default for Scratch<T> {
-    fn default() -> Self {
-        Self {
-            cols: Vec::new(),
-            product: Vec::new(),
+#[cfg(feature = "std")]
+std::thread_local! {
+    static SPARE: core::cell::RefCell<Option<Scratch>> = const { core::cell::RefCell::new(None) };
+}
+
+/// This thread's scratch buffers, returned to it when dropped.
+struct Lease(Scratch);
+
+impl Lease {
+    fn take() -> Self {
+        #[cfg(feature = "std")]
+        if let Ok(Some(scratch)) = SPARE.try_with(|spare| spare.borrow_mut().take()) {
+            return Self(scratch);
+        }
+        Self(Scratch::default())
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        #[cfg(feature = "std")]
+        {
+            let scratch = core::mem::take(&mut self.0);
+            let _ = SPARE.try_with(|spare| *spare.borrow_mut() = Some(scratch));
         }
     }
 }
 
-/// The first `len` elements of `buffer`, grown (with zeros) if needed; callers overwrite what they read.
-fn sized<T: ConvElement>(buffer: &mut Vec<T>, len: usize) -> &mut [T] {
-    if buffer.len() < len {
-        buffer.resize(len, T::zero());
+/// The first `len` elements of `buffer` as `T`, grown (with zeros) if needed; callers overwrite what they read.
+fn sized<T: ConvElement>(buffer: &mut Vec<u64>, len: usize) -> &mut [T] {
+    let words = (len * core::mem::size_of::<T>()).div_ceil(8);
+    if buffer.len() < words {
+        buffer.resize(words, 0);
     }
-    &mut buffer[..len]
+    &mut bytemuck::cast_slice_mut::<u64, T>(&mut buffer[..words])[..len]
 }
 
 /// Whether to fan `chunks` out over rayon, and the parallelism each product should then use.
@@ -391,22 +457,22 @@ fn plan(chunks: usize) -> (bool, gemm::Parallelism) {
 /// parallel when `parallel`.
 fn for_each_chunk<T: ConvElement, F>(data: &mut [T], chunk_len: usize, parallel: bool, work: F)
 where
-    F: Fn(&mut Scratch<T>, usize, &mut [T]) + Sync + Send,
+    F: Fn(&mut Scratch, usize, &mut [T]) + Sync + Send,
 {
     #[cfg(feature = "rayon")]
     if parallel {
         use rayon::prelude::*;
         data.par_chunks_mut(chunk_len)
             .enumerate()
-            .for_each_init(Scratch::default, |scratch, (index, chunk)| {
-                work(scratch, index, chunk)
+            .for_each_init(Lease::take, |lease, (index, chunk)| {
+                work(&mut lease.0, index, chunk)
             });
         return;
     }
     let _ = parallel;
-    let mut scratch = Scratch::default();
+    let mut lease = Lease::take();
     for (index, chunk) in data.chunks_mut(chunk_len).enumerate() {
-        work(&mut scratch, index, chunk);
+        work(&mut lease.0, index, chunk);
     }
 }
 
@@ -448,13 +514,27 @@ pub(crate) fn conv2d<T: ConvElement>(
     let weight = weight.to_contiguous();
     let g = Geometry::new(x.layout().shape(), weight.layout().shape(), options);
     let out_shape = [g.batch, g.channels_out, g.out_h, g.out_w];
-    let x_data: &[T] = x.storage();
-    let w_data: &[T] = weight.storage();
+    let mut output = forward(&g, x.storage::<T>(), weight.storage::<T>());
+    if let Some(bias) = bias {
+        let bias = bias.to_contiguous();
+        let bias_data: &[T] = bias.storage();
+        for image in output.chunks_mut(g.image_out().max(1)) {
+            for (plane, &b) in image.chunks_mut(g.out_pixels().max(1)).zip(bias_data) {
+                plane.iter_mut().for_each(|v| *v += b);
+            }
+        }
+    }
+    tensor(output, &out_shape)
+}
+
+/// The convolution of `x_data` (`[b, c_in, in_h, in_w]`) with `w_data` (`[c_out, c_in / groups, k_h, k_w]`).
+fn forward<T: ConvElement>(g: &Geometry, x_data: &[T], w_data: &[T]) -> Vec<T> {
+    let g = *g;
     let (rows, pixels, image_out) = (g.rows(), g.out_pixels(), g.image_out());
     let (out_per_group, image_in) = (g.out_per_group(), g.image_in());
     let mut output = vec![T::zero(); g.batch * image_out];
     if output.is_empty() {
-        return tensor(output, &out_shape);
+        return output;
     }
     let per_chunk = g.images_per_chunk();
     let (parallel, parallelism) = plan(g.batch.div_ceil(per_chunk));
@@ -532,16 +612,7 @@ pub(crate) fn conv2d<T: ConvElement>(
         },
     );
 
-    if let Some(bias) = bias {
-        let bias = bias.to_contiguous();
-        let bias_data: &[T] = bias.storage();
-        for image in output.chunks_mut(image_out) {
-            for (plane, &b) in image.chunks_mut(pixels).zip(bias_data) {
-                plane.iter_mut().for_each(|v| *v += b);
-            }
-        }
-    }
-    tensor(output, &out_shape)
+    output
 }
 
 /// Gradient of a 2-D convolution with respect to its input (of shape `x_shape`), symmetric `options`.
@@ -556,6 +627,12 @@ pub(crate) fn conv2d_x_backward<T: ConvElement>(
     let g = Geometry::new(x_shape, weight.layout().shape(), options);
     let w_data: &[T] = weight.storage();
     let grad: &[T] = output_grad.storage();
+    if let Some(full) = g.full_convolution() {
+        // With stride 1 the input gradient is a convolution of the output gradient with the flipped,
+        // transposed kernel: one im2col copy and one product, and no scatter-add.
+        let x_grad = forward(&full, grad, &flipped_transposed_kernel(&g, w_data));
+        return tensor(x_grad, x_shape);
+    }
     let (rows, pixels, image_in) = (g.rows(), g.out_pixels(), g.image_in());
     let (out_per_group, in_group) = (g.out_per_group(), g.in_per_group() * g.in_pixels());
     let mut x_grad = vec![T::zero(); g.batch * image_in];

@@ -16,7 +16,6 @@ mod workloads;
 
 use burn::prelude::*;
 
-use tilt_models::diffusers::{UNet2D, UNet2DConfig};
 use workloads::{sum, timed};
 
 fn main() {
@@ -66,30 +65,17 @@ fn main() {
             (seconds, n, sum(&out))
         }
         "diffusers_forward" => {
-            let (file, batch) = if tiny { ("tiny-unet.json", 2) } else { ("ddpm-cifar10-32.json", 16) };
-            let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/configs").join(file);
-            let config = UNet2DConfig::from_json(&std::fs::read_to_string(&path).expect("benches/configs"))
-                .expect("a valid UNet2DModel config");
-            device.seed(0);
-            let unet = UNet2D::new(&config, &device);
-            let (c, [h, w]) = (config.in_channels, config.sample_size);
-            eprintln!("diffusers_forward: {} parameters", burn::module::Module::num_params(&unet));
-            let x = Tensor::<4>::random([batch, c, h, w], burn::tensor::Distribution::Normal(0.0, 1.0), &device);
-            let t = Tensor::<1>::from_data(
-                TensorData::new((0..batch).map(|i| (i * 997 % 1000) as f32).collect::<Vec<_>>(), [batch]),
-                &device,
-            );
-            let run = || unet.forward(x.clone(), t.clone(), None);
+            let w = workloads::DiffusersForward::new(&device, tiny);
+            eprintln!("diffusers_forward: {} parameters", w.num_params());
             for _ in 0..warmup {
-                drop(run());
+                drop(w.run());
             }
             sync(&device);
             let seconds = timed(repeats, || {
-                drop(run());
+                drop(w.run());
                 sync(&device);
             });
-            let out = run();
-            (seconds, batch, out.sum().into_scalar::<f64>())
+            (seconds, w.batch(), w.run().sum().into_scalar::<f64>())
         }
         other => {
             eprintln!("gpu: unknown workload {other:?}; expected unet_train, unet_cfg or diffusers_forward");

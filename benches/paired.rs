@@ -1,6 +1,6 @@
 //! The tilt side of the paired benchmark against PyTorch (`bash benches/compare-pytorch.sh` drives both).
 //!
-//! `paired <train|sample|cfg|unet_train|unet_cfg|cfg_sweep5|matmul|silu> <repeats>` runs one workload of
+//! `paired <train|sample|cfg|unet_train|unet_cfg|diffusers_forward|cfg_sweep5|matmul|silu> <repeats>` runs one workload of
 //! `benches/workloads` on Flex (threads from `RAYON_NUM_THREADS`): an untimed warm-up (10 training steps of the 2-D
 //! network, 3 of the U-Net, or one run), then `repeats` timed runs, and prints one JSON line
 //! `{"workload": ..., "seconds": [...], "checksum": ...}`. The PyTorch twin prints the same line.
@@ -16,7 +16,9 @@ fn main() {
     tilt::alloc::keep_freed_memory();
     let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
     let (Some(workload), Some(repeats)) = (args.first(), args.get(1).and_then(|r| r.parse::<usize>().ok())) else {
-        eprintln!("usage: paired <train|sample|cfg|unet_train|unet_cfg|cfg_sweep5|matmul|silu> <repeats>");
+        eprintln!(
+            "usage: paired <train|sample|cfg|unet_train|unet_cfg|diffusers_forward|cfg_sweep5|matmul|silu> <repeats>"
+        );
         std::process::exit(2);
     };
     let device = Device::flex();
@@ -42,6 +44,14 @@ fn main() {
             let seconds = timed(repeats, || w.step());
             (seconds, sum(&w.output()))
         }
+        // A diffusers UNet2DModel of DDPM-CIFAR10's size (35.7 M parameters), one forward at batch 16.
+        "diffusers_forward" => {
+            let w = workloads::DiffusersForward::new(&device, false);
+            eprintln!("diffusers_forward: {} parameters", w.num_params());
+            drop(w.run());
+            let seconds = timed(repeats, || drop(w.run()));
+            (seconds, sum(&tilt_core::tensor_ext::to_vec(w.run().reshape([1, -1]))))
+        }
         "unet_cfg" => {
             let w = workloads::UNetSampling::new(&device);
             let mut out = w.run();
@@ -64,7 +74,7 @@ fn main() {
         }
         other => {
             eprintln!(
-                "paired: unknown workload {other:?}; expected train, sample, cfg, unet_train, unet_cfg, cfg_sweep5, \
+                "paired: unknown workload {other:?}; expected train, sample, cfg, unet_train, unet_cfg, diffusers_forward, cfg_sweep5, \
                  matmul or silu"
             );
             std::process::exit(2);

@@ -201,7 +201,7 @@ fn flex_exp_and_sigmoid_match_libm() {
 /// Flex's 2-D convolutions (the im2col + GEMM kernels of the patched burn-flex,
 /// docs/upstream/burn-flex-conv2d.md) match ndarray's, forward and every gradient (input, weight, bias), on the
 /// shapes that take each of their paths: several images per product, one image per product, several products
-/// summed into one part of the weight gradient, 1x1 kernels,
+/// summed into one part of the weight gradient, Winograd's 3x3 path (at least 32 channels each side), 1x1 kernels,
 /// stride 2 and 3, dilation, groups, asymmetric padding and kernels wider than the padding. f64 on Flex agrees
 /// with f32 on ndarray to f32's precision, so the f64 kernels are the same computation, and one thread gives the
 /// same bits as three.
@@ -221,6 +221,10 @@ fn flex_and_ndarray_agree_on_convolutions() {
         ([1, 2, 28, 28], [8, 2, 5, 5], ConvOptions::new([1, 1], [0, 0], [1, 1], 1)),
         ([40, 8, 7, 7], [8, 8, 3, 3], ConvOptions::new([1, 1], [1, 1], [1, 1], 1)),
         ([20, 2, 16, 16], [3, 2, 3, 3], ConvOptions::new([1, 1], [1, 1], [1, 1], 1)),
+        // Winograd F(2x2, 3x3): odd output sizes (a partial last tile), and paddings 0 and 2.
+        ([2, 32, 9, 7], [40, 32, 3, 3], ConvOptions::new([1, 1], [1, 1], [1, 1], 1)),
+        ([3, 32, 6, 6], [32, 32, 3, 3], ConvOptions::new([1, 1], [0, 0], [1, 1], 1)),
+        ([1, 48, 5, 8], [32, 48, 3, 3], ConvOptions::new([1, 1], [2, 2], [1, 1], 1)),
         ([3, 2, 11, 10], [2, 2, 2, 2], ConvOptions::new([3, 3], [0, 0], [1, 1], 1)),
         ([2, 1, 5, 5], [3, 1, 3, 3], ConvOptions::new([1, 2], [3, 1], [1, 2], 1)),
     ];

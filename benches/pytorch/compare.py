@@ -24,6 +24,7 @@ WORKLOADS = {  # name: (repeats per process, description)
     "matmul": (200, "one hidden-layer product [1024,128] x [128,128] (the GEMM floor)"),
     "unet_train": (5, "U-Net training step, batch 32 (28x28, 16 base channels, 268,017 parameters, diffusers UNet2DModel layout)"),
     "unet_cfg": (2, "U-Net sampling with CFG, 20 images x 10 steps"),
+    "diffusers_forward": (2, "diffusers UNet2DModel forward, DDPM-CIFAR10 size (35.7 M parameters), batch 16"),
 }
 # tilt's sampling forward computes the conditioning once per label and time (score_net.rs `forward_at`); the twin
 # runs row by row as a PyTorch user writes it, and also as tilt does (`<name>_per_label`), so that the table shows
@@ -31,7 +32,7 @@ WORKLOADS = {  # name: (repeats per process, description)
 PER_LABEL = {"sample", "cfg"}
 
 HEADLINE = ["train", "sample", "cfg"]  # the ratios of the last line; matmul is the floor beside them
-UNET = ["unet_train", "unet_cfg"]  # the pixel U-Net (tilt-models unet.rs), a line of its own
+UNET = ["unet_train", "unet_cfg", "diffusers_forward"]  # the image networks, a line of their own
 
 
 def run(cmd, env_extra):

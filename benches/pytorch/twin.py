@@ -1,7 +1,7 @@
 """The PyTorch twin of tilt's 2-D score-network benchmarks (benches/workloads/mod.rs), the way a PyTorch user
 would write it: the same network, sizes, optimizer and sampler arithmetic, eager mode.
 
-    python twin.py <train|sample|cfg|sample_per_label|cfg_per_label|unet_train|unet_cfg|matmul> <repeats>
+    python twin.py <train|sample|cfg|sample_per_label|cfg_per_label|unet_train|unet_cfg|diffusers_forward|matmul> <repeats>
 
 `sample` and `cfg` run the network row by row, the way a PyTorch user writes it; the `_per_label` variants
 compute the conditioning once per label and time, as tilt's sampling forward does (the same numbers, less
@@ -206,6 +206,23 @@ def unet_sampling(repeats):
     return seconds, float(x.sum())
 
 
+def diffusers_forward(repeats):
+    """diffusers' UNet2DModel of DDPM-CIFAR10's configuration (benches/configs/ddpm-cifar10-32.json, 35.7 M
+    parameters), random weights, one forward at batch 16 without gradients (tilt: workloads `DiffusersForward`)."""
+    from diffusers import UNet2DModel
+
+    torch.manual_seed(0)
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs", "ddpm-cifar10-32.json")
+    config = {k: v for k, v in json.load(open(path)).items() if not k.startswith("_")}
+    model = UNet2DModel(**config).eval()
+    size, batch = config["sample_size"], 16
+    x = torch.randn(batch, config["in_channels"], size, size)
+    t = torch.tensor([(i * 997) % 1000 for i in range(batch)], dtype=torch.float32)
+    with torch.no_grad():
+        seconds, out = timed(lambda: model(x, t).sample, 1, repeats)
+    return seconds, float(out.sum()), sum(p.numel() for p in model.parameters())
+
+
 def matmul(repeats):
     """The hidden-layer product of the training step, [1024, 128] x [128, 128], alone."""
     torch.manual_seed(2)
@@ -225,11 +242,15 @@ def main():
         seconds, checksum = unet_train(repeats)
     elif workload == "unet_cfg":
         seconds, checksum = unet_sampling(repeats)
+    elif workload == "diffusers_forward":
+        seconds, checksum, params = diffusers_forward(repeats)
+        print(json.dumps({"workload": workload, "seconds": seconds, "checksum": checksum, "parameters": params}))
+        return
     elif workload in ("sample", "cfg", "sample_per_label", "cfg_per_label"):
         seconds, checksum = sampling(repeats, workload.startswith("cfg"), workload.endswith("_per_label"))
     else:
         sys.exit(f"twin.py: unknown workload {workload!r}; expected train, sample, cfg, sample_per_label, "
-                 "cfg_per_label, unet_train, unet_cfg or matmul")
+                 "cfg_per_label, unet_train, unet_cfg, diffusers_forward or matmul")
     net = UNet() if workload.startswith("unet") else ScoreNet(num_classes=0 if workload == "train" else 2)
     params = sum(p.numel() for p in net.parameters())
     print(json.dumps({"workload": workload, "seconds": seconds, "checksum": checksum, "parameters": params}))

@@ -251,3 +251,41 @@ pub fn timed(repeats: usize, mut f: impl FnMut()) -> Vec<f64> {
 pub fn sum(values: &[f32]) -> f64 {
     values.iter().map(|v| *v as f64).sum()
 }
+
+/// A randomly initialised diffusers `UNet2DModel` of DDPM-CIFAR10's configuration (`benches/configs/`, 35.7 M
+/// parameters) and one forward at batch 16; `tiny`: `tiny-unet.json` at batch 2 (dry runs on software drivers).
+/// The PyTorch side builds the same model from the same file (`benches/pytorch/twin.py`, `gpu.py`).
+pub struct DiffusersForward {
+    unet: tilt_models::diffusers::UNet2D,
+    x: Tensor<4>,
+    t: Tensor<1>,
+}
+
+impl DiffusersForward {
+    pub fn new(device: &Device, tiny: bool) -> Self {
+        use tilt_models::diffusers::{UNet2D, UNet2DConfig};
+        let (file, batch) = if tiny { ("tiny-unet.json", 2) } else { ("ddpm-cifar10-32.json", 16) };
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/configs").join(file);
+        let config = UNet2DConfig::from_json(&std::fs::read_to_string(&path).expect("benches/configs"))
+            .expect("a valid UNet2DModel config");
+        device.seed(0);
+        let unet = UNet2D::new(&config, device);
+        let (c, [h, w]) = (config.in_channels, config.sample_size);
+        let x = Tensor::<4>::random([batch, c, h, w], burn::tensor::Distribution::Normal(0.0, 1.0), device);
+        let times: Vec<f32> = (0..batch).map(|i| (i * 997 % 1000) as f32).collect();
+        let t = Tensor::<1>::from_data(TensorData::new(times, [batch]), device);
+        Self { unet, x, t }
+    }
+
+    pub fn num_params(&self) -> usize {
+        burn::module::Module::num_params(&self.unet)
+    }
+
+    pub fn batch(&self) -> usize {
+        self.x.dims()[0]
+    }
+
+    pub fn run(&self) -> Tensor<4> {
+        self.unet.forward(self.x.clone(), self.t.clone(), None)
+    }
+}

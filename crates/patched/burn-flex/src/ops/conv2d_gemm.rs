@@ -28,6 +28,8 @@ use num_traits::Float;
 
 use crate::{FlexTensor, Layout};
 
+mod winograd;
+
 /// Columns a chunk's product should have at least: below this `gemm`'s per-call cost and its packing of the
 /// weight dominate, so several images share one product.
 const MIN_COLUMNS: usize = 512;
@@ -39,6 +41,11 @@ const COLUMN_ALIGN: usize = 16;
 fn gcd(a: usize, b: usize) -> usize {
     if b == 0 { a } else { gcd(b, a % b) }
 }
+
+/// A batch is split into at least this many chunks where it has the images, so that several threads share the
+/// work of small images (the chunking depends on the shapes only, never on the thread count: `gemm`'s blocking,
+/// and so its rounding, depends on the product's size).
+const MIN_CHUNKS: usize = 4;
 
 /// Upper bound on a chunk's column matrix, in elements.
 const MAX_CHUNK_ELEMENTS: usize = 4 << 20;
@@ -144,7 +151,7 @@ impl Geometry {
 
     /// Images per chunk: enough for [`MIN_COLUMNS`] columns, rounded up so that the column count is a
     /// multiple of [`COLUMN_ALIGN`] where that costs at most twice the columns, within
-    /// [`MAX_CHUNK_ELEMENTS`].
+    /// [`MAX_CHUNK_ELEMENTS`] and leaving at least [`MIN_CHUNKS`] chunks.
     fn images_per_chunk(&self) -> usize {
         let pixels = self.out_pixels().max(1);
         let mut wanted = MIN_COLUMNS.div_ceil(pixels);
@@ -154,7 +161,10 @@ impl Geometry {
             wanted = aligned;
         }
         let affordable = MAX_CHUNK_ELEMENTS / (self.rows().max(self.channels_out).max(1) * pixels);
-        wanted.min(affordable).clamp(1, self.batch.max(1))
+        wanted
+            .min(affordable)
+            .min(self.batch.div_ceil(MIN_CHUNKS))
+            .clamp(1, self.batch.max(1))
     }
 
     /// The input gradient's geometry as a forward convolution of the output gradient, when there is one: stride
@@ -534,6 +544,10 @@ fn forward<T: ConvElement>(g: &Geometry, x_data: &[T], w_data: &[T]) -> Vec<T> {
     let (out_per_group, image_in) = (g.out_per_group(), g.image_in());
     let mut output = vec![T::zero(); g.batch * image_out];
     if output.is_empty() {
+        return output;
+    }
+    if winograd::applies::<T>(&g) {
+        winograd::forward(&g, x_data, w_data, &mut output);
         return output;
     }
     let per_chunk = g.images_per_chunk();

@@ -494,6 +494,23 @@ fn tensor<T: ConvElement>(data: Vec<T>, shape: &[usize]) -> FlexTensor {
     )
 }
 
+/// Images `first..first + images` of `grad [b, c_out, pixels]` as `[c_out, images * pixels]`: the image
+/// itself when there is one, else gathered into `buffer`.
+fn chunk_grad<'a, T: ConvElement>(
+    grad: &'a [T],
+    g: &Geometry,
+    first: usize,
+    images: usize,
+    buffer: &'a mut Vec<u64>,
+) -> &'a [T] {
+    if images == 1 {
+        return &grad[first * g.image_out()..(first + 1) * g.image_out()];
+    }
+    let gathered = sized(buffer, g.channels_out * images * g.out_pixels());
+    gather_channels_first(grad, g, first, images, gathered);
+    gathered
+}
+
 /// Copies images `first..first + images` of `grad [b, c_out, pixels]` into `dst [c_out, images * pixels]`.
 fn gather_channels_first<T: ConvElement>(
     grad: &[T],
@@ -669,13 +686,7 @@ pub(crate) fn conv2d_x_backward<T: ConvElement>(
             let Scratch { cols, product } = scratch;
             let ld = images * pixels;
             // The chunk's output gradient as [c_out, ld].
-            let grad_chunk: &[T] = if images == 1 {
-                &grad[first * g.image_out()..(first + 1) * g.image_out()]
-            } else {
-                let gathered = sized(product, g.channels_out * ld);
-                gather_channels_first(grad, &g, first, images, gathered);
-                gathered
-            };
+            let grad_chunk = chunk_grad(grad, &g, first, images, product);
             for group in 0..g.groups {
                 let rhs = Operand::rows(&grad_chunk[group * out_per_group * ld..], ld);
                 if g.is_pointwise() && images == 1 {
@@ -752,13 +763,7 @@ pub(crate) fn conv2d_weight_backward<T: ConvElement>(
             let first = chunk * per_chunk;
             let images = per_chunk.min(g.batch - first);
             let ld = images * pixels;
-            let grad_chunk: &[T] = if images == 1 {
-                &grad[first * g.image_out()..(first + 1) * g.image_out()]
-            } else {
-                let gathered = sized(product, g.channels_out * ld);
-                gather_channels_first(grad, &g, first, images, gathered);
-                gathered
-            };
+            let grad_chunk = chunk_grad(grad, &g, first, images, product);
             for group in 0..g.groups {
                 // cols^T [ld, rows]: the image itself when pointwise, else its column matrix.
                 let rhs = if g.is_pointwise() && images == 1 {

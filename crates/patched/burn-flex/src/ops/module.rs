@@ -105,8 +105,16 @@ impl ModuleOps<Flex> for Flex {
         let input_shape = x.layout().shape().to_vec();
         let padding = options.padding;
         let asymmetric = options.is_asymmetric();
-        let (x, options) = pad_asymmetric_conv_input::<Flex, 2>(x, options);
-        let x_shape = x.layout().shape().to_vec();
+        // Only the shape of the explicitly padded input is needed (the forward pads asymmetric inputs).
+        let mut x_shape = input_shape.clone();
+        let options = if asymmetric {
+            for (dim, (begin, end)) in padding.iter().enumerate() {
+                x_shape[dim + 2] += begin + end;
+            }
+            ConvOptions::new(options.stride, [0, 0], options.dilation, options.groups)
+        } else {
+            options
+        };
         let grad = match x.dtype() {
             DType::F64 => {
                 conv2d_gemm::conv2d_x_backward::<f64>(&x_shape, weight, output_grad, &options)

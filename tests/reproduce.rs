@@ -65,6 +65,19 @@ fn every_experiment_runs_and_the_report_is_complete() {
     let draft = &get("efficiency").headline["draft"];
     assert_eq!(draft["forward_passes_per_step"].as_u64(), Some(draft["n"].as_u64().unwrap() + 1));
     assert_eq!(draft["passes_on_tape"].as_u64(), Some(draft["k"].as_u64().unwrap() + 1));
+    // The image methods are compared at matched evaluations, as counted by the sampler: the conditional model
+    // makes one per step (N steps plus the final denoise), every guided method two, whatever its term does.
+    let image = &get("image_guidance").headline;
+    let rows = image["rows"].as_array().unwrap();
+    let per_step = (image["steps"].as_u64().unwrap() + 1) as f64;
+    assert_eq!(rows[0]["method"], "conditional");
+    assert_eq!(rows[0]["evaluations"].as_f64(), Some(per_step));
+    let mut methods: Vec<&str> = rows[1..].iter().map(|r| r["method"].as_str().unwrap()).collect();
+    methods.dedup();
+    assert_eq!(methods, ["cfg", "apg", "cfg++", "pag", "fdg"]);
+    for r in &rows[1..] {
+        assert_eq!(r["evaluations"].as_f64(), Some(2.0 * per_step), "{r}");
+    }
 
     // A second run skips the complete stages; --force re-runs them.
     let again = reproduce::run(Preset::Tiny, &["discretisation".into()], out, false, &common::device()).unwrap();

@@ -103,6 +103,120 @@ fn idx(images: &str, labels: &str, limit: usize) -> DataSpec {
     DataSpec::Idx { images: PathBuf::from(images), labels: Some(PathBuf::from(labels)), limit: Some(limit) }
 }
 
+/// What the image stages measure with: the training images' spec, the held-out images, the independent evaluator
+/// (a CNN trained on clean training images only, the role of Inception-v3) and its features of the held-out images.
+pub(super) struct ImageEval {
+    pub train_data: DataSpec,
+    pub held: Dataset,
+    pub evaluator: tilt_models::Evaluator,
+    /// The evaluator's accuracy on the held-out images.
+    pub held_accuracy: f64,
+    /// `E[1/p_eval(c|x)]` over the held-out real images.
+    pub real: MeanSe,
+    held_features: Vec<f32>,
+    device: Device,
+}
+
+/// The evaluator's verdict on a set of labelled samples.
+pub(super) struct Verdict {
+    pub mean_inv_prob: MeanSe,
+    pub mean_prob: MeanSe,
+    /// Quantiles of `p_eval(c|Y)` at [`QUANTILE_LEVELS`].
+    pub quantiles: [f64; 5],
+    pub accuracy: f64,
+    /// Fréchet distance of the evaluator's features to the held-out images'.
+    pub frechet: f64,
+    /// `1/p_eval(c_i|Y_i)` of every sample, in order (for paired comparisons of rows drawn with the same noise).
+    pub inv_probs: Vec<f64>,
+}
+
+impl ImageEval {
+    /// The data of `cfg` at the context's preset and the evaluator, trained into `_models/image_evaluator` on first
+    /// use (shared by every image stage).
+    pub fn load(ctx: &Ctx, cfg: &Config) -> Result<Self> {
+        let (p, dev) = (ctx.preset, &ctx.device);
+        let (images, labels) = (super::data_path(&cfg.images.get(p)), super::data_path(&cfg.labels.get(p)));
+        if !Path::new(&images).exists() {
+            if images.starts_with("/usr/share/datasets") {
+                bail!(
+                    "{images}: not found; the {p:?} preset reads Fashion-MNIST from Debian's package: sudo apt-get install dataset-fashion-mnist"
+                );
+            }
+            bail!(
+                "{images}: not found (looked in the working directory and in the tilt source tree {}); the {p:?} preset \
+                 reads the Fashion-MNIST files shipped in the repository's assets/data",
+                env!("CARGO_MANIFEST_DIR")
+            );
+        }
+        let (n_train, n_held) = (cfg.train_images.get(p), cfg.held_out.get(p));
+        // Held-out images: after the training ones in the same file, or a file of their own (full preset).
+        let held = match cfg.held_out_images.get(p) {
+            path if path.is_empty() => {
+                let all = tilt_train::data::read_idx(images.as_ref(), Some(labels.as_ref()), Some(n_train + n_held))?;
+                if all.len() < n_train + n_held {
+                    bail!("{images}: {} images, the {p:?} preset needs {} + {}", all.len(), n_train, n_held);
+                }
+                all.subset(&(n_train..n_train + n_held).collect::<Vec<_>>())
+            }
+            path => tilt_train::data::read_idx(path.as_ref(), Some(cfg.held_out_labels.get(p).as_ref()), Some(n_held))?,
+        };
+        let train_data = idx(&images, &labels, n_train);
+        let ev_cfg = {
+            let mut c = train_config(
+                train_data.clone(),
+                Objective::Evaluator(Default::default()),
+                cfg.evaluator.steps.get(p),
+                cfg.seed,
+                false,
+            );
+            c.model = tilt_train::ModelSpec::Cnn(tilt_train::CnnSpec { channels: cfg.evaluator.channels });
+            c.batch_size = 64; // convolutions are the slow part on the CPU (docs/results.md)
+            c.optim.lr = 3e-3;
+            c
+        };
+        let (evaluator, _) = tilt_train::load_evaluator(&ctx.trained("image_evaluator", &ev_cfg)?, dev)?;
+        let held_accuracy = tilt_train::load::accuracy(&evaluator, &held, dev)?;
+        let held_features = features(&evaluator, &held.x, held.dim, dev);
+        let held_probs = class_probs(&evaluator, &held.x, held.dim, held.labels.as_ref().expect("labelled"), dev);
+        let real = metrics::mean_se(&held_probs.iter().map(|p| 1.0 / p).collect::<Vec<_>>());
+        Ok(Self { train_data, held, evaluator, held_accuracy, real, held_features, device: dev.clone() })
+    }
+
+    /// Width of the evaluator's features.
+    fn feature_dim(&self) -> usize {
+        self.held_features.len() / self.held.len()
+    }
+
+    /// The Fréchet distance between two disjoint sets of held-out images, `n` of them (at most half the held-out
+    /// set): what a perfect sampler would score at that sample size.
+    pub fn frechet_floor(&self, n: usize) -> f64 {
+        let (f, rows) = (self.feature_dim(), n.min(self.held.len() / 2));
+        tilt_core::frechet::frechet_distance(&self.held_features[..rows * f], &self.held_features[rows * f..], f)
+    }
+
+    /// The evaluator on `images` (rows of pixels) generated for `labels`.
+    pub fn verdict(&self, images: &[f32], labels: &[usize]) -> Verdict {
+        let (dim, dev) = (self.held.dim, &self.device);
+        let probs = class_probs(&self.evaluator, images, dim, labels, dev);
+        let q = metrics::quantiles(&probs, &QUANTILE_LEVELS);
+        let inv_probs: Vec<f64> = probs.iter().map(|p| 1.0 / p).collect();
+        Verdict {
+            mean_inv_prob: metrics::mean_se(&inv_probs),
+            mean_prob: metrics::mean_se(&probs),
+            quantiles: [q[0], q[1], q[2], q[3], q[4]],
+            accuracy: accuracy_of(&self.evaluator, images, dim, labels, dev),
+            frechet: self.frechet_to_held(images),
+            inv_probs,
+        }
+    }
+
+    /// Fréchet distance of `images`' evaluator features to the held-out images'.
+    pub fn frechet_to_held(&self, images: &[f32]) -> f64 {
+        let sample_features = features(&self.evaluator, images, self.held.dim, &self.device);
+        tilt_core::frechet::frechet_distance(&sample_features, &self.held_features, self.feature_dim())
+    }
+}
+
 /// One guidance kind at one strength: the evaluator's verdict on the decoded samples.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct ImageStat {
@@ -119,38 +233,14 @@ pub fn run(ctx: &Ctx, dir: &Path) -> Result<StageOutput> {
     let (cfg, raw): (Config, _) = stage_config("image_cfg")?;
     let p = ctx.preset;
     let dev = &ctx.device;
-    let (images, labels) = (super::data_path(&cfg.images.get(p)), super::data_path(&cfg.labels.get(p)));
-    if !Path::new(&images).exists() {
-        if images.starts_with("/usr/share/datasets") {
-            bail!(
-                "{images}: not found; the {p:?} preset reads Fashion-MNIST from Debian's package: sudo apt-get install dataset-fashion-mnist"
-            );
-        }
-        bail!(
-            "{images}: not found (looked in the working directory and in the tilt source tree {}); the {p:?} preset \
-             reads the Fashion-MNIST files shipped in the repository's assets/data",
-            env!("CARGO_MANIFEST_DIR")
-        );
-    }
     if !cfg.reward.strengths.contains(&1.0) || cfg.reward.strengths.iter().any(|w| !(w.is_finite() && *w > 0.0)) {
         bail!("reward.strengths: expected positive strengths including 1 (where the trained term targets p r)");
     }
-    let (n_train, n_held) = (cfg.train_images.get(p), cfg.held_out.get(p));
-    // Held-out images: after the training ones in the same file, or a file of their own (full preset).
-    let held = match cfg.held_out_images.get(p) {
-        path if path.is_empty() => {
-            let all = tilt_train::data::read_idx(images.as_ref(), Some(labels.as_ref()), Some(n_train + n_held))?;
-            if all.len() < n_train + n_held {
-                bail!("{images}: {} images, the {p:?} preset needs {} + {}", all.len(), n_train, n_held);
-            }
-            all.subset(&(n_train..n_train + n_held).collect::<Vec<_>>())
-        }
-        path => tilt_train::data::read_idx(path.as_ref(), Some(cfg.held_out_labels.get(p).as_ref()), Some(n_held))?,
-    };
+    let eval = ImageEval::load(ctx, &cfg)?;
+    let (train_data, held, held_accuracy) = (&eval.train_data, &eval.held, eval.held_accuracy);
     let classes = held.num_classes;
-    let train_data = idx(&images, &labels, n_train);
 
-    // The models: autoencoder and evaluator on the images; latent score network and classifier on the codes.
+    // The autoencoder on the images; latent score network and classifier on the codes.
     let ae_cfg = {
         let mut c = train_config(
             train_data.clone(),
@@ -164,21 +254,6 @@ pub fn run(ctx: &Ctx, dir: &Path) -> Result<StageOutput> {
     };
     let ae_run = ctx.trained("image_autoencoder", &ae_cfg)?;
     let (autoencoder, ae_state) = tilt_train::load_autoencoder(&ae_run, dev)?;
-    let ev_cfg = {
-        let mut c = train_config(
-            train_data.clone(),
-            Objective::Evaluator(Default::default()),
-            cfg.evaluator.steps.get(p),
-            cfg.seed,
-            false,
-        );
-        c.model = tilt_train::ModelSpec::Cnn(tilt_train::CnnSpec { channels: cfg.evaluator.channels });
-        c.batch_size = 64; // convolutions are the slow part on the CPU (docs/results.md)
-        c.optim.lr = 3e-3;
-        c
-    };
-    let (evaluator, _) = tilt_train::load_evaluator(&ctx.trained("image_evaluator", &ev_cfg)?, dev)?;
-    let held_accuracy = tilt_train::load::accuracy(&evaluator, &held, dev)?;
 
     // Latent codes of the training images, written once as a labelled CSV (full f32 precision).
     let latents = ctx.models_dir().join("image_latents.csv");
@@ -212,13 +287,8 @@ pub fn run(ctx: &Ctx, dir: &Path) -> Result<StageOutput> {
     let per_class = cfg.per_class.get(p);
     let n_samples = per_class * classes;
     let dim = held.dim;
-    let held_features = features(&evaluator, &held.x, dim, dev);
-    let f = held_features.len() / held.len();
-    let held_probs = class_probs(&evaluator, &held.x, dim, held.labels.as_ref().expect("labelled"), dev);
-    let real = metrics::mean_se(&held_probs.iter().map(|p| 1.0 / p).collect::<Vec<_>>());
-    let floor_rows = n_samples.min(held.len() / 2);
-    let frechet_floor =
-        tilt_core::frechet::frechet_distance(&held_features[..floor_rows * f], &held_features[floor_rows * f..], f);
+    let real = eval.real;
+    let frechet_floor = eval.frechet_floor(n_samples);
 
     // The sweep: for each guidance kind and strength, `per_class` samples of every class, decoded and evaluated.
     let s = sampler(SamplerKind::default(), cfg.steps.get(p), diffusion.score.schedule);
@@ -228,7 +298,7 @@ pub fn run(ctx: &Ctx, dir: &Path) -> Result<StageOutput> {
     let mut grid: Vec<Vec<f32>> = Vec::new();
     for kind in ["cfg", "classifier"] {
         for &w in &cfg.strengths {
-            let (mut images, mut probs, mut labels_all) = (Vec::new(), Vec::new(), Vec::new());
+            let (mut images, mut labels_all) = (Vec::new(), Vec::new());
             for c in 0..classes {
                 let mut noise = NoiseSource::host_stream(cfg.seed, c as u64);
                 let weight = WeightSchedule::Constant(w);
@@ -244,7 +314,6 @@ pub fn run(ctx: &Ctx, dir: &Path) -> Result<StageOutput> {
                 let mut z = tensor_ext::to_vec(z);
                 st.invert(&mut z);
                 let x = tensor_ext::to_vec(autoencoder.decode(tensor_ext::matrix(&z, per_class, d, dev)));
-                probs.extend(class_probs(&evaluator, &x, dim, &vec![c; per_class], dev));
                 labels_all.extend(vec![c; per_class]);
                 if kind == "cfg" {
                     grid.push(x[..cfg.grid_per_strength.min(per_class) * dim].to_vec());
@@ -252,17 +321,15 @@ pub fn run(ctx: &Ctx, dir: &Path) -> Result<StageOutput> {
                 images.extend(x);
                 bar.inc(1);
             }
-            let sample_features = features(&evaluator, &images, dim, dev);
-            let q = metrics::quantiles(&probs, &QUANTILE_LEVELS);
-            let hits = accuracy_of(&evaluator, &images, dim, &labels_all, dev);
+            let v = eval.verdict(&images, &labels_all);
             stats.push(ImageStat {
                 guidance: kind.into(),
                 w,
-                mean_inv_prob: metrics::mean_se(&probs.iter().map(|p| 1.0 / p).collect::<Vec<_>>()),
-                mean_prob: metrics::mean_se(&probs),
-                quantiles: [q[0], q[1], q[2], q[3], q[4]],
-                accuracy: hits,
-                frechet: tilt_core::frechet::frechet_distance(&sample_features, &held_features, f),
+                mean_inv_prob: v.mean_inv_prob,
+                mean_prob: v.mean_prob,
+                quantiles: v.quantiles,
+                accuracy: v.accuracy,
+                frechet: v.frechet,
             });
         }
     }
@@ -345,7 +412,7 @@ pub fn run(ctx: &Ctx, dir: &Path) -> Result<StageOutput> {
                 sampled: super::mean_reward(reward.as_ref(), &z, d, dev),
                 off_data: off_data(&z),
                 tilted: tilted_mean(&r_data, w),
-                frechet: tilt_core::frechet::frechet_distance(&features(&evaluator, &x, dim, dev), &held_features, f),
+                frechet: eval.frechet_to_held(&x),
             });
         }
     }
@@ -606,7 +673,7 @@ fn accuracy_of(ev: &tilt_models::Evaluator, x: &[f32], dim: usize, labels: &[usi
 }
 
 /// Rows = classes, columns = `per` images for each strength, with a 2-pixel gap between strengths.
-fn write_grid(
+pub(super) fn write_grid(
     path: &Path,
     grid: &[Vec<f32>],
     classes: usize,

@@ -10,6 +10,7 @@ mod discretisation;
 mod efficiency;
 mod guidance_zoo;
 mod image_cfg;
+mod image_guidance;
 mod parametrisations;
 mod report;
 mod reward_mixture;
@@ -208,6 +209,7 @@ pub const STAGES: &[Stage] = &[
     stage!(parametrisations),
     stage!(guidance_zoo),
     stage!(image_cfg),
+    stage!(image_guidance),
 ];
 
 /// The stage names, comma-separated (for help and errors).

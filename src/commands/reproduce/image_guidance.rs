@@ -130,7 +130,7 @@ pub fn run(ctx: &Ctx, dir: &Path) -> Result<StageOutput> {
     }
     let ema_decay = cfg.unet.ema_decay.get(p);
     if !(0.0..1.0).contains(&ema_decay) {
-        bail!("unet.ema_decay: expected a decay in [0, 1), got {ema_decay}");
+        bail!("unet.ema_decay.{}: expected a decay in [0, 1), got {ema_decay}", format!("{p:?}").to_lowercase());
     }
 
     if !(cfg.unet.lr > 0.0 && cfg.unet.lr <= 1.0) {

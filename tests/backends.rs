@@ -276,3 +276,55 @@ fn flex_and_ndarray_agree_on_convolutions() {
         }
     }
 }
+
+/// Flex splits large element-wise passes over rayon's pool (contiguous, broadcast and strided operands, in place and
+/// into new buffers): every element comes out as ndarray computes it, and one thread gives the same bits as three.
+/// The shapes are above the split threshold (65,536 elements) and have ragged last parts.
+#[cfg(feature = "ndarray")]
+#[test]
+fn flex_and_ndarray_agree_on_large_elementwise_passes() {
+    let shape = [3, 37, 29, 31]; // 99,789 elements: two parts of 65,536 and a ragged one at the split's block size
+    let values = |seed: usize| -> Vec<f32> {
+        (0..shape.iter().product::<usize>())
+            .map(|i| ((i * 7919 + seed * 104_729) % 2003) as f32 / 1001.0 - 1.0)
+            .collect()
+    };
+    let run = |dev: &Device| -> Vec<Vec<f32>> {
+        let t = |seed| Tensor::<4>::from_data(TensorData::new(values(seed), shape), dev);
+        let (a, b) = (t(1), t(2));
+        let per_channel = Tensor::<4>::from_data(TensorData::new(values(3)[..37].to_vec(), [1, 37, 1, 1]), dev);
+        let per_row = Tensor::<4>::from_data(TensorData::new(values(4)[..3 * 37].to_vec(), [3, 37, 1, 1]), dev);
+        let flat = |t: Tensor<4>| tensor_ext::to_vec(t.reshape([1, -1]));
+        vec![
+            flat(a.clone() + b.clone()),                                 // shared operands: a new buffer
+            flat(a.clone() * 1.5 - b.clone()),                           // a unique lhs: in place
+            flat(a.clone() / (b.clone().abs() + 0.5)),                   // a unique rhs: in place, operands swapped
+            flat(a.clone() - per_channel.clone()),                       // broadcast over channels: the loop nest
+            flat((a.clone() * 2.0) * per_row.clone()),                   // broadcast over pixels, in place
+            flat(a.clone().swap_dims(1, 3) + b.clone().swap_dims(1, 3)), // strided operands
+            flat(a.clone().exp()),                                       // SIMD unary into a new buffer
+            flat((a.clone() * 1.0).sqrt().abs()),                        // unary in place
+            flat(burn::tensor::activation::silu(a.clone())),             // the activation of the U-Net
+            flat(a.clone().greater(b.clone()).float()),                  // a comparison
+        ]
+    };
+    let want = run(&Device::ndarray());
+    let on_threads = |n: usize| {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(n).build().expect("a thread pool");
+        pool.install(|| run(&Device::flex()))
+    };
+    let (one, three) = (on_threads(1), on_threads(3));
+    for (k, (a, b)) in one.iter().zip(&three).enumerate() {
+        let first = a.iter().zip(b).position(|(x, y)| x.to_bits() != y.to_bits());
+        assert!(first.is_none(), "pass {k}: element {first:?} depends on the thread count");
+    }
+    for (k, (g, w)) in three.iter().zip(&want).enumerate() {
+        assert_eq!(g.len(), w.len(), "pass {k}");
+        // One rounding of each operation; exp and sqrt within a few ulps of ndarray's libm.
+        let bad = g
+            .iter()
+            .zip(w)
+            .position(|(a, b)| !((a - b).abs() <= 4.0 * f32::EPSILON * b.abs().max(1.0) || a.is_nan() && b.is_nan()));
+        assert!(bad.is_none(), "pass {k}: element {:?}: {:?} against {:?}", bad, bad.map(|i| g[i]), bad.map(|i| w[i]));
+    }
+}

@@ -187,7 +187,9 @@ pub(crate) fn collapse_for_zip(lhs: &Layout, rhs: &Layout) -> Option<ZipNest> {
 /// The inner loop is specialized on the collapsed innermost stride
 /// pair: both contiguous, one contiguous + one broadcast (stride 0),
 /// or general strided with loop-invariant strides. All variants are
-/// monomorphized per call site so LLVM autovectorizes them.
+/// monomorphized per call site so LLVM autovectorizes them. A large
+/// output is filled in parts on rayon's pool ([`for_each_part`]), each
+/// by the same serial loop, so the result does not depend on the split.
 ///
 /// Returns `None` when the layout pair can't be collapsed (negative
 /// strides, rank too high); callers keep their `StridedIter` fallback
@@ -200,9 +202,10 @@ pub(crate) fn zip_map<L, R, Out, F>(
     op: F,
 ) -> Option<Vec<Out>>
 where
-    L: Copy,
-    R: Copy,
-    F: Fn(L, R) -> Out,
+    L: Copy + Sync,
+    R: Copy + Sync,
+    Out: Send,
+    F: Fn(L, R) -> Out + Sync + Send,
 {
     let numel = lhs_layout.num_elements();
     if numel == 0 {
@@ -216,33 +219,84 @@ where
         out.push(op(lhs[nest.lhs_offset], rhs[nest.rhs_offset]));
         return Some(out);
     }
+    for_each_part(
+        &nest,
+        &mut out.spare_capacity_mut()[..numel],
+        |part, dst| fill(part, dst, lhs, rhs, &op),
+    );
+    // SAFETY: the parts cover `0..numel` in order and `fill` writes every element of each.
+    unsafe { out.set_len(numel) };
+    Some(out)
+}
 
+/// Writes `op(lhs, rhs)` over `nest` into `out` in row-major order (`out.len()` = the nest's element count).
+fn fill<L: Copy, R: Copy, Out>(
+    nest: &ZipNest,
+    out: &mut [core::mem::MaybeUninit<Out>],
+    lhs: &[L],
+    rhs: &[R],
+    op: impl Fn(L, R) -> Out,
+) {
     let (len, l_st, r_st) = nest.inner();
+    let mut runs = out.chunks_exact_mut(len);
+    let mut next = || runs.next().expect("the output holds one run per base");
     match (l_st, r_st) {
         (1, 1) => nest.for_each_run(|lb, rb| {
-            out.extend(
-                lhs[lb..lb + len]
-                    .iter()
-                    .zip(&rhs[rb..rb + len])
-                    .map(|(&a, &b)| op(a, b)),
-            );
+            for ((o, &a), &b) in next()
+                .iter_mut()
+                .zip(&lhs[lb..lb + len])
+                .zip(&rhs[rb..rb + len])
+            {
+                o.write(op(a, b));
+            }
         }),
         (1, 0) => nest.for_each_run(|lb, rb| {
             let b = rhs[rb];
-            out.extend(lhs[lb..lb + len].iter().map(|&a| op(a, b)));
+            for (o, &a) in next().iter_mut().zip(&lhs[lb..lb + len]) {
+                o.write(op(a, b));
+            }
         }),
         (0, 1) => nest.for_each_run(|lb, rb| {
             let a = lhs[lb];
-            out.extend(rhs[rb..rb + len].iter().map(|&b| op(a, b)));
+            for (o, &b) in next().iter_mut().zip(&rhs[rb..rb + len]) {
+                o.write(op(a, b));
+            }
         }),
         _ => nest.for_each_run(|lb, rb| {
-            out.extend(
-                (0..len).map(|i| op(lhs[lb + i * l_st as usize], rhs[rb + i * r_st as usize])),
-            );
+            for (i, o) in next().iter_mut().enumerate() {
+                o.write(op(lhs[lb + i * l_st as usize], rhs[rb + i * r_st as usize]));
+            }
         }),
     }
-    debug_assert_eq!(out.len(), numel);
-    Some(out)
+}
+
+/// Runs `work(part, out part)` over `nest` cut along its outermost dim (its only dim when it has one) into
+/// parts of about [`crate::ops::elementwise_par`]'s block size, where `out` holds the nest's elements in
+/// row-major order: in parallel on rayon's pool when the nest is large, else once over the whole nest. Each part
+/// is the nest restricted to a range of the cut dim, its offsets advanced to the range's start.
+fn for_each_part<T: Send>(
+    nest: &ZipNest,
+    out: &mut [T],
+    work: impl Fn(&ZipNest, &mut [T]) + Sync + Send,
+) {
+    #[cfg(feature = "rayon")]
+    if out.len() >= crate::ops::elementwise_par::PARALLEL_MIN && rayon::current_num_threads() > 1 {
+        use rayon::prelude::*;
+        let unit: usize = nest.shape[1..nest.ndim].iter().product();
+        let per_part = (crate::ops::elementwise_par::BLOCK / unit).max(1);
+        out.par_chunks_mut(per_part * unit)
+            .enumerate()
+            .for_each(|(k, chunk)| {
+                let first = (k * per_part) as isize;
+                let mut part = *nest;
+                part.shape[0] = chunk.len() / unit;
+                part.lhs_offset = (nest.lhs_offset as isize + first * nest.lhs_strides[0]) as usize;
+                part.rhs_offset = (nest.rhs_offset as isize + first * nest.rhs_strides[0]) as usize;
+                work(&part, chunk)
+            });
+        return;
+    }
+    work(nest, out)
 }
 
 /// Apply `op` over a collapsed nest *in place*, writing the result back
@@ -259,12 +313,14 @@ where
 ///
 /// Like [`zip_map`], the inner loop is specialized on the collapsed
 /// innermost src stride — contiguous, broadcast-scalar, or general
-/// strided — and monomorphized per call site so LLVM autovectorizes it.
+/// strided — and monomorphized per call site so LLVM autovectorizes it;
+/// a destination dense from index 0 is updated in parts on rayon's pool
+/// when large.
 pub(crate) fn zip_apply_inplace<D, S, F>(nest: &ZipNest, dst: &mut [D], src: &[S], op: F)
 where
-    D: Copy,
-    S: Copy,
-    F: Fn(D, S) -> D,
+    D: Copy + Send,
+    S: Copy + Sync,
+    F: Fn(D, S) -> D + Sync + Send,
 {
     debug_assert!(
         nest.lhs_is_dense(),
@@ -279,7 +335,26 @@ where
         // Empty tensor; `for_each_run` must not be entered.
         return;
     }
+    if nest.lhs_offset == 0 {
+        // Dense from 0: the destination's parts are the output's parts, each a slice of its own.
+        let numel: usize = nest.shape[..nest.ndim].iter().product();
+        for_each_part(nest, &mut dst[..numel], |part, dst| {
+            let mut local = *part;
+            local.lhs_offset = 0;
+            apply_inplace(&local, dst, src, &op)
+        });
+        return;
+    }
+    apply_inplace(nest, dst, src, op)
+}
 
+/// The serial loop of [`zip_apply_inplace`].
+fn apply_inplace<D: Copy, S: Copy>(
+    nest: &ZipNest,
+    dst: &mut [D],
+    src: &[S],
+    op: impl Fn(D, S) -> D,
+) {
     let (len, l_st, r_st) = nest.inner();
     debug_assert_eq!(l_st, 1, "dense destination implies a contiguous inner run");
     match r_st {
@@ -684,12 +759,12 @@ mod tests {
 
     /// Run `zip_apply_inplace` over `dst`, given that `dst_layout` is
     /// the dense side. Returns `None` if the nest declines the pair.
-    fn apply_inplace<E: Copy>(
+    fn apply_inplace<E: Copy + Send + Sync>(
         dst: &mut [E],
         dst_layout: &Layout,
         src: &[E],
         src_layout: &Layout,
-        op: impl Fn(E, E) -> E,
+        op: impl Fn(E, E) -> E + Sync + Send,
     ) -> Option<()> {
         let nest = collapse_for_zip(dst_layout, src_layout)?;
         if !nest.lhs_is_dense_from_zero() {

@@ -255,35 +255,34 @@ pub fn run(ctx: &Ctx, dir: &Path) -> Result<StageOutput> {
         )
         .collect();
     image_cfg::write_grid(&dir.join("samples.png"), &grid, classes, groups.len(), shown, image)?;
-    let conditional = rows.first().expect("the conditional row is first").clone();
-    let start = match (conditional.frechet, conditional.mean_inv_prob) {
-        (Some(f), Some(q)) => vec![(f, q.mean)],
-        _ => Vec::new(),
+    // Each method's path from the conditional model (w = 0) through its strengths, against the Fréchet distance.
+    let paths = |y: &dyn Fn(&Row) -> Option<f64>| -> Vec<Series> {
+        cfg.strengths
+            .keys()
+            .map(|m| Series {
+                name: m.label().to_string(),
+                points: std::iter::once(&rows[0])
+                    .chain(rows.iter().filter(|r| r.method == m.label()))
+                    .filter_map(|r| Some((r.frechet?, y(r)?)))
+                    .collect(),
+            })
+            .collect()
     };
-    let series: Vec<Series> = cfg
-        .strengths
-        .keys()
-        .map(|m| Series {
-            name: m.label().to_string(),
-            points: start
-                .iter()
-                .copied()
-                .chain(
-                    rows.iter()
-                        .filter(|r| r.method == m.label())
-                        .filter_map(|r| Some((r.frechet?, r.mean_inv_prob?.mean))),
-                )
-                .collect(),
-        })
-        .collect();
-    plot::curves_scaled(
+    plot::curves(
         &dir.join("tradeoff.png"),
         &format!("Fashion-MNIST pixel U-Net: E[1/p_eval(c|Y)] against Fréchet distance (floor {floor:.3})"),
         "Fréchet distance to held-out images (evaluator features)",
         "E[1/p_eval(c|Y)]",
-        &series,
+        &paths(&|r| Some(r.mean_inv_prob?.mean)),
         &[("held-out real images".to_string(), eval.real.mean)],
-        true,
+    )?;
+    plot::curves(
+        &dir.join("tradeoff_accuracy.png"),
+        &format!("Fashion-MNIST pixel U-Net: evaluator accuracy against Fréchet distance (floor {floor:.3})"),
+        "Fréchet distance to held-out images (evaluator features)",
+        "accuracy toward the class (evaluator)",
+        &paths(&|r| r.accuracy),
+        &[("held-out real images".to_string(), eval.held_accuracy)],
     )?;
 
     let mut out = StageOutput::new(
@@ -355,6 +354,10 @@ pub fn run(ctx: &Ctx, dir: &Path) -> Result<StageOutput> {
             "tradeoff.png".into(),
             "E[1/p_eval(c|Y)] against the Fréchet distance, each method from the conditional model (w = 0) through its strengths".into(),
         ),
+        (
+            "tradeoff_accuracy.png".into(),
+            "The evaluator's accuracy toward the class against the Fréchet distance, each method from the conditional model through its strengths".into(),
+        ),
     ];
     out.reading = reading(&rows, floor, eval.real);
     out.headline = serde_json::json!({
@@ -397,6 +400,10 @@ fn reading(rows: &[Row], floor: f64, real: tilt_core::metrics::MeanSe) -> String
         return "The conditional model's own samples diverged: nothing to compare against.".into();
     };
     let guided: Vec<&Row> = rows[1..].iter().collect();
+    let acc_best = guided
+        .iter()
+        .filter(|r| r.accuracy.is_some())
+        .max_by(|a, b| a.accuracy.expect("filtered").total_cmp(&b.accuracy.expect("filtered")));
     let evals: Vec<f64> = guided.iter().map(|r| r.evaluations).collect();
     let matched = evals.iter().all(|e| *e == evals[0]);
     let mut parts = vec![format!(
@@ -419,9 +426,9 @@ fn reading(rows: &[Row], floor: f64, real: tilt_core::metrics::MeanSe) -> String
     )];
     let cells: Vec<String> = guided
         .iter()
-        .map(|r| match (r.mean_inv_prob, r.change, r.frechet) {
-            (Some(q), Some(d), Some(f)) => format!(
-                "{} w = {}: {:.3} ± {:.3} (paired change {:+.3} ± {:.3}, {:+.1} SE), Fréchet {:.3}",
+        .map(|r| match (r.mean_inv_prob, r.change, r.frechet, r.accuracy, r.quantiles) {
+            (Some(q), Some(d), Some(f), Some(acc), Some(p)) => format!(
+                "{} w = {}: {:.3} ± {:.3} (paired change {:+.3} ± {:.3}, {:+.1} SE), accuracy {:.3}, median p_eval {:.3}, Fréchet {:.3}",
                 r.method,
                 r.w,
                 q.mean,
@@ -429,15 +436,29 @@ fn reading(rows: &[Row], floor: f64, real: tilt_core::metrics::MeanSe) -> String
                 d.mean,
                 d.se,
                 d.mean / d.se,
+                acc,
+                p[2],
                 f
             ),
             _ => format!("{} w = {}: {:.1} % of the chains diverged", r.method, r.w, 100.0 * r.diverged),
         })
         .collect();
     parts.push(format!(
-        "E[1/p_eval(c|Y)] per row, its change from w = 0 on paired samples (the same noise), and the Fréchet distance: {}.",
+        "E[1/p_eval(c|Y)] per row, its change from w = 0 on paired samples (the same noise), the evaluator's accuracy and median p_eval(c|Y), and the Fréchet distance: {}.",
         cells.join("; ")
     ));
+    // A mean of 1/p is ruled by its few smallest p: say so when the conditional model's is far above real images'.
+    if let (Some(acc0), Some(p0)) = (base.accuracy, base.quantiles)
+        && q0.mean > 10.0 * real.mean
+    {
+        parts.push(format!(
+            "The conditional model's E[1/p_eval(c|Y)] is {:.0} times that of real images: its 5 % quantile of p_eval(c|Y) is {:.1e}, so a few samples the evaluator puts in another class rule the mean and its standard error; the accuracy ({:.3} at w = 0) and the median p_eval ({:.3}) are the steadier readings here.",
+            q0.mean / real.mean,
+            p0[0],
+            acc0,
+            p0[2]
+        ));
+    }
     let finite: Vec<&&Row> = guided.iter().filter(|r| r.mean_inv_prob.is_some()).collect();
     if let (Some(best_q), Some(best_f)) = (
         finite
@@ -454,6 +475,14 @@ fn reading(rows: &[Row], floor: f64, real: tilt_core::metrics::MeanSe) -> String
             best_f.frechet.expect("finite"),
             if best_f.frechet.expect("finite") < f0 { "below" } else { "not below" },
             f0
+        ));
+    }
+    if let (Some(best), Some(acc0)) = (acc_best, base.accuracy) {
+        parts.push(format!(
+            "Highest accuracy: {} at w = {} ({:.3}, against {acc0:.3} at w = 0).",
+            best.method,
+            best.w,
+            best.accuracy.expect("filtered")
         ));
     }
     parts.join(" ")

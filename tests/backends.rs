@@ -282,6 +282,7 @@ fn flex_and_ndarray_agree_on_convolutions() {
 /// The shapes are above the split threshold (65,536 elements) and have ragged last parts.
 #[cfg(feature = "ndarray")]
 #[test]
+#[allow(deprecated)]
 fn flex_and_ndarray_agree_on_large_elementwise_passes() {
     let shape = [3, 37, 29, 31]; // 99,789 elements: two parts of 65,536 and a ragged one at the split's block size
     let values = |seed: usize| -> Vec<f32> {

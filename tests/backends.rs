@@ -225,6 +225,8 @@ fn flex_and_ndarray_agree_on_convolutions() {
         ([2, 32, 9, 7], [40, 32, 3, 3], ConvOptions::new([1, 1], [1, 1], [1, 1], 1)),
         ([3, 32, 6, 6], [32, 32, 3, 3], ConvOptions::new([1, 1], [0, 0], [1, 1], 1)),
         ([1, 48, 5, 8], [32, 48, 3, 3], ConvOptions::new([1, 1], [2, 2], [1, 1], 1)),
+        // ... a different padding per axis on a plane of odd width (the parity split of the input rows).
+        ([2, 32, 14, 15], [32, 32, 3, 3], ConvOptions::new([1, 1], [2, 1], [1, 1], 1)),
         ([3, 2, 11, 10], [2, 2, 2, 2], ConvOptions::new([3, 3], [0, 0], [1, 1], 1)),
         ([2, 1, 5, 5], [3, 1, 3, 3], ConvOptions::new([1, 2], [3, 1], [1, 2], 1)),
     ];

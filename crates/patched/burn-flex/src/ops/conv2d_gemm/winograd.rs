@@ -73,10 +73,38 @@ fn tiles(out: usize) -> usize {
     out.div_ceil(2)
 }
 
+/// Reusable buffers of [`transform_plane`] and [`untransform_plane`], one set per chunk.
+struct Rows<T> {
+    /// One zero-padded input row, de-interleaved: even padded columns, then odd ones.
+    row: Vec<T>,
+    /// The padded input plane split by row parity `a`, column parity `b` and a shift `s` of one tile:
+    /// `planes[(a * 2 + b) * 2 + s][ry * tiles_w + tx]` is padded pixel `(2 ry + a, 2 (tx + s) + b)`.
+    planes: Vec<T>,
+    /// The four output parity planes `Y[r * 2 + c][ty * tiles_w + tx]` = output pixel `(2 ty + r, 2 tx + c)`.
+    outputs: Vec<T>,
+}
+
+impl<T> Default for Rows<T> {
+    fn default() -> Self {
+        Self {
+            row: Vec::new(),
+            planes: Vec::new(),
+            outputs: Vec::new(),
+        }
+    }
+}
+
 /// Writes `V[xi][channel][t0 + tile] = (B^T d B)[xi]` for every tile `d` of one input plane, `V` laid out as
-/// `[16][channels][total]`. One tile row at a time, all its tiles together: `B^T d` is elementwise across four
-/// zero-padded input rows, and each of the 16 points is then a contiguous run over the row's tiles (loops the
-/// compiler vectorises; a tile-by-tile version spent more time here than in the products).
+/// `[16][channels][total]`.
+///
+/// Tile `(ty, tx)` reads padded pixels `(2 ty + i, 2 tx + j)`, `i, j < 4`: pixel `(i, j)` of every tile is the
+/// same parity plane of the padded input (row parity `i % 2`, column parity `j % 2`, shifted by `j / 2` tiles),
+/// read from row `ty + i / 2`, so over all tiles it is one contiguous run of that plane. The plane is split into
+/// those parity planes once; then each transform point is an element-wise combination of runs as long as the
+/// plane's tile count (a loop the compiler vectorises: along one tile row the runs were 4 to 16 tiles, shorter
+/// than a vector, and ran scalar). The arithmetic and its order are the textbook transform's, `B^T` first
+/// (`[d0 - d2, d1 + d2, d2 - d1, d1 - d3]` down each column) then `B` along each row, so the values do not
+/// depend on the layout.
 #[allow(clippy::too_many_arguments)]
 fn transform_plane<T: ConvElement>(
     g: &Geometry,
@@ -86,68 +114,115 @@ fn transform_plane<T: ConvElement>(
     channels: usize,
     total: usize,
     t0: usize,
-    rows: &mut [Vec<T>; 4],
+    rows: &mut Rows<T>,
 ) {
     let (tiles_h, tiles_w) = (tiles(g.out_h), tiles(g.out_w));
     let [pad_h, pad_w] = g.padding;
-    let width = 2 * tiles_w + 2;
-    for row in rows.iter_mut() {
-        row.clear();
-        row.resize(width, T::zero());
+    let half = tiles_w + 1;
+    let plane_len = (tiles_h + 1) * tiles_w;
+    let zero = T::zero();
+    rows.row.resize(2 * half, zero);
+    rows.planes.resize(8 * plane_len, zero);
+    // Columns 2k and 2k + 1 of a padded row are both inside the input for k in inner_lo .. inner_hi.
+    let inner_lo = pad_w.div_ceil(2).min(half);
+    let inner_hi = ((g.in_w + pad_w) / 2).clamp(inner_lo, half);
+    for y in 0..2 * tiles_h + 2 {
+        let (even, odd) = rows.row.split_at_mut(half);
+        let iy = y as isize - pad_h as isize;
+        if iy < 0 || iy >= g.in_h as isize {
+            even.fill(zero);
+            odd.fill(zero);
+        } else {
+            let src = &plane[iy as usize * g.in_w..(iy as usize + 1) * g.in_w];
+            // Padded column p is input column p - pad_w.
+            let at = |p: usize| {
+                let x = p as isize - pad_w as isize;
+                if x >= 0 && (x as usize) < g.in_w {
+                    src[x as usize]
+                } else {
+                    zero
+                }
+            };
+            for k in (0..inner_lo).chain(inner_hi..half) {
+                even[k] = at(2 * k);
+                odd[k] = at(2 * k + 1);
+            }
+            let first = 2 * inner_lo - pad_w;
+            let pairs = &src[first..first + 2 * (inner_hi - inner_lo)];
+            for ((e, o), pair) in even[inner_lo..inner_hi]
+                .iter_mut()
+                .zip(&mut odd[inner_lo..inner_hi])
+                .zip(pairs.chunks_exact(2))
+            {
+                *e = pair[0];
+                *o = pair[1];
+            }
+        }
+        let (a, ry) = (y % 2, y / 2);
+        for b in 0..2 {
+            let parity = &rows.row[b * half..(b + 1) * half];
+            for s in 0..2 {
+                let dst = ((a * 2 + b) * 2 + s) * plane_len + ry * tiles_w;
+                rows.planes[dst..dst + tiles_w].copy_from_slice(&parity[s..s + tiles_w]);
+            }
+        }
     }
-    // Input columns x0 .. x0 + width map to padded positions 0 .. width.
-    let (copy_from, copy_to) = (pad_w, (pad_w + g.in_w).min(width));
-    for ty in 0..tiles_h {
-        let y0 = (2 * ty) as isize - pad_h as isize;
-        // Four input rows, zero outside the plane; B^T d in place: rows become
-        // [d0 - d2, d1 + d2, d2 - d1, d1 - d3].
-        for (r, row) in rows.iter_mut().enumerate() {
-            let y = y0 + r as isize;
-            if y < 0 || y >= g.in_h as isize {
-                row.fill(T::zero());
-            } else {
-                let src = &plane[y as usize * g.in_w..(y as usize + 1) * g.in_w];
-                row[..copy_from].fill(T::zero());
-                row[copy_from..copy_to].copy_from_slice(&src[..copy_to - copy_from]);
-                row[copy_to..].fill(T::zero());
-            }
-        }
-        let [d0, d1, d2, d3] = rows;
-        for x in 0..width {
-            let (a, b, c, d) = (d0[x], d1[x], d2[x], d3[x]);
-            d0[x] = a - c;
-            d1[x] = b + c;
-            d2[x] = c - b;
-            d3[x] = b - d;
-        }
-        // (B^T d) B along each row: point (r, col) of tile tx reads columns 2 tx .. 2 tx + 3.
-        let start = t0 + ty * tiles_w;
-        for (r, b) in [&*d0, &*d1, &*d2, &*d3].into_iter().enumerate() {
-            let run = |col: usize| ((r * 4 + col) * channels + channel) * total + start;
-            let (e0, e1, e2, e3) = (&b[0..], &b[1..], &b[2..], &b[3..]);
-            let out = &mut v[run(0)..run(0) + tiles_w];
-            for (tx, o) in out.iter_mut().enumerate() {
-                *o = e0[2 * tx] - e2[2 * tx];
-            }
-            let out = &mut v[run(1)..run(1) + tiles_w];
-            for (tx, o) in out.iter_mut().enumerate() {
-                *o = e1[2 * tx] + e2[2 * tx];
-            }
-            let out = &mut v[run(2)..run(2) + tiles_w];
-            for (tx, o) in out.iter_mut().enumerate() {
-                *o = e2[2 * tx] - e1[2 * tx];
-            }
-            let out = &mut v[run(3)..run(3) + tiles_w];
-            for (tx, o) in out.iter_mut().enumerate() {
-                *o = e1[2 * tx] - e3[2 * tx];
-            }
+    let n = tiles_h * tiles_w;
+    // Pixel (i, j) of every tile: parity plane (i % 2, j % 2, shift j / 2) from row i / 2 on.
+    let d = |i: usize, j: usize| {
+        let start = ((i % 2 * 2 + j % 2) * 2 + j / 2) * plane_len + i / 2 * tiles_w;
+        &rows.planes[start..start + n]
+    };
+    let [d0, d1, d2, d3] = [0, 1, 2, 3].map(|i| [0, 1, 2, 3].map(|j| d(i, j)));
+    for i in 0..4 {
+        let run = |col: usize| ((i * 4 + col) * channels + channel) * total + t0;
+        let (v0, rest) = v[run(0)..].split_at_mut(n);
+        let (v1, rest) = rest[run(1) - run(0) - n..].split_at_mut(n);
+        let (v2, rest) = rest[run(2) - run(1) - n..].split_at_mut(n);
+        let v3 = &mut rest[run(3) - run(2) - n..][..n];
+        let out = [v0, v1, v2, v3];
+        // Row i of B^T d is `x op y`, column by column.
+        match i {
+            0 => transform_row(d0, d2, |a, b| a - b, out),
+            1 => transform_row(d1, d2, |a, b| a + b, out),
+            2 => transform_row(d2, d1, |a, b| a - b, out),
+            _ => transform_row(d1, d3, |a, b| a - b, out),
         }
     }
 }
 
-/// Writes `Y = A^T M A` of every tile of one output plane, `M` laid out as `[16][channels][total]`; one tile
-/// row at a time, as [`transform_plane`]: `A^T M` elementwise over the row's tiles into `rows`
-/// (`rows[4 r + col]`, r = 0, 1), then `A` along each output row.
+/// One row of `V = (B^T d) B` over all tiles: with `t_j = op(x_j, y_j)` (row `i` of `B^T d`, column `j`),
+/// `out = [t0 - t2, t1 + t2, t2 - t1, t1 - t3]`.
+#[inline(always)]
+fn transform_row<T: ConvElement>(
+    x: [&[T]; 4],
+    y: [&[T]; 4],
+    op: impl Fn(T, T) -> T,
+    out: [&mut [T]; 4],
+) {
+    let [v0, v1, v2, v3] = out;
+    // Every run cut to one length, so the loop carries no bounds checks and vectorises.
+    let n = v0.len();
+    let (v1, v2, v3) = (&mut v1[..n], &mut v2[..n], &mut v3[..n]);
+    let (x, y) = (x.map(|run| &run[..n]), y.map(|run| &run[..n]));
+    for q in 0..n {
+        let (t0, t1, t2, t3) = (
+            op(x[0][q], y[0][q]),
+            op(x[1][q], y[1][q]),
+            op(x[2][q], y[2][q]),
+            op(x[3][q], y[3][q]),
+        );
+        v0[q] = t0 - t2;
+        v1[q] = t1 + t2;
+        v2[q] = t2 - t1;
+        v3[q] = t1 - t3;
+    }
+}
+
+/// Writes `Y = A^T M A` of every tile of one output plane, `M` laid out as `[16][channels][total]`: the four
+/// output pixels of every tile as four parity planes, each an element-wise combination of the 16 points' runs
+/// over all the plane's tiles (vectorised, as in [`transform_plane`]; `A^T` down each column first, then `A`
+/// along each row), then interleaved into the output rows.
 #[allow(clippy::too_many_arguments)]
 fn untransform_plane<T: ConvElement>(
     g: &Geometry,
@@ -157,39 +232,41 @@ fn untransform_plane<T: ConvElement>(
     total: usize,
     t0: usize,
     plane: &mut [T],
-    rows: &mut [Vec<T>; 8],
+    rows: &mut Rows<T>,
 ) {
     let (tiles_h, tiles_w) = (tiles(g.out_h), tiles(g.out_w));
-    for row in rows.iter_mut() {
-        row.clear();
-        row.resize(tiles_w, T::zero());
+    let n = tiles_h * tiles_w;
+    rows.outputs.resize(4 * n, T::zero());
+    let point = |xi: usize| &m[(xi * channels + channel) * total + t0..][..n];
+    let p: [&[T]; 16] = core::array::from_fn(point);
+    let (y00, rest) = rows.outputs.split_at_mut(n);
+    let (y01, rest) = rest.split_at_mut(n);
+    let (y10, y11) = rest.split_at_mut(n);
+    let y11 = &mut y11[..n];
+    for q in 0..n {
+        // A^T M: column `col`'s top (output row 0) and bottom (output row 1).
+        let top = |col: usize| p[col][q] + p[4 + col][q] + p[8 + col][q];
+        let bottom = |col: usize| p[4 + col][q] - p[8 + col][q] - p[12 + col][q];
+        let (a0, a1, a2, a3) = (top(0), top(1), top(2), top(3));
+        y00[q] = a0 + a1 + a2;
+        y01[q] = a1 - a2 - a3;
+        let (b0, b1, b2, b3) = (bottom(0), bottom(1), bottom(2), bottom(3));
+        y10[q] = b0 + b1 + b2;
+        y11[q] = b1 - b2 - b3;
     }
-    for ty in 0..tiles_h {
-        let start = t0 + ty * tiles_w;
-        let point = |xi: usize| &m[(xi * channels + channel) * total + start..][..tiles_w];
-        for col in 0..4 {
-            let (m0, m1, m2, m3) = (point(col), point(4 + col), point(8 + col), point(12 + col));
-            let (top, bottom) = rows.split_at_mut(4);
-            for tx in 0..tiles_w {
-                top[col][tx] = m0[tx] + m1[tx] + m2[tx];
-                bottom[col][tx] = m1[tx] - m2[tx] - m3[tx];
-            }
+    let pairs = g.out_w / 2;
+    for y in 0..g.out_h {
+        let (ty, r) = (y / 2, y % 2);
+        let base = 2 * r * n + ty * tiles_w;
+        let even = &rows.outputs[base..base + tiles_w];
+        let odd = &rows.outputs[base + n..base + n + tiles_w];
+        let out = &mut plane[y * g.out_w..(y + 1) * g.out_w];
+        for ((pair, &e), &o) in out.chunks_exact_mut(2).zip(even).zip(odd).take(pairs) {
+            pair[0] = e;
+            pair[1] = o;
         }
-        for r in 0..2 {
-            let y = 2 * ty + r;
-            if y >= g.out_h {
-                continue;
-            }
-            let a = &rows[4 * r..4 * r + 4];
-            let out = &mut plane[y * g.out_w..(y + 1) * g.out_w];
-            for (x, o) in out.iter_mut().enumerate() {
-                let tx = x / 2;
-                *o = if x % 2 == 0 {
-                    a[0][tx] + a[1][tx] + a[2][tx]
-                } else {
-                    a[1][tx] - a[2][tx] - a[3][tx]
-                };
-            }
+        if g.out_w % 2 == 1 {
+            out[2 * pairs] = even[pairs];
         }
     }
 }
@@ -218,7 +295,7 @@ pub(super) fn forward<T: ConvElement>(g: &Geometry, x_data: &[T], w_data: &[T], 
             let images = out.len() / image_out;
             let total = images * per_image;
             let v = sized::<T>(&mut scratch.cols, POINTS * c_in * total);
-            let mut rows: [Vec<T>; 4] = Default::default();
+            let mut rows = Rows::default();
             for i in 0..images {
                 let image = &x_data[(first + i) * image_in..(first + i + 1) * image_in];
                 for channel in 0..c_in {
@@ -227,7 +304,6 @@ pub(super) fn forward<T: ConvElement>(g: &Geometry, x_data: &[T], w_data: &[T], 
                 }
             }
             let m = sized::<T>(&mut scratch.product, POINTS * c_out * total);
-            let mut out_rows: [Vec<T>; 8] = Default::default();
             for xi in 0..POINTS {
                 let lhs = Operand::rows(&u[xi * c_out * c_in..], c_in);
                 let rhs = Operand::rows(&v[xi * c_in * total..], total);
@@ -246,7 +322,7 @@ pub(super) fn forward<T: ConvElement>(g: &Geometry, x_data: &[T], w_data: &[T], 
                         total,
                         i * per_image,
                         plane,
-                        &mut out_rows,
+                        &mut rows,
                     );
                 }
             }

@@ -809,6 +809,33 @@ fn copy_2d_tiled<E: Copy + Send + Sync>(
 ) {
     const TILE: usize = 16;
 
+    // Rows that are contiguous runs (a slice along an outer axis, such as some channels of an NCHW tensor, which
+    // is what the gradient of a concatenation is): one `memcpy` per row instead of the tiles' element loop, the rows
+    // split over rayon's pool in blocks of whole rows from `PARALLEL_MIN` elements up (a copy has no rounding, so
+    // the split cannot change the result).
+    if col_stride == 1 && cols > 0 {
+        let copy_rows = |first_row: usize, block: &mut [E]| {
+            for (r, out) in block.chunks_exact_mut(cols).enumerate() {
+                let start = (offset + (first_row + r) as isize * row_stride) as usize;
+                out.copy_from_slice(&src[start..start + cols]);
+            }
+        };
+        #[cfg(feature = "rayon")]
+        if rows > 1
+            && rows * cols >= crate::ops::elementwise_par::PARALLEL_MIN
+            && rayon::current_num_threads() > 1
+        {
+            use rayon::prelude::*;
+            let rows_per_task = (crate::ops::elementwise_par::BLOCK / cols).max(1);
+            dst.par_chunks_mut(rows_per_task * cols)
+                .enumerate()
+                .for_each(|(task, block)| copy_rows(task * rows_per_task, block));
+            return;
+        }
+        copy_rows(0, dst);
+        return;
+    }
+
     #[cfg(feature = "rayon")]
     if rows * cols >= COPY_2D_PARALLEL_THRESHOLD {
         use rayon::prelude::*;

@@ -574,7 +574,7 @@ fn forward<T: ConvElement>(g: &Geometry, x_data: &[T], w_data: &[T]) -> Vec<T> {
     let g = *g;
     let (rows, pixels, image_out) = (g.rows(), g.out_pixels(), g.image_out());
     let (out_per_group, image_in) = (g.out_per_group(), g.image_in());
-    let mut output = vec![T::zero(); g.batch * image_out];
+    let mut output = super::elementwise_par::filled(g.batch * image_out, T::zero());
     if output.is_empty() {
         return output;
     }
@@ -681,7 +681,7 @@ pub(crate) fn conv2d_x_backward<T: ConvElement>(
     }
     let (rows, pixels, image_in) = (g.rows(), g.out_pixels(), g.image_in());
     let (out_per_group, in_group) = (g.out_per_group(), g.in_per_group() * g.in_pixels());
-    let mut x_grad = vec![T::zero(); g.batch * image_in];
+    let mut x_grad = super::elementwise_par::filled(g.batch * image_in, T::zero());
     if x_grad.is_empty() || pixels == 0 {
         return tensor(x_grad, x_shape);
     }

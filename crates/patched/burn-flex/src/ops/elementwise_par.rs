@@ -31,6 +31,29 @@ fn split(len: usize) -> bool {
     }
 }
 
+/// `len` copies of `value` in a new vector, written in blocks on rayon's pool for large lengths: a fresh output
+/// that a convolution then fills chunk by chunk on the pool was zeroed on the calling thread, serial work that
+/// kept the second core idle.
+pub(crate) fn filled<T: Copy + Send + Sync>(len: usize, value: T) -> Vec<T> {
+    let mut out = Vec::with_capacity(len);
+    #[cfg(feature = "rayon")]
+    if split(len) {
+        use rayon::prelude::*;
+        out.spare_capacity_mut()[..len]
+            .par_chunks_mut(BLOCK)
+            .for_each(|block| {
+                for slot in block {
+                    slot.write(value);
+                }
+            });
+        // SAFETY: every one of the first `len` slots was written above.
+        unsafe { out.set_len(len) };
+        return out;
+    }
+    out.resize(len, value);
+    out
+}
+
 /// `f(block)` over `data` in blocks.
 pub(crate) fn for_each_mut<T: Send>(data: &mut [T], f: impl Fn(&mut [T]) + Sync + Send) {
     #[cfg(feature = "rayon")]
@@ -143,6 +166,7 @@ mod tests {
             assert_eq!(c, b);
             for_each_mut(&mut c, |c| c.iter_mut().for_each(|c| *c *= 2.0));
             assert_eq!(c, a);
+            assert_eq!(filled(n, 1.5f32), vec![1.5f32; n]);
         }
     }
 }

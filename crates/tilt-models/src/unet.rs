@@ -11,6 +11,7 @@ use crate::diffusers::{DiffusersNet, TimestepMap, UNet2D, UNet2DConfig};
 use burn::nn::conv::Conv2dConfig;
 use burn::nn::{Initializer, PaddingConfig2d};
 use burn::prelude::*;
+use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
 
 fn default_timesteps() -> TimestepMap {
     TimestepMap::discrete(1000)
@@ -144,8 +145,11 @@ impl UNetConfig {
     }
 }
 
-/// Nearest-neighbour up-sampling by 2 in height and width.
+/// Nearest-neighbour up-sampling by 2 in height and width (PyTorch's `interpolate(mode="nearest")`, which
+/// diffusers' `Upsample2D` calls): one gather forward and one gather-sum backward, where a reshape with two
+/// `repeat_dim`s copied an element at a time and summed the gradient over two broadcast axes.
 pub(crate) fn upsample2(x: Tensor<4>) -> Tensor<4> {
-    let [n, c, h, w] = x.dims();
-    x.reshape([n, c, h, 1, w, 1]).repeat_dim(3, 2).repeat_dim(5, 2).reshape([n, c, 2 * h, 2 * w])
+    let [_, _, h, w] = x.dims();
+    let options = InterpolateOptions::new(InterpolateMode::Nearest).with_output_size([2 * h, 2 * w]);
+    burn::tensor::module::interpolate(x, options)
 }

@@ -764,6 +764,9 @@ pub(crate) fn conv2d_weight_backward<T: ConvElement>(
     if weight_len == 0 || g.batch == 0 || pixels == 0 {
         return tensor(vec![T::zero(); weight_len], weight_shape);
     }
+    if winograd::applies::<T>(&g) {
+        return tensor(winograd::weight_backward(&g, x_data, grad), weight_shape);
+    }
     let per_chunk = g.images_per_chunk();
     let chunks = g.batch.div_ceil(per_chunk);
     let chunks_per_partial = chunks.div_ceil(chunks.min(WEIGHT_PARTIALS));

@@ -14,8 +14,14 @@ pub(crate) const PARALLEL_MIN: usize = 1 << 16;
 
 /// Elements per rayon task (64 KiB of `f32`): a few microseconds of work each, and many tasks per pass for the
 /// pool to balance.
-#[cfg(feature = "rayon")]
 pub(crate) const BLOCK: usize = 1 << 14;
+
+/// Whether a pass over `len` elements is worth splitting over rayon's pool (and the pool has more than one
+/// thread).
+#[inline]
+pub(crate) fn worth_splitting(len: usize) -> bool {
+    split(len)
+}
 
 /// Whether a pass over `len` elements is worth splitting.
 #[inline]

@@ -817,6 +817,10 @@ impl FloatTensorOps<Flex> for Flex {
         crate::ops::reduce::sum_dim(tensor, dim)
     }
 
+    fn float_sum_dims(tensor: FloatTensor<Flex>, dims: &[usize]) -> FloatTensor<Flex> {
+        crate::ops::reduce::sum_dims(tensor, dims)
+    }
+
     fn float_mean_dim(tensor: FloatTensor<Flex>, dim: usize) -> FloatTensor<Flex> {
         crate::ops::reduce::mean_dim(tensor, dim)
     }

@@ -241,6 +241,108 @@ where
 // Sum along dimension
 // ============================================================================
 
+/// Sum over several dimensions, keeping each with size 1.
+///
+/// The gradient of an operand broadcast over an activation (a per-channel scale or shift, a time embedding added
+/// to every pixel) is such a sum, over the trailing dimensions or over the batch and the trailing dimensions. One
+/// dimension at a time, the first sum reads the whole activation on the calling thread and writes an intermediate
+/// nearly as large. For a contiguous f32 tensor, sums over a trailing block of dimensions (and optionally the
+/// first) are taken here in one pass instead: each row of the trailing block summed by the SIMD row kernel, rows
+/// split over rayon's pool for large tensors, then the rows of each batch entry added in batch order. The order
+/// of every sum is fixed by the shape, so the result does not depend on the thread count. Other cases sum one
+/// dimension at a time, as Burn's default does.
+pub fn sum_dims(tensor: FlexTensor, dims: &[usize]) -> FlexTensor {
+    #[cfg(feature = "simd")]
+    if let Some(sum) = sum_trailing_f32(&tensor, dims) {
+        return sum;
+    }
+    dims.iter()
+        .fold(tensor, |tensor, &dim| sum_dim(tensor, dim))
+}
+
+/// [`sum_dims`] over `dims` = a trailing block `k..ndims`, optionally with dimension 0 too, of a contiguous f32
+/// tensor; `None` for any other case.
+#[cfg(feature = "simd")]
+fn sum_trailing_f32(tensor: &FlexTensor, dims: &[usize]) -> Option<FlexTensor> {
+    let shape = tensor.layout().shape();
+    let ndims = shape.num_dims();
+    if tensor.dtype() != DType::F32 || dims.is_empty() || dims.iter().any(|&d| d >= ndims) {
+        return None;
+    }
+    let (start, end) = tensor.layout().contiguous_offsets()?;
+    let mut sorted = dims.to_vec();
+    sorted.sort_unstable();
+    sorted.dedup();
+    // The trailing block: the longest run of sorted dims ending at the last dimension.
+    let mut first_trailing = ndims;
+    for &d in sorted.iter().rev() {
+        if d + 1 != first_trailing {
+            break;
+        }
+        first_trailing = d;
+    }
+    let leading = &sorted[..sorted.len() - (ndims - first_trailing)];
+    let over_batch = match leading {
+        [] => false,
+        [0] => true,
+        _ => return None,
+    };
+    if first_trailing == ndims {
+        return None;
+    }
+    let row_len: usize = shape[first_trailing..].iter().product();
+    let rows: usize = shape[..first_trailing].iter().product();
+    let mut out_shape = shape.to_vec();
+    for &d in &sorted {
+        out_shape[d] = 1;
+    }
+    let data: &[f32] = &tensor.storage::<f32>()[start..end];
+    let mut row_sums = vec![0.0f32; rows];
+    if rows > 0 && row_len > 0 {
+        // Whole rows per task, about one element-wise block's worth.
+        let rows_per_task = (super::elementwise_par::BLOCK / row_len).max(1);
+        let sum_block = |(index, sums): (usize, &mut [f32])| {
+            let first = index * rows_per_task * row_len;
+            kernels::sum_rows_f32(&data[first..], sums, sums.len(), row_len);
+        };
+        #[cfg(feature = "rayon")]
+        if super::elementwise_par::worth_splitting(rows * row_len) {
+            row_sums
+                .par_chunks_mut(rows_per_task)
+                .enumerate()
+                .for_each(sum_block);
+        } else {
+            row_sums
+                .chunks_mut(rows_per_task)
+                .enumerate()
+                .for_each(sum_block);
+        }
+        #[cfg(not(feature = "rayon"))]
+        row_sums
+            .chunks_mut(rows_per_task)
+            .enumerate()
+            .for_each(sum_block);
+    }
+    let sums = if over_batch && shape[0] > 0 {
+        let per_entry = rows / shape[0];
+        let (total, rest) = row_sums.split_at_mut(per_entry);
+        for entry in rest.chunks(per_entry.max(1)) {
+            total.iter_mut().zip(entry).for_each(|(t, &v)| *t += v);
+        }
+        row_sums.truncate(per_entry);
+        row_sums
+    } else if over_batch {
+        vec![0.0f32; out_shape.iter().product()]
+    } else {
+        row_sums
+    };
+    Some(FlexTensor::new(
+        Bytes::from_elems(sums),
+        Layout::contiguous(Shape::from(out_shape)),
+        DType::F32,
+    ))
+}
+
 /// Sum along a dimension, keeping the dimension with size 1.
 pub fn sum_dim(tensor: FlexTensor, dim: usize) -> FlexTensor {
     match tensor.dtype() {

@@ -5,19 +5,23 @@
 //! `V = B^T d B`, followed by the output transform `Y = A^T M A`.
 //!
 //! Used for the forward pass (and so for the input gradient of a stride-1 convolution, which is computed as a
-//! forward convolution) when both channel counts are at least [`MIN_CHANNELS`]: below that the transforms, not
-//! the products, are the work, and im2col is as fast. f32 and f64 only; the transforms add a few rounding steps
+//! forward convolution) and, as its adjoint, for the weight gradient (`dU[xi] = dM[xi] @ V[xi]^T` over all tiles
+//! with `dM = A dY A^T`, then `dW = G^T dU G`) when both channel counts are at least [`MIN_CHANNELS`]: below
+//! that the transforms, not the products, are the work, and im2col is as fast. f32 and f64 only; the transforms add a few rounding steps
 //! (the error stays within a few units of f32's precision times the sum's size; tested against ndarray).
 
 use burn_backend::DType;
 
+use alloc::vec;
+use alloc::vec::Vec;
+
 use super::{
-    ConvElement, Geometry, MAX_CHUNK_ELEMENTS, MIN_CHUNKS, MIN_COLUMNS, Operand, for_each_chunk,
-    gemm, plan, sized,
+    ConvElement, Geometry, MAX_CHUNK_ELEMENTS, MIN_CHUNKS, MIN_COLUMNS, Operand, WEIGHT_PARTIALS,
+    for_each_chunk, gemm, plan, sized,
 };
 
 /// Both channel counts must be at least this for the Winograd path.
-const MIN_CHANNELS: usize = 32;
+const MIN_CHANNELS: usize = 16;
 
 /// Transform points per tile (4 x 4).
 const POINTS: usize = 16;
@@ -271,18 +275,25 @@ fn untransform_plane<T: ConvElement>(
     }
 }
 
+/// Images per chunk: enough for [`MIN_COLUMNS`] tiles, within [`MAX_CHUNK_ELEMENTS`] transformed values and
+/// leaving at least [`MIN_CHUNKS`] chunks (the shapes alone decide, never the thread count).
+fn images_per_chunk(g: &Geometry) -> usize {
+    let per_image = tiles(g.out_h) * tiles(g.out_w);
+    let wanted = MIN_COLUMNS.div_ceil(per_image);
+    let affordable = MAX_CHUNK_ELEMENTS / (POINTS * g.channels_in.max(g.channels_out) * per_image);
+    wanted
+        .min(affordable)
+        .min(g.batch.div_ceil(MIN_CHUNKS))
+        .clamp(1, g.batch.max(1))
+}
+
 /// The convolution of `x_data` with `w_data` (see [`applies`]) into `output` (`[b, c_out, out_h, out_w]`).
 pub(super) fn forward<T: ConvElement>(g: &Geometry, x_data: &[T], w_data: &[T], output: &mut [T]) {
     let g = *g;
     let (c_in, c_out) = (g.channels_in, g.channels_out);
     let (image_in, image_out) = (g.image_in(), g.image_out());
     let per_image = tiles(g.out_h) * tiles(g.out_w);
-    let wanted = MIN_COLUMNS.div_ceil(per_image);
-    let affordable = MAX_CHUNK_ELEMENTS / (POINTS * c_in.max(c_out) * per_image);
-    let per_chunk = wanted
-        .min(affordable)
-        .min(g.batch.div_ceil(MIN_CHUNKS))
-        .clamp(1, g.batch.max(1));
+    let per_chunk = images_per_chunk(&g);
     let (parallel, parallelism) = plan(g.batch.div_ceil(per_chunk));
     let u = transform_kernels(&g, w_data);
 
@@ -328,4 +339,176 @@ pub(super) fn forward<T: ConvElement>(g: &Geometry, x_data: &[T], w_data: &[T], 
             }
         },
     );
+}
+
+/// Writes `dM[xi][channel][t0 + tile] = (A dY A^T)[xi]` for every 2 x 2 block `dY` of one output-gradient
+/// plane (zero past an odd edge: those outputs do not exist), `dM` laid out as `[16][channels][total]`: the
+/// adjoint of [`untransform_plane`]'s `Y = A^T M A`. The plane is split into its four parity planes first, so
+/// each point is an element-wise combination of runs over all tiles, as in [`transform_plane`].
+#[allow(clippy::too_many_arguments)]
+fn transform_gradient_plane<T: ConvElement>(
+    g: &Geometry,
+    plane: &[T],
+    dm: &mut [T],
+    channel: usize,
+    channels: usize,
+    total: usize,
+    t0: usize,
+    rows: &mut Rows<T>,
+) {
+    let (tiles_h, tiles_w) = (tiles(g.out_h), tiles(g.out_w));
+    let n = tiles_h * tiles_w;
+    let zero = T::zero();
+    rows.outputs.resize(4 * n, zero);
+    // outputs[(r * 2 + c) * n + ty * tiles_w + tx] = dY(2 ty + r, 2 tx + c).
+    let pairs = g.out_w / 2;
+    for y in 0..2 * tiles_h {
+        let (ty, r) = (y / 2, y % 2);
+        let base = 2 * r * n + ty * tiles_w;
+        let (even, odd) = rows.outputs[base..].split_at_mut(n);
+        let (even, odd) = (&mut even[..tiles_w], &mut odd[..tiles_w]);
+        if y >= g.out_h {
+            even.fill(zero);
+            odd.fill(zero);
+            continue;
+        }
+        let src = &plane[y * g.out_w..(y + 1) * g.out_w];
+        for ((pair, e), o) in src.chunks_exact(2).zip(even.iter_mut()).zip(odd.iter_mut()) {
+            *e = pair[0];
+            *o = pair[1];
+        }
+        if g.out_w % 2 == 1 {
+            even[pairs] = src[2 * pairs];
+            odd[pairs] = zero;
+        }
+    }
+    let (y00, rest) = rows.outputs.split_at(n);
+    let (y01, rest) = rest.split_at(n);
+    let (y10, y11) = rest.split_at(n);
+    let y11 = &y11[..n];
+    for r in 0..4 {
+        let run = |col: usize| ((r * 4 + col) * channels + channel) * total + t0;
+        let (m0, rest) = dm[run(0)..].split_at_mut(n);
+        let (m1, rest) = rest[run(1) - run(0) - n..].split_at_mut(n);
+        let (m2, rest) = rest[run(2) - run(1) - n..].split_at_mut(n);
+        let m3 = &mut rest[run(3) - run(2) - n..][..n];
+        let (m1, m2, m3) = (&mut m1[..n], &mut m2[..n], &mut m3[..n]);
+        // Row r of A dY: A's rows are (1, 0), (1, 1), (1, -1), (0, -1); then A^T along the row alike.
+        let combine = |top: T, bottom: T| match r {
+            0 => top,
+            1 => top + bottom,
+            2 => top - bottom,
+            _ => -bottom,
+        };
+        for q in 0..n {
+            let (z0, z1) = (combine(y00[q], y10[q]), combine(y01[q], y11[q]));
+            m0[q] = z0;
+            m1[q] = z0 + z1;
+            m2[q] = z0 - z1;
+            m3[q] = -z1;
+        }
+    }
+}
+
+/// The gradient of the convolution (see [`applies`]) with respect to its weight, from its input `x_data` and
+/// output gradient `grad`: with `V = B^T d B` of every input tile and `dM = A dY A^T` of every output-gradient
+/// block, `dU[xi] = dM[xi] @ V[xi]^T` summed over tiles (16 products of `c_out x c_in` over the tiles: 4 / 9 of
+/// im2col's multiplications), then `dW = G^T dU G`, the adjoint of the kernel transform. Chunks of images are
+/// summed in order within at most [`WEIGHT_PARTIALS`] fixed partitions, then the partitions in order, as on the
+/// im2col path: the result does not depend on the thread count.
+pub(super) fn weight_backward<T: ConvElement>(g: &Geometry, x_data: &[T], grad: &[T]) -> Vec<T> {
+    let g = *g;
+    let (c_in, c_out) = (g.channels_in, g.channels_out);
+    let (image_in, image_out) = (g.image_in(), g.image_out());
+    let per_image = tiles(g.out_h) * tiles(g.out_w);
+    let per_chunk = images_per_chunk(&g);
+    let chunks = g.batch.div_ceil(per_chunk);
+    let chunks_per_partial = chunks.div_ceil(chunks.min(WEIGHT_PARTIALS));
+    let partials = chunks.div_ceil(chunks_per_partial);
+    let (parallel, parallelism) = plan(partials);
+    let transformed_len = POINTS * c_out * c_in;
+
+    let mut sums = vec![T::zero(); partials * transformed_len];
+    for_each_chunk(
+        &mut sums,
+        transformed_len,
+        parallel,
+        |scratch, partial, sum| {
+            let mut rows = Rows::default();
+            let last = ((partial + 1) * chunks_per_partial).min(chunks);
+            for (n, chunk) in (partial * chunks_per_partial..last).enumerate() {
+                let first = chunk * per_chunk;
+                let images = per_chunk.min(g.batch - first);
+                let total = images * per_image;
+                let v = sized::<T>(&mut scratch.cols, POINTS * c_in * total);
+                let dm = sized::<T>(&mut scratch.product, POINTS * c_out * total);
+                for i in 0..images {
+                    let image = &x_data[(first + i) * image_in..][..image_in];
+                    for channel in 0..c_in {
+                        let plane = &image[channel * g.in_pixels()..][..g.in_pixels()];
+                        transform_plane(
+                            &g,
+                            plane,
+                            v,
+                            channel,
+                            c_in,
+                            total,
+                            i * per_image,
+                            &mut rows,
+                        );
+                    }
+                    let image_grad = &grad[(first + i) * image_out..][..image_out];
+                    for channel in 0..c_out {
+                        let plane = &image_grad[channel * g.out_pixels()..][..g.out_pixels()];
+                        transform_gradient_plane(
+                            &g,
+                            plane,
+                            dm,
+                            channel,
+                            c_out,
+                            total,
+                            i * per_image,
+                            &mut rows,
+                        );
+                    }
+                }
+                for xi in 0..POINTS {
+                    let lhs = Operand::rows(&dm[xi * c_out * total..], total);
+                    let rhs = Operand::transposed(&v[xi * c_in * total..], total);
+                    let dst = sum[xi * c_out * c_in..].as_mut_ptr();
+                    unsafe { gemm(c_out, c_in, total, dst, c_in, n > 0, lhs, rhs, parallelism) };
+                }
+            }
+        },
+    );
+    let (du, rest) = sums.split_at_mut(transformed_len);
+    for partial in rest.chunks(transformed_len) {
+        du.iter_mut().zip(partial).for_each(|(t, &p)| *t += p);
+    }
+    untransform_kernels(&g, du)
+}
+
+/// `dW[c_out][c_in] = G^T dU[.][c_out][c_in] G` (3 x 3 from 4 x 4), the adjoint of [`transform_kernels`].
+fn untransform_kernels<T: ConvElement>(g: &Geometry, du: &[T]) -> Vec<T> {
+    let (c_in, c_out) = (g.channels_in, g.channels_out);
+    let half = T::from(0.5).unwrap();
+    // G's columns applied to a run of four: (1, 1/2, 1/2, 0), (0, 1/2, -1/2, 0), (0, 1/2, 1/2, 1).
+    let adjoint = |a: T, b: T, c: T, d: T| [a + (b + c) * half, (b - c) * half, (b + c) * half + d];
+    let mut weight = vec![T::zero(); c_out * c_in * 9];
+    for o in 0..c_out {
+        for i in 0..c_in {
+            let at = |xi: usize| du[(xi * c_out + o) * c_in + i];
+            // G^T dU: 3 x 4, column by column.
+            let columns: [[T; 3]; 4] = core::array::from_fn(|col| {
+                adjoint(at(col), at(4 + col), at(8 + col), at(12 + col))
+            });
+            // (G^T dU) G: 3 x 3, row by row.
+            let k = &mut weight[(o * c_in + i) * 9..][..9];
+            for (row, out) in k.chunks_exact_mut(3).enumerate() {
+                let [a, b, c, d] = columns.map(|column| column[row]);
+                out.copy_from_slice(&adjoint(a, b, c, d));
+            }
+        }
+    }
+    weight
 }

@@ -560,11 +560,15 @@ pub(crate) fn conv2d<T: ConvElement>(
     if let Some(bias) = bias {
         let bias = bias.to_contiguous();
         let bias_data: &[T] = bias.storage();
-        for image in output.chunks_mut(g.image_out().max(1)) {
-            for (plane, &b) in image.chunks_mut(g.out_pixels().max(1)).zip(bias_data) {
+        let (planes, pixels) = (g.channels_out.max(1), g.out_pixels().max(1));
+        // Plane by plane, split over rayon's pool for large outputs (one addition per element: the split cannot
+        // change the result).
+        super::elementwise_par::for_each_rows(&mut output, pixels, pixels, |first, block| {
+            for (k, plane) in block.chunks_mut(pixels).enumerate() {
+                let b = bias_data[(first + k) % planes];
                 plane.iter_mut().for_each(|v| *v += b);
             }
-        }
+        });
     }
     tensor(output, &out_shape)
 }
@@ -842,9 +846,20 @@ pub(crate) fn conv2d_bias_backward<T: ConvElement>(output_grad: FlexTensor) -> F
     let pixels: usize = shape[2..].iter().product();
     let grad: &[T] = output_grad.storage();
     let mut sums = vec![T::zero(); channels];
-    for b in 0..batch {
-        for (c, sum) in sums.iter_mut().enumerate() {
-            *sum += lane_sum(&grad[(b * channels + c) * pixels..][..pixels]);
+    if pixels == 0 {
+        return tensor(sums, &[channels]);
+    }
+    // Each plane's sum (on rayon's pool for large gradients), then the batch's in order: the same order as one
+    // plane at a time, whatever the split.
+    let mut plane_sums = vec![T::zero(); batch * channels];
+    super::elementwise_par::for_each_rows(&mut plane_sums, 1, pixels, |first, block| {
+        for (k, sum) in block.iter_mut().enumerate() {
+            *sum = lane_sum(&grad[(first + k) * pixels..][..pixels]);
+        }
+    });
+    for image in plane_sums.chunks(channels.max(1)) {
+        for (sum, &plane) in sums.iter_mut().zip(image) {
+            *sum += plane;
         }
     }
     tensor(sums, &[channels])

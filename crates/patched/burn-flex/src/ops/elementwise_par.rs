@@ -16,11 +16,30 @@ pub(crate) const PARALLEL_MIN: usize = 1 << 16;
 /// pool to balance.
 pub(crate) const BLOCK: usize = 1 << 14;
 
-/// Whether a pass over `len` elements is worth splitting over rayon's pool (and the pool has more than one
-/// thread).
-#[inline]
-pub(crate) fn worth_splitting(len: usize) -> bool {
-    split(len)
+/// `work(first row, block)` over `out`, which holds `out_per_row` elements for each row of an input of
+/// `in_per_row` elements a row, cut into blocks of whole rows of about [`BLOCK`] input elements; the blocks run on
+/// rayon's pool when the input is large enough to be worth it. For row-wise passes (a sum per row, a value added
+/// to each plane) whose result for a row does not depend on the block it falls in.
+pub(crate) fn for_each_rows<U: Send>(
+    out: &mut [U],
+    out_per_row: usize,
+    in_per_row: usize,
+    work: impl Fn(usize, &mut [U]) + Sync + Send,
+) {
+    let out_per_row = out_per_row.max(1);
+    let rows_per_task = (BLOCK / in_per_row.max(1)).max(1);
+    let task = |(index, block): (usize, &mut [U])| work(index * rows_per_task, block);
+    #[cfg(feature = "rayon")]
+    if split(out.len() / out_per_row * in_per_row) {
+        use rayon::prelude::*;
+        out.par_chunks_mut(rows_per_task * out_per_row)
+            .enumerate()
+            .for_each(task);
+        return;
+    }
+    out.chunks_mut(rows_per_task * out_per_row)
+        .enumerate()
+        .for_each(task);
 }
 
 /// Whether a pass over `len` elements is worth splitting.

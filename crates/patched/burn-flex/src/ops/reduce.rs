@@ -298,30 +298,10 @@ fn sum_trailing_f32(tensor: &FlexTensor, dims: &[usize]) -> Option<FlexTensor> {
     }
     let data: &[f32] = &tensor.storage::<f32>()[start..end];
     let mut row_sums = vec![0.0f32; rows];
-    if rows > 0 && row_len > 0 {
-        // Whole rows per task, about one element-wise block's worth.
-        let rows_per_task = (super::elementwise_par::BLOCK / row_len).max(1);
-        let sum_block = |(index, sums): (usize, &mut [f32])| {
-            let first = index * rows_per_task * row_len;
-            kernels::sum_rows_f32(&data[first..], sums, sums.len(), row_len);
-        };
-        #[cfg(feature = "rayon")]
-        if super::elementwise_par::worth_splitting(rows * row_len) {
-            row_sums
-                .par_chunks_mut(rows_per_task)
-                .enumerate()
-                .for_each(sum_block);
-        } else {
-            row_sums
-                .chunks_mut(rows_per_task)
-                .enumerate()
-                .for_each(sum_block);
-        }
-        #[cfg(not(feature = "rayon"))]
-        row_sums
-            .chunks_mut(rows_per_task)
-            .enumerate()
-            .for_each(sum_block);
+    if row_len > 0 {
+        super::elementwise_par::for_each_rows(&mut row_sums, 1, row_len, |first, sums| {
+            kernels::sum_rows_f32(&data[first * row_len..], sums, sums.len(), row_len);
+        });
     }
     let sums = if over_batch && shape[0] > 0 {
         let per_entry = rows / shape[0];

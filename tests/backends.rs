@@ -282,7 +282,7 @@ fn flex_and_ndarray_agree_on_convolutions() {
 }
 
 /// Flex splits large element-wise passes over rayon's pool (contiguous, broadcast and strided operands, in place and
-/// into new buffers, and the row copies that make a sliced tensor contiguous): every element comes out as ndarray computes it, and one thread gives the same bits as three.
+/// into new buffers, the row copies that make a sliced tensor contiguous, and a concatenation): every element comes out as ndarray computes it, and one thread gives the same bits as three.
 /// The shapes are above the split threshold (65,536 elements) and have ragged last parts.
 #[cfg(feature = "ndarray")]
 #[test]
@@ -313,6 +313,7 @@ fn flex_and_ndarray_agree_on_large_elementwise_passes() {
             flat(a.clone().greater(b.clone()).float()),                  // a comparison
             flat(a.clone().slice([0..3, 2..35])),                        // some channels: long contiguous rows copied
             flat(a.clone().slice([0..3, 0..37, 0..29, 1..30])),          // some columns: short rows copied
+            flat(Tensor::cat(vec![a.clone(), b.clone().slice([0..3, 0..5])], 1)), // a concatenation of channels
         ]
     };
     let want = run(&Device::ndarray());

@@ -99,19 +99,44 @@ fn cat_impl<E: Element + bytemuck::Pod>(tensors: Vec<FlexTensor>, dim: usize) ->
 
         // Make all tensors contiguous for simple indexing
         let contiguous: Vec<FlexTensor> = tensors.into_iter().map(|t| t.to_contiguous()).collect();
-
-        for outer in 0..outer_size {
-            for t in &contiguous {
+        // Each tensor's storage from its start, and its part of one output row (one outer index).
+        let parts: Vec<(&[E], usize)> = contiguous
+            .iter()
+            .map(|t| {
                 let data: &[E] = t.storage();
-                let t_dim_size = t.layout().shape()[dim];
-                let t_start = t.layout().start_offset();
-                // Each tensor's chunk for this outer index:
-                // offset = t_start + outer * t_dim_size * inner_size
-                let chunk_start = t_start + outer * t_dim_size * inner_size;
-                let chunk_len = t_dim_size * inner_size;
-                output.extend_from_slice(&data[chunk_start..chunk_start + chunk_len]);
+                (
+                    &data[t.layout().start_offset()..],
+                    t.layout().shape()[dim] * inner_size,
+                )
+            })
+            .collect();
+        let row_len = out_dims[dim] * inner_size;
+        // Output rows written in blocks of whole rows, on rayon's pool for large outputs (a copy: the split cannot
+        // change the result). The autodiff graph of a U-Net concatenates every skip connection this way.
+        let rows = &mut output.spare_capacity_mut()[..total_elements];
+        super::elementwise_par::for_each_rows(rows, row_len, row_len, |first, block| {
+            for (k, row) in block.chunks_mut(row_len).enumerate() {
+                let outer = first + k;
+                let mut at = 0;
+                for &(data, len) in &parts {
+                    let src = &data[outer * len..][..len];
+                    let dst = &mut row[at..at + len];
+                    // SAFETY: `MaybeUninit<E>` has `E`'s layout, `dst` holds `len` elements, and the two do
+                    // not overlap (`dst` is the new output).
+                    unsafe {
+                        core::ptr::copy_nonoverlapping(
+                            src.as_ptr(),
+                            dst.as_mut_ptr().cast::<E>(),
+                            len,
+                        )
+                    };
+                    at += len;
+                }
             }
-        }
+        });
+        debug_assert_eq!(outer_size * row_len, total_elements);
+        // SAFETY: every row of the output was written above (`outer_size` rows of `row_len` elements).
+        unsafe { output.set_len(total_elements) };
     }
 
     let bytes = Bytes::from_elems(output);

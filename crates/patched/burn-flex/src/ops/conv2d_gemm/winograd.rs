@@ -179,12 +179,7 @@ fn transform_plane<T: ConvElement>(
     };
     let [d0, d1, d2, d3] = [0, 1, 2, 3].map(|i| [0, 1, 2, 3].map(|j| d(i, j)));
     for i in 0..4 {
-        let run = |col: usize| ((i * 4 + col) * channels + channel) * total + t0;
-        let (v0, rest) = v[run(0)..].split_at_mut(n);
-        let (v1, rest) = rest[run(1) - run(0) - n..].split_at_mut(n);
-        let (v2, rest) = rest[run(2) - run(1) - n..].split_at_mut(n);
-        let v3 = &mut rest[run(3) - run(2) - n..][..n];
-        let out = [v0, v1, v2, v3];
+        let out = point_row(v, i, channel, channels, total, t0, n);
         // Row i of B^T d is `x op y`, column by column.
         match i {
             0 => transform_row(d0, d2, |a, b| a - b, out),
@@ -193,6 +188,25 @@ fn transform_plane<T: ConvElement>(
             _ => transform_row(d1, d3, |a, b| a - b, out),
         }
     }
+}
+
+/// Row `row` of the 16 transform points of one channel's tiles `t0..t0 + n`, in a `[16][channels][total]` buffer:
+/// the four disjoint runs of points `row * 4 + col`, `col < 4`.
+fn point_row<T>(
+    buffer: &mut [T],
+    row: usize,
+    channel: usize,
+    channels: usize,
+    total: usize,
+    t0: usize,
+    n: usize,
+) -> [&mut [T]; 4] {
+    let start = |col: usize| ((row * 4 + col) * channels + channel) * total + t0;
+    let (p0, rest) = buffer[start(0)..].split_at_mut(n);
+    let (p1, rest) = rest[start(1) - start(0) - n..].split_at_mut(n);
+    let (p2, rest) = rest[start(2) - start(1) - n..].split_at_mut(n);
+    let p3 = &mut rest[start(3) - start(2) - n..][..n];
+    [p0, p1, p2, p3]
 }
 
 /// One row of `V = (B^T d) B` over all tiles: with `t_j = op(x_j, y_j)` (row `i` of `B^T d`, column `j`),
@@ -387,11 +401,7 @@ fn transform_gradient_plane<T: ConvElement>(
     let (y10, y11) = rest.split_at(n);
     let y11 = &y11[..n];
     for r in 0..4 {
-        let run = |col: usize| ((r * 4 + col) * channels + channel) * total + t0;
-        let (m0, rest) = dm[run(0)..].split_at_mut(n);
-        let (m1, rest) = rest[run(1) - run(0) - n..].split_at_mut(n);
-        let (m2, rest) = rest[run(2) - run(1) - n..].split_at_mut(n);
-        let m3 = &mut rest[run(3) - run(2) - n..][..n];
+        let [m0, m1, m2, m3] = point_row(dm, r, channel, channels, total, t0, n);
         let (m1, m2, m3) = (&mut m1[..n], &mut m2[..n], &mut m3[..n]);
         // Row r of A dY: A's rows are (1, 0), (1, 1), (1, -1), (0, -1); then A^T along the row alike.
         let combine = |top: T, bottom: T| match r {

@@ -393,3 +393,108 @@ fn flex_sums_over_several_dimensions() {
         }
     }
 }
+
+/// GroupNorm followed by SiLU, fused on Flex (`tilt_models::norm_silu`), against Burn's composition on ndarray:
+/// the output against a float64 computation here, the input and parameter gradients against ndarray's autodiff
+/// of the composition; the same bits on one thread and on three, on a plain and an autodiff device, and for a
+/// non-contiguous input. Shapes: a plane that is not a multiple of the kernels' 16 lanes, the U-Net's first
+/// level (several groups per task), and values whose mean is ten standard deviations from zero.
+#[cfg(feature = "ndarray")]
+#[test]
+#[allow(deprecated)]
+fn fused_group_norm_silu_matches_the_composition() {
+    use burn::module::Param;
+    use burn::nn::{GroupNorm, GroupNormConfig};
+    use tilt_models::norm_silu::group_norm_silu;
+    // (shape, groups, offset, spread)
+    let cases: [([usize; 4], usize, f32, f32); 3] =
+        [([3, 8, 5, 7], 4, 0.0, 1.0), ([2, 16, 28, 28], 8, 0.2, 1.5), ([2, 6, 6, 6], 3, 3.0, 0.5)];
+    let values = |n: usize, seed: usize| -> Vec<f32> {
+        (0..n).map(|i| ((i * 7919 + seed * 104_729) % 2003) as f32 / 1001.0 - 1.0).collect()
+    };
+    let norm_on = |dev: &Device, channels: usize, groups: usize| -> GroupNorm {
+        let mut norm = GroupNormConfig::new(groups, channels).init(dev);
+        let param = |seed, shift: f32| {
+            let v: Vec<f32> = values(channels, seed).iter().map(|v| shift + v).collect();
+            Param::from_tensor(Tensor::<1>::from_data(TensorData::new(v, [channels]), dev))
+        };
+        norm.gamma = Some(param(5, 1.0));
+        norm.beta = Some(param(6, 0.0));
+        norm
+    };
+    // Output, input gradient, gamma gradient, beta gradient of `Σ r ⊙ silu(gn(x))`.
+    let run = |dev: &Device, case: &([usize; 4], usize, f32, f32), transposed: bool| -> [Vec<f32>; 4] {
+        let (shape, groups, offset, spread) = *case;
+        let norm = norm_on(dev, shape[1], groups);
+        let x: Vec<f32> = values(shape.iter().product(), 1).iter().map(|v| offset + spread * v).collect();
+        let x = Tensor::<4>::from_data(TensorData::new(x, shape), dev);
+        let x = if transposed {
+            // The same values through a view whose last two dimensions are swapped: not contiguous.
+            let [b, c, h, w] = shape;
+            Tensor::<4>::from_data(x.swap_dims(2, 3).into_data(), dev).swap_dims(2, 3).reshape([b, c, h, w])
+        } else {
+            x
+        };
+        let x = if dev.is_autodiff() { x.require_grad() } else { x };
+        let y = group_norm_silu(&norm, x.clone());
+        let r = Tensor::<4>::from_data(TensorData::new(values(shape.iter().product(), 4), shape), dev);
+        let flat = |t: Tensor<4>| tensor_ext::to_vec(t.reshape([1, -1]));
+        if !dev.is_autodiff() {
+            return [flat(y), vec![], vec![], vec![]];
+        }
+        let grads = (y.clone() * r).sum().backward();
+        let param_grad = |p: &Option<Param<Tensor<1>>>| {
+            tensor_ext::to_vec(
+                p.as_ref().expect("affine").val().grad(&grads).expect("a gradient").unsqueeze_dim::<2>(0),
+            )
+        };
+        [flat(y), flat(x.grad(&grads).expect("an input gradient")), param_grad(&norm.gamma), param_grad(&norm.beta)]
+    };
+    let (flex, nd) = (Device::flex().autodiff(), Device::ndarray().autodiff());
+    for case in &cases {
+        let (shape, groups, offset, spread) = *case;
+        let got = run(&flex, case, false);
+        // float64 forward, and the size of `|mean| / std` that f32's rounding of the inputs is amplified by.
+        let x: Vec<f64> = values(shape.iter().product(), 1).iter().map(|v| (offset + spread * v) as f64).collect();
+        let gamma: Vec<f64> = values(shape[1], 5).iter().map(|v| (1.0 + v) as f64).collect();
+        let beta: Vec<f64> = values(shape[1], 6).iter().map(|v| *v as f64).collect();
+        let (per_group, pixels) = (shape[1] / groups, shape[2] * shape[3]);
+        let m = per_group * pixels;
+        let mut want_y = vec![0.0; x.len()];
+        let mut amplification = 1.0f64;
+        for (task, xs) in x.chunks(m).enumerate() {
+            let mean = xs.iter().sum::<f64>() / m as f64;
+            let var = xs.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / m as f64;
+            let rstd = 1.0 / (var + 1e-5).sqrt();
+            amplification = amplification.max(1.0 + mean.abs() * rstd);
+            for (k, v) in xs.iter().enumerate() {
+                let c = task % groups * per_group + k / pixels;
+                let h = gamma[c] * (v - mean) * rstd + beta[c];
+                want_y[task * m + k] = h / (1.0 + (-h).exp());
+            }
+        }
+        // A few roundings of values of size max|h| (about 3), amplified where the mean is far from zero.
+        let tolerance = 16.0 * f32::EPSILON as f64 * 3.0 * amplification;
+        let gap = got[0].iter().zip(&want_y).map(|(a, b)| (*a as f64 - b).abs()).fold(0.0, f64::max);
+        assert!(gap <= tolerance, "{case:?}: output off the float64 value by {gap} (tolerance {tolerance})");
+        let want = run(&nd, case, false);
+        for (k, what) in ["output", "input gradient", "gamma gradient", "beta gradient"].iter().enumerate() {
+            let (g, w) = (&got[k], &want[k]);
+            assert_eq!(g.len(), w.len(), "{what} of {case:?}");
+            let scale = w.iter().fold(0.0f32, |m, v| m.max(v.abs())) as f64;
+            assert!(scale > 1e-2, "{what} of {case:?} is all near zero: the comparison would see nothing");
+            // Sums of up to `terms` f32 values in different orders on the two sides, amplified as above.
+            let terms = if k < 2 { m } else { shape[0] * pixels } as f64;
+            let tolerance = 4.0 * f32::EPSILON as f64 * terms.sqrt() * scale * amplification;
+            let gap = g.iter().zip(w).map(|(a, b)| (a - b).abs() as f64).fold(0.0, f64::max);
+            assert!(gap <= tolerance, "{what} of {case:?}: max |diff| {gap}, largest {scale}, tolerance {tolerance}");
+        }
+        let on_threads = |n: usize| {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(n).build().expect("a thread pool");
+            pool.install(|| run(&flex, case, false))
+        };
+        assert_eq!(on_threads(1), on_threads(3), "{case:?}: the result depends on the thread count");
+        assert_eq!(run(&flex, case, true), got, "{case:?}: a non-contiguous input changes the result");
+        assert_eq!(run(&Device::flex(), case, false)[0], got[0], "{case:?}: plain and autodiff outputs differ");
+    }
+}

@@ -12,6 +12,7 @@
 //! - [`classifier`]: a noise-aware classifier `p_t(c | x)`;
 //! - [`evaluator`]: the independent CNN that measures generated images (trained on clean images only);
 //! - [`noise_net`]: the [`NoiseNet`] trait every noise-prediction network implements;
+//! - [`norm_silu`]: GroupNorm followed by SiLU, one operation each way on Flex;
 //! - [`adapters`]: [`adapters::NetScore`] (for any [`NoiseNet`]) and [`adapters::NetClassifier`].
 
 /// Trained networks behind the sampler's traits (`NetScore`, `NetClassifier`).
@@ -28,6 +29,8 @@ pub mod embedding;
 pub mod evaluator;
 /// The trait every score network implements.
 pub mod noise_net;
+/// GroupNorm followed by SiLU as one operation (fused on Flex).
+pub mod norm_silu;
 /// The residual MLP score network.
 pub mod score_net;
 /// The pixel U-Net.

@@ -2,6 +2,7 @@
 //! are the Burn module paths (GroupNorm `weight`/`bias` and the transposed `Linear` weights are Burn's
 //! `PyTorchToBurnAdapter`'s business).
 
+use crate::norm_silu::group_norm_silu;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{GroupNorm, GroupNormConfig, Linear, LinearConfig, PaddingConfig2d};
 use burn::prelude::*;
@@ -119,18 +120,18 @@ impl ResnetBlock2D {
     /// The block on `x: [n, c, h, w]` with the time embedding `temb: [n, temb]`.
     pub fn forward(&self, x: Tensor<4>, temb: Tensor<2>) -> Tensor<4> {
         let n = x.dims()[0];
-        let h = self.conv1.forward(silu(self.norm1.forward(x.clone())));
+        let h = self.conv1.forward(group_norm_silu(&self.norm1, x.clone()));
         let e = self.time_emb_proj.forward(silu(temb));
         let width = e.dims()[1];
         let h = if self.scale_shift {
             let o = width / 2;
             let scale = e.clone().narrow(1, 0, o).reshape([n, o, 1, 1]);
             let shift = e.narrow(1, o, o).reshape([n, o, 1, 1]);
-            self.norm2.forward(h) * scale.add_scalar(1.0) + shift
+            silu(self.norm2.forward(h) * scale.add_scalar(1.0) + shift)
         } else {
-            self.norm2.forward(h + e.reshape([n, width, 1, 1]))
+            group_norm_silu(&self.norm2, h + e.reshape([n, width, 1, 1]))
         };
-        let h = self.conv2.forward(silu(h));
+        let h = self.conv2.forward(h);
         let skip = match &self.conv_shortcut {
             Some(c) => c.forward(x),
             None => x,

@@ -4,10 +4,10 @@ use super::blocks::{
     Attention, Downsample2D, ResnetBlock2D, ResnetSettings, TimestepEmbedding, Timesteps, Upsample2D, conv3, group_norm,
 };
 use super::config::{BlockType, TimeScaleShift, UNet2DConfig};
+use crate::norm_silu::group_norm_silu;
 use burn::nn::conv::Conv2d;
 use burn::nn::{Embedding, EmbeddingConfig, GroupNorm};
 use burn::prelude::*;
-use burn::tensor::activation::silu;
 use tilt_core::PerturbedAttention;
 
 /// `DownBlock2D` or `AttnDownBlock2D` (empty `attentions`).
@@ -239,6 +239,6 @@ impl UNet2D {
                 x = u.forward(x);
             }
         }
-        self.conv_out.forward(silu(self.conv_norm_out.forward(x)))
+        self.conv_out.forward(group_norm_silu(&self.conv_norm_out, x))
     }
 }

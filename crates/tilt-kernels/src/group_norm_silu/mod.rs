@@ -38,12 +38,9 @@ pub trait GroupNormSiluOps: Backend {
 /// `silu(norm.forward(x))` for `x: [batch, channels, height, width]`: the fused operation where it applies (see
 /// [`applies`]), Burn's composition elsewhere.
 pub fn group_norm_silu(norm: &GroupNorm, x: Tensor<4>) -> Tensor<4> {
-    let (Some(gamma), Some(beta)) = (&norm.gamma, &norm.beta) else {
+    let (Some(gamma), Some(beta), true) = (&norm.gamma, &norm.beta, applies(norm, &x)) else {
         return silu(norm.forward(x));
     };
-    if !applies(norm, &x) {
-        return silu(norm.forward(x));
-    }
     let out = <Dispatch as GroupNormSiluOps>::group_norm_silu(
         x.into_dispatch(),
         gamma.val().into_dispatch(),

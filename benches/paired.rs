@@ -21,8 +21,17 @@ fn main() {
         );
         std::process::exit(2);
     };
+    tilt::threads::init_pool();
+    // On a pool worker, as the tilt binary runs its commands (src/threads.rs).
+    let (seconds, checksum) = tilt::threads::run_on_worker(|| run_workload(workload, repeats));
+    let list: Vec<String> = seconds.iter().map(|s| format!("{s:.6}")).collect();
+    println!("{{\"workload\": \"{workload}\", \"seconds\": [{}], \"checksum\": {checksum:.6e}}}", list.join(", "));
+}
+
+/// Runs one workload: its timings in seconds and the checksum of its result.
+fn run_workload(workload: &str, repeats: usize) -> (Vec<f64>, f64) {
     let device = Device::flex();
-    let (seconds, checksum) = match workload.as_str() {
+    match workload {
         "train" => {
             let mut w = TrainStep::new(Activation::Silu, &device);
             for _ in 0..10 {
@@ -79,9 +88,7 @@ fn main() {
             );
             std::process::exit(2);
         }
-    };
-    let list: Vec<String> = seconds.iter().map(|s| format!("{s:.6}")).collect();
-    println!("{{\"workload\": \"{workload}\", \"seconds\": [{}], \"checksum\": {checksum:.6e}}}", list.join(", "));
+    }
 }
 
 /// One untimed sampling run, then `repeats` timed ones; the checksum is of the last samples.

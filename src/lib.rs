@@ -7,3 +7,4 @@ pub mod config;
 pub mod device;
 pub mod output;
 pub mod plot;
+pub mod threads;

@@ -114,6 +114,11 @@ fn main() -> Result<()> {
         libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
     }
     let cli = Cli::parse();
+    tilt::threads::init_pool();
+    tilt::threads::run_on_worker(move || run(cli))
+}
+
+fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Sample { config, out, force } => {
             let cfg = SampleConfig::load(&config)?;

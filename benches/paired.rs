@@ -21,7 +21,10 @@ fn main() {
         );
         std::process::exit(2);
     };
-    tilt::threads::init_pool();
+    if let Err(e) = tilt::threads::init_pool() {
+        eprintln!("paired: could not start rayon's worker threads: {e}");
+        std::process::exit(2);
+    }
     // On a pool worker, as the tilt binary runs its commands (src/threads.rs).
     let (seconds, checksum) = tilt::threads::run_on_worker(|| run_workload(workload, repeats));
     let list: Vec<String> = seconds.iter().map(|s| format!("{s:.6}")).collect();

@@ -114,7 +114,12 @@ fn main() -> Result<()> {
         libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
     }
     let cli = Cli::parse();
-    tilt::threads::init_pool();
+    // The first use of rayon in the process, so an error is a failure to start the threads (a process limit).
+    tilt::threads::init_pool().map_err(|e| {
+        let threads =
+            std::env::var("RAYON_NUM_THREADS").map_or("one per CPU".into(), |n| format!("RAYON_NUM_THREADS={n}"));
+        anyhow::anyhow!("could not start tilt's worker threads ({threads}): {e}")
+    })?;
     tilt::threads::run_on_worker(move || run(cli))
 }
 

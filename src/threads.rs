@@ -17,12 +17,11 @@
 pub const WORKER_STACK_BYTES: usize = 8 << 20;
 
 /// Sets up rayon's global pool with [`WORKER_STACK_BYTES`] of stack per worker; the number of threads is rayon's
-/// default (`RAYON_NUM_THREADS`, else one per logical CPU). Call before anything else uses rayon: once the pool
-/// exists it cannot be rebuilt, and this returns without changing it.
-pub fn init_pool() {
-    // An error means the pool already exists (built by an earlier call or by a first parallel operation): the work
-    // still runs on it, with its own stack size.
-    let _ = rayon::ThreadPoolBuilder::new().stack_size(WORKER_STACK_BYTES).build_global();
+/// default (`RAYON_NUM_THREADS`, else one per logical CPU). Call before anything else uses rayon: the pool is built
+/// once, and an error here means it already exists (built by an earlier call or by a first parallel operation,
+/// with rayon's default stack) or its threads could not be started.
+pub fn init_pool() -> Result<(), rayon::ThreadPoolBuildError> {
+    rayon::ThreadPoolBuilder::new().stack_size(WORKER_STACK_BYTES).build_global()
 }
 
 /// Runs `work` on a worker of rayon's global pool and returns its result; runs it in place when the calling thread

@@ -294,6 +294,30 @@ fn the_binary_reports_errors_without_a_panic() {
     }
 }
 
+/// Worker threads that cannot start (here: 2,000 threads of 8 MiB stack each under a 3 GiB address-space limit)
+/// give an error naming the setting, not a panic at the first parallel operation.
+#[cfg(target_os = "linux")]
+#[test]
+fn worker_threads_that_cannot_start_are_an_error() {
+    use std::os::unix::process::CommandExt;
+    let mut command = Command::new(env!("CARGO_BIN_EXE_tilt"));
+    command.arg("devices").env("RAYON_NUM_THREADS", "2000");
+    // SAFETY: setrlimit only lowers this child's own limit, between fork and exec.
+    unsafe {
+        command.pre_exec(|| {
+            let limit = libc::rlimit { rlim_cur: 3 << 30, rlim_max: 3 << 30 };
+            if libc::setrlimit(libc::RLIMIT_AS, &limit) == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+        });
+    }
+    let out = command.output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("could not start tilt's worker threads (RAYON_NUM_THREADS=2000)") && !err.contains("panicked"),
+        "{err}"
+    );
+}
+
 #[test]
 fn shipped_configs_run_and_write_every_output() {
     for name in ["cfg_sweep.toml", "reward_sweep.toml"] {

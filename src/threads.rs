@@ -7,7 +7,7 @@
 //! of a few microseconds each. Called from a worker, the operation starts on the calling thread and only its other
 //! halves go to the pool's other threads, as OpenMP's calling thread joins its own team in PyTorch.
 //! `perf` put a quarter of the 2-thread 2-D training step in the scheduler (`sched_yield`, futex waits); run on a
-//! worker, that step took 3.0 ms instead of 4.1 (docs/benchmarks.md, "Work on a pool worker").
+//! worker, that step took 3.0 ms instead of 4.1 (docs/benchmarks.md, "work on a pool worker").
 //!
 //! Results do not change: the pool and its size are the same, and the backend's partition of each operation depends
 //! only on the pool's size (`tests/backends.rs` checks the bits of a training step on and off a worker).

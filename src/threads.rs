@@ -7,7 +7,8 @@
 //! of a few microseconds each. Called from a worker, the operation starts on the calling thread and only its other
 //! halves go to the pool's other threads, as OpenMP's calling thread joins its own team in PyTorch.
 //! `perf` put a quarter of the 2-thread 2-D training step in the scheduler (`sched_yield`, futex waits); run on a
-//! worker, that step took 3.0 ms instead of 4.1 (docs/benchmarks.md, "work on a pool worker").
+//! worker, that step took 3.03–3.05 ms instead of 4.08–4.13 (three interleaved pairs on 2 cores of an AMD EPYC with
+//! AVX-512; docs/benchmarks.md, "work on a pool worker").
 //!
 //! Results do not change: the pool and its size are the same, and the backend's partition of each operation depends
 //! only on the pool's size (`tests/backends.rs` checks the bits of a training step on and off a worker).
@@ -25,7 +26,7 @@ pub fn init_pool() -> Result<(), rayon::ThreadPoolBuildError> {
 }
 
 /// Runs `work` on a worker of rayon's global pool and returns its result; runs it in place when the calling thread
-/// already is one.
+/// already is a worker of a rayon pool (the global one or one a caller installed).
 pub fn run_on_worker<R: Send>(work: impl FnOnce() -> R + Send) -> R {
     if rayon::current_thread_index().is_some() { work() } else { rayon::scope(|_| work()) }
 }

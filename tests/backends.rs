@@ -126,7 +126,8 @@ fn flex_and_ndarray_agree_on_a_training_step() {
 }
 
 /// The tilt binary runs its commands on a worker of rayon's global pool (`tilt::threads`): a training step of the
-/// 2-D network and of a small U-Net give the same bits there as when called from a thread outside the pool.
+/// 2-D network and of a small U-Net give the same bits there as when called from a thread outside the pool. Both
+/// runs use the global pool (one thread per CPU: two on CI), so the check has teeth wherever it has two threads.
 #[test]
 fn work_on_a_pool_worker_gives_the_same_bits() {
     use burn::optim::GradientsParams;

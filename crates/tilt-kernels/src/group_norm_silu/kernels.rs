@@ -6,6 +6,7 @@
 //! thread count. The parameter gradients add the images' per-channel sums in batch order after the parallel part.
 
 use burn::backend::flex::simd::sigmoid_inplace_f32;
+use core::mem::MaybeUninit;
 use rayon::prelude::*;
 
 /// Independent partial sums per reduction (enough for the compiler to keep them in vector registers).
@@ -67,7 +68,16 @@ fn lane_sum(xs: &[f32], f: impl Fn(f32) -> f32) -> f64 {
 
 /// `y = silu(gamma_c (x - mean) rstd + beta_c)` with the biased variance of each (image, group), as Burn's
 /// `GroupNorm` then `silu` compute it; returns the statistics.
-pub(super) fn forward(x: &[f32], gamma: &[f32], beta: &[f32], d: Dims, eps: f64, y: &mut [f32]) -> Statistics {
+///
+/// `y` need not be initialised: each plane's first pass writes every value before anything reads it.
+pub(super) fn forward(
+    x: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+    d: Dims,
+    eps: f64,
+    y: &mut [MaybeUninit<f32>],
+) -> Statistics {
     let tasks = d.batch * d.groups;
     let mut stats = Statistics { mean: vec![0.0; tasks], rstd: vec![0.0; tasks] };
     let m = d.group_len();
@@ -88,8 +98,10 @@ pub(super) fn forward(x: &[f32], gamma: &[f32], beta: &[f32], d: Dims, eps: f64,
             for (c, (y, x)) in y.chunks_exact_mut(d.pixels).zip(x.chunks_exact(d.pixels)).enumerate() {
                 let (g, b) = (gamma[first + c], beta[first + c]);
                 for (y, &x) in y.iter_mut().zip(x) {
-                    *y = (x - mu) * r * g + b;
+                    y.write((x - mu) * r * g + b);
                 }
+                // SAFETY: every value of the plane was written just above.
+                let y = unsafe { written(y) };
                 // y = h sigmoid(h): the vectorised sigmoid in place, then the product with h recomputed.
                 sigmoid_inplace_f32(y);
                 for (y, &x) in y.iter_mut().zip(x) {
@@ -111,7 +123,7 @@ pub(super) fn backward(
     stats: &Statistics,
     dy: &[f32],
     d: Dims,
-    dx: &mut [f32],
+    dx: &mut [MaybeUninit<f32>],
 ) -> ParamGrads {
     let (m, per_group) = (d.group_len(), d.per_group());
     // Per (image, channel): Σ dh and Σ dh x̂.
@@ -131,8 +143,10 @@ pub(super) fn backward(
                 for (c, ((dx, x), dy)) in planes.enumerate() {
                     let (g, bt) = (gamma[first + c], beta[first + c]);
                     for (s, &x) in dx.iter_mut().zip(x) {
-                        *s = (x - mu) * r * g + bt;
+                        s.write((x - mu) * r * g + bt);
                     }
+                    // SAFETY: every value of the plane was written just above.
+                    let dx = unsafe { written(dx) };
                     sigmoid_inplace_f32(dx);
                     let (mut acc_dh, mut acc_dh_xhat) = ([0f32; LANES], [0f32; LANES]);
                     let mut tail = [0f64; 2];
@@ -168,6 +182,8 @@ pub(super) fn backward(
                     b += g as f64 * sum_dh_xhat;
                 }
                 let (a, b) = ((a / m as f64) as f32, (b / m as f64) as f32);
+                // SAFETY: the loop above wrote every plane of the group.
+                let dx = unsafe { written(dx) };
                 for (c, (dx, x)) in dx.chunks_exact_mut(d.pixels).zip(x.chunks_exact(d.pixels)).enumerate() {
                     let g = gamma[first + c];
                     for (dx, &x) in dx.iter_mut().zip(x) {
@@ -188,4 +204,13 @@ pub(super) fn backward(
         gamma: d_gamma.into_iter().map(|v| v as f32).collect(),
         beta: d_beta.into_iter().map(|v| v as f32).collect(),
     }
+}
+
+/// `values` as initialised `f32`s.
+///
+/// # Safety
+/// Every element of `values` must have been written.
+unsafe fn written(values: &mut [MaybeUninit<f32>]) -> &mut [f32] {
+    // SAFETY: `MaybeUninit<f32>` has `f32`'s layout, and the caller guarantees every element is initialised.
+    unsafe { &mut *(values as *mut [MaybeUninit<f32>] as *mut [f32]) }
 }

@@ -20,6 +20,7 @@ use burn::nn::GroupNorm;
 use burn::prelude::*;
 use burn::tensor::activation::silu;
 use burn::tensor::{DType, TensorData};
+use core::mem::MaybeUninit;
 use kernels::{Dims, Statistics};
 
 /// GroupNorm then SiLU as one backend operation (Flex, and autodiff over Flex).
@@ -81,6 +82,17 @@ fn values(t: &FlexTensor) -> &[f32] {
     t.as_slice::<f32>().expect("a contiguous f32 tensor (see `contiguous` and `applies`)")
 }
 
+/// A new f32 tensor of `shape` whose values `write` writes, every one of them (the kernels do): not zeroed first,
+/// a pass over memory that was 1.2 % of a U-Net training step.
+fn written_by(shape: Shape, write: impl FnOnce(&mut [MaybeUninit<f32>])) -> FlexTensor {
+    let len = shape.num_elements();
+    let mut out = Vec::with_capacity(len);
+    write(&mut out.spare_capacity_mut()[..len]);
+    // SAFETY: `write` wrote each of the first `len` values (`kernels::forward` and `kernels::backward` do).
+    unsafe { out.set_len(len) };
+    FlexTensor::from_data(TensorData::new(out, shape))
+}
+
 fn dims(x: &FlexTensor, groups: usize) -> Dims {
     let shape = x.shape();
     let (batch, channels) = (shape[0], shape[1]);
@@ -89,9 +101,11 @@ fn dims(x: &FlexTensor, groups: usize) -> Dims {
 
 fn forward(x: &FlexTensor, gamma: &FlexTensor, beta: &FlexTensor, groups: usize, eps: f64) -> (FlexTensor, Statistics) {
     let (x, gamma, beta) = (contiguous(x), contiguous(gamma), contiguous(beta));
-    let mut y = FlexTensor::empty(x.shape(), DType::F32);
-    let stats = kernels::forward(values(&x), values(&gamma), values(&beta), dims(&x, groups), eps, y.storage_mut());
-    (y, stats)
+    let mut stats = None;
+    let y = written_by(x.shape(), |y| {
+        stats = Some(kernels::forward(values(&x), values(&gamma), values(&beta), dims(&x, groups), eps, y))
+    });
+    (y, stats.expect("the forward kernel ran"))
 }
 
 impl GroupNormSiluOps for Flex {
@@ -122,16 +136,12 @@ impl Backward<Flex, 3> for GroupNormSiluBackward {
         let saved = ops.state;
         let (x, gamma, beta) = (contiguous(&saved.x), contiguous(&saved.gamma), contiguous(&saved.beta));
         let d = dims(&x, saved.groups);
-        let mut dx = FlexTensor::empty(x.shape(), DType::F32);
-        let params = kernels::backward(
-            values(&x),
-            values(&gamma),
-            values(&beta),
-            &saved.stats,
-            values(&dy),
-            d,
-            dx.storage_mut(),
-        );
+        let mut params = None;
+        let dx = written_by(x.shape(), |dx| {
+            params =
+                Some(kernels::backward(values(&x), values(&gamma), values(&beta), &saved.stats, values(&dy), d, dx))
+        });
+        let params = params.expect("the backward kernel ran");
         let per_channel = |v: Vec<f32>| FlexTensor::from_data(TensorData::new(v, [d.channels]));
         if let Some(node) = node_x {
             grads.register::<Flex>(node.id, dx);

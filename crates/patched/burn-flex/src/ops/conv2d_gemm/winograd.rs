@@ -14,6 +14,7 @@ use burn_backend::DType;
 
 use alloc::vec;
 use alloc::vec::Vec;
+use core::mem::MaybeUninit;
 
 use super::{
     ConvElement, Geometry, MAX_CHUNK_ELEMENTS, MIN_CHUNKS, MIN_COLUMNS, Operand, WEIGHT_PARTIALS,
@@ -249,7 +250,7 @@ fn untransform_plane<T: ConvElement>(
     channels: usize,
     total: usize,
     t0: usize,
-    plane: &mut [T],
+    plane: &mut [MaybeUninit<T>],
     rows: &mut Rows<T>,
 ) {
     let (tiles_h, tiles_w) = (tiles(g.out_h), tiles(g.out_w));
@@ -280,11 +281,11 @@ fn untransform_plane<T: ConvElement>(
         let odd = &rows.outputs[base + n..base + n + tiles_w];
         let out = &mut plane[y * g.out_w..(y + 1) * g.out_w];
         for ((pair, &e), &o) in out.chunks_exact_mut(2).zip(even).zip(odd).take(pairs) {
-            pair[0] = e;
-            pair[1] = o;
+            pair[0].write(e);
+            pair[1].write(o);
         }
         if g.out_w % 2 == 1 {
-            out[2 * pairs] = even[pairs];
+            out[2 * pairs].write(even[pairs]);
         }
     }
 }
@@ -302,7 +303,12 @@ fn images_per_chunk(g: &Geometry) -> usize {
 }
 
 /// The convolution of `x_data` with `w_data` (see [`applies`]) into `output` (`[b, c_out, out_h, out_w]`).
-pub(super) fn forward<T: ConvElement>(g: &Geometry, x_data: &[T], w_data: &[T], output: &mut [T]) {
+pub(super) fn forward<T: ConvElement>(
+    g: &Geometry,
+    x_data: &[T],
+    w_data: &[T],
+    output: &mut [MaybeUninit<T>],
+) {
     let g = *g;
     let (c_in, c_out) = (g.channels_in, g.channels_out);
     let (image_in, image_out) = (g.image_in(), g.image_out());

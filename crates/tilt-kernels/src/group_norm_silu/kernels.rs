@@ -101,7 +101,7 @@ pub(super) fn forward(
                     y.write((x - mu) * r * g + b);
                 }
                 // SAFETY: every value of the plane was written just above.
-                let y = unsafe { written(y) };
+                let y = unsafe { y.assume_init_mut() };
                 // y = h sigmoid(h): the vectorised sigmoid in place, then the product with h recomputed.
                 sigmoid_inplace_f32(y);
                 for (y, &x) in y.iter_mut().zip(x) {
@@ -146,7 +146,7 @@ pub(super) fn backward(
                         s.write((x - mu) * r * g + bt);
                     }
                     // SAFETY: every value of the plane was written just above.
-                    let dx = unsafe { written(dx) };
+                    let dx = unsafe { dx.assume_init_mut() };
                     sigmoid_inplace_f32(dx);
                     let (mut acc_dh, mut acc_dh_xhat) = ([0f32; LANES], [0f32; LANES]);
                     let mut tail = [0f64; 2];
@@ -183,7 +183,7 @@ pub(super) fn backward(
                 }
                 let (a, b) = ((a / m as f64) as f32, (b / m as f64) as f32);
                 // SAFETY: the loop above wrote every plane of the group.
-                let dx = unsafe { written(dx) };
+                let dx = unsafe { dx.assume_init_mut() };
                 for (c, (dx, x)) in dx.chunks_exact_mut(d.pixels).zip(x.chunks_exact(d.pixels)).enumerate() {
                     let g = gamma[first + c];
                     for (dx, &x) in dx.iter_mut().zip(x) {
@@ -204,13 +204,4 @@ pub(super) fn backward(
         gamma: d_gamma.into_iter().map(|v| v as f32).collect(),
         beta: d_beta.into_iter().map(|v| v as f32).collect(),
     }
-}
-
-/// `values` as initialised `f32`s.
-///
-/// # Safety
-/// Every element of `values` must have been written.
-unsafe fn written(values: &mut [MaybeUninit<f32>]) -> &mut [f32] {
-    // SAFETY: `MaybeUninit<f32>` has `f32`'s layout, and the caller guarantees every element is initialised.
-    unsafe { &mut *(values as *mut [MaybeUninit<f32>] as *mut [f32]) }
 }

@@ -577,7 +577,7 @@ pub(crate) fn conv2d<T: ConvElement>(
 /// The convolution of `x_data` (`[b, c_in, in_h, in_w]`) with `w_data` (`[c_out, c_in / groups, k_h, k_w]`).
 ///
 /// The output is not zeroed first: every path writes each of its values (a zeroing pass over a fresh buffer
-/// the size of the output was 1.5 % of a U-Net training step).
+/// the size of the output was 1.5 % of a U-Net training step on one thread of an AMD EPYC with AVX-512).
 fn forward<T: ConvElement>(g: &Geometry, x_data: &[T], w_data: &[T]) -> Vec<T> {
     let len = g.batch * g.image_out();
     let mut output = Vec::with_capacity(len);
@@ -588,7 +588,7 @@ fn forward<T: ConvElement>(g: &Geometry, x_data: &[T], w_data: &[T]) -> Vec<T> {
 }
 
 /// Writes every value of [`forward`]'s output into `output`: the Winograd path writes each output pixel of
-/// every plane, the GEMM paths (which never read their destination) each group's rows of every image.
+/// every plane, the GEMM paths (which never read their destination) each group's rows of every image, or copy them.
 fn write_forward<T: ConvElement>(
     g: &Geometry,
     x_data: &[T],
@@ -675,19 +675,12 @@ fn write_forward<T: ConvElement>(
             }
             for i in 0..images {
                 for c in 0..g.channels_out {
-                    let dst = &mut out[i * image_out + c * pixels..][..pixels];
-                    write_copy(dst, &product[c * ld + i * pixels..][..pixels]);
+                    out[i * image_out + c * pixels..][..pixels]
+                        .write_copy_of_slice(&product[c * ld + i * pixels..][..pixels]);
                 }
             }
         },
     );
-}
-
-/// `dst = src`, element by element, into possibly uninitialised values.
-fn write_copy<T: Copy>(dst: &mut [MaybeUninit<T>], src: &[T]) {
-    for (d, &v) in dst.iter_mut().zip(src) {
-        d.write(v);
-    }
 }
 
 /// Gradient of a 2-D convolution with respect to its input (of shape `x_shape`), symmetric `options`.
